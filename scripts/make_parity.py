@@ -1,0 +1,52 @@
+"""Produce the golden values of tests/parity.rs with PyTorch + transformers.
+
+Run once (needs torch, transformers, safetensors):  python scripts/make_parity.py
+Writes tests/fixtures/parity_<name>/{config.json, model.safetensors, golden.safetensors}:
+  golden.safetensors holds `input_ids` [2, 9] (int64), `labels` (-100 = ignored), `logits`
+  [2, 9, vocab], `loss` (HF causal-LM loss: mean CE over shifted labelled tokens) and
+  `grad.<param name>` for every parameter.
+"""
+import os, json, torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from safetensors.torch import save_file
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+
+def make(name, model):
+    torch.manual_seed(1)
+    d = os.path.join(ROOT, f"parity_{name}")
+    os.makedirs(d, exist_ok=True)
+    model = model.float().eval()
+    # Give norm weights non-trivial values so their gradients are tested meaningfully.
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n or n.endswith(".bias"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in n else 0.05 * torch.randn_like(p))
+    model.save_pretrained(d, safe_serialization=True)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (2, 9))
+    labels = ids.clone()
+    labels[0, :3] = -100
+    labels[1, :5] = -100
+    out = model(input_ids=ids, labels=labels)
+    out.loss.backward()
+    g = {"input_ids": ids, "labels": labels, "logits": out.logits.detach().contiguous(),
+         "loss": out.loss.detach().reshape(1)}
+    for n, p in model.named_parameters():
+        g["grad." + n] = p.grad.detach().contiguous()
+    save_file(g, os.path.join(d, "golden.safetensors"))
+    print(name, "loss", out.loss.item(), "params", sum(p.numel() for p in model.parameters()))
+
+torch.manual_seed(0)
+llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
+    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                  "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+    attn_implementation="eager"))
+make("llama", llama)
+torch.manual_seed(0)
+qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48,
+    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
+    rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True, attn_implementation="eager"))
+make("qwen2", qwen)

@@ -1,0 +1,390 @@
+//! Llama-family configuration: parsed from a Hugging Face `config.json` into a raw struct, then
+//! validated into [`LlamaConfig`]. The original JSON is kept so that a saved model keeps every
+//! field `transformers` wrote (we only update what we change).
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Llama 3 style RoPE frequency scaling (`rope_scaling.rope_type == "llama3"`), or linear scaling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RopeScaling {
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: usize,
+    },
+    Linear {
+        factor: f64,
+    },
+}
+
+/// Which member of the family the checkpoint is; decides default biases and `model_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+impl Arch {
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+    pub fn architectures(&self) -> &'static str {
+        match self {
+            Arch::Llama => "LlamaForCausalLM",
+            Arch::Mistral => "MistralForCausalLM",
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+        }
+    }
+}
+
+/// Validated configuration. Shapes: head_dim * num_attention_heads need not equal hidden_size
+/// (some checkpoints set `head_dim` explicitly).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlamaConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry a bias (always for Qwen2, `attention_bias` for Llama).
+    pub qkv_bias: bool,
+    /// o_proj carries a bias (Llama `attention_bias = true`).
+    pub o_bias: bool,
+    /// Mistral-style sliding window attention (None: full causal attention).
+    pub sliding_window: Option<usize>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawRopeScaling {
+    #[serde(alias = "type")]
+    rope_type: Option<String>,
+    /// transformers >= 5 writes `rope_parameters` with the base inside.
+    rope_theta: Option<f64>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    model_type: Option<String>,
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<RawRopeScaling>,
+    rope_parameters: Option<RawRopeScaling>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    hidden_act: Option<String>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<OneOrMany>,
+}
+
+impl LlamaConfig {
+    /// Parse and validate a `config.json` value. `path` is used in error messages only.
+    pub fn from_json(v: &serde_json::Value, path: &Path) -> Result<Self> {
+        let err = |msg: String| Error::Config {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let raw: RawConfig =
+            serde_json::from_value(v.clone()).map_err(|e| err(format!("{e}")))?;
+        let arch = match raw.model_type.as_deref() {
+            Some("llama") | None => Arch::Llama,
+            Some("mistral") => Arch::Mistral,
+            Some("qwen2") => Arch::Qwen2,
+            Some(other) => {
+                return Err(err(format!(
+                    "model_type `{other}` is not supported (llama, mistral, qwen2)"
+                )))
+            }
+        };
+        let req = |name: &str, x: Option<usize>| {
+            x.filter(|&n| n > 0)
+                .ok_or_else(|| err(format!("`{name}` is missing or zero")))
+        };
+        let hidden_size = req("hidden_size", raw.hidden_size)?;
+        let num_attention_heads = req("num_attention_heads", raw.num_attention_heads)?;
+        let num_key_value_heads = raw.num_key_value_heads.unwrap_or(num_attention_heads);
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            return Err(err(format!(
+                "num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}"
+            )));
+        }
+        let head_dim = match raw.head_dim {
+            Some(h) => h,
+            None => {
+                if hidden_size % num_attention_heads != 0 {
+                    return Err(err(format!(
+                        "hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}"
+                    )));
+                }
+                hidden_size / num_attention_heads
+            }
+        };
+        if head_dim % 2 != 0 {
+            return Err(err(format!("head_dim {head_dim} must be even for RoPE")));
+        }
+        if let Some(act) = raw.hidden_act.as_deref() {
+            if act != "silu" && act != "swish" {
+                return Err(err(format!("hidden_act `{act}` is not supported (silu)")));
+            }
+        }
+        if raw.mlp_bias == Some(true) {
+            return Err(err("mlp_bias = true is not supported".into()));
+        }
+        let rope_theta = raw
+            .rope_theta
+            .or(raw.rope_parameters.as_ref().and_then(|r| r.rope_theta))
+            .unwrap_or(10000.0);
+        let rope_scaling = match raw.rope_scaling.or(raw.rope_parameters) {
+            None => None,
+            Some(rs) => match rs.rope_type.as_deref() {
+                Some("llama3") => Some(RopeScaling::Llama3 {
+                    factor: rs.factor.ok_or_else(|| err("rope_scaling.factor missing".into()))?,
+                    low_freq_factor: rs.low_freq_factor.unwrap_or(1.0),
+                    high_freq_factor: rs.high_freq_factor.unwrap_or(4.0),
+                    original_max_position_embeddings: rs
+                        .original_max_position_embeddings
+                        .unwrap_or(8192),
+                }),
+                Some("linear") => Some(RopeScaling::Linear {
+                    factor: rs.factor.ok_or_else(|| err("rope_scaling.factor missing".into()))?,
+                }),
+                Some("default") => None,
+                other => {
+                    return Err(err(format!(
+                        "rope_scaling type {other:?} is not supported (llama3, linear)"
+                    )))
+                }
+            },
+        };
+        let attention_bias = raw.attention_bias.unwrap_or(false);
+        let sliding_window = match arch {
+            Arch::Mistral => raw.sliding_window,
+            Arch::Qwen2 if raw.use_sliding_window == Some(true) => raw.sliding_window,
+            _ => None,
+        };
+        Ok(LlamaConfig {
+            arch,
+            vocab_size: req("vocab_size", raw.vocab_size)?,
+            hidden_size,
+            intermediate_size: req("intermediate_size", raw.intermediate_size)?,
+            num_hidden_layers: req("num_hidden_layers", raw.num_hidden_layers)?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: arch == Arch::Qwen2 || attention_bias,
+            o_bias: arch != Arch::Qwen2 && attention_bias,
+            sliding_window,
+            bos_token_id: raw.bos_token_id,
+            eos_token_ids: match raw.eos_token_id {
+                None => vec![],
+                Some(OneOrMany::One(x)) => vec![x],
+                Some(OneOrMany::Many(v)) => v,
+            },
+        })
+    }
+
+    /// A config.json value `transformers` accepts for this configuration.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "architectures": [self.arch.architectures()],
+            "model_type": self.arch.model_type(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "torch_dtype": "float32",
+            "use_cache": true,
+            "initializer_range": 0.02,
+        });
+        let o = v.as_object_mut().unwrap();
+        if self.arch == Arch::Llama {
+            o.insert("attention_bias".into(), self.qkv_bias.into());
+            o.insert("mlp_bias".into(), false.into());
+        }
+        if let Some(b) = self.bos_token_id {
+            o.insert("bos_token_id".into(), b.into());
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [x] => {
+                o.insert("eos_token_id".into(), (*x).into());
+            }
+            xs => {
+                o.insert("eos_token_id".into(), xs.to_vec().into());
+            }
+        }
+        if let Some(w) = self.sliding_window {
+            o.insert("sliding_window".into(), w.into());
+            if self.arch == Arch::Qwen2 {
+                o.insert("use_sliding_window".into(), true.into());
+            }
+        }
+        match &self.rope_scaling {
+            None => {}
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                o.insert(
+                    "rope_scaling".into(),
+                    serde_json::json!({"rope_type": "llama3", "factor": factor,
+                        "low_freq_factor": low_freq_factor, "high_freq_factor": high_freq_factor,
+                        "original_max_position_embeddings": original_max_position_embeddings}),
+                );
+            }
+            Some(RopeScaling::Linear { factor }) => {
+                o.insert(
+                    "rope_scaling".into(),
+                    serde_json::json!({"rope_type": "linear", "factor": factor}),
+                );
+            }
+        }
+        v
+    }
+
+    /// A tiny configuration for tests and the embedded demo.
+    pub fn tiny(vocab_size: usize, hidden: usize, layers: usize, heads: usize, kv_heads: usize) -> Self {
+        LlamaConfig {
+            arch: Arch::Llama,
+            vocab_size,
+            hidden_size: hidden,
+            intermediate_size: hidden * 8 / 3 / 8 * 8 + 8,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim: hidden / heads,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            max_position_embeddings: 512,
+            tie_word_embeddings: true,
+            qkv_bias: false,
+            o_bias: false,
+            sliding_window: None,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        }
+    }
+
+    /// Expected (HF name, shape) of every parameter tensor, in a stable order.
+    pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let (q, kv) = (self.num_attention_heads * hd, self.num_key_value_heads * hd);
+        let mut v = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
+        for l in 0..self.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            v.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            v.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
+            v.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
+            v.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
+            if self.qkv_bias {
+                v.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
+                v.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
+                v.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
+            }
+            v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
+            if self.o_bias {
+                v.push((format!("{p}.self_attn.o_proj.bias"), vec![h]));
+            }
+            v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            v.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+            v.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+            v.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+        }
+        v.push(("model.norm.weight".to_string(), vec![h]));
+        if !self.tie_word_embeddings {
+            v.push(("lm_head.weight".to_string(), vec![self.vocab_size, h]));
+        }
+        v
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.param_shapes()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_qwen2_and_llama3_and_roundtrips() {
+        let v = serde_json::json!({"model_type":"qwen2","vocab_size":10,"hidden_size":8,
+            "intermediate_size":16,"num_hidden_layers":2,"num_attention_heads":2,
+            "num_key_value_heads":1,"tie_word_embeddings":true,"eos_token_id":[3,4],
+            "rope_scaling":{"rope_type":"llama3","factor":8.0,"low_freq_factor":1.0,
+            "high_freq_factor":4.0,"original_max_position_embeddings":8192}});
+        let c = LlamaConfig::from_json(&v, Path::new("c.json")).unwrap();
+        assert!(c.qkv_bias && !c.o_bias && c.tie_word_embeddings);
+        assert_eq!(c.head_dim, 4);
+        assert_eq!(c.eos_token_ids, vec![3, 4]);
+        let back = LlamaConfig::from_json(&c.to_json(), Path::new("x")).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn rejects_bad_heads_with_path() {
+        let v = serde_json::json!({"vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":2,"num_attention_heads":3});
+        let e = LlamaConfig::from_json(&v, Path::new("dir/config.json")).unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("dir/config.json") && s.contains("hidden_size 8"), "{s}");
+    }
+}

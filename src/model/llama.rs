@@ -1,0 +1,449 @@
+//! Llama-family causal LM (Llama 2/3, SmolLM2, TinyLlama, Mistral, Qwen2) written for training:
+//! full-sequence logits, every op differentiable, HF tensor names kept verbatim.
+//!
+//! Per layer: h = x + o_proj(attn(rope(q), rope(k), v)) with q, k, v = proj(rms_norm(x));
+//! out = h + down_proj(silu(gate_proj(n)) ⊙ up_proj(n)) with n = rms_norm(h).
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::config::{LlamaConfig, RopeScaling};
+use crate::error::{Error, Result};
+use crate::ops;
+use crate::rng::Rng;
+
+/// Hook on a per-layer activation: receives (layer, activation) and may return a replacement.
+pub type ActHook<'a> = &'a dyn Fn(usize, &Tensor) -> Result<Option<Tensor>>;
+
+/// What a forward pass should expose besides the logits.
+#[derive(Default, Clone, Copy)]
+pub struct Hooks<'a> {
+    /// Layers after which the residual stream is returned ([b, t, h] each).
+    pub hidden_layers: &'a [usize],
+    /// Called on the MLP intermediate activation silu(gate)⊙up, [b, t, intermediate] (the input
+    /// of `down_proj`); a returned tensor replaces it.
+    pub mlp_act: Option<ActHook<'a>>,
+    /// Called on the residual stream after each layer, [b, t, h]; a returned tensor replaces it.
+    pub residual: Option<ActHook<'a>>,
+    /// Stop after the last layer in `hidden_layers` and skip the final norm and LM head.
+    pub skip_logits: bool,
+}
+
+pub struct ForwardOutput {
+    /// [b, t, vocab] (None when `skip_logits`).
+    pub logits: Option<Tensor>,
+    /// (layer, residual after that layer [b, t, h]) for each requested layer.
+    pub hidden: Vec<(usize, Tensor)>,
+}
+
+/// Key/value cache for generation: per layer k, v: [b, n_kv_heads, t_past, head_dim].
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; n_layers],
+        }
+    }
+    pub fn len(&self) -> usize {
+        self.layers[0]
+            .as_ref()
+            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .unwrap_or(0)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+struct Layer {
+    ln1: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    qb: Option<Tensor>,
+    kb: Option<Tensor>,
+    vb: Option<Tensor>,
+    o: Tensor,
+    ob: Option<Tensor>,
+    ln2: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    down: Tensor,
+}
+
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    /// Every parameter, named as in Hugging Face checkpoints, in `cfg.param_shapes()` order.
+    params: Vec<(String, Var)>,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    /// RoPE tables [max_len, head_dim/2].
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+/// Inverse frequencies of RoPE in f32, computed as `transformers` does (incl. Llama 3 scaling).
+pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
+    let hd = cfg.head_dim;
+    let base = cfg.rope_theta as f32;
+    let mut inv: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0f32 / base.powf((2 * i) as f32 / hd as f32))
+        .collect();
+    match &cfg.rope_scaling {
+        None => {}
+        Some(RopeScaling::Linear { factor }) => {
+            for f in inv.iter_mut() {
+                *f /= *factor as f32;
+            }
+        }
+        Some(RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            let (factor, lo, hi) = (*factor as f32, *low_freq_factor as f32, *high_freq_factor as f32);
+            let old = *original_max_position_embeddings as f32;
+            let low_wl = old / lo;
+            let high_wl = old / hi;
+            for f in inv.iter_mut() {
+                let wl = 2.0 * std::f32::consts::PI / *f;
+                let scaled = if wl > low_wl { *f / factor } else { *f };
+                let smooth = (old / wl - lo) / (hi - lo);
+                let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
+                let medium = !(wl < high_wl) && !(wl > low_wl);
+                *f = if medium { smoothed } else { scaled };
+            }
+        }
+    }
+    inv
+}
+
+impl Llama {
+    /// Build from named tensors (any float dtype; converted to f32). Checks every name and shape.
+    pub fn from_tensors(
+        cfg: LlamaConfig,
+        mut tensors: HashMap<String, Tensor>,
+        source: &std::path::Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut params = Vec::new();
+        for (name, shape) in cfg.param_shapes() {
+            let t = tensors.remove(&name).ok_or_else(|| Error::MissingTensor {
+                path: source.to_path_buf(),
+                name: name.clone(),
+                expected: shape.clone(),
+            })?;
+            if t.dims() != shape.as_slice() {
+                return Err(Error::ShapeMismatch {
+                    path: source.to_path_buf(),
+                    name,
+                    expected: shape,
+                    actual: t.dims().to_vec(),
+                });
+            }
+            let t = t.to_dtype(DType::F32)?.to_device(device)?;
+            params.push((name, Var::from_tensor(&t)?));
+        }
+        // Tolerated extras: cached RoPE buffers, and an LM head duplicated in a tied checkpoint.
+        tensors.retain(|n, _| !n.ends_with("rotary_emb.inv_freq"));
+        if cfg.tie_word_embeddings {
+            tensors.remove("lm_head.weight");
+        }
+        if let Some(name) = tensors.keys().min() {
+            return Err(Error::UnexpectedTensor {
+                path: source.to_path_buf(),
+                name: name.clone(),
+                shape: tensors[name].dims().to_vec(),
+            });
+        }
+        Self::from_params(cfg, params, device)
+    }
+
+    /// Random initialisation as `transformers` does it (normal(0, 0.02), norms at 1), seeded.
+    pub fn random(cfg: LlamaConfig, seed: u64, device: &Device) -> Result<Self> {
+        let mut rng = Rng::new(seed);
+        let mut params = Vec::new();
+        for (name, shape) in cfg.param_shapes() {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = if name.ends_with("norm.weight") {
+                vec![1.0; n]
+            } else if name.ends_with(".bias") {
+                vec![0.0; n]
+            } else {
+                (0..n).map(|_| (rng.normal() * 0.02) as f32).collect()
+            };
+            let t = Tensor::from_vec(data, shape, device)?;
+            params.push((name, Var::from_tensor(&t)?));
+        }
+        Self::from_params(cfg, params, device)
+    }
+
+    fn from_params(cfg: LlamaConfig, params: Vec<(String, Var)>, device: &Device) -> Result<Self> {
+        let map: HashMap<&str, Tensor> = params
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_tensor().clone()))
+            .collect();
+        let get = |n: &str| map.get(n).cloned();
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| {
+                let p = format!("model.layers.{l}");
+                let g = |s: &str| get(&format!("{p}.{s}"));
+                Layer {
+                    ln1: g("input_layernorm.weight").unwrap(),
+                    q: g("self_attn.q_proj.weight").unwrap(),
+                    k: g("self_attn.k_proj.weight").unwrap(),
+                    v: g("self_attn.v_proj.weight").unwrap(),
+                    qb: g("self_attn.q_proj.bias"),
+                    kb: g("self_attn.k_proj.bias"),
+                    vb: g("self_attn.v_proj.bias"),
+                    o: g("self_attn.o_proj.weight").unwrap(),
+                    ob: g("self_attn.o_proj.bias"),
+                    ln2: g("post_attention_layernorm.weight").unwrap(),
+                    gate: g("mlp.gate_proj.weight").unwrap(),
+                    up: g("mlp.up_proj.weight").unwrap(),
+                    down: g("mlp.down_proj.weight").unwrap(),
+                }
+            })
+            .collect();
+        let embed = get("model.embed_tokens.weight").unwrap();
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            get("lm_head.weight").unwrap()
+        };
+        let inv = rope_inv_freq(&cfg);
+        let max_len = cfg.max_position_embeddings.max(1);
+        let half = cfg.head_dim / 2;
+        let mut cos = Vec::with_capacity(max_len * half);
+        let mut sin = Vec::with_capacity(max_len * half);
+        for p in 0..max_len {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok(Llama {
+            norm: get("model.norm.weight").unwrap(),
+            embed,
+            lm_head,
+            layers,
+            cos: Tensor::from_vec(cos, (max_len, half), device)?,
+            sin: Tensor::from_vec(sin, (max_len, half), device)?,
+            params,
+            cfg,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// All parameters with their HF names (the same `Var`s the model computes with).
+    pub fn params(&self) -> &[(String, Var)] {
+        &self.params
+    }
+
+    pub fn param(&self, name: &str) -> Option<&Var> {
+        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// A deep copy (new storage), e.g. a frozen reference model.
+    pub fn deep_clone(&self) -> Result<Self> {
+        let params = self
+            .params
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), Var::from_tensor(&v.as_tensor().copy()?)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_params(self.cfg.clone(), params, &self.device)
+    }
+
+    /// Logits for a batch of token ids: ids [b, t] (u32) -> [b, t, vocab]. Positions 0..t, causal
+    /// mask; right padding needs no mask because no real token attends to a later position.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_with(ids, None, None, None, Hooks::default())?.logits.unwrap())
+    }
+
+    /// General forward pass.
+    /// - `positions`: [b, t] u32 absolute positions (default: past_len + 0..t for every row)
+    /// - `key_mask`: [b, past_len + t] f32 with 1 for real tokens and 0 for padding (left padding)
+    /// - `cache`: KV cache to read and extend (generation)
+    pub fn forward_with(
+        &self,
+        ids: &Tensor,
+        positions: Option<&Tensor>,
+        key_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        hooks: Hooks,
+    ) -> Result<ForwardOutput> {
+        let (b, t) = ids.dims2()?;
+        let past = cache.as_ref().map(|c| c.len()).unwrap_or(0);
+        let total = past + t;
+        if total > self.cfg.max_position_embeddings && positions.is_none() {
+            return Err(Error::Invalid(format!(
+                "sequence length {total} exceeds max_position_embeddings {}",
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let half = self.cfg.head_dim / 2;
+        let (cos, sin) = match positions {
+            None => (
+                self.cos.narrow(0, past, t)?.reshape((1, 1, t, half))?,
+                self.sin.narrow(0, past, t)?.reshape((1, 1, t, half))?,
+            ),
+            Some(p) => {
+                let flat = p.flatten_all()?;
+                (
+                    self.cos.index_select(&flat, 0)?.reshape((b, 1, t, half))?,
+                    self.sin.index_select(&flat, 0)?.reshape((b, 1, t, half))?,
+                )
+            }
+        };
+        let mask = self.attn_mask(b, t, past, key_mask)?; // [1 or b, 1, 1, t, total]
+        let mut x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?;
+        let mut hidden = Vec::new();
+        let last_needed = if hooks.skip_logits {
+            hooks.hidden_layers.iter().copied().max().map(|l| l + 1).unwrap_or(0)
+        } else {
+            self.layers.len()
+        };
+        for (li, layer) in self.layers.iter().enumerate().take(last_needed) {
+            let kv = cache.as_deref_mut().map(|c| &mut c.layers[li]);
+            x = self.layer_forward(li, layer, &x, &cos, &sin, &mask, kv, &hooks)?;
+            if let Some(h) = hooks.residual {
+                if let Some(r) = h(li, &x)? {
+                    x = r;
+                }
+            }
+            if hooks.hidden_layers.contains(&li) {
+                hidden.push((li, x.clone()));
+            }
+        }
+        let logits = if hooks.skip_logits {
+            None
+        } else {
+            let n = ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;
+            Some(ops::linear(&n, &self.lm_head, None)?)
+        };
+        Ok(ForwardOutput { logits, hidden })
+    }
+
+    /// Additive mask [1 or b, 1, 1, t, past + t]: 0 where query i may see key j, −1e9 elsewhere
+    /// (finite so a fully masked padding row gives a uniform softmax instead of NaN).
+    fn attn_mask(&self, b: usize, t: usize, past: usize, key_mask: Option<&Tensor>) -> Result<Tensor> {
+        let total = past + t;
+        let win = self.cfg.sliding_window;
+        let mut m = vec![0f32; t * total];
+        for i in 0..t {
+            let qi = past + i;
+            for j in 0..total {
+                let visible = j <= qi && win.map(|w| qi - j < w).unwrap_or(true);
+                if !visible {
+                    m[i * total + j] = -1e9;
+                }
+            }
+        }
+        let causal = Tensor::from_vec(m, (1, 1, 1, t, total), &self.device)?;
+        match key_mask {
+            None => Ok(causal),
+            Some(km) => {
+                let pad = ((km.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, 1, total))?;
+                Ok(causal.broadcast_add(&pad)?)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn layer_forward(
+        &self,
+        li: usize,
+        l: &Layer,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &Tensor,
+        kv: Option<&mut Option<(Tensor, Tensor)>>,
+        hooks: &Hooks,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (b, t, _) = x.dims3()?;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let g = nh / nkv;
+        let n = ops::rms_norm(x, &l.ln1, c.rms_norm_eps)?;
+        let q = ops::linear(&n, &l.q, l.qb.as_ref())?
+            .reshape((b, t, nh, hd))?
+            .transpose(1, 2)?; // [b, nh, t, hd]
+        let k = ops::linear(&n, &l.k, l.kb.as_ref())?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?; // [b, nkv, t, hd]
+        let v = ops::linear(&n, &l.v, l.vb.as_ref())?
+            .reshape((b, t, nkv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = ops::rope(&q, cos, sin)?;
+        let mut k = ops::rope(&k, cos, sin)?.contiguous()?;
+        let mut v = v;
+        if let Some(slot) = kv {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let total = k.dim(2)?;
+        // Grouped-query attention without copying k/v: query heads of a group share one kv head
+        // (HF `repeat_kv`: head h uses kv head h / g).
+        let qg = q.reshape((b, nkv, g * t, hd))?; // [b, nkv, g*t, hd]
+        let scale = 1.0 / (hd as f64).sqrt();
+        let att = (qg.matmul(&k.t()?)? * scale)?; // [b, nkv, g*t, total]
+        let att = att.reshape((b, nkv, g, t, total))?.broadcast_add(mask)?;
+        let att = ops::softmax_last_dim(&att)?.reshape((b, nkv, g * t, total))?;
+        let y = att.matmul(&v)?; // [b, nkv, g*t, hd]
+        let y = y
+            .reshape((b, nh, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, nh * hd))?;
+        let h = (x + ops::linear(&y, &l.o, l.ob.as_ref())?)?;
+        let n2 = ops::rms_norm(&h, &l.ln2, c.rms_norm_eps)?;
+        let gate = ops::linear(&n2, &l.gate, None)?;
+        let up = ops::linear(&n2, &l.up, None)?;
+        let mut act = (gate.silu()? * up)?; // [b, t, intermediate]
+        if let Some(hook) = hooks.mlp_act {
+            if let Some(r) = hook(li, &act)? {
+                act = r;
+            }
+        }
+        Ok((h + ops::linear(&act, &l.down, None)?)?)
+    }
+
+    /// Named tensors for saving (f32, contiguous).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// Last-position logits helper: [b, t, V] -> [b, V].
+    pub fn last_logits(logits: &Tensor) -> Result<Tensor> {
+        let t = logits.dim(1)?;
+        Ok(logits.narrow(1, t - 1, 1)?.squeeze(1)?)
+    }
+
+    /// Number of parameters.
+    pub fn num_params(&self) -> usize {
+        self.params.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+}

@@ -1,0 +1,6 @@
+//! Model architectures (one file each) and their configuration.
+pub mod config;
+pub mod llama;
+
+pub use config::{Arch, LlamaConfig, RopeScaling};
+pub use llama::{ForwardOutput, Hooks, KvCache, Llama};

@@ -1,0 +1,268 @@
+//! Tokenizer and chat template of a model directory (`tokenizer.json`, `tokenizer_config.json`,
+//! optional `chat_template.jinja`), kept verbatim for saving.
+use std::path::Path;
+
+use crate::error::{read_to_string, Error, Result};
+
+pub struct Tok {
+    pub inner: tokenizers::Tokenizer,
+    /// Raw `tokenizer.json` text (written back unchanged on save).
+    pub tokenizer_json: String,
+    /// Raw `tokenizer_config.json` (empty object when absent).
+    pub tokenizer_config: serde_json::Value,
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: String,
+    pub eos_id: u32,
+    pub pad_id: u32,
+}
+
+fn token_str(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(String::from),
+        _ => None,
+    }
+}
+
+impl Tok {
+    /// Load from a directory. `eos_fallback`: eos ids from config.json, used when the tokenizer
+    /// config names no eos token.
+    pub fn load(dir: &Path, eos_fallback: &[u32]) -> Result<Self> {
+        let tpath = dir.join("tokenizer.json");
+        let json = read_to_string(&tpath)?;
+        let cpath = dir.join("tokenizer_config.json");
+        let config: serde_json::Value = if cpath.exists() {
+            crate::error::read_json(&cpath)?
+        } else {
+            serde_json::json!({})
+        };
+        let mut chat_template = match config.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .find(|e| e.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .or(list.first())
+                .and_then(|e| e.get("template"))
+                .and_then(|t| t.as_str())
+                .map(String::from),
+            _ => None,
+        };
+        let jpath = dir.join("chat_template.jinja");
+        if chat_template.is_none() && jpath.exists() {
+            chat_template = Some(read_to_string(&jpath)?);
+        }
+        Self::from_parts(json, config, chat_template, eos_fallback, &tpath)
+    }
+
+    pub fn from_parts(
+        tokenizer_json: String,
+        tokenizer_config: serde_json::Value,
+        chat_template: Option<String>,
+        eos_fallback: &[u32],
+        path: &Path,
+    ) -> Result<Self> {
+        let terr = |msg: String| Error::Tokenizer {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json.as_bytes())
+            .map_err(|e| terr(e.to_string()))?;
+        let bos_token = token_str(tokenizer_config.get("bos_token"));
+        let (eos_token, eos_id) = match token_str(tokenizer_config.get("eos_token")) {
+            Some(s) => {
+                let id = inner
+                    .token_to_id(&s)
+                    .ok_or_else(|| terr(format!("eos_token `{s}` is not in the vocabulary")))?;
+                (s, id)
+            }
+            None => {
+                let id = *eos_fallback.first().ok_or_else(|| {
+                    terr("no eos_token in tokenizer_config.json and no eos_token_id in config.json".into())
+                })?;
+                let s = inner
+                    .id_to_token(id)
+                    .ok_or_else(|| terr(format!("eos_token_id {id} is not in the vocabulary")))?;
+                (s, id)
+            }
+        };
+        let pad_id = token_str(tokenizer_config.get("pad_token"))
+            .and_then(|p| inner.token_to_id(&p))
+            .unwrap_or(eos_id);
+        Ok(Tok {
+            inner,
+            tokenizer_json,
+            tokenizer_config,
+            chat_template,
+            bos_token,
+            eos_token,
+            eos_id,
+            pad_id,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text`; `add_special` applies the tokenizer's post-processor (e.g. BOS).
+    pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, add_special)
+            .map_err(|e| Error::Tokenizer {
+                path: "tokenizer.json".into(),
+                msg: format!("encoding {text:?}: {e}"),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenizer {
+            path: "tokenizer.json".into(),
+            msg: format!("decoding: {e}"),
+        })
+    }
+
+    /// Render the chat template for one user turn (plus an optional system turn), with the
+    /// generation prompt appended, as `apply_chat_template(..., add_generation_prompt=True)`.
+    pub fn render_chat(&self, system: Option<&str>, user: &str) -> Result<Option<String>> {
+        let Some(tpl) = &self.chat_template else {
+            return Ok(None);
+        };
+        let mut env = minijinja::Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template("chat", tpl)
+            .map_err(|e| Error::Template(e.to_string()))?;
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(serde_json::json!({"role": "system", "content": s}));
+        }
+        messages.push(serde_json::json!({"role": "user", "content": user}));
+        let ctx = serde_json::json!({
+            "messages": messages,
+            "add_generation_prompt": true,
+            "bos_token": self.bos_token.clone().unwrap_or_default(),
+            "eos_token": self.eos_token,
+        });
+        let out = env
+            .get_template("chat")
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| Error::Template(e.to_string()))?;
+        Ok(Some(out))
+    }
+
+    /// Write tokenizer.json, tokenizer_config.json (and nothing else) into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let p = dir.join("tokenizer.json");
+        std::fs::write(&p, &self.tokenizer_json).map_err(|e| Error::io(&p, e))?;
+        let mut cfg = self.tokenizer_config.clone();
+        if let (Some(o), Some(t)) = (cfg.as_object_mut(), &self.chat_template) {
+            o.insert("chat_template".into(), t.clone().into());
+            o.entry("eos_token").or_insert(self.eos_token.clone().into());
+            if let Some(b) = &self.bos_token {
+                o.entry("bos_token").or_insert(b.clone().into());
+            }
+        }
+        let p = dir.join("tokenizer_config.json");
+        std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap()).map_err(|e| Error::io(&p, e))?;
+        Ok(())
+    }
+}
+
+/// A byte-level tokenizer built by our code: 256 byte tokens (GPT-2 byte-to-unicode alphabet),
+/// no merges, plus ChatML-style specials. Used by test fixtures and the embedded demo model.
+/// Returns (tokenizer.json text, tokenizer_config.json value). Vocabulary size: 256 + 3.
+pub fn byte_level_tokenizer_json(with_chat_template: bool) -> (String, serde_json::Value) {
+    let alphabet = gpt2_bytes_to_unicode();
+    let mut vocab = serde_json::Map::new();
+    for (b, ch) in alphabet.iter().enumerate() {
+        vocab.insert(ch.to_string(), (b as u32).into());
+    }
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            vocab.insert(s.to_string(), (256 + i as u32).into());
+            serde_json::json!({"id": 256 + i, "content": s, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let tj = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": []}
+    });
+    let mut cfg = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": null,
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": null,
+        "model_max_length": 512,
+        "clean_up_tokenization_spaces": false,
+    });
+    if with_chat_template {
+        cfg["chat_template"] = CHATML_TEMPLATE.into();
+    }
+    (serde_json::to_string_pretty(&tj).unwrap(), cfg)
+}
+
+/// The ChatML template (as used by SmolLM2 and Qwen2, without a default system prompt).
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// GPT-2's reversible byte -> printable unicode character table.
+pub fn gpt2_bytes_to_unicode() -> Vec<char> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut table = vec![' '; 256];
+    for (b, c) in bs.iter().zip(cs) {
+        table[*b as usize] = char::from_u32(c).unwrap();
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_level_roundtrip_and_chat() {
+        let (j, c) = byte_level_tokenizer_json(true);
+        let t = Tok::from_parts(j, c.clone(), c["chat_template"].as_str().map(String::from), &[], Path::new("x")).unwrap();
+        assert_eq!(t.vocab_size(), 259);
+        let ids = t.encode("Héllo <|im_end|>", false).unwrap();
+        // "H" is byte 72 -> id 72; é is two bytes; the special token is one id.
+        assert_eq!(ids[0], 72);
+        assert_eq!(*ids.last().unwrap(), 258);
+        assert_eq!(t.decode(&ids, false).unwrap(), "Héllo <|im_end|>");
+        let chat = t.render_chat(None, "Hi?").unwrap().unwrap();
+        assert_eq!(chat, "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(t.eos_id, 258);
+        assert_eq!(t.pad_id, 256);
+    }
+}
