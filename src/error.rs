@@ -37,7 +37,9 @@ pub enum Error {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
-    #[error("{path}: unexpected tensor `{name}` with shape {shape:?} (not part of this architecture)")]
+    #[error(
+        "{path}: unexpected tensor `{name}` with shape {shape:?} (not part of this architecture)"
+    )]
     UnexpectedTensor {
         path: PathBuf,
         name: String,

@@ -82,7 +82,10 @@ impl ModelDir {
         for f in SIDE_FILES {
             let p = dir.join(f);
             if p.exists() {
-                side_files.push((f.to_string(), std::fs::read(&p).map_err(|e| Error::io(&p, e))?));
+                side_files.push((
+                    f.to_string(),
+                    std::fs::read(&p).map_err(|e| Error::io(&p, e))?,
+                ));
             }
         }
         Ok(ModelDir {
@@ -96,7 +99,13 @@ impl ModelDir {
 
     /// Save as a HF directory (atomically: temp dir, then rename).
     pub fn save(&self, out: &Path) -> Result<()> {
-        save_model(&self.model, &self.tok, Some(&self.config_json), &self.side_files, out)
+        save_model(
+            &self.model,
+            &self.tok,
+            Some(&self.config_json),
+            &self.side_files,
+            out,
+        )
     }
 }
 
@@ -125,9 +134,13 @@ pub fn save_model(
     out: &Path,
 ) -> Result<()> {
     atomic_dir(out, |tmp| {
-        let mut cfg = base_config.cloned().unwrap_or_else(|| serde_json::json!({}));
+        let mut cfg = base_config
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({}));
         let ours = model.cfg.to_json();
-        let o = cfg.as_object_mut().ok_or_else(|| Error::Invalid("config.json is not an object".into()))?;
+        let o = cfg
+            .as_object_mut()
+            .ok_or_else(|| Error::Invalid("config.json is not an object".into()))?;
         for (k, v) in ours.as_object().unwrap() {
             o.insert(k.clone(), v.clone());
         }
@@ -136,12 +149,15 @@ pub fn save_model(
         }
         // transformers >= 5 writes `rope_parameters`; keep it consistent with what we hold.
         if o.contains_key("rope_parameters") {
-            let mut rp = o.remove("rope_scaling").unwrap_or_else(|| serde_json::json!({"rope_type": "default"}));
+            let mut rp = o
+                .remove("rope_scaling")
+                .unwrap_or_else(|| serde_json::json!({"rope_type": "default"}));
             rp["rope_theta"] = model.cfg.rope_theta.into();
             o.insert("rope_parameters".into(), rp);
         }
         let p = tmp.join("config.json");
-        std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap()).map_err(|e| Error::io(&p, e))?;
+        std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap())
+            .map_err(|e| Error::io(&p, e))?;
         let tensors: HashMap<String, Tensor> = model
             .named_tensors()
             .into_iter()
@@ -195,7 +211,9 @@ pub fn atomic_dir(out: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!(
         "{}.tmp-{}",
-        path.extension().map(|e| e.to_string_lossy().to_string()).unwrap_or_default(),
+        path.extension()
+            .map(|e| e.to_string_lossy().to_string())
+            .unwrap_or_default(),
         std::process::id()
     ));
     if let Some(p) = path.parent() {

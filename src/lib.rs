@@ -1,9 +1,42 @@
 //! `unlearn`: machine unlearning for Llama-family causal language models.
+pub mod bench;
+pub mod config;
+pub mod data;
 pub mod error;
+pub mod fixture;
+pub mod generate;
+pub mod gguf;
 pub mod hf;
 pub mod model;
 pub mod ops;
+pub mod optim;
+pub mod progress;
 pub mod rng;
+pub mod rundir;
+pub mod score;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
+
+/// The compute device by name: `cpu`, or `cuda` / `cuda:N` (needs the `cuda` cargo feature).
+pub fn device(name: &str) -> Result<candle_core::Device> {
+    match name {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        s if s.starts_with("cuda") => {
+            let ord = s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            if !candle_core::utils::cuda_is_available() {
+                return Err(Error::Invalid(format!(
+                    "device `{s}`: this build has no CUDA support (rebuild with `--features cuda`)"
+                )));
+            }
+            Ok(candle_core::Device::new_cuda(ord)?)
+        }
+        other => Err(Error::Invalid(format!(
+            "unknown device `{other}` (cpu, cuda, cuda:N)"
+        ))),
+    }
+}

@@ -1,1 +1,44 @@
-fn main(){}
+//! `unlearn` command line: a thin layer over the library; one file per subcommand in `cli/`.
+mod cli;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "unlearn",
+    version,
+    about = "Machine unlearning for Llama-family language models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Convert a GGUF file (F32/F16/Q8_0/Q4_0/Q4_1/Q4_K/Q6_K…) into a trainable HF directory.
+    Import(cli::import::Args),
+    /// Fine-tune a model on a QA dataset (JSON/JSONL with `question`/`answer`).
+    Finetune(cli::finetune::Args),
+    /// Generate a continuation/answer for a prompt.
+    Generate(cli::generate::Args),
+    /// Write a random Llama model (byte-level tokenizer) as an HF directory, for tests and benchmarks.
+    Init(cli::init::Args),
+    /// Measure training, scoring and generation throughput and peak memory.
+    Bench(cli::bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Import(a) => cli::import::run(a),
+        Cmd::Finetune(a) => cli::finetune::run(a),
+        Cmd::Generate(a) => cli::generate::run(a),
+        Cmd::Init(a) => cli::init::run(a),
+        Cmd::Bench(a) => cli::bench::run(a),
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -59,7 +59,10 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 pub fn gather_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let lp = log_softmax_last_dim(logits)?;
     let idx = targets.contiguous()?.unsqueeze(D::Minus1)?;
-    Ok(lp.contiguous()?.gather(&idx, D::Minus1)?.squeeze(D::Minus1)?)
+    Ok(lp
+        .contiguous()?
+        .gather(&idx, D::Minus1)?
+        .squeeze(D::Minus1)?)
 }
 
 /// Sum of all elements as an f64 scalar (for logs and tests).
@@ -73,7 +76,14 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(d < tol, "max abs diff {d}");
     }
 
@@ -82,13 +92,30 @@ mod tests {
         let dev = Device::Cpu;
         let x = Tensor::randn(0f32, 1., (2, 3, 8), &dev).unwrap();
         let w = Tensor::randn(0f32, 1., 8, &dev).unwrap();
-        close(&rms_norm(&x, &w, 1e-5).unwrap(), &candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap(), 1e-5);
-        close(&softmax_last_dim(&x).unwrap(), &candle_nn::ops::softmax_last_dim(&x).unwrap(), 1e-6);
-        close(&log_softmax_last_dim(&x).unwrap(), &candle_nn::ops::log_softmax(&x, D::Minus1).unwrap(), 1e-5);
+        close(
+            &rms_norm(&x, &w, 1e-5).unwrap(),
+            &candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap(),
+            1e-5,
+        );
+        close(
+            &softmax_last_dim(&x).unwrap(),
+            &candle_nn::ops::softmax_last_dim(&x).unwrap(),
+            1e-6,
+        );
+        close(
+            &log_softmax_last_dim(&x).unwrap(),
+            &candle_nn::ops::log_softmax(&x, D::Minus1).unwrap(),
+            1e-5,
+        );
         let xr = Tensor::randn(0f32, 1., (1, 2, 3, 8), &dev).unwrap();
         let c = Tensor::randn(0f32, 1., (1, 1, 3, 4), &dev).unwrap();
         let s = Tensor::randn(0f32, 1., (1, 1, 3, 4), &dev).unwrap();
-        let fused = candle_nn::rotary_emb::rope(&xr, &c.squeeze(0).unwrap().squeeze(0).unwrap(), &s.squeeze(0).unwrap().squeeze(0).unwrap()).unwrap();
+        let fused = candle_nn::rotary_emb::rope(
+            &xr,
+            &c.squeeze(0).unwrap().squeeze(0).unwrap(),
+            &s.squeeze(0).unwrap().squeeze(0).unwrap(),
+        )
+        .unwrap();
         close(&rope(&xr, &c, &s).unwrap(), &fused, 1e-5);
     }
 
@@ -96,33 +123,93 @@ mod tests {
     #[test]
     fn gradients_match_finite_differences() {
         let dev = Device::Cpu;
-        let x0: Vec<f64> = (0..12).map(|i| ((i * 7 % 5) as f64 - 2.0) * 0.3 + 0.1).collect();
+        let x0: Vec<f64> = (0..12)
+            .map(|i| ((i * 7 % 5) as f64 - 2.0) * 0.3 + 0.1)
+            .collect();
         let w = Tensor::new(&[0.5f64, -1.0, 2.0, 0.7], &dev).unwrap();
-        let coef = Tensor::new(&[[0.3f64, -0.2, 1.1, 0.4], [0.9, 0.1, -0.5, 0.2], [0.05, 0.6, -0.7, 0.3]], &dev).unwrap();
+        let coef = Tensor::new(
+            &[
+                [0.3f64, -0.2, 1.1, 0.4],
+                [0.9, 0.1, -0.5, 0.2],
+                [0.05, 0.6, -0.7, 0.3],
+            ],
+            &dev,
+        )
+        .unwrap();
         let cs = Tensor::new(&[[[[0.8f64, 0.6], [0.3, -0.2], [0.1, 0.9]]]], &dev).unwrap();
         let sn = Tensor::new(&[[[[0.6f64, -0.8], [0.95, 0.4], [-0.99, 0.2]]]], &dev).unwrap();
         type F = Box<dyn Fn(&Tensor) -> Tensor>;
         let fns: Vec<(&str, F)> = vec![
-            ("rms_norm", Box::new(move |x: &Tensor| rms_norm(x, &w, 1e-6).unwrap())),
-            ("softmax", Box::new(|x: &Tensor| softmax_last_dim(x).unwrap())),
-            ("log_softmax", Box::new(|x: &Tensor| log_softmax_last_dim(x).unwrap())),
-            ("rope", Box::new(move |x: &Tensor| rope(&x.reshape((1, 1, 3, 4)).unwrap(), &cs, &sn).unwrap().reshape((3, 4)).unwrap())),
+            (
+                "rms_norm",
+                Box::new(move |x: &Tensor| rms_norm(x, &w, 1e-6).unwrap()),
+            ),
+            (
+                "softmax",
+                Box::new(|x: &Tensor| softmax_last_dim(x).unwrap()),
+            ),
+            (
+                "log_softmax",
+                Box::new(|x: &Tensor| log_softmax_last_dim(x).unwrap()),
+            ),
+            (
+                "rope",
+                Box::new(move |x: &Tensor| {
+                    rope(&x.reshape((1, 1, 3, 4)).unwrap(), &cs, &sn)
+                        .unwrap()
+                        .reshape((3, 4))
+                        .unwrap()
+                }),
+            ),
         ];
         for (name, f) in fns {
             let loss = |x: &Tensor| (f(x) * &coef).unwrap().sum_all().unwrap();
-            let xv = Var::new(Tensor::new(x0.as_slice(), &dev).unwrap().reshape((3, 4)).unwrap().to_vec2::<f64>().unwrap(), &dev).unwrap();
+            let xv = Var::new(
+                Tensor::new(x0.as_slice(), &dev)
+                    .unwrap()
+                    .reshape((3, 4))
+                    .unwrap()
+                    .to_vec2::<f64>()
+                    .unwrap(),
+                &dev,
+            )
+            .unwrap();
             let g = loss(xv.as_tensor()).backward().unwrap();
-            let ga = g.get(xv.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let ga = g
+                .get(xv.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
             for i in 0..12 {
                 let eps = 1e-6;
                 let mut p = x0.clone();
                 p[i] += eps;
                 let mut m = x0.clone();
                 m[i] -= eps;
-                let lp = loss(&Tensor::new(p.as_slice(), &dev).unwrap().reshape((3, 4)).unwrap()).to_scalar::<f64>().unwrap();
-                let lm = loss(&Tensor::new(m.as_slice(), &dev).unwrap().reshape((3, 4)).unwrap()).to_scalar::<f64>().unwrap();
+                let lp = loss(
+                    &Tensor::new(p.as_slice(), &dev)
+                        .unwrap()
+                        .reshape((3, 4))
+                        .unwrap(),
+                )
+                .to_scalar::<f64>()
+                .unwrap();
+                let lm = loss(
+                    &Tensor::new(m.as_slice(), &dev)
+                        .unwrap()
+                        .reshape((3, 4))
+                        .unwrap(),
+                )
+                .to_scalar::<f64>()
+                .unwrap();
                 let fd = (lp - lm) / (2.0 * eps);
-                assert!((fd - ga[i]).abs() < 1e-6, "{name}[{i}]: fd {fd} autograd {}", ga[i]);
+                assert!(
+                    (fd - ga[i]).abs() < 1e-6,
+                    "{name}[{i}]: fd {fd} autograd {}",
+                    ga[i]
+                );
             }
         }
     }

@@ -89,8 +89,13 @@ mod tests {
     use super::*;
     #[test]
     fn deterministic_and_item_streams_independent_of_order() {
-        let a: Vec<u64> = (0..3).map(|i| Rng::for_item(7, "retain", i).next_u64()).collect();
-        let b: Vec<u64> = (0..3).rev().map(|i| Rng::for_item(7, "retain", i).next_u64()).collect();
+        let a: Vec<u64> = (0..3)
+            .map(|i| Rng::for_item(7, "retain", i).next_u64())
+            .collect();
+        let b: Vec<u64> = (0..3)
+            .rev()
+            .map(|i| Rng::for_item(7, "retain", i).next_u64())
+            .collect();
         assert_eq!(a, b.into_iter().rev().collect::<Vec<_>>());
         assert_ne!(a[0], a[1]);
         let mut r = Rng::new(1);

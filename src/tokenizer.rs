@@ -78,7 +78,10 @@ impl Tok {
             }
             None => {
                 let id = *eos_fallback.first().ok_or_else(|| {
-                    terr("no eos_token in tokenizer_config.json and no eos_token_id in config.json".into())
+                    terr(
+                        "no eos_token in tokenizer_config.json and no eos_token_id in config.json"
+                            .into(),
+                    )
                 })?;
                 let s = inner
                     .id_to_token(id)
@@ -118,10 +121,12 @@ impl Tok {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(|e| Error::Tokenizer {
-            path: "tokenizer.json".into(),
-            msg: format!("decoding: {e}"),
-        })
+        self.inner
+            .decode(ids, skip_special)
+            .map_err(|e| Error::Tokenizer {
+                path: "tokenizer.json".into(),
+                msg: format!("decoding: {e}"),
+            })
     }
 
     /// Render the chat template for one user turn (plus an optional system turn), with the
@@ -133,9 +138,15 @@ impl Tok {
         let mut env = minijinja::Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template("chat", tpl)
             .map_err(|e| Error::Template(e.to_string()))?;
         let mut messages = Vec::new();
@@ -163,13 +174,15 @@ impl Tok {
         let mut cfg = self.tokenizer_config.clone();
         if let (Some(o), Some(t)) = (cfg.as_object_mut(), &self.chat_template) {
             o.insert("chat_template".into(), t.clone().into());
-            o.entry("eos_token").or_insert(self.eos_token.clone().into());
+            o.entry("eos_token")
+                .or_insert(self.eos_token.clone().into());
             if let Some(b) = &self.bos_token {
                 o.entry("bos_token").or_insert(b.clone().into());
             }
         }
         let p = dir.join("tokenizer_config.json");
-        std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap()).map_err(|e| Error::io(&p, e))?;
+        std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap())
+            .map_err(|e| Error::io(&p, e))?;
         Ok(())
     }
 }
@@ -253,7 +266,14 @@ mod tests {
     #[test]
     fn byte_level_roundtrip_and_chat() {
         let (j, c) = byte_level_tokenizer_json(true);
-        let t = Tok::from_parts(j, c.clone(), c["chat_template"].as_str().map(String::from), &[], Path::new("x")).unwrap();
+        let t = Tok::from_parts(
+            j,
+            c.clone(),
+            c["chat_template"].as_str().map(String::from),
+            &[],
+            Path::new("x"),
+        )
+        .unwrap();
         assert_eq!(t.vocab_size(), 259);
         let ids = t.encode("Héllo <|im_end|>", false).unwrap();
         // "H" is byte 72 -> id 72; é is two bytes; the special token is one id.
@@ -261,7 +281,10 @@ mod tests {
         assert_eq!(*ids.last().unwrap(), 258);
         assert_eq!(t.decode(&ids, false).unwrap(), "Héllo <|im_end|>");
         let chat = t.render_chat(None, "Hi?").unwrap().unwrap();
-        assert_eq!(chat, "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            chat,
+            "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+        );
         assert_eq!(t.eos_id, 258);
         assert_eq!(t.pad_id, 256);
     }

@@ -8,19 +8,36 @@ use candle_core::{DType, Device, Tensor, D};
 use unlearn::model::{Llama, LlamaConfig};
 
 fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
-    let s = b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let s = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     d / s.max(1e-12)
 }
 
 fn check(name: &str) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(format!("parity_{name}"));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("parity_{name}"));
     let dev = Device::Cpu;
-    let cfg_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let cfg = LlamaConfig::from_json(&cfg_json, &dir).unwrap();
     let (tensors, src) = unlearn::hf::read_safetensors(&dir, &dev).unwrap();
     let model = Llama::from_tensors(cfg, tensors, &src, &dev).unwrap();
-    let golden: HashMap<String, Tensor> = candle_core::safetensors::load(dir.join("golden.safetensors"), &dev).unwrap();
+    let golden: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("golden.safetensors"), &dev).unwrap();
     let ids = golden["input_ids"].to_dtype(DType::U32).unwrap();
     let labels = golden["labels"].to_dtype(DType::I64).unwrap();
     let logits = model.forward(&ids).unwrap();
@@ -29,23 +46,48 @@ fn check(name: &str) {
 
     // HF causal-LM loss: mean over labelled positions of CE(logits[:, :-1], labels[:, 1:]).
     let t = ids.dim(1).unwrap();
-    let lp = unlearn::ops::gather_logprobs(&logits.narrow(1, 0, t - 1).unwrap(), &ids.narrow(1, 1, t - 1).unwrap()).unwrap();
-    let mask = labels.narrow(1, 1, t - 1).unwrap().ge(0i64).unwrap().to_dtype(DType::F32).unwrap();
-    let loss = ((lp * &mask).unwrap().sum_all().unwrap().neg().unwrap() / mask.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64).unwrap();
-    let want = golden["loss"].flatten_all().unwrap().to_vec1::<f32>().unwrap()[0];
+    let lp = unlearn::ops::gather_logprobs(
+        &logits.narrow(1, 0, t - 1).unwrap(),
+        &ids.narrow(1, 1, t - 1).unwrap(),
+    )
+    .unwrap();
+    let mask = labels
+        .narrow(1, 1, t - 1)
+        .unwrap()
+        .ge(0i64)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let loss = ((lp * &mask).unwrap().sum_all().unwrap().neg().unwrap()
+        / mask.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64)
+        .unwrap();
+    let want = golden["loss"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()[0];
     let got = loss.to_scalar::<f32>().unwrap();
-    assert!((got - want).abs() < 1e-5 * want.abs(), "{name}: loss {got} vs {want}");
+    assert!(
+        (got - want).abs() < 1e-5 * want.abs(),
+        "{name}: loss {got} vs {want}"
+    );
 
     let grads = loss.backward().unwrap();
     let mut n = 0;
     for (pname, var) in model.params() {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{name}: no grad for {pname}"));
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no grad for {pname}"));
         let w = &golden[&format!("grad.{pname}")];
         let r = max_rel(g, w);
         assert!(r < 1e-4, "{name}: grad {pname} rel diff {r}");
         n += 1;
     }
-    assert_eq!(n, golden.keys().filter(|k| k.starts_with("grad.")).count(), "{name}: every golden gradient compared");
+    assert_eq!(
+        n,
+        golden.keys().filter(|k| k.starts_with("grad.")).count(),
+        "{name}: every golden gradient compared"
+    );
     let _ = D::Minus1;
 }
 

@@ -123,8 +123,7 @@ impl LlamaConfig {
             path: path.to_path_buf(),
             msg,
         };
-        let raw: RawConfig =
-            serde_json::from_value(v.clone()).map_err(|e| err(format!("{e}")))?;
+        let raw: RawConfig = serde_json::from_value(v.clone()).map_err(|e| err(format!("{e}")))?;
         let arch = match raw.model_type.as_deref() {
             Some("llama") | None => Arch::Llama,
             Some("mistral") => Arch::Mistral,
@@ -177,7 +176,9 @@ impl LlamaConfig {
             None => None,
             Some(rs) => match rs.rope_type.as_deref() {
                 Some("llama3") => Some(RopeScaling::Llama3 {
-                    factor: rs.factor.ok_or_else(|| err("rope_scaling.factor missing".into()))?,
+                    factor: rs
+                        .factor
+                        .ok_or_else(|| err("rope_scaling.factor missing".into()))?,
                     low_freq_factor: rs.low_freq_factor.unwrap_or(1.0),
                     high_freq_factor: rs.high_freq_factor.unwrap_or(4.0),
                     original_max_position_embeddings: rs
@@ -185,7 +186,9 @@ impl LlamaConfig {
                         .unwrap_or(8192),
                 }),
                 Some("linear") => Some(RopeScaling::Linear {
-                    factor: rs.factor.ok_or_else(|| err("rope_scaling.factor missing".into()))?,
+                    factor: rs
+                        .factor
+                        .ok_or_else(|| err("rope_scaling.factor missing".into()))?,
                 }),
                 Some("default") => None,
                 other => {
@@ -297,7 +300,13 @@ impl LlamaConfig {
     }
 
     /// A tiny configuration for tests and the embedded demo.
-    pub fn tiny(vocab_size: usize, hidden: usize, layers: usize, heads: usize, kv_heads: usize) -> Self {
+    pub fn tiny(
+        vocab_size: usize,
+        hidden: usize,
+        layers: usize,
+        heads: usize,
+        kv_heads: usize,
+    ) -> Self {
         LlamaConfig {
             arch: Arch::Llama,
             vocab_size,
@@ -320,11 +329,29 @@ impl LlamaConfig {
         }
     }
 
+    /// Check the head layout of a hand-made configuration.
+    pub fn validate_heads(&self) -> Result<()> {
+        if self.num_key_value_heads == 0
+            || self.num_attention_heads % self.num_key_value_heads != 0
+            || self.head_dim % 2 != 0
+            || self.head_dim * self.num_attention_heads != self.hidden_size
+        {
+            return Err(Error::Invalid(format!(
+                "bad head layout: hidden {} heads {} kv heads {} head_dim {}",
+                self.hidden_size, self.num_attention_heads, self.num_key_value_heads, self.head_dim
+            )));
+        }
+        Ok(())
+    }
+
     /// Expected (HF name, shape) of every parameter tensor, in a stable order.
     pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (h, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
         let (q, kv) = (self.num_attention_heads * hd, self.num_key_value_heads * hd);
-        let mut v = vec![("model.embed_tokens.weight".to_string(), vec![self.vocab_size, h])];
+        let mut v = vec![(
+            "model.embed_tokens.weight".to_string(),
+            vec![self.vocab_size, h],
+        )];
         for l in 0..self.num_hidden_layers {
             let p = format!("model.layers.{l}");
             v.push((format!("{p}.input_layernorm.weight"), vec![h]));
@@ -385,6 +412,9 @@ mod tests {
             "num_hidden_layers":2,"num_attention_heads":3});
         let e = LlamaConfig::from_json(&v, Path::new("dir/config.json")).unwrap_err();
         let s = e.to_string();
-        assert!(s.contains("dir/config.json") && s.contains("hidden_size 8"), "{s}");
+        assert!(
+            s.contains("dir/config.json") && s.contains("hidden_size 8"),
+            "{s}"
+        );
     }
 }

@@ -108,7 +108,11 @@ pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
             high_freq_factor,
             original_max_position_embeddings,
         }) => {
-            let (factor, lo, hi) = (*factor as f32, *low_freq_factor as f32, *high_freq_factor as f32);
+            let (factor, lo, hi) = (
+                *factor as f32,
+                *low_freq_factor as f32,
+                *high_freq_factor as f32,
+            );
             let old = *original_max_position_embeddings as f32;
             let low_wl = old / lo;
             let high_wl = old / hi;
@@ -230,17 +234,38 @@ impl Llama {
                 sin.push(a.sin());
             }
         }
+        let dtype = embed.dtype();
         Ok(Llama {
             norm: get("model.norm.weight").unwrap(),
             embed,
             lm_head,
             layers,
-            cos: Tensor::from_vec(cos, (max_len, half), device)?,
-            sin: Tensor::from_vec(sin, (max_len, half), device)?,
+            cos: Tensor::from_vec(cos, (max_len, half), device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (max_len, half), device)?.to_dtype(dtype)?,
             params,
             cfg,
             device: device.clone(),
         })
+    }
+
+    /// A copy with every parameter in `dtype` (f64 for finite-difference tests, bf16 for
+    /// inference experiments). Training uses f32.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let params = self
+            .params
+            .iter()
+            .map(|(n, v)| {
+                Ok((
+                    n.clone(),
+                    Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_params(self.cfg.clone(), params, &self.device)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.embed.dtype()
     }
 
     pub fn device(&self) -> &Device {
@@ -269,7 +294,10 @@ impl Llama {
     /// Logits for a batch of token ids: ids [b, t] (u32) -> [b, t, vocab]. Positions 0..t, causal
     /// mask; right padding needs no mask because no real token attends to a later position.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(self.forward_with(ids, None, None, None, Hooks::default())?.logits.unwrap())
+        Ok(self
+            .forward_with(ids, None, None, None, Hooks::default())?
+            .logits
+            .unwrap())
     }
 
     /// General forward pass.
@@ -308,13 +336,20 @@ impl Llama {
             }
         };
         let mask = self.attn_mask(b, t, past, key_mask)?; // [1 or b, 1, 1, t, total]
-        let mut x = self
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?;
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            b,
+            t,
+            self.cfg.hidden_size,
+        ))?;
         let mut hidden = Vec::new();
         let last_needed = if hooks.skip_logits {
-            hooks.hidden_layers.iter().copied().max().map(|l| l + 1).unwrap_or(0)
+            hooks
+                .hidden_layers
+                .iter()
+                .copied()
+                .max()
+                .map(|l| l + 1)
+                .unwrap_or(0)
         } else {
             self.layers.len()
         };
@@ -341,7 +376,13 @@ impl Llama {
 
     /// Additive mask [1 or b, 1, 1, t, past + t]: 0 where query i may see key j, −1e9 elsewhere
     /// (finite so a fully masked padding row gives a uniform softmax instead of NaN).
-    fn attn_mask(&self, b: usize, t: usize, past: usize, key_mask: Option<&Tensor>) -> Result<Tensor> {
+    fn attn_mask(
+        &self,
+        b: usize,
+        t: usize,
+        past: usize,
+        key_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let total = past + t;
         let win = self.cfg.sliding_window;
         let mut m = vec![0f32; t * total];
@@ -354,11 +395,13 @@ impl Llama {
                 }
             }
         }
-        let causal = Tensor::from_vec(m, (1, 1, 1, t, total), &self.device)?;
+        let causal =
+            Tensor::from_vec(m, (1, 1, 1, t, total), &self.device)?.to_dtype(self.dtype())?;
         match key_mask {
             None => Ok(causal),
             Some(km) => {
-                let pad = ((km.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, 1, total))?;
+                let pad =
+                    ((km.to_dtype(self.dtype())? - 1.0)? * 1e9)?.reshape((b, 1, 1, 1, total))?;
                 Ok(causal.broadcast_add(&pad)?)
             }
         }
@@ -445,5 +488,4 @@ impl Llama {
     pub fn num_params(&self) -> usize {
         self.params.iter().map(|(_, v)| v.elem_count()).sum()
     }
-
 }

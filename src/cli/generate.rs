@@ -1,0 +1,73 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use unlearn::data::{Formatter, PromptStyle};
+use unlearn::generate::{generate, GenConfig};
+use unlearn::hf::ModelDir;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    model: PathBuf,
+    /// The user's message (wrapped in the chat template unless --raw or --plain).
+    #[arg(long)]
+    prompt: Vec<String>,
+    /// Feed the prompt text as is (no template).
+    #[arg(long)]
+    raw: bool,
+    /// Use the plain `Question: …\nAnswer:` template instead of the chat template.
+    #[arg(long)]
+    plain: bool,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    anyhow::ensure!(!a.prompt.is_empty(), "give at least one --prompt");
+    let dev = unlearn::device(&a.device)?;
+    let md = ModelDir::load(&a.model, &dev)?;
+    let style = if a.plain {
+        PromptStyle::Plain
+    } else {
+        PromptStyle::Auto
+    };
+    let f = Formatter::new(&md.tok, style, md.model.cfg.max_position_embeddings)?;
+    let prompts: Vec<Vec<u32>> = a
+        .prompt
+        .iter()
+        .map(|p| {
+            if a.raw {
+                md.tok.encode(p, true)
+            } else {
+                f.encode_prompt(p)
+            }
+        })
+        .collect::<unlearn::Result<_>>()?;
+    let cfg = GenConfig {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        seed: a.seed,
+    };
+    let mut stop = md.model.cfg.eos_token_ids.clone();
+    stop.push(md.tok.eos_id);
+    let ids: Vec<u64> = (0..prompts.len() as u64).collect();
+    let out = generate(&md.model, &prompts, &ids, &stop, md.tok.pad_id, &cfg)?;
+    for (p, o) in a.prompt.iter().zip(out) {
+        let text = md.tok.decode(&o, true)?;
+        if a.prompt.len() > 1 {
+            println!("### {p}");
+        }
+        println!("{}", text.trim());
+    }
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Prompt formatting: the model's chat template when it has one, else the plain template
+//! `Question: {q}\nAnswer: {a}`. Labels cover the answer tokens plus EOS only.
+use crate::error::{Error, Result};
+use crate::tokenizer::Tok;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptStyle {
+    /// Chat template if the tokenizer has one, else plain.
+    Auto,
+    Chat,
+    Plain,
+}
+
+/// One encoded (prompt, answer) pair: `ids` = prompt ⊕ answer ⊕ EOS; the labelled tokens are
+/// `ids[n_prompt..]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub n_prompt: usize,
+}
+
+impl Encoded {
+    pub fn n_labels(&self) -> usize {
+        self.ids.len() - self.n_prompt
+    }
+}
+
+pub struct Formatter<'a> {
+    pub tok: &'a Tok,
+    chat: bool,
+    pub system: Option<String>,
+    pub max_len: usize,
+}
+
+impl<'a> Formatter<'a> {
+    pub fn new(tok: &'a Tok, style: PromptStyle, max_len: usize) -> Result<Self> {
+        let chat = match style {
+            PromptStyle::Auto => tok.chat_template.is_some(),
+            PromptStyle::Plain => false,
+            PromptStyle::Chat => {
+                if tok.chat_template.is_none() {
+                    return Err(Error::Invalid(
+                        "prompt style `chat` asked for, but the tokenizer has no chat template"
+                            .into(),
+                    ));
+                }
+                true
+            }
+        };
+        Ok(Formatter {
+            tok,
+            chat,
+            system: None,
+            max_len,
+        })
+    }
+
+    pub fn uses_chat(&self) -> bool {
+        self.chat
+    }
+
+    /// The prompt text for question `q` (ends where the answer starts).
+    pub fn prompt_text(&self, q: &str) -> Result<String> {
+        if self.chat {
+            Ok(self.tok.render_chat(self.system.as_deref(), q)?.unwrap())
+        } else {
+            Ok(format!("Question: {q}\nAnswer:"))
+        }
+    }
+
+    /// Token ids of the prompt (chat: the rendered template carries its own special tokens;
+    /// plain: the tokenizer's post-processor adds BOS where the model uses one).
+    pub fn encode_prompt(&self, q: &str) -> Result<Vec<u32>> {
+        let text = self.prompt_text(q)?;
+        self.tok.encode(&text, !self.chat)
+    }
+
+    /// Encode (q, a): prompt ⊕ answer ⊕ EOS, truncated to `max_len`. The answer is tokenised
+    /// jointly with the prompt when that keeps the prompt's tokens unchanged (so the answer's
+    /// first token is the one the model would produce), else separately.
+    pub fn encode_qa(&self, q: &str, a: &str) -> Result<Encoded> {
+        let prompt = self.encode_prompt(q)?;
+        let ptext = self.prompt_text(q)?;
+        let sep = if self.chat { "" } else { " " };
+        let full = self.tok.encode(&format!("{ptext}{sep}{a}"), !self.chat)?;
+        let mut ids = if full.len() > prompt.len() && full[..prompt.len()] == prompt[..] {
+            full
+        } else {
+            let mut v = prompt.clone();
+            v.extend(self.tok.encode(&format!("{sep}{a}"), false)?);
+            v
+        };
+        if ids.len() == prompt.len() {
+            return Err(Error::Invalid(format!(
+                "answer {a:?} to question {q:?} has no tokens (nothing to learn or unlearn)"
+            )));
+        }
+        ids.push(self.tok.eos_id);
+        if prompt.len() + 1 >= self.max_len {
+            return Err(Error::Invalid(format!(
+                "prompt of question {q:?} has {} tokens, max_len is {}",
+                prompt.len(),
+                self.max_len
+            )));
+        }
+        ids.truncate(self.max_len);
+        Ok(Encoded {
+            ids,
+            n_prompt: prompt.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::byte_level_tokenizer_json;
+    use std::path::Path;
+
+    #[test]
+    fn labels_cover_answer_and_eos() {
+        let (j, c) = byte_level_tokenizer_json(true);
+        let tok = Tok::from_parts(
+            j,
+            c.clone(),
+            c["chat_template"].as_str().map(String::from),
+            &[],
+            Path::new("t"),
+        )
+        .unwrap();
+        let f = Formatter::new(&tok, PromptStyle::Auto, 512).unwrap();
+        assert!(f.uses_chat());
+        let e = f.encode_qa("Who?", "Bob").unwrap();
+        assert_eq!(e.n_labels(), 4); // B o b EOS
+        assert_eq!(
+            tok.decode(&e.ids[e.n_prompt..], false).unwrap(),
+            "Bob<|im_end|>"
+        );
+        let p = Formatter::new(&tok, PromptStyle::Plain, 512).unwrap();
+        let e = p.encode_qa("Who?", "Bob").unwrap();
+        assert_eq!(
+            tok.decode(&e.ids[..e.n_prompt], false).unwrap(),
+            "Question: Who?\nAnswer:"
+        );
+        assert_eq!(
+            tok.decode(&e.ids[e.n_prompt..], false).unwrap(),
+            " Bob<|im_end|>"
+        );
+        let short = Formatter::new(&tok, PromptStyle::Plain, 25).unwrap();
+        assert_eq!(
+            short.encode_qa("Who?", "Bob is here").unwrap().ids.len(),
+            25
+        );
+    }
+}

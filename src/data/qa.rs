@@ -1,0 +1,133 @@
+//! QA datasets as JSON arrays or JSONL, with TOFU field names: `question`, `answer`,
+//! `paraphrased_answer`, `perturbed_answer` (list), `paraphrased_question`. Real-authors /
+//! world-facts files give their wrong options as `perturbed_answer` as well.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{read_to_string, Error, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QaItem {
+    pub question: String,
+    pub answer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paraphrased_answer: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
+    pub perturbed_answer: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paraphrased_question: Option<String>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+        Null(()),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+        OneOrMany::Null(()) => vec![],
+    })
+}
+
+fn check(item: &QaItem) -> std::result::Result<(), String> {
+    if item.question.trim().is_empty() {
+        return Err("empty `question`".into());
+    }
+    if item.answer.trim().is_empty() {
+        return Err("empty `answer`".into());
+    }
+    Ok(())
+}
+
+/// Read a QA file: a JSON array (errors name the element index as `item N` and the line where the
+/// parser stopped) or JSONL (errors name the line). Blank lines are skipped.
+pub fn read_qa(path: &Path) -> Result<Vec<QaItem>> {
+    let text = read_to_string(path)?;
+    let err = |line: usize, msg: String| Error::Data {
+        path: path.to_path_buf(),
+        line,
+        msg,
+    };
+    let trimmed = text.trim_start();
+    let mut out = Vec::new();
+    if trimmed.starts_with('[') {
+        let values: Vec<serde_json::Value> =
+            serde_json::from_str(&text).map_err(|e| err(e.line(), format!("invalid JSON: {e}")))?;
+        // Line of each element: find the start of each top-level element by re-scanning.
+        for (i, v) in values.into_iter().enumerate() {
+            let item: QaItem =
+                serde_json::from_value(v).map_err(|e| err(0, format!("item {i}: {e}")))?;
+            check(&item).map_err(|m| err(0, format!("item {i}: {m}")))?;
+            out.push(item);
+        }
+    } else {
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let item: QaItem = serde_json::from_str(line).map_err(|e| err(i + 1, e.to_string()))?;
+            check(&item).map_err(|m| err(i + 1, m))?;
+            out.push(item);
+        }
+    }
+    if out.is_empty() {
+        return Err(err(0, "the dataset has no items".into()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_jsonl_and_array_and_reports_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.jsonl");
+        std::fs::write(&p, "{\"question\":\"q1\",\"answer\":\"a1\",\"perturbed_answer\":[\"x\",\"y\"]}\n\n{\"question\":\"q2\",\"answer\":\"a2\",\"perturbed_answer\":\"z\"}\n").unwrap();
+        let v = read_qa(&p).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].perturbed_answer, vec!["x", "y"]);
+        assert_eq!(v[1].perturbed_answer, vec!["z"]);
+        let p2 = dir.path().join("b.json");
+        std::fs::write(&p2, serde_json::to_string(&v).unwrap()).unwrap();
+        assert_eq!(read_qa(&p2).unwrap(), v);
+        std::fs::write(
+            &p,
+            "{\"question\":\"q1\",\"answer\":\"a1\"}\n{\"question\":\"q2\"}\n",
+        )
+        .unwrap();
+        let e = read_qa(&p).unwrap_err().to_string();
+        assert!(e.contains("a.jsonl:2:") && e.contains("answer"), "{e}");
+        std::fs::write(&p, "{\"question\":\"q1\",\"answer\":\"  \"}\n").unwrap();
+        assert!(read_qa(&p)
+            .unwrap_err()
+            .to_string()
+            .contains(":1: empty `answer`"));
+    }
+
+    #[test]
+    fn reads_tofu_files() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/data/tofu/forget01_perturbed.jsonl");
+        if !p.exists() {
+            eprintln!("skipping: {} not present", p.display());
+            return;
+        }
+        let v = read_qa(&p).unwrap();
+        assert_eq!(v.len(), 40);
+        assert_eq!(v[0].perturbed_answer.len(), 5);
+        assert!(v[0].paraphrased_answer.is_some() && v[0].paraphrased_question.is_some());
+    }
+}

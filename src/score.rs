@@ -1,0 +1,94 @@
+//! Teacher-forced per-token log-probabilities of answers: the primitive every loss and metric
+//! uses. Sequences are right-padded; with a causal mask no real token sees padding, so the
+//! values do not depend on the batch a sequence is scored in.
+use candle_core::{DType, Device, Tensor};
+
+use crate::data::Encoded;
+use crate::error::Result;
+use crate::model::Llama;
+use crate::ops;
+
+/// A right-padded batch of L tokens per row, shifted for next-token prediction:
+/// `input` [b, L−1] (u32), `targets` [b, L−1] (u32), `mask` [b, L−1] (f32, 1 on label positions).
+pub struct Batch {
+    pub input: Tensor,
+    pub targets: Tensor,
+    pub mask: Tensor,
+    /// Number of labelled tokens per row.
+    pub n_labels: Vec<usize>,
+}
+
+impl Batch {
+    pub fn new(items: &[&Encoded], pad_id: u32, device: &Device) -> Result<Self> {
+        let l = items.iter().map(|e| e.ids.len()).max().unwrap_or(1).max(2);
+        let b = items.len();
+        let mut input = vec![pad_id; b * (l - 1)];
+        let mut targets = vec![pad_id; b * (l - 1)];
+        let mut mask = vec![0f32; b * (l - 1)];
+        let mut n_labels = Vec::with_capacity(b);
+        for (r, e) in items.iter().enumerate() {
+            let row = r * (l - 1);
+            for i in 0..e.ids.len() - 1 {
+                input[row + i] = e.ids[i];
+                targets[row + i] = e.ids[i + 1];
+                // position i predicts token i+1, a label iff i+1 >= n_prompt
+                if i + 1 >= e.n_prompt {
+                    mask[row + i] = 1.0;
+                }
+            }
+            n_labels.push(e.n_labels());
+        }
+        Ok(Batch {
+            input: Tensor::from_vec(input, (b, l - 1), device)?,
+            targets: Tensor::from_vec(targets, (b, l - 1), device)?,
+            mask: Tensor::from_vec(mask, (b, l - 1), device)?,
+            n_labels,
+        })
+    }
+
+    /// Total labelled tokens.
+    pub fn total_labels(&self) -> usize {
+        self.n_labels.iter().sum()
+    }
+}
+
+/// Per-position log p(target) with non-label positions zeroed: [b, L−1].
+pub fn label_logprobs(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
+    Ok((ops::gather_logprobs(logits, &batch.targets)? * &batch.mask)?)
+}
+
+/// Σ_t log p(a_t) per row: [b] (the summed log-probability of each answer, EOS included).
+pub fn sum_logprobs(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
+    Ok(label_logprobs(logits, batch)?.sum(1)?)
+}
+
+/// nll_mean per row: −Σ_t log p(a_t) / |a|, [b].
+pub fn nll_mean(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
+    let n: Vec<f32> = batch.n_labels.iter().map(|&n| n.max(1) as f32).collect();
+    let n = Tensor::from_vec(n, batch.n_labels.len(), logits.device())?;
+    Ok(sum_logprobs(logits, batch)?.neg()?.div(&n)?)
+}
+
+/// Token-mean NLL over every labelled token of the batch (the Hugging Face causal-LM loss).
+pub fn token_mean_nll(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
+    let n = batch.total_labels().max(1) as f64;
+    Ok((label_logprobs(logits, batch)?.sum_all()?.neg()? / n)?)
+}
+
+/// Per-item per-token log-probabilities of the labelled tokens (no gradient), scored in batches
+/// of `batch_size`. Item i gets a vector of length `items[i].n_labels()`.
+pub fn score(model: &Llama, items: &[Encoded], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(batch_size.max(1)) {
+        let refs: Vec<&Encoded> = chunk.iter().collect();
+        let batch = Batch::new(&refs, 0, model.device())?;
+        let logits = model.forward(&batch.input)?.detach();
+        let lp = ops::gather_logprobs(&logits, &batch.targets)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        for (e, row) in chunk.iter().zip(lp) {
+            out.push(row[e.n_prompt - 1..e.ids.len() - 1].to_vec());
+        }
+    }
+    Ok(out)
+}
