@@ -1,0 +1,336 @@
+//! End-to-end tests of the `unlearn` binary on tiny fixtures the tests create themselves.
+mod common;
+use common::*;
+
+use std::collections::HashMap;
+
+use candle_core::{Device, Tensor};
+
+#[test]
+fn finetune_memorises_then_reloads_and_generates() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::write(p.join("qa.jsonl"), SHORT_QA).unwrap();
+    ok(
+        &[
+            "init", "--out", "tiny", "--hidden", "64", "--layers", "2", "--seed", "1",
+        ],
+        p,
+    );
+    let out = ok(
+        &[
+            "finetune",
+            "--model",
+            "tiny",
+            "--data",
+            "qa.jsonl",
+            "--out",
+            "ft",
+            "--set",
+            "lr=3e-3",
+            "--set",
+            "epochs=80",
+            "--set",
+            "batch_size=4",
+        ],
+        p,
+    );
+    assert!(out.contains("80 steps"), "{out}");
+    for f in ["run.json", "config.toml", "train_log.jsonl"] {
+        assert!(p.join("ft.run").join(f).exists(), "missing {f}");
+    }
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("ft.run/run.json")).unwrap()).unwrap();
+    assert_eq!(run["config"]["lr"], 3e-3);
+    let log = std::fs::read_to_string(p.join("ft.run/train_log.jsonl")).unwrap();
+    let losses: Vec<f64> = log
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        losses.last().unwrap() < &(losses[0] / 5.0),
+        "loss did not fall: {losses:?}"
+    );
+    let gen = ok(
+        &[
+            "generate",
+            "--model",
+            "ft",
+            "--prompt",
+            "Code for apple?",
+            "--prompt",
+            "Code for fig?",
+            "--max-new-tokens",
+            "12",
+        ],
+        p,
+    );
+    assert!(
+        gen.contains("zebra 41") && gen.contains("otter 93"),
+        "{gen}"
+    );
+    // Same seed, same machine: bit-identical weights.
+    ok(
+        &[
+            "finetune",
+            "--model",
+            "tiny",
+            "--data",
+            "qa.jsonl",
+            "--out",
+            "ft2",
+            "--set",
+            "lr=3e-3",
+            "--set",
+            "epochs=80",
+            "--set",
+            "batch_size=4",
+        ],
+        p,
+    );
+    assert_eq!(
+        std::fs::read(p.join("ft/model.safetensors")).unwrap(),
+        std::fs::read(p.join("ft2/model.safetensors")).unwrap()
+    );
+}
+
+#[test]
+fn bad_inputs_fail_cleanly_without_output() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    ok(
+        &["init", "--out", "tiny", "--hidden", "32", "--layers", "1"],
+        p,
+    );
+    std::fs::write(
+        p.join("bad.jsonl"),
+        "{\"question\": \"q\", \"answer\": \"a\"}\n{\"question\": \"q\"}\n",
+    )
+    .unwrap();
+    let e = fails(
+        &[
+            "finetune",
+            "--model",
+            "tiny",
+            "--data",
+            "bad.jsonl",
+            "--out",
+            "o",
+        ],
+        p,
+    );
+    assert!(e.contains("bad.jsonl:2:") && e.contains("answer"), "{e}");
+    std::fs::write(p.join("qa.jsonl"), SHORT_QA).unwrap();
+    let e = fails(
+        &[
+            "finetune",
+            "--model",
+            "tiny",
+            "--data",
+            "qa.jsonl",
+            "--out",
+            "o",
+            "--set",
+            "learning_rate=1",
+        ],
+        p,
+    );
+    assert!(e.contains("unknown field `learning_rate`"), "{e}");
+    let e = fails(
+        &[
+            "finetune", "--model", "nowhere", "--data", "qa.jsonl", "--out", "o",
+        ],
+        p,
+    );
+    assert!(e.contains("nowhere/config.json"), "{e}");
+    assert!(!p.join("o").exists());
+
+    // A checkpoint with a missing tensor names it; one with a wrong shape names both shapes.
+    let dev = Device::Cpu;
+    let mut t: HashMap<String, Tensor> =
+        candle_core::safetensors::load(p.join("tiny/model.safetensors"), &dev).unwrap();
+    let w = t.remove("model.layers.0.mlp.up_proj.weight").unwrap();
+    candle_core::safetensors::save(&t, p.join("tiny/model.safetensors")).unwrap();
+    let e = fails(&["generate", "--model", "tiny", "--prompt", "hi"], p);
+    assert!(
+        e.contains("model.layers.0.mlp.up_proj.weight") && e.contains("missing"),
+        "{e}"
+    );
+    t.insert(
+        "model.layers.0.mlp.up_proj.weight".into(),
+        w.narrow(0, 0, 8).unwrap(),
+    );
+    candle_core::safetensors::save(&t, p.join("tiny/model.safetensors")).unwrap();
+    let e = fails(&["generate", "--model", "tiny", "--prompt", "hi"], p);
+    assert!(
+        e.contains("up_proj.weight` has shape [8, 32], expected [88, 32]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn non_finite_training_stops_and_keeps_last_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::write(p.join("qa.jsonl"), SHORT_QA).unwrap();
+    ok(
+        &["init", "--out", "tiny", "--hidden", "32", "--layers", "1"],
+        p,
+    );
+    let e = fails(
+        &[
+            "finetune",
+            "--model",
+            "tiny",
+            "--data",
+            "qa.jsonl",
+            "--out",
+            "o",
+            "--set",
+            "lr=1e30",
+            "--set",
+            "warmup_ratio=0",
+            "--set",
+            "max_grad_norm=0",
+            "--set",
+            "batch_size=2",
+            "--set",
+            "save_every=1",
+        ],
+        p,
+    );
+    assert!(
+        e.contains("non-finite") && e.contains("checkpoint-1"),
+        "{e}"
+    );
+    assert!(p.join("o.run/checkpoint-1/model.safetensors").exists());
+    assert!(!p.join("o").exists(), "no output model after a failed run");
+}
+
+/// Build a GGUF the way llama.cpp's converter does (permuted q/k, llama.cpp names, gpt2
+/// tokenizer metadata) from a random HF model, import it, and compare logits.
+#[test]
+fn gguf_import_roundtrip_matches_original_logits() {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    ok(
+        &[
+            "init", "--out", "tiny", "--hidden", "32", "--layers", "2", "--seed", "3",
+        ],
+        p,
+    );
+    let dev = Device::Cpu;
+    let md = unlearn::hf::ModelDir::load(&p.join("tiny"), &dev).unwrap();
+    let c = &md.model.cfg;
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for (name, t) in md.model.named_tensors() {
+        let g = name
+            .replace("model.embed_tokens.weight", "token_embd.weight")
+            .replace("model.norm.weight", "output_norm.weight")
+            .replace("model.layers.", "blk.")
+            .replace("input_layernorm", "attn_norm")
+            .replace("self_attn.q_proj", "attn_q")
+            .replace("self_attn.k_proj", "attn_k")
+            .replace("self_attn.v_proj", "attn_v")
+            .replace("self_attn.o_proj", "attn_output")
+            .replace("post_attention_layernorm", "ffn_norm")
+            .replace("mlp.gate_proj", "ffn_gate")
+            .replace("mlp.up_proj", "ffn_up")
+            .replace("mlp.down_proj", "ffn_down");
+        let t = if g.ends_with("attn_q.weight") {
+            unlearn::gguf::permute_qk(&t, c.num_attention_heads).unwrap()
+        } else if g.ends_with("attn_k.weight") {
+            unlearn::gguf::permute_qk(&t, c.num_key_value_heads).unwrap()
+        } else {
+            t
+        };
+        tensors.push((g, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+    }
+    let vocab: Vec<String> = (0..c.vocab_size as u32)
+        .map(|i| {
+            md.tok
+                .inner
+                .id_to_token(i)
+                .unwrap_or_else(|| format!("<pad_{i}>"))
+        })
+        .collect();
+    use gguf_file::Value as V;
+    let md_kv: Vec<(&str, V)> = vec![
+        ("general.architecture", V::String("llama".into())),
+        ("llama.block_count", V::U32(c.num_hidden_layers as u32)),
+        (
+            "llama.context_length",
+            V::U32(c.max_position_embeddings as u32),
+        ),
+        ("llama.embedding_length", V::U32(c.hidden_size as u32)),
+        (
+            "llama.feed_forward_length",
+            V::U32(c.intermediate_size as u32),
+        ),
+        (
+            "llama.attention.head_count",
+            V::U32(c.num_attention_heads as u32),
+        ),
+        (
+            "llama.attention.head_count_kv",
+            V::U32(c.num_key_value_heads as u32),
+        ),
+        ("llama.rope.freq_base", V::F32(c.rope_theta as f32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            V::F32(c.rms_norm_eps as f32),
+        ),
+        ("tokenizer.ggml.model", V::String("gpt2".into())),
+        ("tokenizer.ggml.pre", V::String("gpt-2".into())),
+        (
+            "tokenizer.ggml.tokens",
+            V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            V::Array(
+                (0..vocab.len())
+                    .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
+                    .collect(),
+            ),
+        ),
+        ("tokenizer.ggml.merges", V::Array(vec![])),
+        ("tokenizer.ggml.eos_token_id", V::U32(258)),
+        (
+            "tokenizer.chat_template",
+            V::String(unlearn::tokenizer::CHATML_TEMPLATE.into()),
+        ),
+    ];
+    let mut f = std::fs::File::create(p.join("m.gguf")).unwrap();
+    let kv: Vec<(&str, &V)> = md_kv.iter().map(|(k, v)| (*k, v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &kv, &ts).unwrap();
+    drop(f);
+    ok(&["import", "m.gguf", "--out", "imp"], p);
+    let imp = unlearn::hf::ModelDir::load(&p.join("imp"), &dev).unwrap();
+    let ids = Tensor::new(&[[72u32, 101, 108, 108, 111, 32, 258]], &dev).unwrap();
+    let a = md.model.forward(&ids).unwrap();
+    let b = imp.model.forward(&ids).unwrap();
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-5, "logits differ by {diff}");
+    assert_eq!(
+        imp.tok.encode("Hello <|im_end|>", false).unwrap(),
+        md.tok.encode("Hello <|im_end|>", false).unwrap()
+    );
+    assert_eq!(
+        imp.tok.render_chat(None, "hi").unwrap(),
+        md.tok.render_chat(None, "hi").unwrap()
+    );
+}

