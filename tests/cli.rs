@@ -211,16 +211,39 @@ fn non_finite_training_stops_and_keeps_last_checkpoint() {
     assert!(!p.join("o").exists(), "no output model after a failed run");
 }
 
-/// Build a GGUF the way llama.cpp's converter does (permuted q/k, llama.cpp names, gpt2
-/// tokenizer metadata) from a random HF model, import it, and compare logits.
 #[test]
 fn gguf_import_roundtrip_matches_original_logits() {
+    gguf_roundtrip(candle_core::quantized::GgmlDType::F32);
+}
+
+#[test]
+fn gguf_import_dequantizes_q8_0_q4_0_q4_1() {
+    use candle_core::quantized::GgmlDType;
+    for q in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4_1] {
+        gguf_roundtrip(q);
+    }
+}
+
+/// Build a GGUF the way llama.cpp's converter does (permuted q/k, llama.cpp names, gpt2
+/// tokenizer metadata, 2-D weights quantized with `q`) from a random HF model, import it, and
+/// compare with the original whose 2-D weights went through the same quantize/dequantize.
+fn gguf_roundtrip(q: candle_core::quantized::GgmlDType) {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     ok(
         &[
-            "init", "--out", "tiny", "--hidden", "32", "--layers", "2", "--seed", "3",
+            "init",
+            "--out",
+            "tiny",
+            "--hidden",
+            "64",
+            "--intermediate",
+            "128",
+            "--layers",
+            "2",
+            "--seed",
+            "3",
         ],
         p,
     );
@@ -249,8 +272,30 @@ fn gguf_import_roundtrip_matches_original_logits() {
         } else {
             t
         };
-        tensors.push((g, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+        let qt = if t.rank() == 2 {
+            QTensor::quantize(&t, q).unwrap()
+        } else {
+            QTensor::quantize(&t, GgmlDType::F32).unwrap()
+        };
+        tensors.push((g, qt));
     }
+    // The original with the same quantisation error (row permutation commutes with row blocks).
+    let expected: HashMap<String, Tensor> = md
+        .model
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| {
+            let t = if t.rank() == 2 {
+                QTensor::quantize(&t, q).unwrap().dequantize(&dev).unwrap()
+            } else {
+                t
+            };
+            (n, t)
+        })
+        .collect();
+    let expected =
+        unlearn::model::Llama::from_tensors(c.clone(), expected, std::path::Path::new("x"), &dev)
+            .unwrap();
     let vocab: Vec<String> = (0..c.vocab_size as u32)
         .map(|i| {
             md.tok
@@ -314,7 +359,7 @@ fn gguf_import_roundtrip_matches_original_logits() {
     ok(&["import", "m.gguf", "--out", "imp"], p);
     let imp = unlearn::hf::ModelDir::load(&p.join("imp"), &dev).unwrap();
     let ids = Tensor::new(&[[72u32, 101, 108, 108, 111, 32, 258]], &dev).unwrap();
-    let a = md.model.forward(&ids).unwrap();
+    let a = expected.forward(&ids).unwrap();
     let b = imp.model.forward(&ids).unwrap();
     let diff = (a - b)
         .unwrap()

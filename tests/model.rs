@@ -190,3 +190,113 @@ fn sampling_is_seeded_per_item() {
     let b = unlearn::generate::generate(&m, &p[1..], &[1], &[], 0, &g).unwrap();
     assert_eq!(a[1], b[0]);
 }
+
+#[test]
+fn hooks_expose_hidden_states_and_replace_mlp_activations() {
+    use unlearn::model::Hooks;
+    let m = Llama::random(tiny_config(32, 3), 2, &Device::Cpu).unwrap();
+    let ids = Tensor::new(&[[3u32, 4, 5, 6]], &Device::Cpu).unwrap();
+    let base = m.forward(&ids).unwrap();
+    let seen = std::cell::RefCell::new(vec![]);
+    let record = |l: usize, a: &Tensor| {
+        seen.borrow_mut().push((l, a.dims().to_vec()));
+        Ok(None)
+    };
+    let o = m
+        .forward_with(
+            &ids,
+            None,
+            None,
+            None,
+            Hooks {
+                hidden_layers: &[0, 2],
+                mlp_act: Some(&record),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let inter = m.cfg.intermediate_size;
+    assert_eq!(
+        *seen.borrow(),
+        vec![
+            (0, vec![1, 4, inter]),
+            (1, vec![1, 4, inter]),
+            (2, vec![1, 4, inter])
+        ]
+    );
+    assert_eq!(
+        o.hidden
+            .iter()
+            .map(|(l, h)| (*l, h.dims().to_vec()))
+            .collect::<Vec<_>>(),
+        vec![(0, vec![1, 4, 32]), (2, vec![1, 4, 32])]
+    );
+    let same = (o.logits.unwrap() - &base)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(same, 0.0, "a recording hook changes nothing");
+    // Zeroing layer 1's MLP activations changes the output.
+    let zero = |l: usize, a: &Tensor| Ok(if l == 1 { Some(a.zeros_like()?) } else { None });
+    let z = m
+        .forward_with(
+            &ids,
+            None,
+            None,
+            None,
+            Hooks {
+                mlp_act: Some(&zero),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .logits
+        .unwrap();
+    assert!(
+        (z - &base)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 1e-6
+    );
+    // skip_logits stops after the last requested layer.
+    let s = m
+        .forward_with(
+            &ids,
+            None,
+            None,
+            None,
+            Hooks {
+                hidden_layers: &[1],
+                skip_logits: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(s.logits.is_none());
+    let full_h1 = m
+        .forward_with(
+            &ids,
+            None,
+            None,
+            None,
+            Hooks {
+                hidden_layers: &[1],
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .hidden;
+    assert_eq!(
+        s.hidden[0].1.to_vec3::<f32>().unwrap(),
+        full_h1[0].1.to_vec3::<f32>().unwrap()
+    );
+}

@@ -10,6 +10,9 @@ pub struct Args {
     hidden: usize,
     #[arg(long, default_value_t = 4)]
     layers: usize,
+    /// MLP width (default: about 8/3 of hidden).
+    #[arg(long)]
+    intermediate: Option<usize>,
     #[arg(long, default_value_t = 4)]
     heads: usize,
     #[arg(long, default_value_t = 2)]
@@ -29,6 +32,9 @@ pub fn run(a: Args) -> Result<()> {
     let mut cfg =
         unlearn::model::LlamaConfig::tiny(a.vocab, a.hidden, a.layers, a.heads, a.kv_heads);
     cfg.eos_token_ids = vec![258];
+    if let Some(i) = a.intermediate {
+        cfg.intermediate_size = i;
+    }
     cfg.validate_heads()?;
     unlearn::fixture::write_tiny_llama(&a.out, cfg.clone(), a.seed)?;
     println!(
