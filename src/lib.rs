@@ -8,6 +8,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hf;
 pub mod model;
+pub mod objective;
 pub mod ops;
 pub mod optim;
 pub mod progress;

@@ -14,6 +14,8 @@ pub struct Batch {
     pub input: Tensor,
     pub targets: Tensor,
     pub mask: Tensor,
+    /// [b, L−1] f32, 1 on every real (non-padding) input position.
+    pub valid: Tensor,
     /// Number of labelled tokens per row.
     pub n_labels: Vec<usize>,
 }
@@ -25,12 +27,14 @@ impl Batch {
         let mut input = vec![pad_id; b * (l - 1)];
         let mut targets = vec![pad_id; b * (l - 1)];
         let mut mask = vec![0f32; b * (l - 1)];
+        let mut valid = vec![0f32; b * (l - 1)];
         let mut n_labels = Vec::with_capacity(b);
         for (r, e) in items.iter().enumerate() {
             let row = r * (l - 1);
             for i in 0..e.ids.len() - 1 {
                 input[row + i] = e.ids[i];
                 targets[row + i] = e.ids[i + 1];
+                valid[row + i] = 1.0;
                 // position i predicts token i+1, a label iff i+1 >= n_prompt
                 if i + 1 >= e.n_prompt {
                     mask[row + i] = 1.0;
@@ -42,6 +46,7 @@ impl Batch {
             input: Tensor::from_vec(input, (b, l - 1), device)?,
             targets: Tensor::from_vec(targets, (b, l - 1), device)?,
             mask: Tensor::from_vec(mask, (b, l - 1), device)?,
+            valid: Tensor::from_vec(valid, (b, l - 1), device)?,
             n_labels,
         })
     }
