@@ -12,11 +12,13 @@ pub mod objective;
 pub mod ops;
 pub mod optim;
 pub mod progress;
+pub mod refusals;
 pub mod rng;
 pub mod rundir;
 pub mod score;
 pub mod tokenizer;
 pub mod train;
+pub mod unlearn;
 
 pub use error::{Error, Result};
 

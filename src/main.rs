@@ -20,6 +20,8 @@ enum Cmd {
     Import(cli::import::Args),
     /// Fine-tune a model on a QA dataset (JSON/JSONL with `question`/`answer`).
     Finetune(cli::finetune::Args),
+    /// Unlearn a forget set with one method (GA, NPO, SimNPO, IDK, DPO, ME, RMU, WGA + GD/KL/AP).
+    Run(cli::run::Args),
     /// Generate a continuation/answer for a prompt.
     Generate(cli::generate::Args),
     /// Write a random Llama model (byte-level tokenizer) as an HF directory, for tests and benchmarks.
@@ -34,6 +36,7 @@ fn main() {
         Cmd::Import(a) => cli::import::run(a),
         Cmd::Finetune(a) => cli::finetune::run(a),
         Cmd::Generate(a) => cli::generate::run(a),
+        Cmd::Run(a) => cli::run::run(a),
         Cmd::Init(a) => cli::init::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
     };

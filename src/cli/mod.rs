@@ -3,6 +3,7 @@ pub mod finetune;
 pub mod generate;
 pub mod import;
 pub mod init;
+pub mod run;
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`; None elsewhere).
 pub fn peak_rss_mib() -> Option<f64> {

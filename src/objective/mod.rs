@@ -8,6 +8,7 @@ pub mod gd;
 pub mod idk;
 pub mod kl;
 pub mod me;
+pub mod method;
 pub mod npo;
 pub mod rmu;
 pub mod simnpo;

@@ -1,0 +1,270 @@
+//! A method = gamma · forget term + alpha · retain term, selected by name (`method = "npo+gd"`)
+//! or spelled out as a table:
+//! ```toml
+//! [method]
+//! forget = { name = "npo", beta = 0.1 }
+//! retain = { name = "kl" }
+//! gamma = 1.0
+//! alpha = 1.0
+//! ```
+//! Unknown names and keys fail when the config loads.
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::me::{Divergence, Positions};
+
+fn d_beta_npo() -> f64 {
+    0.1
+}
+fn d_beta_simnpo() -> f64 {
+    2.5
+}
+fn d_one() -> f64 {
+    1.0
+}
+fn d_rmu_layer() -> usize {
+    7
+}
+fn d_rmu_coef() -> f64 {
+    6.5
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ForgetTerm {
+    /// −nll_mean on D_f.
+    Ga,
+    /// −(2/β)·log σ(β·(nll_sum(θ) − nll_sum(ref))).
+    Npo {
+        #[serde(default = "d_beta_npo")]
+        beta: f64,
+    },
+    /// −(2/β)·log σ(β·nll_mean(θ) − δ).
+    Simnpo {
+        #[serde(default = "d_beta_simnpo")]
+        beta: f64,
+        #[serde(default)]
+        delta: f64,
+    },
+    /// nll_mean of a refusal given the forget question.
+    Idk,
+    /// DPO with the refusal preferred over the forget answer.
+    Dpo {
+        #[serde(default = "d_beta_npo")]
+        beta: f64,
+    },
+    /// Divergence of the predictive distribution from uniform.
+    Me {
+        #[serde(default)]
+        divergence: Divergence,
+        #[serde(default)]
+        positions: Positions,
+    },
+    /// Steer layer ℓ's residual toward c·u (layer clamped to n_layers−1).
+    Rmu {
+        #[serde(default = "d_rmu_layer")]
+        layer: usize,
+        #[serde(default = "d_rmu_coef")]
+        steering_coef: f64,
+    },
+    /// Token-weighted GA, −mean_t(p_t^β·CE_t).
+    Wga {
+        #[serde(default = "d_one")]
+        beta: f64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RetainTerm {
+    None,
+    /// nll_mean on D_r.
+    Gd,
+    /// KL(p_ref ‖ p_θ) on retain answer positions (resident reference copy).
+    Kl,
+    /// −(1/β)·log σ(−β·(logπθ(y_idk|q_r) − logπθ(a_r|q_r))).
+    Ap {
+        #[serde(default = "d_beta_npo")]
+        beta: f64,
+    },
+    /// ‖h_ℓ^θ − h_ℓ^ref‖²/d on retain inputs (layer of the RMU forget term).
+    RmuRetain,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodConfig {
+    pub forget: ForgetTerm,
+    #[serde(default = "no_retain")]
+    pub retain: RetainTerm,
+    #[serde(default = "d_one")]
+    pub gamma: f64,
+    #[serde(default = "d_one")]
+    pub alpha: f64,
+}
+
+fn no_retain() -> RetainTerm {
+    RetainTerm::None
+}
+
+/// Named combinations and their defaults.
+pub const NAMED: &[&str] = &[
+    "ga",
+    "ga+gd",
+    "graddiff",
+    "ga+kl",
+    "npo",
+    "npo+gd",
+    "npo+kl",
+    "simnpo+gd",
+    "idk+gd",
+    "idk+kl",
+    "idk+ap",
+    "dpo+gd",
+    "dpo+kl",
+    "me+gd",
+    "rmu",
+    "wga",
+    "wga+gd",
+];
+
+impl MethodConfig {
+    /// A named combination ("npo+gd", "GA+KL", "GradDiff", …) with documented defaults.
+    pub fn named(name: &str) -> Result<Self, String> {
+        let n = name.trim().to_ascii_lowercase().replace(' ', "");
+        let (f, r) = match n.as_str() {
+            "graddiff" => ("ga", "gd"),
+            "rmu" => ("rmu", "rmu_retain"),
+            _ => match n.split_once('+') {
+                Some((f, r)) => (f, r),
+                None => (n.as_str(), "none"),
+            },
+        };
+        let forget = match f {
+            "ga" => ForgetTerm::Ga,
+            "npo" => ForgetTerm::Npo { beta: 0.1 },
+            "simnpo" => ForgetTerm::Simnpo {
+                beta: 2.5,
+                delta: 0.0,
+            },
+            "idk" => ForgetTerm::Idk,
+            "dpo" => ForgetTerm::Dpo { beta: 0.1 },
+            "me" => ForgetTerm::Me {
+                divergence: Divergence::UniformCe,
+                positions: Positions::PromptAndAnswer,
+            },
+            "rmu" => ForgetTerm::Rmu {
+                layer: 7,
+                steering_coef: 6.5,
+            },
+            "wga" => ForgetTerm::Wga { beta: 1.0 },
+            _ => {
+                return Err(format!(
+                    "unknown method `{name}` (known: {})",
+                    NAMED.join(", ")
+                ))
+            }
+        };
+        let retain = match r {
+            "none" => RetainTerm::None,
+            "gd" => RetainTerm::Gd,
+            "kl" => RetainTerm::Kl,
+            "ap" => RetainTerm::Ap { beta: 0.1 },
+            "rmu_retain" => RetainTerm::RmuRetain,
+            _ => {
+                return Err(format!(
+                    "unknown method `{name}` (known: {})",
+                    NAMED.join(", ")
+                ))
+            }
+        };
+        // ME+GD: gamma = 0.1, alpha = 1 (METHODS.md); the others 1, 1.
+        let gamma = if matches!(forget, ForgetTerm::Me { .. }) {
+            0.1
+        } else {
+            1.0
+        };
+        Ok(MethodConfig {
+            forget,
+            retain,
+            gamma,
+            alpha: 1.0,
+        })
+    }
+
+    /// Whether the forget term needs reference summed log-probs (precomputed once).
+    pub fn needs_ref_scores(&self) -> bool {
+        matches!(self.forget, ForgetTerm::Npo { .. } | ForgetTerm::Dpo { .. })
+    }
+
+    /// Whether a resident frozen reference model is needed (full distributions / hidden states).
+    pub fn needs_resident_ref(&self) -> bool {
+        matches!(self.retain, RetainTerm::Kl | RetainTerm::RmuRetain)
+    }
+
+    pub fn needs_refusals(&self) -> bool {
+        matches!(self.forget, ForgetTerm::Idk | ForgetTerm::Dpo { .. })
+            || matches!(self.retain, RetainTerm::Ap { .. })
+    }
+
+    pub fn needs_retain(&self) -> bool {
+        !matches!(self.retain, RetainTerm::None)
+    }
+}
+
+/// Accepts a method name string or a table.
+pub fn deserialize_method<'de, D: Deserializer<'de>>(d: D) -> Result<MethodConfig, D::Error> {
+    use serde::de::Error;
+    let v = toml::Value::deserialize(d)?;
+    match v {
+        toml::Value::String(s) => MethodConfig::named(&s).map_err(D::Error::custom),
+        toml::Value::Table(t) => MethodConfig::deserialize(toml::Value::Table(t))
+            .map_err(|e| D::Error::custom(e.to_string())),
+        other => Err(D::Error::custom(format!(
+            "method must be a name or a table, got {other}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct W {
+        #[serde(deserialize_with = "deserialize_method")]
+        method: MethodConfig,
+    }
+
+    #[test]
+    fn names_tables_and_errors() {
+        for n in NAMED {
+            MethodConfig::named(n).unwrap();
+        }
+        let w: W = toml::from_str("method = \"NPO+KL\"").unwrap();
+        assert_eq!(w.method.forget, ForgetTerm::Npo { beta: 0.1 });
+        assert_eq!(w.method.retain, RetainTerm::Kl);
+        assert_eq!(MethodConfig::named("me+gd").unwrap().gamma, 0.1);
+        let w: W = toml::from_str("[method]\nforget = { name = \"simnpo\", beta = 4.0 }\nretain = { name = \"ap\" }\nalpha = 2.0").unwrap();
+        assert_eq!(
+            w.method.forget,
+            ForgetTerm::Simnpo {
+                beta: 4.0,
+                delta: 0.0
+            }
+        );
+        assert_eq!(w.method.alpha, 2.0);
+        let e = toml::from_str::<W>("method = \"foo+gd\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown method `foo+gd`"), "{e}");
+        let e = toml::from_str::<W>("[method]\nforget = { name = \"npo\", betta = 1 }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("betta"), "{e}");
+        let e = toml::from_str::<W>("[method]\nforget = { name = \"xyz\" }")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xyz"), "{e}");
+    }
+}
