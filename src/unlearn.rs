@@ -71,9 +71,17 @@ pub struct RunConfig {
     pub trainable: Vec<String>,
     #[serde(default, rename = "ref")]
     pub reference: RefMode,
+    /// Per-element 0/1 masks (safetensors, tensors named like the parameters): masked-out
+    /// elements keep value and optimiser state bit-identical.
+    #[serde(default)]
+    pub masks: Option<PathBuf>,
     /// Evaluate (forget/retain probability) every N steps (0 = only at the end of each task).
     #[serde(default)]
     pub eval_every: usize,
+    /// Early stopping: end a task at an evaluation where the mean forget-set probability is below
+    /// this value.
+    #[serde(default)]
+    pub stop_forget_prob: Option<f64>,
     #[serde(default = "default_device")]
     pub device: String,
 }
@@ -194,11 +202,17 @@ pub fn mean_prob(model: &Llama, items: &[Encoded], bs: usize) -> Result<f64> {
         / s.len().max(1) as f64)
 }
 
+/// An evaluation called every `eval_every` steps and at the end of each task, with the model, the
+/// task index and the step; its JSON object is merged into the eval log line.
+pub type EvalHook<'a> = &'a dyn Fn(&Llama, usize, usize) -> Result<serde_json::Value>;
+
 pub struct Runner<'a> {
     pub cfg: &'a RunConfig,
     pub md: &'a ModelDir,
     pub run_dir: PathBuf,
     pub progress: bool,
+    /// Extra metrics (the evaluation suite plugs in here).
+    pub eval_hook: Option<EvalHook<'a>>,
 }
 
 impl<'a> Runner<'a> {
@@ -290,6 +304,26 @@ impl<'a> Runner<'a> {
                 "not needed"
             }
         ));
+        let masks: Vec<(usize, Tensor)> = match &cfg.masks {
+            None => vec![],
+            Some(p) => {
+                let mut t = candle_core::safetensors::load(p, model.device())
+                    .map_err(|e| Error::Invalid(format!("masks {}: {e}", p.display())))?;
+                let mut v = Vec::new();
+                for (i, (n, _)) in trainable.iter().enumerate() {
+                    if let Some(m) = t.remove(n) {
+                        v.push((i, m));
+                    }
+                }
+                if let Some(n) = t.keys().min() {
+                    return Err(Error::Invalid(format!(
+                        "masks {}: `{n}` is not a trainable parameter",
+                        p.display()
+                    )));
+                }
+                v
+            }
+        };
         let mut resident: Option<Llama> = if m.needs_resident_ref() {
             Some(model.deep_clone()?)
         } else {
@@ -335,6 +369,9 @@ impl<'a> Runner<'a> {
                 None => self.prepare(task, bases[ti], &f, &refusals, &retain_qa, &retain_items)?,
             };
             let mut opt = AdamW::new(trainable.clone(), t.adamw.clone())?;
+            for (i, mk) in &masks {
+                opt.set_mask(*i, mk)?;
+            }
             let per_step = t.batch_size.max(1) * t.grad_accum.max(1);
             let mut total = data.forget_qa.len().div_ceil(per_step) * t.epochs.max(1);
             if t.max_steps > 0 {
@@ -407,6 +444,14 @@ impl<'a> Runner<'a> {
                     if cfg.eval_every > 0 && step % cfg.eval_every == 0 {
                         let ev = self.evaluate(ti, step, &data, &retain_qa)?;
                         writeln!(evalf, "{}", ev).map_err(|e| Error::io(&eval_path, e))?;
+                        if let (Some(th), Some(fp)) =
+                            (cfg.stop_forget_prob, ev["forget_prob"].as_f64())
+                        {
+                            if fp < th {
+                                self.note(&format!("task {}: early stop at step {step} (forget_prob {fp:.4} < {th})", ti + 1));
+                                break 'outer;
+                            }
+                        }
                     }
                     if step >= total {
                         break 'outer;
@@ -665,6 +710,19 @@ impl<'a> Runner<'a> {
     }
 }
 
+/// Fail before any work when the output's directory cannot be written.
+pub fn check_writable(out: &std::path::Path) -> Result<()> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+    let probe = parent.join(format!(".unlearn-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| Error::io(&parent, e))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(())
+}
+
 /// Validate and run: writes run.json before starting, the model at the end (atomically).
 pub fn run(cfg: &RunConfig, progress: bool) -> Result<RunReport> {
     let run_dir = cfg.run_dir.clone().unwrap_or_else(|| {
@@ -672,6 +730,7 @@ pub fn run(cfg: &RunConfig, progress: bool) -> Result<RunReport> {
         p.push(".run");
         PathBuf::from(p)
     });
+    check_writable(&cfg.out)?;
     let dev = crate::device(&cfg.device)?;
     let md = ModelDir::load(&cfg.model, &dev)?;
     crate::rundir::write_run_info(&run_dir, "run", cfg.train.seed, cfg)?;
@@ -680,6 +739,7 @@ pub fn run(cfg: &RunConfig, progress: bool) -> Result<RunReport> {
         md: &md,
         run_dir: run_dir.clone(),
         progress,
+        eval_hook: None,
     };
     let rep = runner.run()?;
     md.save(&cfg.out)?;

@@ -156,6 +156,66 @@ fn every_named_method_runs_and_reruns_are_bit_identical() {
     }
 }
 
+/// A per-element mask file: only unmasked elements of the selected tensor change; early stopping
+/// ends the run at the first evaluation below the threshold.
+#[test]
+fn masks_and_early_stop() {
+    use candle_core::{Device, Tensor};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    setup(p);
+    let name = "model.layers.1.mlp.down_proj.weight";
+    let ft = unlearn::hf::ModelDir::load(&p.join("ft"), &Device::Cpu).unwrap();
+    let w = ft.model.param(name).unwrap().as_tensor().clone();
+    let (rows, cols) = w.dims2().unwrap();
+    let mask: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i % cols) < 3) as u8 as f32)
+        .collect(); // 3 columns
+    let mut m = std::collections::HashMap::new();
+    m.insert(
+        name.to_string(),
+        Tensor::from_vec(mask.clone(), (rows, cols), &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&m, p.join("mask.safetensors")).unwrap();
+    unlearn(
+        p,
+        "ga",
+        "mk",
+        &[
+            "trainable=[\"layers.1.mlp.down_proj\"]",
+            "masks=\"mask.safetensors\"",
+            "train.max_steps=3",
+        ],
+    );
+    let out = unlearn::hf::ModelDir::load(&p.join("mk"), &Device::Cpu).unwrap();
+    let a = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = out
+        .model
+        .param(name)
+        .unwrap()
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let mut changed = 0;
+    for i in 0..a.len() {
+        if mask[i] == 0.0 {
+            assert_eq!(a[i].to_bits(), b[i].to_bits(), "masked element {i} changed");
+        } else if a[i] != b[i] {
+            changed += 1;
+        }
+    }
+    assert!(changed > 0);
+    let e = unlearn(p, "ga", "es", &["eval_every=1", "stop_forget_prob=0.6"]);
+    assert!(e["forget_prob"].as_f64().unwrap() < 0.6);
+    let steps = std::fs::read_to_string(p.join("es.run/train_log.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(steps < 10, "stopped early after {steps} steps");
+}
+
 #[test]
 fn continual_tasks_and_bad_configs() {
     let d = tempfile::tempdir().unwrap();
@@ -205,6 +265,8 @@ fn continual_tasks_and_bad_configs() {
         with(&["method=ga", "trainable=[\"nothing_like_this\"]"]).contains("matches no parameter")
     );
     assert!(with(&["method=ga", "colour=1"]).contains("unknown field `colour`"));
+    std::fs::write(p.join("afile"), "x").unwrap();
+    assert!(with(&["method=ga", "out=afile/sub/model"]).contains("afile"));
     std::fs::write(p.join("empty.jsonl"), "\n").unwrap();
     assert!(with(&["method=ga", "forget=empty.jsonl"]).contains("no items"));
     assert!(!p.join("bad").exists());

@@ -39,7 +39,15 @@ pub struct AdamW {
     pub cfg: AdamWConfig,
     pub params: Vec<(String, Var)>,
     state: Vec<State>,
+    /// Optional per-element 0/1 masks: masked-out elements keep their value and moments
+    /// bit-identical.
+    masks: Vec<Option<Mask>>,
     pub step: usize,
+}
+
+enum Mask {
+    Cpu(Vec<bool>),
+    Dev(Tensor),
 }
 
 struct Hyper {
@@ -56,6 +64,7 @@ struct Hyper {
 struct CpuStep<'a> {
     m: Mutex<&'a mut [f32]>,
     v: Mutex<&'a mut [f32]>,
+    mask: Option<&'a [bool]>,
     h: Hyper,
 }
 
@@ -83,12 +92,19 @@ impl candle_core::InplaceOp2 for CpuStep<'_> {
         let mut v = self.v.lock().unwrap();
         let h = &self.h;
         const CHUNK: usize = 1 << 14;
+        let ones = [true; 0];
+        let mask = self.mask.unwrap_or(&ones);
+        let masked = self.mask.is_some();
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| {
+            .enumerate()
+            .for_each(|(c, (((p, g), m), v))| {
                 for i in 0..p.len() {
+                    if masked && !mask[c * CHUNK + i] {
+                        continue;
+                    }
                     let gi = g[i] * h.gscale;
                     m[i] = h.b1 * m[i] + (1.0 - h.b1) * gi;
                     v[i] = h.b2 * v[i] + (1.0 - h.b2) * gi * gi;
@@ -119,12 +135,40 @@ impl AdamW {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
+        let masks = params.iter().map(|_| None).collect();
         Ok(AdamW {
             cfg,
             params,
             state,
+            masks,
             step: 0,
         })
+    }
+
+    /// Restrict updates of parameter `i` to the elements where `mask` (same shape, 0/1) is 1.
+    pub fn set_mask(&mut self, i: usize, mask: &Tensor) -> Result<()> {
+        let (name, p) = &self.params[i];
+        if mask.dims() != p.dims() {
+            return Err(Error::ShapeMismatch {
+                path: "mask".into(),
+                name: name.clone(),
+                expected: p.dims().to_vec(),
+                actual: mask.dims().to_vec(),
+            });
+        }
+        let m = mask.to_dtype(candle_core::DType::F32)?;
+        self.masks[i] = Some(if p.device().is_cpu() {
+            Mask::Cpu(
+                m.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .into_iter()
+                    .map(|x| x != 0.0)
+                    .collect(),
+            )
+        } else {
+            Mask::Dev(m.ne(0f32)?.to_dtype(p.dtype())?)
+        });
+        Ok(())
     }
 
     /// One update with learning rate `lr`; each gradient is multiplied by `grad_scale` first
@@ -140,7 +184,13 @@ impl AdamW {
         let c = &self.cfg;
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
-        for (((_, p), st), g) in self.params.iter().zip(self.state.iter_mut()).zip(grads) {
+        for ((((_, p), st), g), mask) in self
+            .params
+            .iter()
+            .zip(self.state.iter_mut())
+            .zip(grads)
+            .zip(&self.masks)
+        {
             let Some(g) = g else { continue };
             let g = g.contiguous()?;
             match st {
@@ -148,6 +198,10 @@ impl AdamW {
                     let op = CpuStep {
                         m: Mutex::new(m.as_mut_slice()),
                         v: Mutex::new(v.as_mut_slice()),
+                        mask: match mask {
+                            Some(Mask::Cpu(b)) => Some(b.as_slice()),
+                            _ => None,
+                        },
                         h: Hyper {
                             lr: lr as f32,
                             b1: c.beta1 as f32,
@@ -163,12 +217,24 @@ impl AdamW {
                 }
                 State::Dev { m, v } => {
                     let g = (g * grad_scale)?;
-                    *m = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
-                    *v = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-                    let denom = ((v.sqrt()? / bc2.sqrt())? + c.eps)?;
-                    let upd = (m.div(&denom)? * (lr / bc1))?;
+                    let m2 = ((&*m * c.beta1)? + (&g * (1.0 - c.beta1))?)?;
+                    let v2 = ((&*v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+                    let denom = ((v2.sqrt()? / bc2.sqrt())? + c.eps)?;
+                    let upd = (m2.div(&denom)? * (lr / bc1))?;
                     let new = ((p.as_tensor() * (1.0 - lr * c.weight_decay))? - upd)?;
-                    p.set(&new)?;
+                    match mask {
+                        Some(Mask::Dev(k)) => {
+                            let keep = k.ne(0f32)?;
+                            *m = keep.where_cond(&m2, m)?;
+                            *v = keep.where_cond(&v2, v)?;
+                            p.set(&keep.where_cond(&new, p.as_tensor())?)?;
+                        }
+                        _ => {
+                            *m = m2;
+                            *v = v2;
+                            p.set(&new)?;
+                        }
+                    }
                 }
             }
         }
@@ -180,6 +246,33 @@ impl AdamW {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// A masked element keeps its value bit-identical over several steps (moments too: when the
+    /// mask is lifted its first update equals a fresh step-1 style update of zero moments).
+    #[test]
+    fn masked_elements_are_untouched() {
+        let dev = Device::Cpu;
+        let init = [0.123456789f32, -2.5, 3.75, 1e-7];
+        let p = Var::new(&init, &dev).unwrap();
+        let mut opt = AdamW::new(vec![("p".into(), p.clone())], AdamWConfig::default()).unwrap();
+        opt.set_mask(0, &Tensor::new(&[1f32, 0., 1., 0.], &dev).unwrap())
+            .unwrap();
+        for k in 0..3 {
+            let g = Tensor::new(&[0.3f32 + k as f32, -1.0, 0.5, 2.0], &dev).unwrap();
+            opt.step(&[Some(g)], 0.01, 1.0).unwrap();
+        }
+        let v = p.as_tensor().to_vec1::<f32>().unwrap();
+        assert_eq!(v[1].to_bits(), init[1].to_bits());
+        assert_eq!(v[3].to_bits(), init[3].to_bits());
+        assert!(v[0] != init[0] && v[2] != init[2]);
+        let State::Cpu { m, v: vv } = &opt.state[0] else {
+            panic!()
+        };
+        assert_eq!((m[1], vv[1], m[3], vv[3]), (0.0, 0.0, 0.0, 0.0));
+        assert!(opt
+            .set_mask(0, &Tensor::new(&[1f32, 0.], &dev).unwrap())
+            .is_err());
+    }
 
     /// Reference values from torch.optim.AdamW(lr=0.1, betas=(0.9, 0.999), eps=1e-8,
     /// weight_decay=0.01) on p = [1.0, -2.0, 0.5] with gradients g1 = [0.1, -0.2, 0.3] then
