@@ -29,9 +29,9 @@ pub fn read_safetensors(dir: &Path, device: &Device) -> Result<(HashMap<String, 
     let index = dir.join("model.safetensors.index.json");
     let load = |p: &Path| {
         candle_core::safetensors::load(p, device).map_err(|e| match e {
-            candle_core::Error::Io(source) => Error::Io {
+            candle_core::Error::Io(cause) => Error::Io {
                 path: p.to_path_buf(),
-                source,
+                cause,
             },
             other => Error::Gguf {
                 path: p.to_path_buf(),
@@ -62,7 +62,7 @@ pub fn read_safetensors(dir: &Path, device: &Device) -> Result<(HashMap<String, 
     }
     Err(Error::Io {
         path: single,
-        source: std::io::Error::new(
+        cause: std::io::Error::new(
             std::io::ErrorKind::NotFound,
             "no model.safetensors or model.safetensors.index.json in the model directory",
         ),
