@@ -63,7 +63,7 @@ pub struct RunConfig {
     #[serde(deserialize_with = "deserialize_method")]
     pub method: MethodConfig,
     /// Optimisation settings (lr, epochs, batch_size, max_steps, seed, prompt, max_len, …).
-    #[serde(default = "default_train")]
+    #[serde(default = "default_train", deserialize_with = "deserialize_train")]
     pub train: TrainConfig,
     /// Name patterns of trainable parameters (brace sets and `*` allowed, matched as substrings),
     /// e.g. "layers.{5,6,7}.mlp.down_proj". Empty: all (RMU: down_proj of layers ℓ−2..ℓ).
@@ -92,6 +92,33 @@ fn default_train() -> TrainConfig {
         warmup_ratio: 0.2,
         ..TrainConfig::default()
     }
+}
+
+/// `[train]` keys given by the user, over the unlearning defaults (not the fine-tuning ones).
+fn deserialize_train<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<TrainConfig, D::Error> {
+    use serde::de::Error as _;
+    fn merge(base: &mut toml::Value, over: toml::Value) {
+        match (base, over) {
+            (toml::Value::Table(b), toml::Value::Table(o)) => {
+                for (k, v) in o {
+                    match b.get_mut(&k) {
+                        Some(slot) => merge(slot, v),
+                        None => {
+                            b.insert(k, v);
+                        }
+                    }
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+    let over = toml::Value::deserialize(d)?;
+    let mut base = toml::Value::try_from(default_train()).map_err(D::Error::custom)?;
+    merge(&mut base, over);
+    base.try_into()
+        .map_err(|e: toml::de::Error| D::Error::custom(e.message().to_string()))
 }
 
 fn default_device() -> String {
@@ -779,5 +806,42 @@ mod tests {
         );
         assert_eq!(select_params(&names, &[]).unwrap(), vec![true; 4]);
         assert!(select_params(&names, &["layers.9.".into()]).is_err());
+    }
+
+    #[test]
+    fn train_table_overrides_unlearning_defaults_only_where_given() {
+        let c: RunConfig = crate::config::load(
+            None,
+            &[
+                "model=m".into(),
+                "forget=f".into(),
+                "out=o".into(),
+                "method=ga".into(),
+                "train.lr=0.5".into(),
+                "train.adamw.eps=1e-6".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.train.lr,
+                c.train.warmup_ratio,
+                c.train.adamw.eps,
+                c.train.adamw.beta1
+            ),
+            (0.5, 0.2, 1e-6, 0.9)
+        );
+        let e = crate::config::load::<RunConfig>(
+            None,
+            &[
+                "model=m".into(),
+                "forget=f".into(),
+                "out=o".into(),
+                "method=ga".into(),
+                "train.lrr=1".into(),
+            ],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("lrr"), "{e}");
     }
 }
