@@ -7,6 +7,7 @@ pub mod fixture;
 pub mod generate;
 pub mod gguf;
 pub mod hf;
+pub mod metric;
 pub mod model;
 pub mod objective;
 pub mod ops;

@@ -1,0 +1,3 @@
+//! Evaluation metrics, one file each.
+pub mod porter;
+pub mod rouge;
