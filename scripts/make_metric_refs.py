@@ -52,3 +52,25 @@ for t, p in [("", "abc"), ("abc", ""), ("The cat sat.", "the CAT sat"), ("Élan 
 out = os.path.join(HERE, "..", "tests", "fixtures", "rouge_ref.json")
 json.dump({"nltk": nltk.__version__, "stems": stems, "pairs": pairs, "tofu_pairs": tofu_pairs}, open(out, "w"), indent=0, ensure_ascii=False)
 print(len(stems), "stems", len(pairs), "pairs", len(tofu_pairs), "TOFU pairs ->", out)
+
+# Two-sample KS test references (tests/fixtures/ks_ref.json).
+import numpy as np
+from scipy import stats
+import scipy
+rng = np.random.default_rng(0)
+cases = []
+def ks(name, x, y):
+    r = stats.ks_2samp(x, y)
+    cases.append({"name": name, "x": [float(v) for v in x], "y": [float(v) for v in y],
+                  "statistic": float(r.statistic), "pvalue": float(r.pvalue)})
+for n1, n2 in [(1, 1), (1, 3), (3, 5), (5, 7), (10, 10), (10, 15), (20, 20), (40, 40), (40, 37), (100, 100),
+               (200, 200), (400, 400), (40, 400), (123, 77), (400, 391), (7, 300)]:
+    for shift in [0.0, 0.3, 1.0]:
+        ks(f"normal {n1}x{n2} shift {shift}", rng.normal(0, 1, n1), rng.normal(shift, 1, n2))
+ks("ties", [1, 1, 2, 2, 3, 3, 3], [1, 2, 2, 2, 4])
+ks("identical", [0.5] * 10, [0.5] * 12)
+ks("disjoint", list(range(30)), [v + 100 for v in range(30)])
+ks("truth-ratio-like", rng.beta(2, 5, 40), rng.beta(2, 3, 40))
+out = os.path.join(HERE, "..", "tests", "fixtures", "ks_ref.json")
+json.dump(cases, open(out, "w"))
+print(len(cases), "KS cases (scipy", scipy.__version__, ") ->", out)

@@ -1,3 +1,4 @@
 //! Evaluation metrics, one file each.
+pub mod ks;
 pub mod porter;
 pub mod rouge;
