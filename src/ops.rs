@@ -65,6 +65,14 @@ pub fn gather_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         .squeeze(D::Minus1)?)
 }
 
+/// max |a − b| over all elements, as f64 (any float dtype).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    Ok((a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f64>()?)
+}
+
 /// Sum of all elements as an f64 scalar (for logs and tests).
 pub fn scalar(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?)
@@ -75,15 +83,8 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn close(a: &Tensor, b: &Tensor, tol: f32) {
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+    fn close(a: &Tensor, b: &Tensor, tol: f64) {
+        let d = max_abs_diff(&a, &b).unwrap();
         assert!(d < tol, "max abs diff {d}");
     }
 

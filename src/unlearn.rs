@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{read_qa, Encoded, Formatter, QaItem};
 use crate::error::{Error, Result};
 use crate::hf::ModelDir;
-use crate::model::{Hooks, Llama};
+use crate::model::Llama;
 use crate::objective::method::{deserialize_method, ForgetTerm, MethodConfig, RetainTerm};
 use crate::objective::{ap, dpo, ga, gd, idk, kl, me, npo, rmu, simnpo, wga};
 use crate::ops::gather_logprobs;
@@ -672,19 +672,8 @@ impl<'a> Runner<'a> {
             }
             ForgetTerm::Rmu { .. } => {
                 let b = batch_of(&d.forget_qa, idx, pad, model)?;
-                let l = self.rmu_layer();
-                let o = model.forward_with(
-                    &b.input,
-                    None,
-                    None,
-                    None,
-                    Hooks {
-                        hidden_layers: &[l],
-                        skip_logits: true,
-                        ..Default::default()
-                    },
-                )?;
-                rmu::rmu_forget(&o.hidden[0].1, control.unwrap(), &b.mask)?
+                let h = model.hidden_at(&b.input, self.rmu_layer())?;
+                rmu::rmu_forget(&h, control.unwrap(), &b.mask)?
             }
         };
         let partners: Vec<usize> = idx
@@ -713,24 +702,8 @@ impl<'a> Runner<'a> {
             RetainTerm::RmuRetain => {
                 let b = batch_of(retain_qa, &partners, pad, model)?;
                 let l = self.rmu_layer();
-                let h = |mm: &Llama| -> Result<Tensor> {
-                    Ok(mm
-                        .forward_with(
-                            &b.input,
-                            None,
-                            None,
-                            None,
-                            Hooks {
-                                hidden_layers: &[l],
-                                skip_logits: true,
-                                ..Default::default()
-                            },
-                        )?
-                        .hidden
-                        .remove(0)
-                        .1)
-                };
-                rmu::rmu_retain(&h(model)?, &h(resident.unwrap())?.detach(), &b.valid)?
+                let h_ref = resident.unwrap().hidden_at(&b.input, l)?.detach();
+                rmu::rmu_retain(&model.hidden_at(&b.input, l)?, &h_ref, &b.valid)?
             }
         };
         Ok((forget, retain))

@@ -361,14 +361,7 @@ fn gguf_roundtrip(q: candle_core::quantized::GgmlDType) {
     let ids = Tensor::new(&[[72u32, 101, 108, 108, 111, 32, 258]], &dev).unwrap();
     let a = expected.forward(&ids).unwrap();
     let b = imp.model.forward(&ids).unwrap();
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = unlearn::ops::max_abs_diff(&a, &b).unwrap();
     assert!(diff < 1e-5, "logits differ by {diff}");
     assert_eq!(
         imp.tok.encode("Hello <|im_end|>", false).unwrap(),

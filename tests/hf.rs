@@ -46,14 +46,7 @@ fn sharded_bf16_checkpoint_loads_and_save_keeps_config_fields() {
     let ids = Tensor::new(&[[1u32, 50, 60, 70, 258]], &dev).unwrap();
     let x = orig.model.forward(&ids).unwrap();
     let y = loaded.model.forward(&ids).unwrap();
-    let diff = (x - y)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let diff = unlearn::ops::max_abs_diff(&x, &y).unwrap();
     assert!(diff < 0.05, "bf16 logits differ by {diff}");
     assert_eq!(
         loaded.model.params()[0].1.dtype(),

@@ -231,14 +231,7 @@ fn hooks_expose_hidden_states_and_replace_mlp_activations() {
             .collect::<Vec<_>>(),
         vec![(0, vec![1, 4, 32]), (2, vec![1, 4, 32])]
     );
-    let same = (o.logits.unwrap() - &base)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let same = unlearn::ops::max_abs_diff(&o.logits.unwrap(), &base).unwrap();
     assert_eq!(same, 0.0, "a recording hook changes nothing");
     // Zeroing layer 1's MLP activations changes the output.
     let zero = |l: usize, a: &Tensor| Ok(if l == 1 { Some(a.zeros_like()?) } else { None });
@@ -256,17 +249,7 @@ fn hooks_expose_hidden_states_and_replace_mlp_activations() {
         .unwrap()
         .logits
         .unwrap();
-    assert!(
-        (z - &base)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            > 1e-6
-    );
+    assert!(unlearn::ops::max_abs_diff(&z, &base).unwrap() > 1e-6);
     // skip_logits stops after the last requested layer.
     let s = m
         .forward_with(

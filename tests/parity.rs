@@ -7,22 +7,9 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 use unlearn::model::{Llama, LlamaConfig};
 
-fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let s = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+    let d = unlearn::ops::max_abs_diff(a, b).unwrap();
+    let s = unlearn::ops::max_abs_diff(b, &b.zeros_like().unwrap()).unwrap();
     d / s.max(1e-12)
 }
 

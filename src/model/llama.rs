@@ -374,6 +374,18 @@ impl Llama {
         Ok(ForwardOutput { logits, hidden })
     }
 
+    /// Residual stream after layer `layer` for ids [b, t] -> [b, t, h]; later layers and the LM
+    /// head are not computed.
+    pub fn hidden_at(&self, ids: &Tensor, layer: usize) -> Result<Tensor> {
+        let hooks = Hooks {
+            hidden_layers: &[layer],
+            skip_logits: true,
+            ..Default::default()
+        };
+        let mut o = self.forward_with(ids, None, None, None, hooks)?;
+        Ok(o.hidden.remove(0).1)
+    }
+
     /// Additive mask [1 or b, 1, 1, t, past + t]: 0 where query i may see key j, −1e9 elsewhere
     /// (finite so a fully masked padding row gives a uniform softmax instead of NaN).
     fn attn_mask(
