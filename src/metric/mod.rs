@@ -2,3 +2,4 @@
 pub mod ks;
 pub mod porter;
 pub mod rouge;
+pub mod tofu;
