@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Encoded, PromptStyle};
 use crate::error::{Error, Result};
 use crate::hf::ModelDir;
-use crate::optim::{clip_scale, AdamW, AdamWConfig, GradAccum, Schedule};
+use crate::optim::{
+    clip_scale, AdamWConfig, GradAccum, Optimizer, OptimizerKind, Schedule, SophiaConfig,
+};
 use crate::rng::Rng;
 use crate::score::{token_mean_nll, Batch};
 
@@ -37,7 +39,10 @@ pub struct TrainConfig {
     pub prompt: PromptStyle,
     /// Longest sequence (prompt + answer + EOS) in tokens; longer ones are truncated.
     pub max_len: usize,
+    /// `adamw` (default) or `sophia`.
+    pub optimizer: OptimizerKind,
     pub adamw: AdamWConfig,
+    pub sophia: SophiaConfig,
 }
 
 impl Default for TrainConfig {
@@ -55,7 +60,9 @@ impl Default for TrainConfig {
             seed: 0,
             prompt: PromptStyle::Auto,
             max_len: 512,
+            optimizer: OptimizerKind::Adamw,
             adamw: AdamWConfig::default(),
+            sophia: SophiaConfig::default(),
         }
     }
 }
@@ -102,7 +109,7 @@ pub fn finetune(
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
     let model = &md.model;
     let params = model.params().to_vec();
-    let mut opt = AdamW::new(params.clone(), cfg.adamw.clone())?;
+    let mut opt = Optimizer::new(cfg.optimizer, params.clone(), &cfg.adamw, &cfg.sophia)?;
     let per_step = cfg.batch_size.max(1) * cfg.grad_accum.max(1);
     let steps_per_epoch = data.len().div_ceil(per_step);
     let mut total = steps_per_epoch * cfg.epochs.max(1);

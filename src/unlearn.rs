@@ -15,7 +15,7 @@ use crate::model::Llama;
 use crate::objective::method::{deserialize_method, ForgetTerm, MethodConfig, RetainTerm};
 use crate::objective::{ap, dpo, ga, gd, idk, kl, me, npo, rmu, simnpo, wga};
 use crate::ops::gather_logprobs;
-use crate::optim::{clip_scale, AdamW, GradAccum, Schedule};
+use crate::optim::{clip_scale, GradAccum, Optimizer, Schedule};
 use crate::rng::Rng;
 use crate::score::{nll_mean, score, sum_logprobs, Batch};
 use crate::train::{epoch_order, TrainConfig};
@@ -395,7 +395,7 @@ impl<'a> Runner<'a> {
                 Some(d) => d,
                 None => self.prepare(task, bases[ti], &f, &refusals, &retain_qa, &retain_items)?,
             };
-            let mut opt = AdamW::new(trainable.clone(), t.adamw.clone())?;
+            let mut opt = Optimizer::new(t.optimizer, trainable.clone(), &t.adamw, &t.sophia)?;
             for (i, mk) in &masks {
                 opt.set_mask(*i, mk)?;
             }

@@ -216,6 +216,36 @@ fn masks_and_early_stop() {
     assert!(steps < 10, "stopped early after {steps} steps");
 }
 
+/// SO-GradDiff: the same method under Sophia forgets too; Sophia respects masks as AdamW does.
+#[test]
+fn sophia_optimizer_unlearns() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    setup(p);
+    let (f0, r0) = probs(p, "ft");
+    let e = unlearn(
+        p,
+        "ga+gd",
+        "so",
+        &[
+            "train.optimizer=\"sophia\"",
+            "train.lr=5e-4",
+            "train.sophia.rho=0.04",
+        ],
+    );
+    let (f, r) = (
+        e["forget_prob"].as_f64().unwrap(),
+        e["retain_prob"].as_f64().unwrap(),
+    );
+    assert!(
+        f < 0.5 * f0 && r >= 0.6 * r0,
+        "sophia ga+gd: forget {f0} -> {f}, retain {r0} -> {r}"
+    );
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("so.run/run.json")).unwrap()).unwrap();
+    assert_eq!(run["config"]["train"]["optimizer"], "sophia");
+}
+
 #[test]
 fn continual_tasks_and_bad_configs() {
     let d = tempfile::tempdir().unwrap();

@@ -1,13 +1,57 @@
 //! Optimisers that update parameters in place, learning-rate schedules and gradient utilities.
 pub mod adamw;
 pub mod schedule;
+pub mod sophia;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use schedule::Schedule;
+pub use sophia::{Sophia, SophiaConfig};
 
 use candle_core::{backprop::GradStore, Tensor, Var};
 
 use crate::error::Result;
+
+/// Which optimiser a run uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    #[default]
+    Adamw,
+    /// Second-order clipped (the "SO-" variants).
+    Sophia,
+}
+
+/// An optimiser over a fixed list of parameters, with optional per-element masks.
+pub enum Optimizer {
+    AdamW(AdamW),
+    Sophia(Sophia),
+}
+
+impl Optimizer {
+    pub fn new(
+        kind: OptimizerKind,
+        params: Vec<(String, Var)>,
+        adamw: &AdamWConfig,
+        sophia: &SophiaConfig,
+    ) -> Result<Self> {
+        Ok(match kind {
+            OptimizerKind::Adamw => Optimizer::AdamW(AdamW::new(params, adamw.clone())?),
+            OptimizerKind::Sophia => Optimizer::Sophia(Sophia::new(params, sophia.clone())?),
+        })
+    }
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: f64) -> Result<()> {
+        match self {
+            Optimizer::AdamW(o) => o.step(grads, lr, grad_scale),
+            Optimizer::Sophia(o) => o.step(grads, lr, grad_scale),
+        }
+    }
+    pub fn set_mask(&mut self, i: usize, mask: &Tensor) -> Result<()> {
+        match self {
+            Optimizer::AdamW(o) => o.set_mask(i, mask),
+            Optimizer::Sophia(o) => o.set_mask(i, mask),
+        }
+    }
+}
 
 /// Gradients of a list of parameters, accumulated over micro-batches.
 pub struct GradAccum {
