@@ -205,7 +205,23 @@ pub struct RunReport {
     pub tasks: usize,
     pub steps: usize,
     pub trainable_params: usize,
+    /// Elements that differ from the input model after the run.
+    pub changed_params: usize,
     pub final_eval: serde_json::Value,
+}
+
+/// Number of elements that differ between two models of the same configuration.
+pub fn count_changed(a: &Llama, b: &Llama) -> Result<usize> {
+    let mut n = 0;
+    for ((_, x), (_, y)) in a.params().iter().zip(b.params()) {
+        let ne = x
+            .as_tensor()
+            .ne(y.as_tensor())?
+            .to_dtype(candle_core::DType::F32)?
+            .sum_all()?;
+        n += ne.to_scalar::<f32>()? as usize;
+    }
+    Ok(n)
 }
 
 fn batch_of(items: &[Encoded], idx: &[usize], pad: u32, model: &Llama) -> Result<Batch> {
@@ -497,11 +513,12 @@ impl<'a> Runner<'a> {
             tasks: tasks.len(),
             steps: total_steps,
             trainable_params: n_trainable,
+            changed_params: 0,
             final_eval,
         })
     }
 
-    fn note(&self, s: &str) {
+    pub fn note(&self, s: &str) {
         if self.progress {
             eprintln!("{s}");
         }
@@ -741,7 +758,19 @@ pub fn run(cfg: &RunConfig, progress: bool) -> Result<RunReport> {
         progress,
         eval_hook: None,
     };
-    let rep = runner.run()?;
+    let mut rep = runner.run()?;
+    // Compare with the input model as it is on disk (loaded only now, so it is not resident
+    // during training).
+    let original = ModelDir::load(&cfg.model, &dev)?;
+    rep.changed_params = count_changed(&original.model, &md.model)?;
+    drop(original);
+    runner.note(&format!(
+        "{} of {} parameters changed ({:.4}%); {} were trainable",
+        rep.changed_params,
+        md.model.num_params(),
+        100.0 * rep.changed_params as f64 / md.model.num_params().max(1) as f64,
+        rep.trainable_params
+    ));
     md.save(&cfg.out)?;
     Ok(rep)
 }

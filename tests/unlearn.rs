@@ -198,6 +198,7 @@ fn masks_and_early_stop() {
         .unwrap()
         .to_vec1::<f32>()
         .unwrap();
+    let notes = std::fs::read_to_string(p.join("mk.run/notes.txt")).unwrap();
     let mut changed = 0;
     for i in 0..a.len() {
         if mask[i] == 0.0 {
@@ -207,6 +208,10 @@ fn masks_and_early_stop() {
         }
     }
     assert!(changed > 0);
+    assert!(
+        notes.contains(&format!("{changed} of ")),
+        "the run log counts changed parameters: {notes}"
+    );
     let e = unlearn(p, "ga", "es", &["eval_every=1", "stop_forget_prob=0.6"]);
     assert!(e["forget_prob"].as_f64().unwrap() < 0.6);
     let steps = std::fs::read_to_string(p.join("es.run/train_log.jsonl"))

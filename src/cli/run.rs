@@ -17,10 +17,11 @@ pub fn run(a: Args) -> Result<()> {
     let cfg: RunConfig = unlearn::config::load(a.config.as_deref(), &a.set)?;
     let rep = unlearn_run(&cfg, true)?;
     println!(
-        "{} task(s), {} steps, {} trainable parameters; final {}; saved {}",
+        "{} task(s), {} steps, {} trainable parameters, {} changed; final {}; saved {}",
         rep.tasks,
         rep.steps,
         rep.trainable_params,
+        rep.changed_params,
         rep.final_eval,
         cfg.out.display()
     );
