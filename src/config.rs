@@ -34,6 +34,13 @@ pub fn load<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> R
             let entry = table
                 .entry(p.to_string())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            // A named value refined by sub-keys (`method = "ga+gd"`, `--set method.alpha=2`)
+            // becomes a table carrying the name.
+            if let toml::Value::String(name) = entry {
+                let mut t = toml::Table::new();
+                t.insert("name".into(), toml::Value::String(name.clone()));
+                *entry = toml::Value::Table(t);
+            }
             table = entry
                 .as_table_mut()
                 .ok_or_else(|| Error::Invalid(format!("--set `{ov}`: `{p}` is not a table")))?;

@@ -1,4 +1,5 @@
 //! `unlearn`: machine unlearning for Llama-family causal language models.
+pub mod attribution;
 pub mod bench;
 pub mod config;
 pub mod data;

@@ -22,6 +22,8 @@ enum Cmd {
     Finetune(cli::finetune::Args),
     /// Unlearn a forget set with one method (GA, NPO, SimNPO, IDK, DPO, ME, RMU, WGA + GD/KL/AP).
     Run(cli::run::Args),
+    /// SIMU attribution: score MLP neurons on a forget set, choose critical ones, write masks.
+    Attribute(cli::attribute::Args),
     /// Generate a continuation/answer for a prompt.
     Generate(cli::generate::Args),
     /// Write a random Llama model (byte-level tokenizer) as an HF directory, for tests and benchmarks.
@@ -37,6 +39,7 @@ fn main() {
         Cmd::Finetune(a) => cli::finetune::run(a),
         Cmd::Generate(a) => cli::generate::run(a),
         Cmd::Run(a) => cli::run::run(a),
+        Cmd::Attribute(a) => cli::attribute::run(a),
         Cmd::Init(a) => cli::init::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
     };

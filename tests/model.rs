@@ -283,3 +283,57 @@ fn hooks_expose_hidden_states_and_replace_mlp_activations() {
         full_h1[0].1.to_vec3::<f32>().unwrap()
     );
 }
+
+/// Integrated gradients' completeness: Σ_k Att(l, k) ≈ Σ_i [L_i(β_l) − L_i(0)] for every layer
+/// (the Riemann sum converges as m grows).
+#[test]
+fn attribution_satisfies_completeness() {
+    use unlearn::attribution::{attribute, AttributionConfig};
+    use unlearn::model::Hooks;
+    let m = Llama::random(tiny_config(32, 2), 4, &Device::Cpu).unwrap();
+    let it = items();
+    let cfg = AttributionConfig {
+        steps: 64,
+        batch_size: 2,
+        ..Default::default()
+    };
+    let att = attribute(&m, &it, 0, &cfg, false).unwrap();
+    let refs: Vec<&Encoded> = it.iter().collect();
+    let b = Batch::new(&refs, 0, &Device::Cpu).unwrap();
+    let total = |zero_layer: Option<usize>| -> f64 {
+        let z = |l: usize, a: &Tensor| {
+            Ok(if Some(l) == zero_layer {
+                Some(a.zeros_like()?)
+            } else {
+                None
+            })
+        };
+        let o = m
+            .forward_with(
+                &b.input,
+                None,
+                None,
+                None,
+                Hooks {
+                    mlp_act: Some(&z),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        unlearn::score::nll_mean(&o.logits.unwrap(), &b)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64
+    };
+    let full = total(None);
+    for (l, row) in att.iter().enumerate() {
+        let want = full - total(Some(l));
+        let got: f64 = row.iter().sum();
+        assert!(
+            (got - want).abs() <= 0.03 * want.abs() + 1e-4,
+            "layer {l}: Σ Att {got} vs ΔL {want}"
+        );
+    }
+}

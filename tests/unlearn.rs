@@ -251,6 +251,91 @@ fn sophia_optimizer_unlearns() {
     assert_eq!(run["config"]["train"]["optimizer"], "sophia");
 }
 
+/// SIMU recipe: attribute, then GradDiff (alpha 2) under Sophia with attention projections in
+/// full and only the critical down_proj columns trainable.
+#[test]
+fn simu_attribution_masks_and_run() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    setup(p);
+    let out = ok(
+        &[
+            "attribute",
+            "--model",
+            "ft",
+            "--data",
+            "forget.jsonl",
+            "--out",
+            "att.json",
+            "--mask-out",
+            "mask.safetensors",
+            "--steps",
+            "4",
+        ],
+        p,
+    );
+    assert!(out.contains("critical neurons"), "{out}");
+    let att: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("att.json")).unwrap()).unwrap();
+    let layers = att["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    let n_crit: usize = layers
+        .iter()
+        .map(|l| l["critical"].as_array().unwrap().len())
+        .sum();
+    assert!(n_crit > 0 && n_crit < 2 * layers[0]["scores"].as_array().unwrap().len());
+    let e = unlearn(
+        p,
+        "ga+gd",
+        "simu",
+        &[
+            "method.alpha=2.0",
+            "train.optimizer=\"sophia\"",
+            "train.lr=5e-4",
+            "trainable=[\"self_attn.{q,k,v,o}_proj\", \"mlp.down_proj\"]",
+            "masks=\"mask.safetensors\"",
+        ],
+    );
+    let _ = e;
+    // Only critical down_proj columns changed.
+    let a = unlearn::hf::ModelDir::load(&p.join("ft"), &candle_core::Device::Cpu).unwrap();
+    let b = unlearn::hf::ModelDir::load(&p.join("simu"), &candle_core::Device::Cpu).unwrap();
+    for (l, layer) in layers.iter().enumerate() {
+        let crit: Vec<usize> = layer["critical"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        let name = format!("model.layers.{l}.mlp.down_proj.weight");
+        let x = a
+            .model
+            .param(&name)
+            .unwrap()
+            .as_tensor()
+            .to_vec2::<f32>()
+            .unwrap();
+        let y = b
+            .model
+            .param(&name)
+            .unwrap()
+            .as_tensor()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (rx, ry) in x.iter().zip(&y) {
+            for k in 0..rx.len() {
+                if !crit.contains(&k) {
+                    assert_eq!(
+                        rx[k].to_bits(),
+                        ry[k].to_bits(),
+                        "layer {l} column {k} is not critical"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn continual_tasks_and_bad_configs() {
     let d = tempfile::tempdir().unwrap();

@@ -1,3 +1,4 @@
+pub mod attribute;
 pub mod bench;
 pub mod finetune;
 pub mod generate;

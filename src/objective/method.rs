@@ -217,6 +217,23 @@ pub fn deserialize_method<'de, D: Deserializer<'de>>(d: D) -> Result<MethodConfi
     let v = toml::Value::deserialize(d)?;
     match v {
         toml::Value::String(s) => MethodConfig::named(&s).map_err(D::Error::custom),
+        // { name = "ga+gd", alpha = 2.0 }: the named defaults, then the given keys replace theirs.
+        toml::Value::Table(mut t) if t.contains_key("name") => {
+            let name = t.remove("name").unwrap();
+            let name = name
+                .as_str()
+                .ok_or_else(|| D::Error::custom("method.name must be a string"))?;
+            let base = MethodConfig::named(name).map_err(D::Error::custom)?;
+            let mut merged = match toml::Value::try_from(base).map_err(D::Error::custom)? {
+                toml::Value::Table(b) => b,
+                _ => unreachable!("a struct serialises to a table"),
+            };
+            for (k, v) in t {
+                merged.insert(k, v);
+            }
+            MethodConfig::deserialize(toml::Value::Table(merged))
+                .map_err(|e| D::Error::custom(e.to_string()))
+        }
         toml::Value::Table(t) => MethodConfig::deserialize(toml::Value::Table(t))
             .map_err(|e| D::Error::custom(e.to_string())),
         other => Err(D::Error::custom(format!(
@@ -254,6 +271,15 @@ mod tests {
             }
         );
         assert_eq!(w.method.alpha, 2.0);
+        let w: W = toml::from_str("[method]\nname = \"GradDiff\"\nalpha = 2.0").unwrap();
+        assert_eq!(
+            (w.method.forget, w.method.retain, w.method.alpha),
+            (ForgetTerm::Ga, RetainTerm::Gd, 2.0)
+        );
+        let e = toml::from_str::<W>("[method]\nname = \"ga+gd\"\nalpah = 2.0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("alpah"), "{e}");
         let e = toml::from_str::<W>("method = \"foo+gd\"")
             .unwrap_err()
             .to_string();
