@@ -5,8 +5,9 @@
 //! scale folded in, so a step allocates nothing.
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, Layout, Tensor, Var};
-use rayon::prelude::*;
+use candle_core::{Tensor, Var};
+
+use super::ElementwiseStep;
 
 use crate::error::{Error, Result};
 
@@ -50,73 +51,6 @@ enum Mask {
     Dev(Tensor),
 }
 
-struct Hyper {
-    lr: f32,
-    b1: f32,
-    b2: f32,
-    eps: f32,
-    decay: f32,
-    step_size: f32,
-    bc2_sqrt: f32,
-    gscale: f32,
-}
-
-struct CpuStep<'a> {
-    m: Mutex<&'a mut [f32]>,
-    v: Mutex<&'a mut [f32]>,
-    mask: Option<&'a [bool]>,
-    h: Hyper,
-}
-
-impl candle_core::InplaceOp2 for CpuStep<'_> {
-    fn name(&self) -> &'static str {
-        "adamw-step"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
-            candle_core::bail!("adamw: f32 parameters and gradients expected");
-        };
-        let (Some((p0, p1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("adamw: contiguous tensors expected");
-        };
-        let p = &mut p[p0..p1];
-        let g = &g[g0..g1];
-        let mut m = self.m.lock().unwrap();
-        let mut v = self.v.lock().unwrap();
-        let h = &self.h;
-        const CHUNK: usize = 1 << 14;
-        let ones = [true; 0];
-        let mask = self.mask.unwrap_or(&ones);
-        let masked = self.mask.is_some();
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .enumerate()
-            .for_each(|(c, (((p, g), m), v))| {
-                for i in 0..p.len() {
-                    if masked && !mask[c * CHUNK + i] {
-                        continue;
-                    }
-                    let gi = g[i] * h.gscale;
-                    m[i] = h.b1 * m[i] + (1.0 - h.b1) * gi;
-                    v[i] = h.b2 * v[i] + (1.0 - h.b2) * gi * gi;
-                    let denom = v[i].sqrt() / h.bc2_sqrt + h.eps;
-                    p[i] = p[i] * h.decay - h.step_size * m[i] / denom;
-                }
-            });
-        let _ = h.lr;
-        Ok(())
-    }
-}
-
 impl AdamW {
     pub fn new(params: Vec<(String, Var)>, cfg: AdamWConfig) -> Result<Self> {
         let state = params
@@ -148,25 +82,15 @@ impl AdamW {
     /// Restrict updates of parameter `i` to the elements where `mask` (same shape, 0/1) is 1.
     pub fn set_mask(&mut self, i: usize, mask: &Tensor) -> Result<()> {
         let (name, p) = &self.params[i];
-        if mask.dims() != p.dims() {
-            return Err(Error::ShapeMismatch {
-                path: "mask".into(),
-                name: name.clone(),
-                expected: p.dims().to_vec(),
-                actual: mask.dims().to_vec(),
-            });
-        }
-        let m = mask.to_dtype(candle_core::DType::F32)?;
+        let bits = super::mask_bits(name, p, mask)?;
         self.masks[i] = Some(if p.device().is_cpu() {
-            Mask::Cpu(
-                m.flatten_all()?
-                    .to_vec1::<f32>()?
-                    .into_iter()
-                    .map(|x| x != 0.0)
-                    .collect(),
-            )
+            Mask::Cpu(bits)
         } else {
-            Mask::Dev(m.ne(0f32)?.to_dtype(p.dtype())?)
+            let m = mask
+                .to_dtype(candle_core::DType::F32)?
+                .ne(0f32)?
+                .to_dtype(p.dtype())?;
+            Mask::Dev(m)
         });
         Ok(())
     }
@@ -195,22 +119,23 @@ impl AdamW {
             let g = g.contiguous()?;
             match st {
                 State::Cpu { m, v } => {
-                    let op = CpuStep {
-                        m: Mutex::new(m.as_mut_slice()),
-                        v: Mutex::new(v.as_mut_slice()),
+                    let (b1, b2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+                    let decay = (1.0 - lr * c.weight_decay) as f32;
+                    let (step_size, bc2_sqrt) = ((lr / bc1) as f32, bc2.sqrt() as f32);
+                    let gscale = grad_scale as f32;
+                    let op = ElementwiseStep {
+                        name: "adamw-step",
+                        s1: Mutex::new(m.as_mut_slice()),
+                        s2: Mutex::new(v.as_mut_slice()),
                         mask: match mask {
                             Some(Mask::Cpu(b)) => Some(b.as_slice()),
                             _ => None,
                         },
-                        h: Hyper {
-                            lr: lr as f32,
-                            b1: c.beta1 as f32,
-                            b2: c.beta2 as f32,
-                            eps: c.eps as f32,
-                            decay: (1.0 - lr * c.weight_decay) as f32,
-                            step_size: (lr / bc1) as f32,
-                            bc2_sqrt: bc2.sqrt() as f32,
-                            gscale: grad_scale as f32,
+                        f: |p: &mut f32, g: f32, m: &mut f32, v: &mut f32| {
+                            let g = g * gscale;
+                            *m = b1 * *m + (1.0 - b1) * g;
+                            *v = b2 * *v + (1.0 - b2) * g * g;
+                            *p = *p * decay - step_size * *m / (v.sqrt() / bc2_sqrt + eps);
                         },
                     };
                     p.as_tensor().inplace_op2(&g, &op)?;

@@ -7,9 +7,83 @@ pub use adamw::{AdamW, AdamWConfig};
 pub use schedule::Schedule;
 pub use sophia::{Sophia, SophiaConfig};
 
-use candle_core::{backprop::GradStore, Tensor, Var};
+use std::sync::Mutex;
 
-use crate::error::Result;
+use candle_core::{backprop::GradStore, CpuStorage, Layout, Tensor, Var};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// An element-wise in-place update of a CPU f32 parameter from its gradient and two per-element
+/// state vectors, in parallel chunks, skipping masked-out elements (which keep value and state
+/// bit-identical). `f(θ_i, g_i, s1_i, s2_i)`.
+pub(crate) struct ElementwiseStep<'a, F> {
+    pub name: &'static str,
+    pub s1: Mutex<&'a mut [f32]>,
+    pub s2: Mutex<&'a mut [f32]>,
+    pub mask: Option<&'a [bool]>,
+    pub f: F,
+}
+
+impl<F: Fn(&mut f32, f32, &mut f32, &mut f32) + Sync> candle_core::InplaceOp2
+    for ElementwiseStep<'_, F>
+{
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
+            candle_core::bail!("{}: f32 parameters and gradients expected", self.name);
+        };
+        let (Some((p0, p1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("{}: contiguous tensors expected", self.name);
+        };
+        let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
+        let mut a = self.s1.lock().unwrap();
+        let mut b = self.s2.lock().unwrap();
+        const CHUNK: usize = 1 << 14;
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(a.par_chunks_mut(CHUNK))
+            .zip(b.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, (((p, g), a), b))| {
+                for i in 0..p.len() {
+                    if let Some(m) = self.mask {
+                        if !m[c * CHUNK + i] {
+                            continue;
+                        }
+                    }
+                    (self.f)(&mut p[i], g[i], &mut a[i], &mut b[i]);
+                }
+            });
+        Ok(())
+    }
+}
+
+/// A 0/1 mask tensor for parameter `name` as booleans, after checking its shape.
+pub(crate) fn mask_bits(name: &str, param: &Var, mask: &Tensor) -> Result<Vec<bool>> {
+    if mask.dims() != param.dims() {
+        return Err(Error::ShapeMismatch {
+            path: "mask".into(),
+            name: name.to_string(),
+            expected: param.dims().to_vec(),
+            actual: mask.dims().to_vec(),
+        });
+    }
+    let v = mask
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(v.into_iter().map(|x| x != 0.0).collect())
+}
 
 /// Which optimiser a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

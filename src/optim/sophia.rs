@@ -6,8 +6,9 @@
 //! Per-element masks keep masked elements' value, momentum and curvature bit-identical.
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, Layout, Tensor, Var};
-use rayon::prelude::*;
+use candle_core::{Tensor, Var};
+
+use super::ElementwiseStep;
 
 use crate::error::{Error, Result};
 
@@ -45,68 +46,6 @@ pub struct Sophia {
     pub step: usize,
 }
 
-struct Step<'a> {
-    m: Mutex<&'a mut [f32]>,
-    h: Mutex<&'a mut [f32]>,
-    mask: Option<&'a [bool]>,
-    lr: f32,
-    b1: f32,
-    b2: f32,
-    rho: f32,
-    eps: f32,
-    decay: f32,
-    refresh: bool,
-    gscale: f32,
-}
-
-impl candle_core::InplaceOp2 for Step<'_> {
-    fn name(&self) -> &'static str {
-        "sophia-step"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<()> {
-        let (CpuStorage::F32(p), CpuStorage::F32(g)) = (s1, s2) else {
-            candle_core::bail!("sophia: f32 parameters and gradients expected");
-        };
-        let (Some((p0, p1)), Some((g0, g1))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
-        else {
-            candle_core::bail!("sophia: contiguous tensors expected");
-        };
-        let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
-        let mut m = self.m.lock().unwrap();
-        let mut h = self.h.lock().unwrap();
-        const CHUNK: usize = 1 << 14;
-        let none = [true; 0];
-        let mask = self.mask.unwrap_or(&none);
-        let masked = self.mask.is_some();
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(h.par_chunks_mut(CHUNK))
-            .enumerate()
-            .for_each(|(c, (((p, g), m), h))| {
-                for i in 0..p.len() {
-                    if masked && !mask[c * CHUNK + i] {
-                        continue;
-                    }
-                    let gi = g[i] * self.gscale;
-                    m[i] = self.b1 * m[i] + (1.0 - self.b1) * gi;
-                    if self.refresh {
-                        h[i] = self.b2 * h[i] + (1.0 - self.b2) * gi * gi;
-                    }
-                    let ratio = (m[i] / (self.rho * h[i]).max(self.eps)).clamp(-1.0, 1.0);
-                    p[i] = p[i] * self.decay - self.lr * ratio;
-                }
-            });
-        Ok(())
-    }
-}
-
 impl Sophia {
     pub fn new(params: Vec<(String, Var)>, cfg: SophiaConfig) -> Result<Self> {
         if params.iter().any(|(_, v)| !v.device().is_cpu()) {
@@ -135,19 +74,7 @@ impl Sophia {
 
     pub fn set_mask(&mut self, i: usize, mask: &Tensor) -> Result<()> {
         let (name, p) = &self.params[i];
-        if mask.dims() != p.dims() {
-            return Err(Error::ShapeMismatch {
-                path: "mask".into(),
-                name: name.clone(),
-                expected: p.dims().to_vec(),
-                actual: mask.dims().to_vec(),
-            });
-        }
-        let v = mask
-            .to_dtype(candle_core::DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        self.masks[i] = Some(v.into_iter().map(|x| x != 0.0).collect());
+        self.masks[i] = Some(super::mask_bits(name, p, mask)?);
         Ok(())
     }
 
@@ -164,18 +91,23 @@ impl Sophia {
         for (i, ((_, p), g)) in self.params.iter().zip(grads).enumerate() {
             let Some(g) = g else { continue };
             let g = g.contiguous()?;
-            let op = Step {
-                m: Mutex::new(self.m[i].as_mut_slice()),
-                h: Mutex::new(self.h[i].as_mut_slice()),
+            let (lr, b1, b2) = (lr as f32, c.beta1 as f32, c.beta2 as f32);
+            let (rho, eps, gscale) = (c.rho as f32, c.eps as f32, grad_scale as f32);
+            let decay = (1.0 - lr as f64 * c.weight_decay) as f32;
+            let op = ElementwiseStep {
+                name: "sophia-step",
+                s1: Mutex::new(self.m[i].as_mut_slice()),
+                s2: Mutex::new(self.h[i].as_mut_slice()),
                 mask: self.masks[i].as_deref(),
-                lr: lr as f32,
-                b1: c.beta1 as f32,
-                b2: c.beta2 as f32,
-                rho: c.rho as f32,
-                eps: c.eps as f32,
-                decay: (1.0 - lr * c.weight_decay) as f32,
-                refresh,
-                gscale: grad_scale as f32,
+                f: |p: &mut f32, g: f32, m: &mut f32, h: &mut f32| {
+                    let g = g * gscale;
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    if refresh {
+                        *h = b2 * *h + (1.0 - b2) * g * g;
+                    }
+                    let ratio = (*m / (rho * *h).max(eps)).clamp(-1.0, 1.0);
+                    *p = *p * decay - lr * ratio;
+                },
             };
             p.as_tensor().inplace_op2(&g, &op)?;
         }
