@@ -172,7 +172,7 @@ mod tests {
     use super::*;
     #[test]
     fn critical_selection() {
-        let att = vec![vec![0.1, -0.9, 0.5, 0.46], vec![0.0, 0.0, 2.0, 1.1]];
+        let att = vec![vec![0.1, -0.9, 0.5, 0.44], vec![0.0, 0.0, 2.0, 1.1]];
         assert_eq!(critical(&att, 0.5, true), vec![vec![1, 2], vec![2, 3]]);
         assert_eq!(critical(&att, 0.5, false), vec![vec![2, 3], vec![2, 3]]);
     }
