@@ -312,6 +312,18 @@ impl<'a> Runner<'a> {
         // Trainable parameters.
         let names: Vec<String> = model.params().iter().map(|(n, _)| n.clone()).collect();
         let mut patterns = cfg.trainable.clone();
+        if patterns.is_empty() && m.simu.is_some() {
+            patterns = [
+                "self_attn.q_proj",
+                "self_attn.k_proj",
+                "self_attn.v_proj",
+                "self_attn.o_proj",
+                "mlp.down_proj",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        }
         if patterns.is_empty() {
             if let ForgetTerm::Rmu { .. } = m.forget {
                 let l = self.rmu_layer();
@@ -347,8 +359,30 @@ impl<'a> Runner<'a> {
                 "not needed"
             }
         ));
+        let simu_masks = match &m.simu {
+            None => None,
+            Some(sel) => {
+                if cfg.masks.is_some() {
+                    return Err(Error::Invalid(
+                        "method `simu` computes its own masks; drop `masks`".into(),
+                    ));
+                }
+                Some(self.simu_masks(sel, &tasks, &f, &retain_qa)?)
+            }
+        };
         let masks: Vec<(usize, Tensor)> = match &cfg.masks {
-            None => vec![],
+            None => match simu_masks {
+                None => vec![],
+                Some(list) => list
+                    .into_iter()
+                    .filter_map(|(n, t)| {
+                        trainable
+                            .iter()
+                            .position(|(tn, _)| *tn == n)
+                            .map(|i| (i, t))
+                    })
+                    .collect(),
+            },
             Some(p) => {
                 let mut t = candle_core::safetensors::load(p, model.device())
                     .map_err(|e| Error::Invalid(format!("masks {}: {e}", p.display())))?;
@@ -411,7 +445,12 @@ impl<'a> Runner<'a> {
                 Some(d) => d,
                 None => self.prepare(task, bases[ti], &f, &refusals, &retain_qa, &retain_items)?,
             };
-            let mut opt = Optimizer::new(t.optimizer, trainable.clone(), &t.adamw, &t.sophia)?;
+            let mut opt = Optimizer::new(
+                m.optimizer.unwrap_or(t.optimizer),
+                trainable.clone(),
+                &t.adamw,
+                &t.sophia,
+            )?;
             for (i, mk) in &masks {
                 opt.set_mask(*i, mk)?;
             }
@@ -516,6 +555,64 @@ impl<'a> Runner<'a> {
             changed_params: 0,
             final_eval,
         })
+    }
+
+    /// SIMU: attribute MLP neurons on every forget item (and, in dual mode, the retain set), write
+    /// `attribution.json` into the run directory, and return the down_proj column masks.
+    fn simu_masks(
+        &self,
+        sel: &crate::objective::method::SimuSelect,
+        tasks: &[Vec<QaItem>],
+        f: &Formatter,
+        retain_qa: &[Encoded],
+    ) -> Result<Vec<(String, Tensor)>> {
+        use crate::attribution::{attribute, critical, down_proj_masks, AttributionConfig};
+        let model = &self.md.model;
+        let items = tasks
+            .iter()
+            .flatten()
+            .map(|it| f.encode_qa(&it.question, &it.answer))
+            .collect::<Result<Vec<_>>>()?;
+        let acfg = AttributionConfig {
+            steps: sel.steps,
+            threshold: sel.threshold,
+            absolute: sel.absolute,
+            batch_size: self.cfg.train.batch_size.max(1),
+        };
+        let att = attribute(model, &items, self.md.tok.pad_id, &acfg, self.progress)?;
+        let mut crit = critical(&att, sel.threshold, sel.absolute);
+        if sel.dual {
+            if retain_qa.is_empty() {
+                return Err(Error::Invalid("simu dual mode needs a `retain` set".into()));
+            }
+            let ra = attribute(model, retain_qa, self.md.tok.pad_id, &acfg, self.progress)?;
+            for (c, r) in crit
+                .iter_mut()
+                .zip(critical(&ra, sel.threshold, sel.absolute))
+            {
+                c.retain(|k| !r.contains(k));
+            }
+        }
+        let n: usize = crit.iter().map(|c| c.len()).sum();
+        self.note(&format!(
+            "simu: {n} critical neurons of {} (threshold {}, m = {})",
+            att.len() * model.cfg.intermediate_size,
+            sel.threshold,
+            sel.steps
+        ));
+        let layers: Vec<serde_json::Value> = att
+            .iter()
+            .enumerate()
+            .map(|(l, s)| serde_json::json!({"layer": l, "scores": s, "critical": crit[l]}))
+            .collect();
+        let p = self.run_dir.join("attribution.json");
+        crate::hf::atomic_write(
+            &p,
+            serde_json::to_string(&serde_json::json!({"select": sel, "layers": layers}))
+                .unwrap()
+                .as_bytes(),
+        )?;
+        down_proj_masks(model, &crit)
     }
 
     pub fn note(&self, s: &str) {

@@ -297,9 +297,31 @@ fn simu_attribution_masks_and_run() {
         ],
     );
     let _ = e;
-    // Only critical down_proj columns changed.
+    only_critical_columns_changed(p, "simu", layers);
+    // The same by name: attribution inside the run, recorded in the run directory.
+    let e = unlearn(
+        p,
+        "simu",
+        "simu2",
+        &["train.lr=5e-4", "method.simu.steps=4"],
+    );
+    assert!(e["forget_prob"].as_f64().is_some());
+    let att2: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.join("simu2.run/attribution.json")).unwrap(),
+    )
+    .unwrap();
+    only_critical_columns_changed(p, "simu2", att2["layers"].as_array().unwrap());
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("simu2.run/run.json")).unwrap())
+            .unwrap();
+    assert_eq!(run["config"]["method"]["optimizer"], "sophia");
+    assert_eq!(run["config"]["method"]["alpha"], 2.0);
+}
+
+fn only_critical_columns_changed(p: &Path, out: &str, layers: &[serde_json::Value]) {
     let a = unlearn::hf::ModelDir::load(&p.join("ft"), &candle_core::Device::Cpu).unwrap();
-    let b = unlearn::hf::ModelDir::load(&p.join("simu"), &candle_core::Device::Cpu).unwrap();
+    let b = unlearn::hf::ModelDir::load(&p.join(out), &candle_core::Device::Cpu).unwrap();
+    let mut changed = 0;
     for (l, layer) in layers.iter().enumerate() {
         let crit: Vec<usize> = layer["critical"]
             .as_array()
@@ -330,10 +352,13 @@ fn simu_attribution_masks_and_run() {
                         ry[k].to_bits(),
                         "layer {l} column {k} is not critical"
                     );
+                } else if rx[k] != ry[k] {
+                    changed += 1;
                 }
             }
         }
     }
+    assert!(changed > 0, "critical columns were trained");
 }
 
 #[test]

@@ -100,6 +100,51 @@ pub struct MethodConfig {
     pub gamma: f64,
     #[serde(default = "d_one")]
     pub alpha: f64,
+    /// Overrides `train.optimizer` (set by the FO-/SO-GradDiff and SIMU presets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<crate::optim::OptimizerKind>,
+    /// SIMU neuron selection: attribute MLP neurons on the forget set before training, then
+    /// train attention projections in full and only the critical `down_proj` columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simu: Option<SimuSelect>,
+}
+
+fn d_steps() -> usize {
+    8
+}
+fn d_half() -> f64 {
+    0.5
+}
+fn d_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimuSelect {
+    /// Integration steps m.
+    #[serde(default = "d_steps")]
+    pub steps: usize,
+    /// Critical iff score > threshold · layer max.
+    #[serde(default = "d_half")]
+    pub threshold: f64,
+    /// Rank by |Att| (default) or the signed attribution.
+    #[serde(default = "d_true")]
+    pub absolute: bool,
+    /// Leave out neurons that are critical for the retain set too.
+    #[serde(default)]
+    pub dual: bool,
+}
+
+impl Default for SimuSelect {
+    fn default() -> Self {
+        SimuSelect {
+            steps: 8,
+            threshold: 0.5,
+            absolute: true,
+            dual: false,
+        }
+    }
 }
 
 fn no_retain() -> RetainTerm {
@@ -125,12 +170,36 @@ pub const NAMED: &[&str] = &[
     "rmu",
     "wga",
     "wga+gd",
+    "fo-graddiff",
+    "so-graddiff",
+    "simu",
 ];
 
 impl MethodConfig {
     /// A named combination ("npo+gd", "GA+KL", "GradDiff", …) with documented defaults.
     pub fn named(name: &str) -> Result<Self, String> {
         let n = name.trim().to_ascii_lowercase().replace(' ', "");
+        // SIMU and its two baselines: GradDiff with gamma 1, alpha 2 (METHODS.md, SIMU step 3).
+        let graddiff2 = |optimizer, simu| MethodConfig {
+            forget: ForgetTerm::Ga,
+            retain: RetainTerm::Gd,
+            gamma: 1.0,
+            alpha: 2.0,
+            optimizer: Some(optimizer),
+            simu,
+        };
+        use crate::optim::OptimizerKind;
+        match n.as_str() {
+            "fo-graddiff" => return Ok(graddiff2(OptimizerKind::Adamw, None)),
+            "so-graddiff" => return Ok(graddiff2(OptimizerKind::Sophia, None)),
+            "simu" => {
+                return Ok(graddiff2(
+                    OptimizerKind::Sophia,
+                    Some(SimuSelect::default()),
+                ))
+            }
+            _ => {}
+        }
         let (f, r) = match n.as_str() {
             "graddiff" => ("ga", "gd"),
             "rmu" => ("rmu", "rmu_retain"),
@@ -188,6 +257,8 @@ impl MethodConfig {
             retain,
             gamma,
             alpha: 1.0,
+            optimizer: None,
+            simu: None,
         })
     }
 
