@@ -16,7 +16,7 @@ gguf, imported = sys.argv[1], sys.argv[2]
 SAMPLES = [
     "What is the capital of France?",
     "Hello world! 12345 numbers, and    spaces\n\nnewlines\ttabs.",
-    "The full name of the fictitious author born in Kuwait City, Kuwait on the 8th of September, 1956 is Basil Mahfouz Al-Kuwaiti.",
+    "The quick brown fox, born in 1956 in Zürich, jumped over 12 lazy dogs; its full name is Reynard O'Fox-Smith.",
     "Unicode: café, naïve, 東京, emoji 🙂, Ελληνικά.",
     "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n",
     "don't won't they'll I'm we've you'd it's",
