@@ -8,6 +8,13 @@ use crate::hf::atomic_write;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The default run directory of an output: `OUT.run` beside it.
+pub fn default_for(out: &Path) -> std::path::PathBuf {
+    let mut p = out.to_path_buf().into_os_string();
+    p.push(".run");
+    p.into()
+}
+
 /// Write `run.json` (command, seed, versions, resolved config) into `dir`.
 pub fn write_run_info<C: Serialize>(
     dir: &Path,

@@ -86,6 +86,62 @@ pub struct TrainReport {
     pub log: Vec<StepLog>,
 }
 
+impl TrainConfig {
+    /// Items per optimiser step (micro-batch × accumulation).
+    pub fn items_per_step(&self) -> usize {
+        self.batch_size.max(1) * self.grad_accum.max(1)
+    }
+
+    /// Optimiser steps for `n_items` items: epochs × ⌈n / items_per_step⌉, capped by `max_steps`.
+    pub fn total_steps(&self, n_items: usize) -> usize {
+        let total = n_items.div_ceil(self.items_per_step()) * self.epochs.max(1);
+        if self.max_steps > 0 {
+            total.min(self.max_steps)
+        } else {
+            total
+        }
+    }
+
+    /// The learning-rate schedule over `total` steps.
+    pub fn schedule(&self, total: usize) -> Schedule {
+        Schedule {
+            lr: self.lr,
+            warmup: (self.warmup_ratio * total as f64).round() as usize,
+            total,
+            decay: self.decay,
+        }
+    }
+}
+
+/// Stop with [`Error::NonFinite`] when a loss or gradient norm is NaN/inf.
+pub fn check_finite(value: f64, step: usize, checkpoint: &Option<PathBuf>) -> Result<()> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::NonFinite {
+            step,
+            loss: value,
+            checkpoint: checkpoint.clone(),
+        })
+    }
+}
+
+/// Clip by global norm and take one optimiser step; returns the (pre-clip) norm. A non-finite
+/// norm stops the run before any parameter changes.
+pub fn clipped_step(
+    opt: &mut Optimizer,
+    acc: &GradAccum,
+    lr: f64,
+    max_grad_norm: f64,
+    step: usize,
+    checkpoint: &Option<PathBuf>,
+) -> Result<f64> {
+    let norm = acc.global_norm()?;
+    check_finite(norm, step, checkpoint)?;
+    opt.step(&acc.grads, lr, clip_scale(norm, max_grad_norm))?;
+    Ok(norm)
+}
+
 /// Order of items for an epoch: a seeded permutation.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
@@ -110,18 +166,9 @@ pub fn finetune(
     let model = &md.model;
     let params = model.params().to_vec();
     let mut opt = Optimizer::new(cfg.optimizer, params.clone(), &cfg.adamw, &cfg.sophia)?;
-    let per_step = cfg.batch_size.max(1) * cfg.grad_accum.max(1);
-    let steps_per_epoch = data.len().div_ceil(per_step);
-    let mut total = steps_per_epoch * cfg.epochs.max(1);
-    if cfg.max_steps > 0 {
-        total = total.min(cfg.max_steps);
-    }
-    let sched = Schedule {
-        lr: cfg.lr,
-        warmup: (cfg.warmup_ratio * total as f64).round() as usize,
-        total,
-        decay: cfg.decay,
-    };
+    let per_step = cfg.items_per_step();
+    let total = cfg.total_steps(data.len());
+    let sched = cfg.schedule(total);
     let log_path = run_dir.join("train_log.jsonl");
     let mut logf = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
     let bar = crate::progress::bar(total as u64, "fine-tuning", progress);
@@ -145,26 +192,12 @@ pub fn finetune(
                 let logits = model.forward(&batch.input)?;
                 let loss = (token_mean_nll(&logits, &batch)? / n_micro)?;
                 let lv = loss.to_scalar::<f32>()? as f64;
-                if !lv.is_finite() {
-                    return Err(Error::NonFinite {
-                        step,
-                        loss: lv,
-                        checkpoint: last_ckpt,
-                    });
-                }
+                check_finite(lv, step, &last_ckpt)?;
                 loss_sum += lv;
                 tokens += batch.input.elem_count();
                 acc.add(&params, &loss.backward()?)?;
             }
-            let norm = acc.global_norm()?;
-            if !norm.is_finite() {
-                return Err(Error::NonFinite {
-                    step,
-                    loss: norm,
-                    checkpoint: last_ckpt,
-                });
-            }
-            opt.step(&acc.grads, lr, clip_scale(norm, cfg.max_grad_norm))?;
+            let norm = clipped_step(&mut opt, &acc, lr, cfg.max_grad_norm, step, &last_ckpt)?;
             step += 1;
             let el = start.elapsed().as_secs_f64();
             let entry = StepLog {

@@ -15,10 +15,10 @@ use crate::model::Llama;
 use crate::objective::method::{deserialize_method, ForgetTerm, MethodConfig, RetainTerm};
 use crate::objective::{ap, dpo, ga, gd, idk, kl, me, npo, rmu, simnpo, wga};
 use crate::ops::gather_logprobs;
-use crate::optim::{clip_scale, GradAccum, Optimizer, Schedule};
+use crate::optim::{GradAccum, Optimizer};
 use crate::rng::Rng;
 use crate::score::{nll_mean, score, sum_logprobs, Batch};
-use crate::train::{epoch_order, TrainConfig};
+use crate::train::{check_finite, clipped_step, epoch_order, TrainConfig};
 
 /// One path or a list of paths (one forget task each).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -454,17 +454,9 @@ impl<'a> Runner<'a> {
             for (i, mk) in &masks {
                 opt.set_mask(*i, mk)?;
             }
-            let per_step = t.batch_size.max(1) * t.grad_accum.max(1);
-            let mut total = data.forget_qa.len().div_ceil(per_step) * t.epochs.max(1);
-            if t.max_steps > 0 {
-                total = total.min(t.max_steps);
-            }
-            let sched = Schedule {
-                lr: t.lr,
-                warmup: (t.warmup_ratio * total as f64).round() as usize,
-                total,
-                decay: t.decay,
-            };
+            let per_step = t.items_per_step();
+            let total = t.total_steps(data.forget_qa.len());
+            let sched = t.schedule(total);
             let bar = crate::progress::bar(
                 total as u64,
                 &format!("unlearning task {}/{}", ti + 1, tasks.len()),
@@ -486,27 +478,13 @@ impl<'a> Runner<'a> {
                         let total_loss = ((fl.clone() * m.gamma)? + (rl.clone() * m.alpha)?)?;
                         let total_loss = (total_loss / nm)?;
                         let v = total_loss.to_scalar::<f32>()? as f64;
-                        if !v.is_finite() {
-                            return Err(Error::NonFinite {
-                                step,
-                                loss: v,
-                                checkpoint: None,
-                            });
-                        }
+                        check_finite(v, step, &None)?;
                         lt += v;
                         lf += fl.to_scalar::<f32>()? as f64 / nm;
                         lr_ += rl.to_scalar::<f32>()? as f64 / nm;
                         acc.add(&trainable, &total_loss.backward()?)?;
                     }
-                    let norm = acc.global_norm()?;
-                    if !norm.is_finite() {
-                        return Err(Error::NonFinite {
-                            step,
-                            loss: norm,
-                            checkpoint: None,
-                        });
-                    }
-                    opt.step(&acc.grads, lr, clip_scale(norm, t.max_grad_norm))?;
+                    let norm = clipped_step(&mut opt, &acc, lr, t.max_grad_norm, step, &None)?;
                     step += 1;
                     total_steps += 1;
                     let e = StepEntry {
@@ -839,11 +817,10 @@ pub fn check_writable(out: &std::path::Path) -> Result<()> {
 
 /// Validate and run: writes run.json before starting, the model at the end (atomically).
 pub fn run(cfg: &RunConfig, progress: bool) -> Result<RunReport> {
-    let run_dir = cfg.run_dir.clone().unwrap_or_else(|| {
-        let mut p = cfg.out.clone().into_os_string();
-        p.push(".run");
-        PathBuf::from(p)
-    });
+    let run_dir = cfg
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| crate::rundir::default_for(&cfg.out));
     check_writable(&cfg.out)?;
     let dev = crate::device(&cfg.device)?;
     let md = ModelDir::load(&cfg.model, &dev)?;

@@ -30,11 +30,10 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let cfg: TrainConfig = unlearn::config::load(a.config.as_deref(), &a.set)?;
-    let run_dir = a.run_dir.clone().unwrap_or_else(|| {
-        let mut p = a.out.clone().into_os_string();
-        p.push(".run");
-        PathBuf::from(p)
-    });
+    let run_dir = a
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| unlearn::rundir::default_for(&a.out));
     let dev = unlearn::device(&a.device)?;
     let md =
         ModelDir::load(&a.model, &dev).with_context(|| format!("loading {}", a.model.display()))?;
