@@ -146,6 +146,70 @@ pub fn critical(att: &[Vec<f64>], threshold: f64, absolute: bool) -> Vec<Vec<usi
         .collect()
 }
 
+/// Scores and the chosen neurons of one attribution.
+pub struct Selection {
+    /// Att(l, k) on the forget set.
+    pub scores: Vec<Vec<f64>>,
+    /// Att(l, k) on the retain set (dual mode).
+    pub retain_scores: Option<Vec<Vec<f64>>>,
+    /// Critical neurons per layer.
+    pub critical: Vec<Vec<usize>>,
+}
+
+impl Selection {
+    pub fn n_critical(&self) -> usize {
+        self.critical.iter().map(|c| c.len()).sum()
+    }
+
+    /// One JSON object per layer: scores, critical neurons (and retain scores in dual mode).
+    pub fn layers_json(&self) -> Vec<serde_json::Value> {
+        self.scores
+            .iter()
+            .enumerate()
+            .map(|(l, s)| {
+                let mut v =
+                    serde_json::json!({"layer": l, "scores": s, "critical": self.critical[l]});
+                if let Some(r) = &self.retain_scores {
+                    v["retain_scores"] = serde_json::json!(r[l]);
+                }
+                v
+            })
+            .collect()
+    }
+}
+
+/// Attribute on `forget` and choose the critical neurons; in dual mode (`retain` given) neurons
+/// critical for the retain set are left out.
+pub fn select(
+    model: &Llama,
+    forget: &[Encoded],
+    retain: Option<&[Encoded]>,
+    pad_id: u32,
+    cfg: &AttributionConfig,
+    progress: bool,
+) -> Result<Selection> {
+    let scores = attribute(model, forget, pad_id, cfg, progress)?;
+    let mut crit = critical(&scores, cfg.threshold, cfg.absolute);
+    let retain_scores = match retain {
+        None => None,
+        Some(r) => {
+            let rs = attribute(model, r, pad_id, cfg, progress)?;
+            for (c, rc) in crit
+                .iter_mut()
+                .zip(critical(&rs, cfg.threshold, cfg.absolute))
+            {
+                c.retain(|k| !rc.contains(k));
+            }
+            Some(rs)
+        }
+    };
+    Ok(Selection {
+        scores,
+        retain_scores,
+        critical: crit,
+    })
+}
+
 /// Column masks for `down_proj` ([hidden, intermediate], 1 on critical columns), named as the
 /// parameters, for `unlearn run --set masks=…`.
 pub fn down_proj_masks(model: &Llama, crit: &[Vec<usize>]) -> Result<Vec<(String, Tensor)>> {

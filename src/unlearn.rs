@@ -544,7 +544,7 @@ impl<'a> Runner<'a> {
         f: &Formatter,
         retain_qa: &[Encoded],
     ) -> Result<Vec<(String, Tensor)>> {
-        use crate::attribution::{attribute, critical, down_proj_masks, AttributionConfig};
+        use crate::attribution::{down_proj_masks, select, AttributionConfig};
         let model = &self.md.model;
         let items = tasks
             .iter()
@@ -557,32 +557,26 @@ impl<'a> Runner<'a> {
             absolute: sel.absolute,
             batch_size: self.cfg.train.batch_size.max(1),
         };
-        let att = attribute(model, &items, self.md.tok.pad_id, &acfg, self.progress)?;
-        let mut crit = critical(&att, sel.threshold, sel.absolute);
-        if sel.dual {
-            if retain_qa.is_empty() {
-                return Err(Error::Invalid("simu dual mode needs a `retain` set".into()));
-            }
-            let ra = attribute(model, retain_qa, self.md.tok.pad_id, &acfg, self.progress)?;
-            for (c, r) in crit
-                .iter_mut()
-                .zip(critical(&ra, sel.threshold, sel.absolute))
-            {
-                c.retain(|k| !r.contains(k));
-            }
+        if sel.dual && retain_qa.is_empty() {
+            return Err(Error::Invalid("simu dual mode needs a `retain` set".into()));
         }
-        let n: usize = crit.iter().map(|c| c.len()).sum();
+        let retain = if sel.dual { Some(retain_qa) } else { None };
+        let chosen = select(
+            model,
+            &items,
+            retain,
+            self.md.tok.pad_id,
+            &acfg,
+            self.progress,
+        )?;
         self.note(&format!(
-            "simu: {n} critical neurons of {} (threshold {}, m = {})",
-            att.len() * model.cfg.intermediate_size,
+            "simu: {} critical neurons of {} (threshold {}, m = {})",
+            chosen.n_critical(),
+            chosen.scores.len() * model.cfg.intermediate_size,
             sel.threshold,
             sel.steps
         ));
-        let layers: Vec<serde_json::Value> = att
-            .iter()
-            .enumerate()
-            .map(|(l, s)| serde_json::json!({"layer": l, "scores": s, "critical": crit[l]}))
-            .collect();
+        let layers = chosen.layers_json();
         let p = self.run_dir.join("attribution.json");
         crate::hf::atomic_write(
             &p,
@@ -590,7 +584,7 @@ impl<'a> Runner<'a> {
                 .unwrap()
                 .as_bytes(),
         )?;
-        down_proj_masks(model, &crit)
+        down_proj_masks(model, &chosen.critical)
     }
 
     pub fn note(&self, s: &str) {

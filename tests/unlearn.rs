@@ -284,6 +284,31 @@ fn simu_attribution_masks_and_run() {
         .map(|l| l["critical"].as_array().unwrap().len())
         .sum();
     assert!(n_crit > 0 && n_crit < 2 * layers[0]["scores"].as_array().unwrap().len());
+    // Dual mode: retain scores are reported and the chosen neurons are a subset of the above.
+    ok(
+        &[
+            "attribute",
+            "--model",
+            "ft",
+            "--data",
+            "forget.jsonl",
+            "--retain",
+            "retain.jsonl",
+            "--out",
+            "dual.json",
+            "--steps",
+            "4",
+        ],
+        p,
+    );
+    let dual: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("dual.json")).unwrap()).unwrap();
+    for (d, s) in dual["layers"].as_array().unwrap().iter().zip(layers) {
+        assert!(d["retain_scores"].is_array());
+        for k in d["critical"].as_array().unwrap() {
+            assert!(s["critical"].as_array().unwrap().contains(k));
+        }
+    }
     let e = unlearn(
         p,
         "ga+gd",

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use unlearn::attribution::{attribute, critical, down_proj_masks, AttributionConfig};
+use unlearn::attribution::{down_proj_masks, select, AttributionConfig};
 use unlearn::data::{read_qa, Formatter, PromptStyle};
 use unlearn::hf::ModelDir;
 
@@ -60,31 +60,17 @@ pub fn run(a: Args) -> Result<()> {
         absolute: !a.signed,
         batch_size: a.batch_size,
     };
-    let att = attribute(&md.model, &enc(&a.data)?, md.tok.pad_id, &cfg, true)?;
-    let mut crit = critical(&att, a.threshold, cfg.absolute);
-    let retain_att = match &a.retain {
-        Some(r) => {
-            let ra = attribute(&md.model, &enc(r)?, md.tok.pad_id, &cfg, true)?;
-            let rc = critical(&ra, a.threshold, cfg.absolute);
-            for (c, r) in crit.iter_mut().zip(&rc) {
-                c.retain(|k| !r.contains(k));
-            }
-            Some(ra)
-        }
-        None => None,
-    };
-    let n: usize = crit.iter().map(|c| c.len()).sum();
-    let layers: Vec<serde_json::Value> = att
-        .iter()
-        .enumerate()
-        .map(|(l, s)| {
-            let mut v = serde_json::json!({"layer": l, "scores": s, "critical": crit[l]});
-            if let Some(ra) = &retain_att {
-                v["retain_scores"] = serde_json::json!(ra[l]);
-            }
-            v
-        })
-        .collect();
+    let retain = a.retain.as_ref().map(&enc).transpose()?;
+    let sel = select(
+        &md.model,
+        &enc(&a.data)?,
+        retain.as_deref(),
+        md.tok.pad_id,
+        &cfg,
+        true,
+    )?;
+    let n = sel.n_critical();
+    let layers = sel.layers_json();
     let out = serde_json::json!({
         "model": a.model, "data": a.data, "retain": a.retain, "config": cfg,
         "n_critical": n, "layers": layers,
@@ -93,15 +79,17 @@ pub fn run(a: Args) -> Result<()> {
     unlearn::hf::atomic_write(&a.out, serde_json::to_string_pretty(&out)?.as_bytes())?;
     if let Some(p) = &a.mask_out {
         let masks: std::collections::HashMap<String, candle_core::Tensor> =
-            down_proj_masks(&md.model, &crit)?.into_iter().collect();
+            down_proj_masks(&md.model, &sel.critical)?
+                .into_iter()
+                .collect();
         let tmp = p.with_extension("tmp");
         candle_core::safetensors::save(&masks, &tmp)?;
         std::fs::rename(&tmp, p)?;
     }
     println!(
         "{n} critical neurons of {} ({} layers × {}); wrote {}",
-        att.len() * md.model.cfg.intermediate_size,
-        att.len(),
+        sel.scores.len() * md.model.cfg.intermediate_size,
+        sel.scores.len(),
         md.model.cfg.intermediate_size,
         a.out.display()
     );
