@@ -115,20 +115,10 @@ impl<'a> Formatter<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::byte_level_tokenizer_json;
-    use std::path::Path;
 
     #[test]
     fn labels_cover_answer_and_eos() {
-        let (j, c) = byte_level_tokenizer_json(true);
-        let tok = Tok::from_parts(
-            j,
-            c.clone(),
-            c["chat_template"].as_str().map(String::from),
-            &[],
-            Path::new("t"),
-        )
-        .unwrap();
+        let tok = crate::fixture::tiny_tokenizer();
         let f = Formatter::new(&tok, PromptStyle::Auto, 512).unwrap();
         assert!(f.uses_chat());
         let e = f.encode_qa("Who?", "Bob").unwrap();
