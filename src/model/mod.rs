@@ -1,4 +1,5 @@
 //! Model architectures (one file each) and their configuration.
+pub mod bert;
 pub mod config;
 pub mod llama;
 
