@@ -24,6 +24,8 @@ enum Cmd {
     Run(cli::run::Args),
     /// SIMU attribution: score MLP neurons on a forget set, choose critical ones, write masks.
     Attribute(cli::attribute::Args),
+    /// Evaluate a model: TOFU metrics, closer-look metrics, memorisation, MIA/PrivLeak, refusals.
+    Eval(cli::eval::Args),
     /// Generate a continuation/answer for a prompt.
     Generate(cli::generate::Args),
     /// Write a random Llama model (byte-level tokenizer) as an HF directory, for tests and benchmarks.
@@ -38,6 +40,7 @@ fn main() {
         Cmd::Import(a) => cli::import::run(a),
         Cmd::Finetune(a) => cli::finetune::run(a),
         Cmd::Generate(a) => cli::generate::run(a),
+        Cmd::Eval(a) => cli::eval::run(a),
         Cmd::Run(a) => cli::run::run(a),
         Cmd::Attribute(a) => cli::attribute::run(a),
         Cmd::Init(a) => cli::init::run(a),

@@ -1,7 +1,7 @@
 //! Teacher-forced per-token log-probabilities of answers: the primitive every loss and metric
 //! uses. Sequences are right-padded; with a causal mask no real token sees padding, so the
 //! values do not depend on the batch a sequence is scored in.
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 
 use crate::data::Encoded;
 use crate::error::Result;
@@ -94,6 +94,80 @@ pub fn score(model: &Llama, items: &[Encoded], batch_size: usize) -> Result<Vec<
         for (e, row) in chunk.iter().zip(lp) {
             out.push(row[e.n_prompt - 1..e.ids.len() - 1].to_vec());
         }
+    }
+    Ok(out)
+}
+
+/// Per-token statistics of one answer from a teacher-forced pass.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TokenStats {
+    /// log p(a_t) per answer token.
+    pub logp: Vec<f32>,
+    /// argmax of the predicted distribution == a_t.
+    pub hit: Vec<bool>,
+    /// μ_t = Σ_v p(v) log p(v) (minus the entropy).
+    pub mu: Vec<f32>,
+    /// σ_t² = Σ_v p(v) log² p(v) − μ_t².
+    pub var: Vec<f32>,
+}
+
+impl TokenStats {
+    /// Mean NLL (the "avg_loss" of open-unlearning); 0 for an empty answer.
+    pub fn avg_loss(&self) -> f64 {
+        if self.logp.is_empty() {
+            return 0.0;
+        }
+        -self.logp.iter().map(|&x| x as f64).sum::<f64>() / self.logp.len() as f64
+    }
+    /// P(a|q) = exp(−avg_loss).
+    pub fn prob(&self) -> f64 {
+        (-self.avg_loss()).exp()
+    }
+}
+
+/// Teacher-forced [`TokenStats`] of every item's labelled tokens (no gradient), in batches of
+/// `batch_size` sorted by length (scoring is batch-invariant, so the order only saves padding).
+/// `on_batch(n)` is called after each batch with its number of items (progress bars).
+pub fn score_stats(
+    model: &Llama,
+    items: &[Encoded],
+    batch_size: usize,
+    mut on_batch: impl FnMut(usize),
+) -> Result<Vec<TokenStats>> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by_key(|&i| items[i].ids.len());
+    let mut out = vec![TokenStats::default(); items.len()];
+    for chunk in order.chunks(batch_size.max(1)) {
+        let refs: Vec<&Encoded> = chunk.iter().map(|&i| &items[i]).collect();
+        let batch = Batch::new(&refs, 0, model.device())?;
+        let logits = model.forward(&batch.input)?.detach().to_dtype(DType::F32)?;
+        let lp = ops::log_softmax_last_dim(&logits)?; // [b, t, V]
+        let p = lp.exp()?;
+        let plp = (&p * &lp)?;
+        let mu = plp.sum(D::Minus1)?; // [b, t]
+        let e2 = (plp * &lp)?.sum(D::Minus1)?;
+        let var = (e2 - mu.sqr()?)?;
+        let tgt = lp
+            .gather(&batch.targets.unsqueeze(2)?, D::Minus1)?
+            .squeeze(2)?; // [b, t]
+        let arg = lp.argmax(D::Minus1)?; // [b, t] u32
+        let (tgt, mu, var) = (
+            tgt.to_vec2::<f32>()?,
+            mu.to_vec2::<f32>()?,
+            var.to_vec2::<f32>()?,
+        );
+        let (arg, targets) = (arg.to_vec2::<u32>()?, batch.targets.to_vec2::<u32>()?);
+        for (r, &i) in chunk.iter().enumerate() {
+            let e = &items[i];
+            let span = e.n_prompt - 1..e.ids.len() - 1;
+            out[i] = TokenStats {
+                logp: tgt[r][span.clone()].to_vec(),
+                hit: span.clone().map(|j| arg[r][j] == targets[r][j]).collect(),
+                mu: mu[r][span.clone()].to_vec(),
+                var: var[r][span].to_vec(),
+            };
+        }
+        on_batch(chunk.len());
     }
     Ok(out)
 }

@@ -2,7 +2,7 @@
 //! retain set and a refusal pool; one method = gamma · forget term + alpha · retain term;
 //! AdamW on the selected parameters; per-step losses as JSONL; the model saved after each task.
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -82,6 +82,12 @@ pub struct RunConfig {
     /// this value.
     #[serde(default)]
     pub stop_forget_prob: Option<f64>,
+    /// The evaluation suite (an `[eval]` table, keys of `eval::EvalConfig`): run at every
+    /// evaluation, its aggregates join the eval log line; the final evaluation of each task also
+    /// writes TOFU_EVAL.json / TOFU_SUMMARY.json into RUN_DIR/eval (RUN_DIR/eval/task-K when
+    /// there are several tasks).
+    #[serde(default)]
+    pub eval: Option<crate::eval::EvalConfig>,
     #[serde(default = "default_device")]
     pub device: String,
 }
@@ -245,17 +251,11 @@ pub fn mean_prob(model: &Llama, items: &[Encoded], bs: usize) -> Result<f64> {
         / s.len().max(1) as f64)
 }
 
-/// An evaluation called every `eval_every` steps and at the end of each task, with the model, the
-/// task index and the step; its JSON object is merged into the eval log line.
-pub type EvalHook<'a> = &'a dyn Fn(&Llama, usize, usize) -> Result<serde_json::Value>;
-
 pub struct Runner<'a> {
     pub cfg: &'a RunConfig,
     pub md: &'a ModelDir,
     pub run_dir: PathBuf,
     pub progress: bool,
-    /// Extra metrics (the evaluation suite plugs in here).
-    pub eval_hook: Option<EvalHook<'a>>,
 }
 
 impl<'a> Runner<'a> {
@@ -502,7 +502,7 @@ impl<'a> Runner<'a> {
                     bar.set_message(format!("loss {lt:.4} (forget {lf:.4}, retain {lr_:.4})"));
                     bar.inc(1);
                     if cfg.eval_every > 0 && step % cfg.eval_every == 0 {
-                        let ev = self.evaluate(ti, step, &data, &retain_qa)?;
+                        let ev = self.evaluate(ti, step, &data, &retain_qa, None)?;
                         writeln!(evalf, "{}", ev).map_err(|e| Error::io(&eval_path, e))?;
                         if let (Some(th), Some(fp)) =
                             (cfg.stop_forget_prob, ev["forget_prob"].as_f64())
@@ -519,7 +519,12 @@ impl<'a> Runner<'a> {
                 }
             }
             bar.finish_and_clear();
-            final_eval = self.evaluate(ti, step, &data, &retain_qa)?;
+            let eval_dir = if tasks.len() > 1 {
+                self.run_dir.join("eval").join(format!("task-{}", ti + 1))
+            } else {
+                self.run_dir.join("eval")
+            };
+            final_eval = self.evaluate(ti, step, &data, &retain_qa, Some(&eval_dir))?;
             writeln!(evalf, "{}", final_eval).map_err(|e| Error::io(&eval_path, e))?;
             if tasks.len() > 1 {
                 self.md
@@ -607,6 +612,7 @@ impl<'a> Runner<'a> {
         step: usize,
         data: &TaskData,
         retain_qa: &[Encoded],
+        eval_out: Option<&Path>,
     ) -> Result<serde_json::Value> {
         let model = &self.md.model;
         let bs = self.cfg.train.batch_size.max(1);
@@ -620,9 +626,13 @@ impl<'a> Runner<'a> {
         } else {
             mean_prob(model, &rq, bs)?.into()
         };
-        Ok(
-            serde_json::json!({"task": task, "step": step, "forget_prob": forget_prob, "retain_prob": retain_prob}),
-        )
+        let mut line = serde_json::json!({"task": task, "step": step, "forget_prob": forget_prob, "retain_prob": retain_prob});
+        if let Some(ec) = &self.cfg.eval {
+            let out = crate::eval::Evaluator::new(model, &self.md.tok, ec, false)?
+                .run(eval_out, None, true)?;
+            line["eval"] = serde_json::Value::Object(out.summary);
+        }
+        Ok(line)
     }
 
     fn prepare(
@@ -824,7 +834,6 @@ pub fn run(cfg: &RunConfig, progress: bool) -> Result<RunReport> {
         md: &md,
         run_dir: run_dir.clone(),
         progress,
-        eval_hook: None,
     };
     let mut rep = runner.run()?;
     // Compare with the input model as it is on disk (loaded only now, so it is not resident

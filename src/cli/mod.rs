@@ -1,5 +1,6 @@
 pub mod attribute;
 pub mod bench;
+pub mod eval;
 pub mod finetune;
 pub mod generate;
 pub mod import;

@@ -13,32 +13,7 @@
 //! ≈ 1: the forget set is still recognisably "seen"; ≈ 0.5: indistinguishable from unseen data.
 use std::io::Write;
 
-/// Per-token statistics of one answer from a teacher-forced pass.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TokenStats {
-    /// log p(a_t) per answer token.
-    pub logp: Vec<f32>,
-    /// argmax of the predicted distribution == a_t.
-    pub hit: Vec<bool>,
-    /// μ_t = Σ_v p(v) log p(v) (minus the entropy).
-    pub mu: Vec<f32>,
-    /// σ_t² = Σ_v p(v) log² p(v) − μ_t².
-    pub var: Vec<f32>,
-}
-
-impl TokenStats {
-    /// Mean NLL (the "avg_loss" of open-unlearning); 0 for an empty answer.
-    pub fn avg_loss(&self) -> f64 {
-        if self.logp.is_empty() {
-            return 0.0;
-        }
-        -self.logp.iter().map(|&x| x as f64).sum::<f64>() / self.logp.len() as f64
-    }
-    /// P(a|q) = exp(−avg_loss).
-    pub fn prob(&self) -> f64 {
-        (-self.avg_loss()).exp()
-    }
-}
+pub use crate::score::TokenStats;
 
 /// Byte length of `zlib.compress(text.encode("utf-8"))` (default level 6).
 pub fn zlib_len(text: &str) -> usize {

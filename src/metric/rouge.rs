@@ -154,3 +154,35 @@ mod tests {
         assert_eq!(rouge_l("a b c d", "a c d").recall, 0.75);
     }
 }
+
+/// ROUGE-1 recall: clipped unigram overlap Σ_w min(c_target(w), c_pred(w)) / |target| (stemming
+/// on), as `rouge_score`'s "rouge1" recall.
+pub fn rouge1_recall(target: &str, prediction: &str) -> f64 {
+    let t = tokenize(target, true);
+    let p = tokenize(prediction, true);
+    if t.is_empty() || p.is_empty() {
+        return 0.0;
+    }
+    let mut counts: std::collections::HashMap<&str, (usize, usize)> = Default::default();
+    for w in &t {
+        counts.entry(w).or_default().0 += 1;
+    }
+    for w in &p {
+        counts.entry(w).or_default().1 += 1;
+    }
+    let overlap: usize = counts.values().map(|&(a, b)| a.min(b)).sum();
+    overlap as f64 / t.len() as f64
+}
+
+#[cfg(test)]
+mod rouge1_tests {
+    #[test]
+    fn hand_computed() {
+        // target tokens: the cat sat on the mat (6); prediction: the the cat → min(2,2)+1 = 3
+        assert_eq!(
+            super::rouge1_recall("the cat sat on the mat", "the the cat"),
+            0.5
+        );
+        assert_eq!(super::rouge1_recall("", "x"), 0.0);
+    }
+}

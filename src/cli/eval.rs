@@ -1,0 +1,110 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use unlearn::eval::{fingerprint, resolve_benchmark, EvalConfig, Evaluator};
+use unlearn::hf::ModelDir;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// HF model directory to evaluate.
+    #[arg(long)]
+    model: PathBuf,
+    /// `tofu` (TOFU data: $UNLEARN_TOFU_DIR or ../shared/data/tofu) or a directory in its layout.
+    #[arg(long, default_value = "tofu")]
+    benchmark: String,
+    /// Forget split (forget01, forget05, forget10, …).
+    #[arg(long, default_value = "forget10")]
+    forget_split: String,
+    /// TOFU_EVAL.json of the retain-only model (forget quality, PrivLeak).
+    #[arg(long)]
+    retain_logs: Option<PathBuf>,
+    /// Reference model for the Reference MIA (the retain model).
+    #[arg(long)]
+    reference_model: Option<PathBuf>,
+    /// Sentence encoder directory (all-MiniLM-L6-v2).
+    #[arg(long)]
+    embedder: Option<PathBuf>,
+    /// NLI classifier directory (entailment score).
+    #[arg(long)]
+    nli: Option<PathBuf>,
+    /// Output directory: TOFU_EVAL.json, TOFU_SUMMARY.json, EVAL_CACHE.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Recompute metrics already present in TOFU_EVAL.json.
+    #[arg(long)]
+    overwrite: bool,
+    /// Evaluation settings (TOML, keys of EvalConfig); flags above override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override a setting, e.g. --set max_items=50 --set batch_size=16 (repeatable).
+    #[arg(long = "set")]
+    set: Vec<String>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut cfg: EvalConfig = unlearn::config::load(a.config.as_deref(), &a.set)?;
+    cfg.data = resolve_benchmark(&a.benchmark)?;
+    cfg.forget_split = a.forget_split;
+    for (slot, v) in [
+        (&mut cfg.retain_logs, a.retain_logs),
+        (&mut cfg.reference_model, a.reference_model),
+        (&mut cfg.embedder, a.embedder),
+        (&mut cfg.nli, a.nli),
+    ] {
+        if v.is_some() {
+            *slot = v;
+        }
+    }
+    let dev = unlearn::device(&a.device)?;
+    let md = ModelDir::load(&a.model, &dev)?;
+    unlearn::rundir::write_run_info(&a.out, "eval", 0, &cfg)?;
+    let fp = fingerprint(&a.model, &cfg)?;
+    let start = std::time::Instant::now();
+    let out =
+        Evaluator::new(&md.model, &md.tok, &cfg, true)?.run(Some(&a.out), Some(fp), a.overwrite)?;
+    let show = |k: &str| match out.summary.get(k).and_then(|v| v.as_f64()) {
+        Some(x) => format!("{x:.4}"),
+        None => "skipped".into(),
+    };
+    for k in [
+        "forget_quality",
+        "model_utility",
+        "forget_Q_A_Prob",
+        "forget_Q_A_ROUGE",
+        "forget_truth_ratio",
+        "retain_Q_A_Prob",
+        "retain_Q_A_ROUGE",
+        "extraction_strength",
+        "privleak",
+    ] {
+        println!("{k:<22} {}", show(k));
+    }
+    let skipped: Vec<String> = out
+        .eval
+        .iter()
+        .filter_map(|(k, v)| {
+            v.get("skipped")
+                .map(|r| format!("{k}: {}", r.as_str().unwrap_or("")))
+        })
+        .collect();
+    if !skipped.is_empty() {
+        println!("skipped:\n  {}", skipped.join("\n  "));
+    }
+    println!(
+        "computed {} metric(s); model passes run: {}",
+        out.computed.len(),
+        if out.passes.is_empty() {
+            "none (cached)".to_string()
+        } else {
+            out.passes.join(", ")
+        }
+    );
+    println!(
+        "wrote {} ({:.1}s)",
+        a.out.join(unlearn::eval::EVAL_FILE).display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

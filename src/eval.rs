@@ -1,0 +1,1149 @@
+//! The evaluation suite (`unlearn eval`, and inside `unlearn run`): every metric of METHODS.md
+//! "Metrics" on a benchmark directory in the TOFU layout, written as open-unlearning writes it:
+//! `TOFU_EVAL.json` maps each metric name to `{"agg_value": …, "value_by_index": {"0": {…}, …}}`
+//! (generations included in the ROUGE entries) and `TOFU_SUMMARY.json` maps names to `agg_value`.
+//! A metric that cannot be computed is written as `{"agg_value": null, "skipped": REASON}`.
+//!
+//! Work is shared: one teacher-forced pass per (model, set, answer variant) gives every likelihood
+//! metric ([`TokenStats`]: log-prob, argmax hit, μ and σ² of the predicted distribution), one
+//! batched greedy generation per set gives every generation metric. These per-item results are
+//! kept in `EVAL_CACHE.json` (keyed by a fingerprint of the model files and the settings), so a
+//! metric added later, or a resumed run, does not recompute them. Metrics already present in
+//! `TOFU_EVAL.json` are kept unless `overwrite` (skipped ones are always retried).
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use crate::data::{read_qa, Formatter, PromptStyle, QaItem};
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenConfig};
+use crate::hf::atomic_write;
+use crate::metric::{entropy, ks, memorization, mia, rouge, similarity, tofu};
+use crate::model::bert::Bert;
+use crate::model::Llama;
+use crate::score::{score_stats, TokenStats};
+use crate::tokenizer::Tok;
+
+pub const EVAL_FILE: &str = "TOFU_EVAL.json";
+pub const SUMMARY_FILE: &str = "TOFU_SUMMARY.json";
+pub const CACHE_FILE: &str = "EVAL_CACHE.json";
+
+/// The evaluation sets of a TOFU-layout benchmark directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetName {
+    Forget,
+    Retain,
+    /// Real authors.
+    Ra,
+    /// World facts.
+    Wf,
+    Holdout,
+}
+
+impl SetName {
+    pub const ALL: [SetName; 5] = [
+        Self::Forget,
+        Self::Retain,
+        Self::Ra,
+        Self::Wf,
+        Self::Holdout,
+    ];
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Self::Forget => "forget",
+            Self::Retain => "retain",
+            Self::Ra => "ra",
+            Self::Wf => "wf",
+            Self::Holdout => "holdout",
+        }
+    }
+    /// Real authors / world facts: multiple-choice style sets.
+    fn options(self) -> bool {
+        matches!(self, Self::Ra | Self::Wf)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Benchmark directory in the TOFU layout: `{split}_perturbed.jsonl` (or `{split}.jsonl`),
+    /// `retain_perturbed.jsonl`, `real_authors_perturbed.jsonl`, `world_facts_perturbed.jsonl`,
+    /// `holdoutNN.jsonl`. Sets whose file is absent are reported as skipped.
+    pub data: PathBuf,
+    /// Forget split, e.g. "forget10".
+    pub forget_split: String,
+    /// Holdout split (MIA non-members); default: forgetNN → holdoutNN.
+    pub holdout_split: Option<String>,
+    /// Sets to evaluate (default: all five).
+    pub sets: Vec<SetName>,
+    /// Use only the first N items of each set (0 = all): quick evaluations during training.
+    pub max_items: usize,
+    /// Teacher-forced batch size.
+    pub batch_size: usize,
+    /// Generation batch size.
+    pub gen_batch_size: usize,
+    /// Greedy generation length (open-unlearning's TOFU default: 200).
+    pub max_new_tokens: usize,
+    pub max_len: usize,
+    pub prompt: PromptStyle,
+    /// Sentence encoder (all-MiniLM-L6-v2 directory). Default: $UNLEARN_MINILM_DIR, then
+    /// `.cache/models/all-MiniLM-L6-v2` (scripts/fetch_assets.sh downloads it).
+    pub embedder: Option<PathBuf>,
+    /// NLI classifier directory (BERT/RoBERTa sequence classifier with an "entailment" label).
+    pub nli: Option<PathBuf>,
+    /// Reference model for the Reference MIA (for TOFU: the retain model).
+    pub reference_model: Option<PathBuf>,
+    /// `TOFU_EVAL.json` of the retain-only model: forget quality and PrivLeak compare with it.
+    pub retain_logs: Option<PathBuf>,
+    /// Refusal pool, one per line (default: the built-in pool).
+    pub refusals: Option<PathBuf>,
+    /// Fraction k of Min-K% and Min-K%++.
+    pub min_k: f64,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            data: PathBuf::from("../shared/data/tofu"),
+            forget_split: "forget10".into(),
+            holdout_split: None,
+            sets: SetName::ALL.to_vec(),
+            max_items: 0,
+            batch_size: 8,
+            gen_batch_size: 16,
+            max_new_tokens: 200,
+            max_len: 512,
+            prompt: PromptStyle::Auto,
+            embedder: None,
+            nli: None,
+            reference_model: None,
+            retain_logs: None,
+            refusals: None,
+            min_k: 0.4,
+        }
+    }
+}
+
+impl EvalConfig {
+    fn holdout(&self) -> String {
+        self.holdout_split.clone().unwrap_or_else(|| {
+            self.forget_split
+                .strip_prefix("forget")
+                .map(|n| format!("holdout{n}"))
+                .unwrap_or_else(|| "holdout".into())
+        })
+    }
+
+    /// The file of a set, or why there is none.
+    fn file(&self, set: SetName) -> std::result::Result<PathBuf, String> {
+        let candidates: Vec<String> = match set {
+            SetName::Forget => vec![
+                format!("{}_perturbed.jsonl", self.forget_split),
+                format!("{}.jsonl", self.forget_split),
+            ],
+            SetName::Retain => vec!["retain_perturbed.jsonl".into()],
+            SetName::Ra => vec!["real_authors_perturbed.jsonl".into()],
+            SetName::Wf => vec!["world_facts_perturbed.jsonl".into()],
+            SetName::Holdout => vec![format!("{}.jsonl", self.holdout())],
+        };
+        candidates
+            .iter()
+            .map(|c| self.data.join(c))
+            .find(|p| p.exists())
+            .ok_or_else(|| format!("no {} in {}", candidates.join(" or "), self.data.display()))
+    }
+
+    fn embedder_dir(&self) -> Option<PathBuf> {
+        self.embedder
+            .clone()
+            .or_else(|| std::env::var_os("UNLEARN_MINILM_DIR").map(PathBuf::from))
+            .or_else(|| {
+                let p = PathBuf::from(".cache/models/all-MiniLM-L6-v2");
+                p.exists().then_some(p)
+            })
+    }
+}
+
+/// A benchmark name or directory: `tofu` = $UNLEARN_TOFU_DIR, else `../shared/data/tofu`, else
+/// `data/tofu`; anything else is taken as a directory.
+pub fn resolve_benchmark(name: &str) -> Result<PathBuf> {
+    if name != "tofu" {
+        let p = PathBuf::from(name);
+        return if p.is_dir() {
+            Ok(p)
+        } else {
+            Err(Error::Invalid(format!(
+                "benchmark {name:?}: not `tofu` and not a directory"
+            )))
+        };
+    }
+    let mut tried = vec![];
+    for p in std::env::var_os("UNLEARN_TOFU_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([
+            PathBuf::from("../shared/data/tofu"),
+            PathBuf::from("data/tofu"),
+        ])
+    {
+        if p.is_dir() {
+            return Ok(p);
+        }
+        tried.push(p.display().to_string());
+    }
+    Err(Error::Invalid(format!(
+        "TOFU data not found (tried {}); set UNLEARN_TOFU_DIR or pass --benchmark DIR",
+        tried.join(", ")
+    )))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Generation {
+    text: String,
+    tokens: Vec<u32>,
+}
+
+/// Per-item results of the expensive passes over one set.
+#[derive(Default, Serialize, Deserialize)]
+struct SetCache {
+    answer: Option<Vec<TokenStats>>,
+    para: Option<Vec<TokenStats>>,
+    /// [item][option]
+    pert: Option<Vec<Vec<TokenStats>>>,
+    generation: Option<Vec<Generation>>,
+    /// Answer stats under the reference model.
+    reference: Option<Vec<TokenStats>>,
+    #[serde(skip)]
+    gen_emb: Option<Vec<Vec<f32>>>,
+    #[serde(skip)]
+    ans_emb: Option<Vec<Vec<f32>>>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Cache {
+    fingerprint: String,
+    sets: BTreeMap<SetName, SetCache>,
+}
+
+/// One metric of the suite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Metric {
+    Prob(SetName),
+    ParaProb(SetName),
+    PertProb(SetName),
+    NormProb(SetName),
+    TruthRatio(SetName),
+    Rouge(SetName),
+    Entropy(SetName),
+    Cosine(SetName),
+    Entailment(SetName),
+    Refusal(SetName),
+    ExactMem(SetName),
+    Extraction(SetName),
+    Mia(Attack),
+    PrivLeak,
+    ForgetQuality,
+    ForgetEfficacy,
+    ModelUtility,
+    CloserLookUtility,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Attack {
+    Loss,
+    Zlib,
+    MinK,
+    MinKpp,
+    Reference,
+}
+
+impl Metric {
+    fn name(self) -> String {
+        use Metric::*;
+        match self {
+            Prob(s) => format!("{}_Q_A_Prob", s.prefix()),
+            ParaProb(s) => format!("{}_Q_A_PARA_Prob", s.prefix()),
+            PertProb(s) => format!("{}_Q_A_PERT_Prob", s.prefix()),
+            NormProb(s) => format!("{}_Q_A_Prob_normalised", s.prefix()),
+            TruthRatio(SetName::Forget) => "forget_truth_ratio".into(),
+            TruthRatio(s) => format!("{}_Truth_Ratio", s.prefix()),
+            Rouge(s) => format!("{}_Q_A_ROUGE", s.prefix()),
+            Entropy(s) => format!("{}_token_entropy", s.prefix()),
+            Cosine(s) => format!("{}_cosine_similarity", s.prefix()),
+            Entailment(s) => format!("{}_entailment_score", s.prefix()),
+            Refusal(s) => format!("{}_refusal_rate", s.prefix()),
+            ExactMem(SetName::Forget) => "exact_memorization".into(),
+            ExactMem(s) => format!("{}_exact_memorization", s.prefix()),
+            Extraction(SetName::Forget) => "extraction_strength".into(),
+            Extraction(s) => format!("{}_extraction_strength", s.prefix()),
+            Mia(a) => match a {
+                Attack::Loss => "mia_loss",
+                Attack::Zlib => "mia_zlib",
+                Attack::MinK => "mia_min_k",
+                Attack::MinKpp => "mia_min_k_plus_plus",
+                Attack::Reference => "mia_reference",
+            }
+            .into(),
+            PrivLeak => "privleak".into(),
+            ForgetQuality => "forget_quality".into(),
+            ForgetEfficacy => "forget_efficacy".into(),
+            ModelUtility => "model_utility".into(),
+            CloserLookUtility => "closer_look_model_utility".into(),
+        }
+    }
+
+    /// Every metric, dependencies before the metrics derived from them.
+    fn all() -> Vec<Metric> {
+        use Metric::*;
+        let mut v = vec![];
+        for s in [SetName::Forget, SetName::Retain, SetName::Ra, SetName::Wf] {
+            v.push(Prob(s));
+            if s.options() {
+                v.extend([PertProb(s), NormProb(s)]);
+            } else {
+                v.extend([ParaProb(s), PertProb(s)]);
+            }
+            v.extend([
+                TruthRatio(s),
+                Rouge(s),
+                Entropy(s),
+                Cosine(s),
+                Entailment(s),
+                Refusal(s),
+            ]);
+            if !s.options() {
+                v.extend([ExactMem(s), Extraction(s)]);
+            }
+        }
+        for a in [
+            Attack::Loss,
+            Attack::Zlib,
+            Attack::MinK,
+            Attack::MinKpp,
+            Attack::Reference,
+        ] {
+            v.push(Mia(a));
+        }
+        v.extend([
+            PrivLeak,
+            ForgetQuality,
+            ForgetEfficacy,
+            ModelUtility,
+            CloserLookUtility,
+        ]);
+        v
+    }
+}
+
+/// A metric that could not be computed, and why.
+fn skipped(reason: impl Into<String>) -> Value {
+    json!({"agg_value": Value::Null, "skipped": reason.into()})
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+/// `{"agg_value": mean, "value_by_index": {"i": {"score": v_i}}}`.
+fn per_item_scores(v: &[f64]) -> Value {
+    let by: Map<String, Value> = v
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| (i.to_string(), json!({"score": x})))
+        .collect();
+    json!({"agg_value": mean(v), "value_by_index": by})
+}
+
+/// Outcome of an evaluation.
+pub struct EvalOutput {
+    /// Every metric (TOFU_EVAL.json).
+    pub eval: Map<String, Value>,
+    /// Name → agg_value (TOFU_SUMMARY.json).
+    pub summary: Map<String, Value>,
+    /// Metrics computed by this call (the others were kept from TOFU_EVAL.json).
+    pub computed: Vec<String>,
+    /// Model passes this call ran ("forget answers", "retain generation", …); cached ones are
+    /// not repeated.
+    pub passes: Vec<String>,
+}
+
+/// A sentence encoder or NLI model, loaded on first use; the error is kept as the skip reason.
+type Lazy<T> = Option<std::result::Result<T, String>>;
+
+pub struct Evaluator<'a> {
+    model: &'a Llama,
+    fmt: Formatter<'a>,
+    cfg: &'a EvalConfig,
+    sets: BTreeMap<SetName, std::result::Result<Vec<QaItem>, String>>,
+    cache: Cache,
+    embedder: Lazy<Bert>,
+    nli: Lazy<Bert>,
+    refusal_emb: Option<Vec<Vec<f32>>>,
+    retain_logs: Lazy<Map<String, Value>>,
+    progress: bool,
+    passes: Vec<String>,
+}
+
+impl<'a> Evaluator<'a> {
+    pub fn new(
+        model: &'a Llama,
+        tok: &'a Tok,
+        cfg: &'a EvalConfig,
+        progress: bool,
+    ) -> Result<Self> {
+        let fmt = Formatter::new(tok, cfg.prompt, cfg.max_len)?;
+        let mut sets = BTreeMap::new();
+        for s in SetName::ALL {
+            let v = if !cfg.sets.contains(&s) {
+                Err("set not selected (`sets`)".to_string())
+            } else {
+                match cfg.file(s) {
+                    Ok(p) => {
+                        let mut items = read_qa(&p)?;
+                        if cfg.max_items > 0 {
+                            items.truncate(cfg.max_items);
+                        }
+                        Ok(items)
+                    }
+                    Err(why) => Err(why),
+                }
+            };
+            sets.insert(s, v);
+        }
+        Ok(Evaluator {
+            model,
+            fmt,
+            cfg,
+            sets,
+            cache: Cache::default(),
+            embedder: None,
+            nli: None,
+            refusal_emb: None,
+            retain_logs: None,
+            progress,
+            passes: vec![],
+        })
+    }
+
+    fn items(&self, s: SetName) -> std::result::Result<&[QaItem], String> {
+        match &self.sets[&s] {
+            Ok(v) => Ok(v),
+            Err(e) => Err(format!("{} set unavailable: {e}", s.prefix())),
+        }
+    }
+
+    fn slot(&mut self, s: SetName) -> &mut SetCache {
+        self.cache.sets.entry(s).or_default()
+    }
+
+    fn bar(&mut self, n: usize, what: String) -> indicatif::ProgressBar {
+        let b = crate::progress::bar(n as u64, &what, self.progress);
+        self.passes.push(what);
+        b
+    }
+
+    /// Teacher-forced stats of (question, text) pairs.
+    fn stats_of(&mut self, pairs: &[(&str, &str)], what: String) -> Result<Vec<TokenStats>> {
+        let enc = pairs
+            .iter()
+            .map(|(q, a)| self.fmt.encode_qa(q, a))
+            .collect::<Result<Vec<_>>>()?;
+        let bar = self.bar(enc.len(), what);
+        let out = score_stats(self.model, &enc, self.cfg.batch_size, |n| bar.inc(n as u64))?;
+        bar.finish_and_clear();
+        Ok(out)
+    }
+
+    fn answer(&mut self, s: SetName) -> Result<std::result::Result<&[TokenStats], String>> {
+        if self.slot(s).answer.is_none() {
+            let items = match self.items(s) {
+                Ok(v) => v.to_vec(),
+                Err(e) => return Ok(Err(e)),
+            };
+            let pairs: Vec<_> = items.iter().map(|i| (&*i.question, &*i.answer)).collect();
+            let v = self.stats_of(&pairs, format!("{} answers", s.prefix()))?;
+            self.slot(s).answer = Some(v);
+        }
+        Ok(Ok(self.cache.sets[&s].answer.as_deref().unwrap()))
+    }
+
+    fn para(&mut self, s: SetName) -> Result<std::result::Result<&[TokenStats], String>> {
+        if self.slot(s).para.is_none() {
+            let items = match self.items(s) {
+                Ok(v) => v.to_vec(),
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Some(i) = items.iter().position(|i| i.paraphrased_answer.is_none()) {
+                return Ok(Err(format!(
+                    "{} item {i} has no paraphrased_answer",
+                    s.prefix()
+                )));
+            }
+            let pairs: Vec<_> = items
+                .iter()
+                .map(|i| (&*i.question, i.paraphrased_answer.as_deref().unwrap()))
+                .collect();
+            let v = self.stats_of(&pairs, format!("{} paraphrases", s.prefix()))?;
+            self.slot(s).para = Some(v);
+        }
+        Ok(Ok(self.cache.sets[&s].para.as_deref().unwrap()))
+    }
+
+    fn pert(&mut self, s: SetName) -> Result<std::result::Result<&[Vec<TokenStats>], String>> {
+        if self.slot(s).pert.is_none() {
+            let items = match self.items(s) {
+                Ok(v) => v.to_vec(),
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Some(i) = items.iter().position(|i| i.perturbed_answer.is_empty()) {
+                return Ok(Err(format!(
+                    "{} item {i} has no perturbed_answer",
+                    s.prefix()
+                )));
+            }
+            let pairs: Vec<_> = items
+                .iter()
+                .flat_map(|i| i.perturbed_answer.iter().map(|p| (&*i.question, &**p)))
+                .collect();
+            let flat = self.stats_of(&pairs, format!("{} perturbed", s.prefix()))?;
+            let mut it = flat.into_iter();
+            let v = items
+                .iter()
+                .map(|i| it.by_ref().take(i.perturbed_answer.len()).collect())
+                .collect();
+            self.slot(s).pert = Some(v);
+        }
+        Ok(Ok(self.cache.sets[&s].pert.as_deref().unwrap()))
+    }
+
+    fn generation(&mut self, s: SetName) -> Result<std::result::Result<&[Generation], String>> {
+        if self.slot(s).generation.is_none() {
+            let items = match self.items(s) {
+                Ok(v) => v.to_vec(),
+                Err(e) => return Ok(Err(e)),
+            };
+            let prompts = items
+                .iter()
+                .map(|i| self.fmt.encode_prompt(&i.question))
+                .collect::<Result<Vec<_>>>()?;
+            let mut order: Vec<usize> = (0..prompts.len()).collect();
+            order.sort_by_key(|&i| prompts[i].len());
+            let mut stop = self.model.cfg.eos_token_ids.clone();
+            stop.push(self.fmt.tok.eos_id);
+            let gcfg = GenConfig {
+                max_new_tokens: self.cfg.max_new_tokens,
+                ..GenConfig::default()
+            };
+            let bar = self.bar(items.len(), format!("{} generation", s.prefix()));
+            let mut out = vec![None; items.len()];
+            for chunk in order.chunks(self.cfg.gen_batch_size.max(1)) {
+                let p: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
+                let ids: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
+                let g = generate(self.model, &p, &ids, &stop, self.fmt.tok.pad_id, &gcfg)?;
+                for (&i, tokens) in chunk.iter().zip(g) {
+                    let text = self.fmt.tok.decode(&tokens, true)?.trim().to_string();
+                    out[i] = Some(Generation { text, tokens });
+                }
+                bar.inc(chunk.len() as u64);
+            }
+            bar.finish_and_clear();
+            self.slot(s).generation = Some(out.into_iter().map(Option::unwrap).collect());
+        }
+        Ok(Ok(self.cache.sets[&s].generation.as_deref().unwrap()))
+    }
+
+    fn embedder(&mut self) -> std::result::Result<&Bert, String> {
+        if self.embedder.is_none() {
+            self.embedder = Some(match self.cfg.embedder_dir() {
+                None => Err(
+                    "no sentence encoder: pass --embedder DIR or set UNLEARN_MINILM_DIR \
+                             (scripts/fetch_assets.sh downloads all-MiniLM-L6-v2)"
+                        .into(),
+                ),
+                Some(d) => Bert::load(&d, self.model.device())
+                    .map_err(|e| format!("sentence encoder {}: {e}", d.display())),
+            });
+        }
+        self.embedder
+            .as_ref()
+            .unwrap()
+            .as_ref()
+            .map_err(|e| e.clone())
+    }
+
+    /// (generation embeddings, answer embeddings) of a set.
+    fn embeddings(&mut self, s: SetName) -> Result<std::result::Result<(), String>> {
+        if self.slot(s).gen_emb.is_some() {
+            return Ok(Ok(()));
+        }
+        let gens: Vec<String> = match self.generation(s)? {
+            Ok(g) => g.iter().map(|g| g.text.clone()).collect(),
+            Err(e) => return Ok(Err(e)),
+        };
+        let answers: Vec<String> = self
+            .items(s)
+            .unwrap()
+            .iter()
+            .map(|i| i.answer.clone())
+            .collect();
+        let bs = self.cfg.batch_size.max(8);
+        let emb = match self.embedder() {
+            Ok(e) => e,
+            Err(e) => return Ok(Err(e)),
+        };
+        let g = emb.embed(&gens.iter().map(|s| s.as_str()).collect::<Vec<_>>(), bs)?;
+        let a = emb.embed(&answers.iter().map(|s| s.as_str()).collect::<Vec<_>>(), bs)?;
+        let slot = self.slot(s);
+        slot.gen_emb = Some(g);
+        slot.ans_emb = Some(a);
+        Ok(Ok(()))
+    }
+
+    fn retain_logs(&mut self) -> std::result::Result<&Map<String, Value>, String> {
+        if self.retain_logs.is_none() {
+            self.retain_logs = Some(match &self.cfg.retain_logs {
+                None => {
+                    Err("no retain log (--retain-logs: TOFU_EVAL.json of the retain model)".into())
+                }
+                Some(p) => {
+                    crate::error::read_json::<Map<String, Value>>(p).map_err(|e| e.to_string())
+                }
+            });
+        }
+        self.retain_logs
+            .as_ref()
+            .unwrap()
+            .as_ref()
+            .map_err(|e| e.clone())
+    }
+
+    /// Compute one metric; `done` holds the metrics computed (or loaded) so far.
+    fn compute(&mut self, m: Metric, done: &Map<String, Value>) -> Result<Value> {
+        use Metric::*;
+        macro_rules! get {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(why) => return Ok(skipped(why)),
+                }
+            };
+        }
+        let agg = |name: &str| done.get(name).and_then(|v| v["agg_value"].as_f64());
+        Ok(match m {
+            Prob(s) => {
+                let st = get!(self.answer(s)?);
+                let by: Map<String, Value> = st
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        (
+                            i.to_string(),
+                            json!({"prob": t.prob(), "avg_loss": t.avg_loss()}),
+                        )
+                    })
+                    .collect();
+                json!({"agg_value": mean(&st.iter().map(|t| t.prob()).collect::<Vec<_>>()), "value_by_index": by})
+            }
+            ParaProb(s) => {
+                let st = get!(self.para(s)?);
+                let by: Map<String, Value> = st
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        (
+                            i.to_string(),
+                            json!({"prob": t.prob(), "avg_loss": t.avg_loss()}),
+                        )
+                    })
+                    .collect();
+                json!({"agg_value": mean(&st.iter().map(|t| t.prob()).collect::<Vec<_>>()), "value_by_index": by})
+            }
+            PertProb(s) => {
+                let st = get!(self.pert(s)?);
+                let all: Vec<f64> = st.iter().flatten().map(|t| t.prob()).collect();
+                let by: Map<String, Value> = st
+                    .iter()
+                    .enumerate()
+                    .map(|(i, opts)| {
+                        let p: Vec<f64> = opts.iter().map(|t| t.prob()).collect();
+                        let l: Vec<f64> = opts.iter().map(|t| t.avg_loss()).collect();
+                        (i.to_string(), json!({"prob": p, "avg_loss": l}))
+                    })
+                    .collect();
+                json!({"agg_value": mean(&all), "value_by_index": by})
+            }
+            NormProb(s) => {
+                let a: Vec<f64> = get!(self.answer(s)?).iter().map(|t| t.prob()).collect();
+                let w: Vec<Vec<f64>> = get!(self.pert(s)?)
+                    .iter()
+                    .map(|o| o.iter().map(|t| t.prob()).collect())
+                    .collect();
+                let v: Vec<f64> = a
+                    .iter()
+                    .zip(&w)
+                    .map(|(&p, w)| tofu::normalised_prob(p, w))
+                    .collect();
+                let by: Map<String, Value> = v
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &x)| (i.to_string(), json!({"prob": x})))
+                    .collect();
+                json!({"agg_value": mean(&v), "value_by_index": by})
+            }
+            TruthRatio(s) => {
+                let reference: Vec<f64> = if s.options() {
+                    get!(self.answer(s)?).iter().map(|t| t.prob()).collect()
+                } else {
+                    get!(self.para(s)?).iter().map(|t| t.prob()).collect()
+                };
+                let pert = get!(self.pert(s)?);
+                let r: Vec<f64> = pert
+                    .iter()
+                    .zip(&reference)
+                    .map(|(o, &p)| {
+                        tofu::truth_ratio(&o.iter().map(|t| t.prob()).collect::<Vec<_>>(), p)
+                    })
+                    .collect();
+                let a = if s == SetName::Forget {
+                    tofu::truth_ratio_forget(&r)
+                } else {
+                    tofu::truth_ratio_other(&r)
+                };
+                let mut v = per_item_scores(&r);
+                v["agg_value"] = json!(a);
+                v
+            }
+            Rouge(s) => {
+                let items = get!(self.items(s)).to_vec();
+                let gens = get!(self.generation(s)?);
+                let mut rl = vec![];
+                let mut by = Map::new();
+                for (i, (it, g)) in items.iter().zip(gens).enumerate() {
+                    let r = rouge::rouge_l(&it.answer, &g.text);
+                    rl.push(r.recall);
+                    by.insert(
+                        i.to_string(),
+                        json!({"rouge1_recall": rouge::rouge1_recall(&it.answer, &g.text),
+                               "rougeL_f1": r.fmeasure, "rougeL_recall": r.recall,
+                               "input": it.question, "ground_truth": it.answer,
+                               "generation": g.text}),
+                    );
+                }
+                json!({"agg_value": mean(&rl), "value_by_index": by})
+            }
+            Entropy(s) => {
+                let gens = get!(self.generation(s)?);
+                per_item_scores(
+                    &gens
+                        .iter()
+                        .map(|g| entropy::token_entropy(&g.tokens))
+                        .collect::<Vec<_>>(),
+                )
+            }
+            Cosine(s) => {
+                get!(self.embeddings(s)?);
+                let c = &self.cache.sets[&s];
+                let v: Vec<f64> = c
+                    .gen_emb
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .zip(c.ans_emb.as_ref().unwrap())
+                    .map(|(g, a)| similarity::cosine_similarity(g, a))
+                    .collect();
+                per_item_scores(&v)
+            }
+            Refusal(s) => {
+                get!(self.embeddings(s)?);
+                if self.refusal_emb.is_none() {
+                    let pool = crate::refusals::load(self.cfg.refusals.as_deref())?;
+                    let e = get!(self.embedder())
+                        .embed(&pool.iter().map(|s| s.as_str()).collect::<Vec<_>>(), 16)?;
+                    self.refusal_emb = Some(e);
+                }
+                let pool = self.refusal_emb.as_ref().unwrap();
+                let v: Vec<f64> = self.cache.sets[&s]
+                    .gen_emb
+                    .as_ref()
+                    .unwrap()
+                    .iter()
+                    .map(|g| similarity::refusal_score(g, pool))
+                    .collect();
+                per_item_scores(&v)
+            }
+            Entailment(s) => {
+                let items = get!(self.items(s)).to_vec();
+                let gens: Vec<String> = get!(self.generation(s)?)
+                    .iter()
+                    .map(|g| g.text.clone())
+                    .collect();
+                if self.nli.is_none() {
+                    self.nli = Some(match &self.cfg.nli {
+                        None => Err(
+                            "no NLI model (--nli DIR: a BERT/RoBERTa MNLI sequence classifier)"
+                                .into(),
+                        ),
+                        Some(d) => Bert::load(d, self.model.device())
+                            .map_err(|e| format!("NLI model: {e}")),
+                    });
+                }
+                let nli = get!(self.nli.as_ref().unwrap().as_ref().map_err(|e| e.clone()));
+                let label = get!(nli
+                    .entailment_label()
+                    .ok_or("the NLI model's id2label has no entailment label"));
+                // premise = the generation, hypothesis = the ground-truth answer: does what the
+                // model said imply the fact?
+                let pairs: Vec<(&str, &str)> = gens
+                    .iter()
+                    .zip(&items)
+                    .map(|(g, i)| (g.as_str(), i.answer.as_str()))
+                    .collect();
+                let logits = nli.classify(&pairs, self.cfg.batch_size.max(8))?;
+                let v: Vec<f64> = logits
+                    .iter()
+                    .zip(gens.iter().zip(&items))
+                    .map(|(l, (g, i))| {
+                        similarity::entailment(l, label, rouge::rouge_l(&i.answer, g).recall)
+                    })
+                    .collect();
+                per_item_scores(&v)
+            }
+            ExactMem(s) => {
+                let st = get!(self.answer(s)?);
+                per_item_scores(
+                    &st.iter()
+                        .map(|t| memorization::exact_memorization(&t.hit))
+                        .collect::<Vec<_>>(),
+                )
+            }
+            Extraction(s) => {
+                let st = get!(self.answer(s)?);
+                per_item_scores(
+                    &st.iter()
+                        .map(|t| memorization::extraction_strength(&t.hit))
+                        .collect::<Vec<_>>(),
+                )
+            }
+            Mia(a) => {
+                let k = self.cfg.min_k;
+                let f = get!(self.answer(SetName::Forget)?).to_vec();
+                let h = get!(self.answer(SetName::Holdout)?).to_vec();
+                let (fs, hs): (Vec<f64>, Vec<f64>) = match a {
+                    Attack::Loss => (
+                        f.iter().map(mia::loss_score).collect(),
+                        h.iter().map(mia::loss_score).collect(),
+                    ),
+                    Attack::MinK => (
+                        f.iter().map(|t| mia::min_k_score(t, k)).collect(),
+                        h.iter().map(|t| mia::min_k_score(t, k)).collect(),
+                    ),
+                    Attack::MinKpp => (
+                        f.iter().map(|t| mia::min_k_pp_score(t, k)).collect(),
+                        h.iter().map(|t| mia::min_k_pp_score(t, k)).collect(),
+                    ),
+                    Attack::Zlib => {
+                        let fa = get!(self.items(SetName::Forget));
+                        let ha = get!(self.items(SetName::Holdout));
+                        (
+                            f.iter()
+                                .zip(fa)
+                                .map(|(t, i)| mia::zlib_score(t, &i.answer))
+                                .collect(),
+                            h.iter()
+                                .zip(ha)
+                                .map(|(t, i)| mia::zlib_score(t, &i.answer))
+                                .collect(),
+                        )
+                    }
+                    Attack::Reference => {
+                        let (fr, hr) = get!(self.reference()?);
+                        (
+                            f.iter()
+                                .zip(&fr)
+                                .map(|(t, r)| mia::reference_score(t, r))
+                                .collect(),
+                            h.iter()
+                                .zip(&hr)
+                                .map(|(t, r)| mia::reference_score(t, r))
+                                .collect(),
+                        )
+                    }
+                };
+                let auc = mia::auc(&fs, &hs);
+                json!({"agg_value": auc, "auc": auc,
+                       "forget": per_item_scores(&fs), "holdout": per_item_scores(&hs)})
+            }
+            PrivLeak => {
+                let model_auc = get!(agg("mia_min_k").ok_or("mia_min_k unavailable"));
+                let logs = get!(self.retain_logs());
+                let ret = get!(logs
+                    .get("mia_min_k")
+                    .and_then(|v| v["agg_value"].as_f64())
+                    .ok_or("the retain log has no mia_min_k agg_value"));
+                json!({"agg_value": mia::privleak(model_auc, ret), "auc": model_auc, "retain_auc": ret,
+                       "sign": "positive: forget set more recognisable than under the retain model (under-unlearning); negative: less (over-unlearning)"})
+            }
+            ForgetQuality => {
+                let ours: Vec<f64> = get!(done
+                    .get("forget_truth_ratio")
+                    .and_then(scores)
+                    .ok_or("forget_truth_ratio unavailable"));
+                let logs = get!(self.retain_logs());
+                let theirs = get!(logs
+                    .get("forget_truth_ratio")
+                    .and_then(scores)
+                    .ok_or("the retain log has no forget_truth_ratio value_by_index"));
+                let r = ks::ks_2samp(&ours, &theirs);
+                json!({"agg_value": r.pvalue, "ks_statistic": r.statistic})
+            }
+            ForgetEfficacy => {
+                // 1 − mean(ROUGE, Prob, 1 − TR_forget, CS, ES) over the forget set
+                let mut parts = Map::new();
+                let mut missing = vec![];
+                for (label, name, flip) in [
+                    ("rouge", "forget_Q_A_ROUGE", false),
+                    ("prob", "forget_Q_A_Prob", false),
+                    ("truth_ratio", "forget_truth_ratio", true),
+                    ("cosine_similarity", "forget_cosine_similarity", false),
+                    ("entailment_score", "forget_entailment_score", false),
+                ] {
+                    match agg(name) {
+                        Some(x) => {
+                            parts.insert(label.into(), json!(if flip { 1.0 - x } else { x }));
+                        }
+                        None => missing.push(name),
+                    }
+                }
+                if parts.is_empty() {
+                    return Ok(skipped("no forget-set metrics"));
+                }
+                let vals: Vec<f64> = parts.values().map(|v| v.as_f64().unwrap()).collect();
+                let mut v = json!({"agg_value": 1.0 - mean(&vals), "components": parts});
+                if !missing.is_empty() {
+                    v["without"] = json!(missing);
+                }
+                v
+            }
+            ModelUtility => {
+                let names = [
+                    "retain_Q_A_Prob",
+                    "retain_Q_A_ROUGE",
+                    "retain_Truth_Ratio",
+                    "ra_Q_A_Prob_normalised",
+                    "ra_Q_A_ROUGE",
+                    "ra_Truth_Ratio",
+                    "wf_Q_A_Prob_normalised",
+                    "wf_Q_A_ROUGE",
+                    "wf_Truth_Ratio",
+                ];
+                let mut vals = vec![];
+                for n in names {
+                    vals.push(get!(agg(n).ok_or(format!("{n} unavailable"))));
+                }
+                json!({"agg_value": tofu::harmonic_mean(&vals)})
+            }
+            CloserLookUtility => {
+                // harmonic mean of {Prob, ROUGE, TR, TE, CS, ES} on retain, ra, wf
+                let mut vals = vec![];
+                let mut missing = vec![];
+                for p in ["retain", "ra", "wf"] {
+                    let prob = if p == "retain" {
+                        "retain_Q_A_Prob".to_string()
+                    } else {
+                        format!("{p}_Q_A_Prob_normalised")
+                    };
+                    let tr = if p == "retain" {
+                        "retain_Truth_Ratio".to_string()
+                    } else {
+                        format!("{p}_Truth_Ratio")
+                    };
+                    for n in [
+                        prob,
+                        format!("{p}_Q_A_ROUGE"),
+                        tr,
+                        format!("{p}_token_entropy"),
+                        format!("{p}_cosine_similarity"),
+                        format!("{p}_entailment_score"),
+                    ] {
+                        match agg(&n) {
+                            Some(x) => vals.push(x),
+                            None => missing.push(n),
+                        }
+                    }
+                }
+                if vals.is_empty() {
+                    return Ok(skipped("no non-forget metrics"));
+                }
+                let mut v =
+                    json!({"agg_value": tofu::harmonic_mean(&vals), "n_values": vals.len()});
+                if !missing.is_empty() {
+                    v["without"] = json!(missing);
+                }
+                v
+            }
+        })
+    }
+
+    /// Answer stats of the forget and holdout sets under the reference model.
+    fn reference(
+        &mut self,
+    ) -> Result<std::result::Result<(Vec<TokenStats>, Vec<TokenStats>), String>> {
+        let Some(dir) = self.cfg.reference_model.clone() else {
+            return Ok(Err(
+                "no reference model (--reference-model DIR, e.g. the retain model)".into(),
+            ));
+        };
+        if self.slot(SetName::Forget).reference.is_none()
+            || self.slot(SetName::Holdout).reference.is_none()
+        {
+            let md = crate::hf::ModelDir::load(&dir, self.model.device())?;
+            let f = Formatter::new(&md.tok, self.cfg.prompt, self.cfg.max_len)?;
+            for s in [SetName::Forget, SetName::Holdout] {
+                let items = match self.items(s) {
+                    Ok(v) => v.to_vec(),
+                    Err(e) => return Ok(Err(e)),
+                };
+                let enc = items
+                    .iter()
+                    .map(|i| f.encode_qa(&i.question, &i.answer))
+                    .collect::<Result<Vec<_>>>()?;
+                let bar = self.bar(enc.len(), format!("{} reference", s.prefix()));
+                let st = score_stats(&md.model, &enc, self.cfg.batch_size, |n| bar.inc(n as u64))?;
+                bar.finish_and_clear();
+                self.slot(s).reference = Some(st);
+            }
+        }
+        let c = &self.cache.sets;
+        Ok(Ok((
+            c[&SetName::Forget].reference.clone().unwrap(),
+            c[&SetName::Holdout].reference.clone().unwrap(),
+        )))
+    }
+
+    /// Run every metric. With `out`, metrics already in `out/TOFU_EVAL.json` are kept (unless
+    /// `overwrite`), per-item pass results are cached in `out/EVAL_CACHE.json` under
+    /// `fingerprint`, and TOFU_EVAL.json is rewritten (atomically) after each metric.
+    pub fn run(
+        &mut self,
+        out: Option<&Path>,
+        fingerprint: Option<String>,
+        overwrite: bool,
+    ) -> Result<EvalOutput> {
+        let eval_path = out.map(|d| d.join(EVAL_FILE));
+        let cache_path = match (out, &fingerprint) {
+            (Some(d), Some(_)) => Some(d.join(CACHE_FILE)),
+            _ => None,
+        };
+        if let Some(d) = out {
+            std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        let mut done: Map<String, Value> = match &eval_path {
+            Some(p) if p.exists() && !overwrite => crate::error::read_json(p)?,
+            _ => Map::new(),
+        };
+        if let (Some(p), Some(fp)) = (&cache_path, &fingerprint) {
+            if p.exists() && !overwrite {
+                let c: Cache = crate::error::read_json(p)?;
+                if &c.fingerprint == fp {
+                    self.cache = c;
+                } else {
+                    // a different model or settings: nothing cached applies, nor do old metrics
+                    done.clear();
+                }
+            }
+            self.cache.fingerprint = fp.clone();
+        }
+        let mut computed = vec![];
+        for m in Metric::all() {
+            let name = m.name();
+            if done.get(&name).is_some_and(|v| v.get("skipped").is_none()) {
+                continue;
+            }
+            computed.push(name.clone());
+            let v = self.compute(m, &done)?;
+            done.insert(name, v);
+            if let Some(p) = &eval_path {
+                atomic_write(p, serde_json::to_string_pretty(&done).unwrap().as_bytes())?;
+            }
+            if let Some(p) = &cache_path {
+                atomic_write(p, serde_json::to_string(&self.cache).unwrap().as_bytes())?;
+            }
+        }
+        let summary: Map<String, Value> = done
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.get("agg_value").cloned().unwrap_or(Value::Null),
+                )
+            })
+            .collect();
+        if let Some(d) = out {
+            atomic_write(
+                &d.join(SUMMARY_FILE),
+                serde_json::to_string_pretty(&summary).unwrap().as_bytes(),
+            )?;
+        }
+        Ok(EvalOutput {
+            eval: done,
+            summary,
+            computed,
+            passes: std::mem::take(&mut self.passes),
+        })
+    }
+}
+
+/// Per-item `score` values of a metric entry.
+fn scores(v: &Value) -> Option<Vec<f64>> {
+    let by = v.get("value_by_index")?.as_object()?;
+    let mut items: Vec<(usize, f64)> = by
+        .iter()
+        .filter_map(|(k, x)| Some((k.parse().ok()?, x.get("score")?.as_f64()?)))
+        .collect();
+    items.sort_by_key(|x| x.0);
+    Some(items.into_iter().map(|x| x.1).collect())
+}
+
+/// Fingerprint of a model directory (names, sizes and modification times of its files) and of
+/// the settings that change per-item results.
+pub fn fingerprint(model_dir: &Path, cfg: &EvalConfig) -> Result<String> {
+    let mut entries = vec![];
+    for e in std::fs::read_dir(model_dir).map_err(|e| Error::io(model_dir, e))? {
+        let e = e.map_err(|e| Error::io(model_dir, e))?;
+        let md = e.metadata().map_err(|err| Error::io(e.path(), err))?;
+        if md.is_file() {
+            let mtime = md
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            entries.push(format!(
+                "{}:{}:{}",
+                e.file_name().to_string_lossy(),
+                md.len(),
+                mtime
+            ));
+        }
+    }
+    entries.sort();
+    let settings = json!([
+        cfg.data,
+        cfg.forget_split,
+        cfg.holdout(),
+        cfg.max_items,
+        cfg.max_new_tokens,
+        cfg.max_len,
+        cfg.prompt,
+        cfg.reference_model
+    ]);
+    let h = crate::rng::hash_bytes(format!("{}|{}", entries.join(","), settings).as_bytes());
+    Ok(format!("{h:016x}"))
+}
