@@ -19,6 +19,7 @@ pub mod refusals;
 pub mod rng;
 pub mod rundir;
 pub mod score;
+pub mod synthetic;
 pub mod tokenizer;
 pub mod train;
 pub mod unlearn;

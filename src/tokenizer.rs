@@ -280,3 +280,65 @@ mod tests {
         assert_eq!(t.pad_id, 256);
     }
 }
+
+/// A small byte-level BPE tokenizer trained by our code on `texts` (the embedded demo's
+/// tokenizer): the byte-level pipeline of [`byte_level_tokenizer_json`] with merges learnt by
+/// the `tokenizers` BPE trainer up to `vocab_size` entries (specials first: `<|endoftext|>`,
+/// `<|im_start|>`, `<|im_end|>`), and the ChatML template. Deterministic for the same texts.
+pub fn train_bpe_tokenizer(texts: &[String], vocab_size: usize) -> Result<Tok> {
+    use tokenizers::models::bpe::BpeTrainerBuilder;
+    use tokenizers::models::TrainerWrapper;
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    let path = Path::new("<trained BPE tokenizer>");
+    let terr = |e: tokenizers::Error| Error::Tokenizer {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    };
+    let (json, cfg) = byte_level_tokenizer_json(true);
+    let mut tk = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(terr)?;
+    let specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        .iter()
+        .map(|s| tokenizers::AddedToken::from(*s, true))
+        .collect();
+    let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false)
+        .special_tokens(specials)
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .build()
+        .into();
+    tk.train(&mut trainer, texts.iter()).map_err(terr)?;
+    let json = tk.to_string(true).map_err(terr)?;
+    let tpl = cfg["chat_template"].as_str().map(String::from);
+    Tok::from_parts(json, cfg, tpl, &[], path)
+}
+
+#[cfg(test)]
+mod bpe_tests {
+    #[test]
+    fn trained_bpe_round_trips_and_compresses() {
+        let texts: Vec<String> = (0..50)
+            .map(|i| {
+                format!(
+                    "Alma Marlow was born in Oslo in {}. She wrote The Silent Harbor.",
+                    1900 + i
+                )
+            })
+            .collect();
+        let tok = super::train_bpe_tokenizer(&texts, 400).unwrap();
+        assert!(
+            tok.vocab_size() <= 400 && tok.vocab_size() > 259,
+            "{}",
+            tok.vocab_size()
+        );
+        let s = "Alma Marlow was born in Lima. ü";
+        let ids = tok.encode(s, false).unwrap();
+        assert_eq!(tok.decode(&ids, false).unwrap(), s);
+        assert!(ids.len() < s.len() / 2, "{} tokens", ids.len());
+        assert_eq!(tok.inner.token_to_id("<|im_end|>"), Some(tok.eos_id));
+        let chat = tok.render_chat(None, "Hi").unwrap().unwrap();
+        let ids = tok.encode(&chat, false).unwrap();
+        assert_eq!(ids[0], tok.inner.token_to_id("<|im_start|>").unwrap());
+    }
+}
