@@ -9,6 +9,55 @@ use crate::error::{read_to_string, Error, Result};
 /// Load `path` (if any), apply `overrides` ("a.b=value"; the value is parsed as a TOML literal,
 /// falling back to a string), and deserialize into `T`.
 pub fn load<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> Result<T> {
+    deserialize(path, read_table(path, overrides)?)
+}
+
+/// Like [`load`], but keys the user does not give (at any depth) take their value from
+/// `defaults`, so `--set pretrain.epochs=3` keeps the other `pretrain` keys of `defaults` rather
+/// than the nested struct's own `Default`. Unknown keys are still errors.
+pub fn load_over<T: serde::Serialize + DeserializeOwned>(
+    defaults: &T,
+    path: Option<&Path>,
+    overrides: &[String],
+) -> Result<T> {
+    let user = read_table(path, overrides)?;
+    let mut base = toml::Value::try_from(defaults)
+        .map_err(|e| Error::Invalid(format!("default config does not serialise: {e}")))?;
+    merge(&mut base, toml::Value::Table(user));
+    match base {
+        toml::Value::Table(t) => deserialize(path, t),
+        _ => Err(Error::Invalid("default config is not a table".into())),
+    }
+}
+
+/// Recursively overlay `over` on `base` (tables merge key by key; anything else replaces).
+pub fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+fn deserialize<T: DeserializeOwned>(path: Option<&Path>, root: toml::Table) -> Result<T> {
+    let where_ = path
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "--set".into());
+    toml::Value::Table(root)
+        .try_into()
+        .map_err(|e: toml::de::Error| Error::Invalid(format!("config {where_}: {}", e.message())))
+}
+
+/// The TOML file (if any) with the `--set` overrides applied.
+fn read_table(path: Option<&Path>, overrides: &[String]) -> Result<toml::Table> {
     let mut root = match path {
         Some(p) => {
             let text = read_to_string(p)?;
@@ -47,12 +96,7 @@ pub fn load<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> R
         }
         table.insert(parts[parts.len() - 1].to_string(), value);
     }
-    let where_ = path
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| "--set".into());
-    toml::Value::Table(root)
-        .try_into()
-        .map_err(|e: toml::de::Error| Error::Invalid(format!("config {where_}: {}", e.message())))
+    Ok(root)
 }
 
 fn parse_literal(s: &str) -> toml::Value {
@@ -66,17 +110,18 @@ fn parse_literal(s: &str) -> toml::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    #[derive(serde::Deserialize, Debug, Default)]
+    #[derive(serde::Deserialize, serde::Serialize, Debug, Default)]
     #[serde(deny_unknown_fields, default)]
     struct C {
         lr: f64,
         name: String,
         inner: Inner,
     }
-    #[derive(serde::Deserialize, Debug, Default)]
+    #[derive(serde::Deserialize, serde::Serialize, Debug, Default)]
     #[serde(deny_unknown_fields, default)]
     struct Inner {
         k: usize,
+        j: usize,
     }
     #[test]
     fn overrides_and_unknown_keys() {
@@ -88,5 +133,21 @@ mod tests {
         assert_eq!((c.lr, c.name.as_str(), c.inner.k), (1e-3, "abc", 4));
         let e = load::<C>(None, &["lrr=1".into()]).unwrap_err().to_string();
         assert!(e.contains("unknown field `lrr`"), "{e}");
+    }
+
+    #[test]
+    fn load_over_keeps_nested_defaults() {
+        let d = C {
+            lr: 0.5,
+            name: "d".into(),
+            inner: Inner { k: 7, j: 9 },
+        };
+        // `inner.k` given: `inner.j` keeps 9 from `d`, not Inner::default()'s 0
+        let c: C = load_over(&d, None, &["inner.k=4".into()]).unwrap();
+        assert_eq!((c.lr, c.name.as_str(), c.inner.k, c.inner.j), (0.5, "d", 4, 9));
+        let e = load_over::<C>(&d, None, &["inner.q=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `q`"), "{e}");
     }
 }

@@ -3,6 +3,7 @@ pub mod attribution;
 pub mod bench;
 pub mod config;
 pub mod data;
+pub mod demo;
 pub mod error;
 pub mod eval;
 pub mod fixture;
@@ -16,6 +17,7 @@ pub mod ops;
 pub mod optim;
 pub mod progress;
 pub mod refusals;
+pub mod report;
 pub mod rng;
 pub mod rundir;
 pub mod score;
@@ -25,6 +27,7 @@ pub mod train;
 pub mod unlearn;
 
 pub use error::{Error, Result};
+pub use rundir::VERSION;
 
 /// The compute device by name: `cpu`, or `cuda` / `cuda:N` (needs the `cuda` cargo feature).
 pub fn device(name: &str) -> Result<candle_core::Device> {

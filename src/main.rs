@@ -16,6 +16,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The offline demo: synthetic benchmark, tiny target/retain models trained here, several
+    /// unlearning methods, evaluation, a table and an HTML report.
+    Demo(cli::demo::Args),
     /// Convert a GGUF file (F32/F16/Q8_0/Q4_0/Q4_1/Q4_K/Q6_K…) into a trainable HF directory.
     Import(cli::import::Args),
     /// Fine-tune a model on a QA dataset (JSON/JSONL with `question`/`answer`).
@@ -26,6 +29,8 @@ enum Cmd {
     Attribute(cli::attribute::Args),
     /// Evaluate a model: TOFU metrics, closer-look metrics, memorisation, MIA/PrivLeak, refusals.
     Eval(cli::eval::Args),
+    /// Write a self-contained HTML report of evaluated models (forget quality vs utility, …).
+    Report(cli::report::Args),
     /// Generate a continuation/answer for a prompt.
     Generate(cli::generate::Args),
     /// Write a random Llama model (byte-level tokenizer) as an HF directory, for tests and benchmarks.
@@ -37,6 +42,8 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
+        Cmd::Demo(a) => cli::demo::run(a),
+        Cmd::Report(a) => cli::report::run(a),
         Cmd::Import(a) => cli::import::run(a),
         Cmd::Finetune(a) => cli::finetune::run(a),
         Cmd::Generate(a) => cli::generate::run(a),

@@ -104,22 +104,8 @@ fn default_train() -> TrainConfig {
 fn deserialize_train<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> std::result::Result<TrainConfig, D::Error> {
+    use crate::config::merge;
     use serde::de::Error as _;
-    fn merge(base: &mut toml::Value, over: toml::Value) {
-        match (base, over) {
-            (toml::Value::Table(b), toml::Value::Table(o)) => {
-                for (k, v) in o {
-                    match b.get_mut(&k) {
-                        Some(slot) => merge(slot, v),
-                        None => {
-                            b.insert(k, v);
-                        }
-                    }
-                }
-            }
-            (slot, v) => *slot = v,
-        }
-    }
     let over = toml::Value::deserialize(d)?;
     let mut base = toml::Value::try_from(default_train()).map_err(D::Error::custom)?;
     merge(&mut base, over);

@@ -1,10 +1,12 @@
 pub mod attribute;
 pub mod bench;
+pub mod demo;
 pub mod eval;
 pub mod finetune;
 pub mod generate;
 pub mod import;
 pub mod init;
+pub mod report;
 pub mod run;
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`; None elsewhere).
