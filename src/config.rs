@@ -144,7 +144,10 @@ mod tests {
         };
         // `inner.k` given: `inner.j` keeps 9 from `d`, not Inner::default()'s 0
         let c: C = load_over(&d, None, &["inner.k=4".into()]).unwrap();
-        assert_eq!((c.lr, c.name.as_str(), c.inner.k, c.inner.j), (0.5, "d", 4, 9));
+        assert_eq!(
+            (c.lr, c.name.as_str(), c.inner.k, c.inner.j),
+            (0.5, "d", 4, 9)
+        );
         let e = load_over::<C>(&d, None, &["inner.q=1".into()])
             .unwrap_err()
             .to_string();

@@ -124,6 +124,9 @@ pub struct Row {
     pub forget_rouge: Option<f64>,
     pub forget_prob: Option<f64>,
     pub retain_rouge: Option<f64>,
+    /// Parameters the unlearning run could change / did change (unlearned models only).
+    pub trainable_params: Option<usize>,
+    pub changed_params: Option<usize>,
     pub seconds: f64,
 }
 
@@ -307,6 +310,8 @@ fn row(name: &str, role: &str, s: &serde_json::Map<String, Value>, seconds: f64)
         forget_rouge: f(s, "forget_Q_A_ROUGE"),
         forget_prob: f(s, "forget_Q_A_Prob"),
         retain_rouge: f(s, "retain_Q_A_ROUGE"),
+        trainable_params: None,
+        changed_params: None,
         seconds,
     }
 }
@@ -315,25 +320,28 @@ fn row(name: &str, role: &str, s: &serde_json::Map<String, Value>, seconds: f64)
 pub fn table(rows: &[Row]) -> String {
     let c = |x: Option<f64>| x.map(|v| format!("{v:.3}")).unwrap_or_else(|| "-".into());
     let fq = |x: Option<f64>| x.map(|v| format!("{v:.2e}")).unwrap_or_else(|| "-".into());
+    let n = |x: Option<usize>| x.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
     let mut s = format!(
-        "{:<12} {:>14} {:>13} {:>12} {:>11} {:>12} {:>8}\n",
+        "{:<12} {:>14} {:>13} {:>12} {:>11} {:>12} {:>9} {:>6}\n",
         "model",
         "forget quality",
         "model utility",
         "forget ROUGE",
         "forget prob",
         "retain ROUGE",
+        "changed",
         "time"
     );
     for r in rows {
         s += &format!(
-            "{:<12} {:>14} {:>13} {:>12} {:>11} {:>12} {:>7.0}s\n",
+            "{:<12} {:>14} {:>13} {:>12} {:>11} {:>12} {:>9} {:>5.0}s\n",
             r.name,
             fq(r.forget_quality),
             c(r.model_utility),
             c(r.forget_rouge),
             c(r.forget_prob),
             c(r.retain_rouge),
+            n(r.changed_params),
             r.seconds
         );
     }
@@ -401,9 +409,12 @@ pub fn run(cfg: &DemoConfig, out: &Path, progress: bool) -> Result<DemoReport> {
         )?;
         rc.train = cfg.unlearn.clone();
         eprintln!("unlearning with {m}");
-        crate::unlearn::run(&rc, progress)?;
+        let rep = crate::unlearn::run(&rc, progress)?;
         let s = evaluate(&d.join("model"), &ecfg, &d.join("eval"), progress)?;
-        rows.push(row(m, "unlearned", &s, t.elapsed().as_secs_f64()));
+        let mut r = row(m, "unlearned", &s, t.elapsed().as_secs_f64());
+        r.trainable_params = Some(rep.trainable_params);
+        r.changed_params = Some(rep.changed_params);
+        rows.push(r);
     }
     let summary = json!({
         "rows": rows,

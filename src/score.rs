@@ -80,6 +80,50 @@ pub fn token_mean_nll(logits: &Tensor, batch: &Batch) -> Result<Tensor> {
     Ok((label_logprobs(logits, batch)?.sum_all()?.neg()? / n)?)
 }
 
+/// Σ −log p(ŷ_t) over the labelled positions of `batch`, with ŷ_t sampled from the model's own
+/// (detached) softmax at each position: the loss whose gradient ĝ gives Sophia's
+/// Gauss–Newton–Bartlett curvature ĥ = B·(ĝ/B)⊙(ĝ/B). Returns (sum, B = labelled positions).
+/// `logits`: [b, L−1, V].
+pub fn sampled_label_nll(
+    logits: &Tensor,
+    batch: &Batch,
+    rng: &mut crate::rng::Rng,
+) -> Result<(Tensor, usize)> {
+    let probs = candle_nn::ops::softmax_last_dim(&logits.detach().to_dtype(DType::F32)?)?
+        .to_vec3::<f32>()?;
+    let mask = batch.mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let mut targets = batch.targets.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+    let mut n = 0;
+    for ((row, m), t) in probs.iter().zip(&mask).zip(targets.iter_mut()) {
+        for (j, p) in row.iter().enumerate() {
+            if m[j] == 0.0 {
+                continue;
+            }
+            n += 1;
+            t[j] = sample_index(p, rng) as u32;
+        }
+    }
+    let sampled = Tensor::new(targets, logits.device())?;
+    let lp = ops::gather_logprobs(logits, &sampled)?;
+    let loss = (lp * batch.mask.to_dtype(logits.dtype())?)?
+        .sum_all()?
+        .neg()?;
+    Ok((loss, n))
+}
+
+/// Index k drawn with probability p[k] / Σp (inverse CDF).
+pub fn sample_index(p: &[f32], rng: &mut crate::rng::Rng) -> usize {
+    let u = rng.uniform() as f32 * p.iter().sum::<f32>();
+    let mut c = 0.0;
+    for (k, &pk) in p.iter().enumerate() {
+        c += pk;
+        if u < c {
+            return k;
+        }
+    }
+    p.len() - 1
+}
+
 /// Per-item per-token log-probabilities of the labelled tokens (no gradient), scored in batches
 /// of `batch_size`. Item i gets a vector of length `items[i].n_labels()`.
 pub fn score(model: &Llama, items: &[Encoded], batch_size: usize) -> Result<Vec<Vec<f32>>> {
@@ -170,4 +214,52 @@ pub fn score_stats(
         on_batch(chunk.len());
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sampled labels follow the model's softmax: a near one-hot row always gives its argmax (loss
+    /// ≈ 0); a uniform row over 4 classes gives each class about a quarter of the time. B counts
+    /// labelled positions only.
+    #[test]
+    fn sampled_labels_follow_the_softmax() {
+        let dev = Device::Cpu;
+        // 2 items, answers of 3 and 2 labelled tokens
+        let items = [
+            Encoded {
+                ids: vec![1, 2, 3, 0, 1],
+                n_prompt: 2,
+            },
+            Encoded {
+                ids: vec![1, 2, 3, 0],
+                n_prompt: 2,
+            },
+        ];
+        let refs: Vec<&Encoded> = items.iter().collect();
+        let b = Batch::new(&refs, 0, &dev).unwrap();
+        let mut peaked = vec![0f32; 2 * 4 * 4];
+        for pos in 0..8 {
+            peaked[pos * 4 + 2] = 60.0;
+        }
+        let logits = Tensor::from_vec(peaked, (2, 4, 4), &dev).unwrap();
+        let mut rng = crate::rng::Rng::for_item(0, "t", 0);
+        let (loss, n) = sampled_label_nll(&logits, &b, &mut rng).unwrap();
+        assert_eq!(n, 5);
+        assert!(loss.to_scalar::<f32>().unwrap().abs() < 1e-6);
+        // uniform: loss = B·ln 4 whatever is drawn; frequencies over many draws ≈ 1/4
+        let logits = Tensor::zeros((2, 4, 4), DType::F32, &dev).unwrap();
+        let (loss, _) = sampled_label_nll(&logits, &b, &mut rng).unwrap();
+        assert!((loss.to_scalar::<f32>().unwrap() - 5.0 * 4f32.ln()).abs() < 1e-4);
+        let mut counts = [0usize; 4];
+        let p = [0.1f32, 0.2, 0.3, 0.4];
+        for _ in 0..20000 {
+            counts[sample_index(&p, &mut rng)] += 1;
+        }
+        for (c, &pc) in counts.iter().zip(&p) {
+            // binomial sd at n = 20000 is below 0.0035
+            assert!((*c as f32 / 20000.0 - pc).abs() < 0.015, "{counts:?}");
+        }
+    }
 }

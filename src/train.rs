@@ -142,6 +142,32 @@ pub fn clipped_step(
     Ok(norm)
 }
 
+/// Sophia's Gauss–Newton–Bartlett refresh, when the optimiser asks for one: labels sampled from
+/// the model on `batches` (seeded by `seed` and `step`), ĝ = ∇ mean sampled-label NLL over all
+/// B labelled positions, h ← β2·h + (1−β2)·B·ĝ⊙ĝ.
+pub fn gnb_refresh(
+    opt: &mut Optimizer,
+    model: &crate::model::Llama,
+    params: &[(String, candle_core::Var)],
+    batches: &[Batch],
+    seed: u64,
+    step: usize,
+) -> Result<()> {
+    if !opt.needs_curvature() {
+        return Ok(());
+    }
+    let mut rng = Rng::for_item(seed, "sophia-gnb", step as u64);
+    let mut acc = GradAccum::new(params.len());
+    let mut b_total = 0;
+    for b in batches {
+        let (loss, n) = crate::score::sampled_label_nll(&model.forward(&b.input)?, b, &mut rng)?;
+        b_total += n;
+        acc.add(params, &loss.backward()?)?;
+    }
+    // Σ-gradient G = B·ĝ, so B·ĝ⊙ĝ = G⊙G / B
+    opt.update_curvature(&acc.grads, 1.0 / b_total.max(1) as f64)
+}
+
 /// Order of items for an epoch: a seeded permutation.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut v: Vec<usize> = (0..n).collect();
@@ -196,6 +222,16 @@ pub fn finetune(
                 loss_sum += lv;
                 tokens += batch.input.elem_count();
                 acc.add(&params, &loss.backward()?)?;
+            }
+            if opt.needs_curvature() {
+                let batches = group
+                    .chunks(cfg.batch_size.max(1))
+                    .map(|mb| {
+                        let items: Vec<&Encoded> = mb.iter().map(|&i| &data[i]).collect();
+                        Batch::new(&items, md.tok.pad_id, model.device())
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                gnb_refresh(&mut opt, model, &params, &batches, cfg.seed, step)?;
             }
             let norm = clipped_step(&mut opt, &acc, lr, cfg.max_grad_norm, step, &last_ckpt)?;
             step += 1;

@@ -470,6 +470,28 @@ impl<'a> Runner<'a> {
                         lr_ += rl.to_scalar::<f32>()? as f64 / nm;
                         acc.add(&trainable, &total_loss.backward()?)?;
                     }
+                    if opt.needs_curvature() {
+                        // GNB curvature on the step's forget inputs and their retain partners
+                        let model = &self.md.model;
+                        let pad = self.md.tok.pad_id;
+                        let mut batches = vec![];
+                        for mb in group.chunks(t.batch_size.max(1)) {
+                            batches.push(batch_of(&data.forget_qa, mb, pad, model)?);
+                            if !retain_qa.is_empty() {
+                                let partners: Vec<usize> =
+                                    mb.iter().map(|&i| data.retain_partner[i]).collect();
+                                batches.push(batch_of(&retain_qa, &partners, pad, model)?);
+                            }
+                        }
+                        crate::train::gnb_refresh(
+                            &mut opt,
+                            model,
+                            &trainable,
+                            &batches,
+                            t.seed,
+                            total_steps,
+                        )?;
+                    }
                     let norm = clipped_step(&mut opt, &acc, lr, t.max_grad_norm, step, &None)?;
                     step += 1;
                     total_steps += 1;

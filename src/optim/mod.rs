@@ -5,7 +5,7 @@ pub mod sophia;
 
 pub use adamw::{AdamW, AdamWConfig};
 pub use schedule::Schedule;
-pub use sophia::{Sophia, SophiaConfig};
+pub use sophia::{Curvature, Sophia, SophiaConfig};
 
 use std::sync::Mutex;
 
@@ -117,6 +117,19 @@ impl Optimizer {
         match self {
             Optimizer::AdamW(o) => o.step(grads, lr, grad_scale),
             Optimizer::Sophia(o) => o.step(grads, lr, grad_scale),
+        }
+    }
+    /// Whether the trainer must compute a sampled-label (GNB) gradient before the next step.
+    pub fn needs_curvature(&self) -> bool {
+        match self {
+            Optimizer::AdamW(_) => false,
+            Optimizer::Sophia(o) => o.needs_curvature(),
+        }
+    }
+    pub fn update_curvature(&mut self, hat_grads: &[Option<Tensor>], scale: f64) -> Result<()> {
+        match self {
+            Optimizer::AdamW(_) => Ok(()),
+            Optimizer::Sophia(o) => o.update_curvature(hat_grads, scale),
         }
     }
     pub fn set_mask(&mut self, i: usize, mask: &Tensor) -> Result<()> {

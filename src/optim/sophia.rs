@@ -1,8 +1,11 @@
-//! Sophia (second-order clipped stochastic optimisation) with the empirical-Fisher curvature
-//! estimate, as METHODS.md specifies:
+//! Sophia (second-order clipped stochastic optimisation), as METHODS.md specifies:
 //!   m ← β1·m + (1−β1)·g
-//!   every k steps: h ← β2·h + (1−β2)·g⊙g
+//!   every k steps: h ← β2·h + (1−β2)·ĥ
 //!   θ ← θ·(1 − lr·wd);  θ ← θ − lr·clip(m / max(ρ·h, ε), −1, 1)
+//! with ĥ = g⊙g (empirical Fisher, the default) or the Gauss–Newton–Bartlett estimate
+//! ĥ = B·ĝ⊙ĝ, where ĝ is the gradient of the mean cross-entropy over B positions against labels
+//! sampled from the model's own softmax (`curvature = "gnb"`: the trainer computes ĝ on the
+//! step's inputs and passes it to [`Sophia::update_curvature`] before [`Sophia::step`]).
 //! Per-element masks keep masked elements' value, momentum and curvature bit-identical.
 use std::sync::Mutex;
 
@@ -22,6 +25,19 @@ pub struct SophiaConfig {
     pub k: usize,
     pub weight_decay: f64,
     pub eps: f64,
+    /// Curvature estimate: `empirical_fisher` (g⊙g) or `gnb` (Gauss–Newton–Bartlett).
+    pub curvature: Curvature,
+}
+
+/// The diagonal curvature estimate ĥ of Sophia.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Curvature {
+    /// ĥ = g⊙g, the step's own gradient.
+    #[default]
+    EmpiricalFisher,
+    /// ĥ = B·ĝ⊙ĝ, ĝ the gradient of the loss against labels sampled from the model.
+    Gnb,
 }
 
 impl Default for SophiaConfig {
@@ -33,6 +49,7 @@ impl Default for SophiaConfig {
             k: 1,
             weight_decay: 0.1,
             eps: 1e-15,
+            curvature: Curvature::EmpiricalFisher,
         }
     }
 }
@@ -78,14 +95,60 @@ impl Sophia {
         Ok(())
     }
 
-    /// One update; the curvature is refreshed on steps 1, 1 + k, 1 + 2k, …
+    /// Whether the next [`step`](Self::step) refreshes the curvature (steps 1, 1 + k, 1 + 2k, …).
+    pub fn refreshes(&self) -> bool {
+        self.step % self.cfg.k.max(1) == 0
+    }
+
+    /// With `curvature = "gnb"`, whether the trainer must call
+    /// [`update_curvature`](Self::update_curvature) before the next step.
+    pub fn needs_curvature(&self) -> bool {
+        self.cfg.curvature == Curvature::Gnb && self.refreshes()
+    }
+
+    /// h ← β2·h + (1−β2)·scale·ĝ⊙ĝ (the GNB refresh, `scale` = B); masked elements keep h.
+    pub fn update_curvature(&mut self, hat_grads: &[Option<Tensor>], scale: f64) -> Result<()> {
+        if hat_grads.len() != self.params.len() {
+            return Err(Error::Invalid(
+                "sophia: curvature gradient list does not match parameters".into(),
+            ));
+        }
+        let b2 = self.cfg.beta2 as f32;
+        let scale = scale as f32;
+        for (i, g) in hat_grads.iter().enumerate() {
+            let Some(g) = g else { continue };
+            let g = g
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?;
+            let h = &mut self.h[i];
+            if g.len() != h.len() {
+                return Err(Error::Invalid(format!(
+                    "sophia: curvature gradient of `{}` has {} elements, the parameter {}",
+                    self.params[i].0,
+                    g.len(),
+                    h.len()
+                )));
+            }
+            let mask = self.masks[i].as_deref();
+            for (j, (h, g)) in h.iter_mut().zip(g).enumerate() {
+                if mask.is_none_or(|m| m[j]) {
+                    *h = b2 * *h + (1.0 - b2) * scale * g * g;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One update; with the empirical-Fisher estimate the curvature is refreshed from `grads` on
+    /// steps 1, 1 + k, 1 + 2k, … (with GNB, `update_curvature` did it).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: f64) -> Result<()> {
         if grads.len() != self.params.len() {
             return Err(Error::Invalid(
                 "sophia: gradient list does not match parameters".into(),
             ));
         }
-        let refresh = self.step % self.cfg.k.max(1) == 0;
+        let refresh = self.refreshes() && self.cfg.curvature == Curvature::EmpiricalFisher;
         self.step += 1;
         let c = &self.cfg;
         for (i, ((_, p), g)) in self.params.iter().zip(grads).enumerate() {
@@ -197,5 +260,43 @@ mod tests {
         assert_eq!(o.state(0).1[0], h1, "no refresh on step 2");
         o.step(&g(), 0.0, 1.0).unwrap();
         assert!(o.state(0).1[0] > h1, "refresh on step 3");
+    }
+
+    /// GNB: ĥ = B·ĝ⊙ĝ enters h instead of g⊙g. p = 1, g = 0.2, ĝ = 0.1, B = 4, defaults:
+    /// m = 0.02; h = 0.05·4·0.01 = 0.002; m/(ρh) = 0.02/8e−5 = 250 → 1; p = 0.99 − 0.1 = 0.89.
+    /// A second step (k = 2, no refresh) leaves h, a masked element keeps h = 0.
+    #[test]
+    fn gnb_curvature_replaces_the_squared_gradient() {
+        let dev = Device::Cpu;
+        let p = Var::new(&[1.0f32, 2.0], &dev).unwrap();
+        let cfg = SophiaConfig {
+            curvature: Curvature::Gnb,
+            k: 2,
+            ..Default::default()
+        };
+        let mut o = Sophia::new(vec![("p".into(), p.clone())], cfg).unwrap();
+        o.set_mask(0, &Tensor::new(&[1f32, 0.0], &dev).unwrap())
+            .unwrap();
+        assert!(o.needs_curvature());
+        let t = |v: [f32; 2]| vec![Some(Tensor::new(&v, &dev).unwrap())];
+        o.update_curvature(&t([0.1, 0.1]), 4.0).unwrap();
+        o.step(&t([0.2, 0.2]), 0.1, 1.0).unwrap();
+        let (m, h) = o.state(0);
+        assert!(
+            (m[0] - 0.02).abs() < 1e-7 && (h[0] - 0.002).abs() < 1e-8,
+            "{m:?} {h:?}"
+        ); // f32
+        assert_eq!(h[1], 0.0, "masked element keeps its curvature");
+        let v = p.as_tensor().to_vec1::<f32>().unwrap();
+        assert!((v[0] - 0.89).abs() < 1e-6 && v[1] == 2.0, "{v:?}");
+        assert!(!o.needs_curvature(), "k = 2: no refresh on step 2");
+        let h0 = o.state(0).1[0];
+        o.step(&t([0.2, 0.2]), 0.1, 1.0).unwrap();
+        assert_eq!(
+            o.state(0).1[0],
+            h0,
+            "the step's own gradient never enters h under GNB"
+        );
+        assert!(o.needs_curvature());
     }
 }
