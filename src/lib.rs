@@ -4,6 +4,7 @@ pub mod bench;
 pub mod config;
 pub mod data;
 pub mod demo;
+pub mod edit;
 pub mod error;
 pub mod eval;
 pub mod fixture;
