@@ -3,3 +3,4 @@
 //! projector, update); the model-facing parts (key collection, target vectors, the edit loop)
 //! build on it.
 pub mod nullspace;
+pub mod tokens;
