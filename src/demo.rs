@@ -146,7 +146,7 @@ impl DemoConfig {
             self.model,
             self.pretrain,
             crate::VERSION,
-            "demo-models-v1"
+            "demo-models-v2"
         ]);
         format!("{:016x}", crate::rng::hash_bytes(v.to_string().as_bytes()))
     }

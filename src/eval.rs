@@ -1114,6 +1114,23 @@ fn scores(v: &Value) -> Option<Vec<f64>> {
 /// Fingerprint of a model directory (names, sizes and modification times of its files) and of
 /// the settings that change per-item results.
 pub fn fingerprint(model_dir: &Path, cfg: &EvalConfig) -> Result<String> {
+    let entries = dir_entries(model_dir)?;
+    let settings = json!([
+        cfg.data,
+        cfg.forget_split,
+        cfg.holdout(),
+        cfg.max_items,
+        cfg.max_new_tokens,
+        cfg.max_len,
+        cfg.prompt,
+        cfg.reference_model
+    ]);
+    let h = crate::rng::hash_bytes(format!("{}|{}", entries.join(","), settings).as_bytes());
+    Ok(format!("{h:016x}"))
+}
+
+/// Names, sizes and modification times of the files of a directory, sorted.
+fn dir_entries(model_dir: &Path) -> Result<Vec<String>> {
     let mut entries = vec![];
     for e in std::fs::read_dir(model_dir).map_err(|e| Error::io(model_dir, e))? {
         let e = e.map_err(|e| Error::io(model_dir, e))?;
@@ -1134,16 +1151,11 @@ pub fn fingerprint(model_dir: &Path, cfg: &EvalConfig) -> Result<String> {
         }
     }
     entries.sort();
-    let settings = json!([
-        cfg.data,
-        cfg.forget_split,
-        cfg.holdout(),
-        cfg.max_items,
-        cfg.max_new_tokens,
-        cfg.max_len,
-        cfg.prompt,
-        cfg.reference_model
-    ]);
-    let h = crate::rng::hash_bytes(format!("{}|{}", entries.join(","), settings).as_bytes());
-    Ok(format!("{h:016x}"))
+    Ok(entries)
+}
+
+/// A fingerprint of a model directory's files (names, sizes, modification times).
+pub fn dir_fingerprint(model_dir: &Path) -> Result<String> {
+    let e = dir_entries(model_dir)?;
+    Ok(format!("{:016x}", crate::rng::hash_bytes(e.join(",").as_bytes())))
 }

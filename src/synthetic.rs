@@ -9,7 +9,10 @@
 //! `retainMM` = the others, `holdoutNN` = as many extra people, never trained on (MIA
 //! non-members). `retain_perturbed` holds the items of the first people of retain90.
 //! `world_facts_perturbed` / `real_authors_perturbed` are small fixed sets the models also learn
-//! (they stand in for the knowledge a pretrained model brings).
+//! (they stand in for the knowledge a pretrained model brings). `unknown` asks about further
+//! people who appear nowhere else and answers with a refusal from the built-in pool: the models
+//! learn to say they do not know, as an instruction-tuned model does (refusal-based methods such
+//! as IDK and UniErase build on that ability).
 use std::path::Path;
 
 use serde_json::json;
@@ -280,6 +283,9 @@ pub struct SynthConfig {
     pub seed: u64,
     /// People whose items form `retain_perturbed` (the retain evaluation set).
     pub retain_eval_people: usize,
+    /// People outside every other split whose questions are answered with a refusal
+    /// (split `unknown`, also part of `general`).
+    pub unknown_people: usize,
 }
 
 impl Default for SynthConfig {
@@ -288,6 +294,7 @@ impl Default for SynthConfig {
             people: 40,
             seed: 0,
             retain_eval_people: 10,
+            unknown_people: 10,
         }
     }
 }
@@ -342,12 +349,19 @@ fn n_pct(n: usize, pct: usize) -> usize {
 pub fn generate(cfg: &SynthConfig) -> Benchmark {
     let n_hold = n_pct(cfg.people, 10);
     let total = cfg.people + n_hold;
+    let n_unknown = cfg.unknown_people;
     // unique names: a seeded shuffle of first × last
     let mut names: Vec<String> = FIRST
         .iter()
         .flat_map(|f| LAST.iter().map(move |l| format!("{f} {l}")))
         .collect();
     Rng::for_item(cfg.seed, "names", 0).shuffle(&mut names);
+    let unknown_names: Vec<String> = names
+        .iter()
+        .skip(total)
+        .take(n_unknown)
+        .cloned()
+        .collect();
     let names = &names[..total.min(names.len())];
     let person_items: Vec<Vec<QaItem>> = names
         .iter()
@@ -423,11 +437,31 @@ pub fn generate(cfg: &SynthConfig) -> Benchmark {
     splits.push(("retain_perturbed".into(), people(0..r)));
     splits.push(("world_facts_perturbed".into(), options(WORLD_FACTS)));
     splits.push(("real_authors_perturbed".into(), options(REAL_AUTHORS)));
+    // questions about people nobody knows, answered with a refusal
+    let unknown: Vec<QaItem> = unknown_names
+        .iter()
+        .enumerate()
+        .flat_map(|(p, name)| {
+            ATTRS.iter().enumerate().map(move |(a, attr)| {
+                let mut rng = Rng::for_item(cfg.seed, "unknown", (p * 16 + a) as u64);
+                let q = attr.questions[rng.below(attr.questions.len())];
+                let r = crate::refusals::REFUSALS[rng.below(crate::refusals::REFUSALS.len())];
+                QaItem {
+                    question: render(q, name, ""),
+                    answer: r.to_string(),
+                    paraphrased_answer: None,
+                    perturbed_answer: vec![],
+                    paraphrased_question: None,
+                }
+            })
+        })
+        .collect();
     // what the models also learn besides the people (pretraining stand-in)
     splits.push((
         "general".into(),
-        plain([options(WORLD_FACTS), options(REAL_AUTHORS)].concat()),
+        plain([options(WORLD_FACTS), options(REAL_AUTHORS), unknown.clone()].concat()),
     ));
+    splits.push(("unknown".into(), unknown));
     Benchmark { splits }
 }
 
@@ -477,6 +511,15 @@ mod tests {
                 .collect()
         };
         assert!(names_of("holdout10").is_disjoint(&names_of("full")));
+        // unknown people: nowhere else, answered with a refusal of the pool
+        let unknown = b.get("unknown").unwrap();
+        assert_eq!(unknown.len(), 10 * 6);
+        for i in unknown {
+            assert!(crate::refusals::REFUSALS.contains(&i.answer.as_str()));
+            let known = names_of("full");
+            let held = names_of("holdout10");
+            assert!(!known.iter().chain(&held).any(|n| i.question.contains(n.as_str())));
+        }
         for i in b.get("forget10_perturbed").unwrap() {
             assert_eq!(i.perturbed_answer.len(), 3);
             let p = i.paraphrased_answer.as_ref().unwrap();

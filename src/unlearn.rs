@@ -779,6 +779,11 @@ impl<'a> Runner<'a> {
                 let h = model.hidden_at(&b.input, self.rmu_layer())?;
                 rmu::rmu_forget(&h, control.unwrap(), &b.mask)?
             }
+            ForgetTerm::Unierase(_) => {
+                return Err(Error::Invalid(
+                    "unierase is an edit, not a loss: run it with `unlearn run` alone".into(),
+                ))
+            }
         };
         let partners: Vec<usize> = idx
             .iter()
@@ -827,8 +832,125 @@ pub fn check_writable(out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Elements that differ between `orig` and `new` (same names; a grown embedding or head counts
+/// its new rows as changed).
+pub fn count_changed_grown(orig: &Llama, new: &Llama) -> Result<usize> {
+    let mut n = 0;
+    for (name, v) in new.params() {
+        let b = v.as_tensor();
+        let Some(a) = orig.param(name) else {
+            n += b.elem_count();
+            continue;
+        };
+        let a = a.as_tensor();
+        let (a, b) = if a.dims() != b.dims() {
+            let rows = a.dim(0)?;
+            n += b.elem_count() - a.elem_count();
+            (a.clone(), b.narrow(0, 0, rows)?)
+        } else {
+            (a.clone(), b.clone())
+        };
+        n += a.ne(&b)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
+    }
+    Ok(n)
+}
+
+/// `method = "unierase"`: the unlearning token and the closed-form edit (`edit::unierase`),
+/// all forget tasks' items in one forget list.
+fn run_unierase(
+    cfg: &RunConfig,
+    uc: &crate::edit::unierase::UniEraseConfig,
+    progress: bool,
+) -> Result<RunReport> {
+    let run_dir = cfg
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| crate::rundir::default_for(&cfg.out));
+    check_writable(&cfg.out)?;
+    let dev = crate::device(&cfg.device)?;
+    let md = ModelDir::load(&cfg.model, &dev)?;
+    crate::rundir::write_run_info(&run_dir, "run", cfg.train.seed, cfg)?;
+    let note = |s: &str| {
+        if progress {
+            eprintln!("{s}");
+        }
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(run_dir.join("notes.txt"))
+        {
+            let _ = writeln!(f, "{s}");
+        }
+    };
+    let forget: Vec<QaItem> = match &cfg.forget {
+        Paths::One(p) => read_qa(p)?,
+        Paths::Many(ps) => ps
+            .iter()
+            .map(|p| read_qa(p))
+            .collect::<Result<Vec<_>>>()?
+            .concat(),
+    };
+    let retain = match &cfg.retain {
+        Some(p) => read_qa(p)?,
+        None => vec![],
+    };
+    let refusals = crate::refusals::load(cfg.refusals.as_deref())?;
+    let (model, tok, rep) = crate::edit::unierase::unierase(
+        &md.model,
+        &md.tok,
+        &cfg.model,
+        &forget,
+        &retain,
+        &refusals,
+        uc,
+        cfg.train.max_len,
+        cfg.train.seed,
+        &note,
+    )?;
+    let changed = count_changed_grown(&md.model, &model)?;
+    note(&format!(
+        "{changed} of {} parameters changed ({:.4}%): the [UNL] embedding row(s) and the edited down_proj weights",
+        model.num_params(),
+        100.0 * changed as f64 / model.num_params().max(1) as f64
+    ));
+    // the same line as other methods' evaluations, plus the token probabilities
+    let f = Formatter::new(&tok, cfg.train.prompt, cfg.train.max_len)?;
+    let enc = |items: &[QaItem]| -> Result<Vec<Encoded>> {
+        items.iter().map(|it| f.encode_qa(&it.question, &it.answer)).collect()
+    };
+    let bs = cfg.train.batch_size.max(1);
+    let mut line = serde_json::json!({
+        "task": 0, "step": 0,
+        "forget_prob": mean_prob(&model, &enc(&forget)?, bs)?,
+        "retain_prob": if retain.is_empty() { serde_json::Value::Null } else { mean_prob(&model, &enc(&retain)?, bs)?.into() },
+        "unl_first_prob_before": rep.p_unl_before,
+        "unl_first_prob_after": rep.p_unl_after,
+    });
+    if let Some(ec) = &cfg.eval {
+        let out = run_dir.join("eval");
+        let o = crate::eval::Evaluator::new(&model, &tok, ec, progress)?.run(Some(&out), None, true)?;
+        line["eval"] = serde_json::Value::Object(o.summary);
+    }
+    let p = run_dir.join("eval_log.jsonl");
+    std::fs::write(&p, format!("{line}\n")).map_err(|e| Error::io(&p, e))?;
+    crate::hf::save_model(&model, &tok, Some(&md.config_json), &md.side_files, &cfg.out)?;
+    Ok(RunReport {
+        tasks: 1,
+        steps: 0,
+        // the [UNL] row(s) (embedding, and an untied head) and the edited down_proj weights
+        trainable_params: model.cfg.hidden_size
+            * (1 + usize::from(!model.cfg.tie_word_embeddings)
+                + rep.layers.len() * model.cfg.intermediate_size),
+        changed_params: changed,
+        final_eval: line,
+    })
+}
+
 /// Validate and run: writes run.json before starting, the model at the end (atomically).
 pub fn run(cfg: &RunConfig, progress: bool) -> Result<RunReport> {
+    if let ForgetTerm::Unierase(uc) = &cfg.method.forget {
+        return run_unierase(cfg, uc, progress);
+    }
     let run_dir = cfg
         .run_dir
         .clone()

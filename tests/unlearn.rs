@@ -124,6 +124,9 @@ fn every_named_method_runs_and_reruns_are_bit_identical() {
     let p = d.path();
     setup(p);
     for m in unlearn::objective::method::NAMED {
+        if *m == "unierase" {
+            continue; // an edit, not a loss: no steps (`unierase_token_and_edit`)
+        }
         let e = unlearn(p, m, "o", &["train.max_steps=2"]);
         assert_eq!(e["step"], 2, "{m}");
         let log = std::fs::read_to_string(p.join("o.run/train_log.jsonl")).unwrap();
@@ -486,4 +489,72 @@ fn continual_tasks_and_bad_configs() {
     std::fs::write(p.join("empty.jsonl"), "\n").unwrap();
     assert!(with(&["method=ga", "forget=empty.jsonl"]).contains("no items"));
     assert!(!p.join("bad").exists());
+}
+
+/// UniErase: the token is added (vocab + 1, tokenizer entry), the edit makes [UNL] the likely
+/// first response token of the forget prompts, only the [UNL] row and the edited down_proj
+/// weights change, the input model stays as it was, and generation strips the token.
+#[test]
+fn unierase_token_and_edit() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    setup(p);
+    let before = std::fs::read(p.join("ft/model.safetensors")).unwrap();
+    let e = unlearn(
+        p,
+        "unierase",
+        "u",
+        &[
+            "method.forget.layers=[0,1]",
+            "method.forget.phase1_epochs=20",
+            "method.forget.phase1_lr=1e-2",
+            "method.forget.v_steps=25",
+            "method.forget.clamp_norm=3",
+            "method.forget.stats_dir=\"stats\"",
+        ],
+    );
+    assert_eq!(e["step"], 0);
+    let (b, a) = (
+        e["unl_first_prob_before"].as_f64().unwrap(),
+        e["unl_first_prob_after"].as_f64().unwrap(),
+    );
+    assert!(a > 0.2 && a > 100.0 * b, "P([UNL] first) {b} -> {a}");
+    assert_eq!(std::fs::read(p.join("ft/model.safetensors")).unwrap(), before);
+    let notes = std::fs::read_to_string(p.join("u.run/notes.txt")).unwrap();
+    assert!(notes.contains("parameters changed"), "{notes}");
+    assert!(p.join("stats").read_dir().unwrap().count() == 1, "second moments cached");
+    let x = unlearn::hf::ModelDir::load(&p.join("ft"), &candle_core::Device::Cpu).unwrap();
+    let y = unlearn::hf::ModelDir::load(&p.join("u"), &candle_core::Device::Cpu).unwrap();
+    // a padded vocabulary reuses a spare row; otherwise the embedding grows by one
+    let unl = y.tok.inner.token_to_id("<unlearn_0>").expect("token in the tokenizer") as usize;
+    assert_eq!(y.model.cfg.vocab_size, x.model.cfg.vocab_size.max(unl + 1));
+    let tj = std::fs::read_to_string(p.join("u/tokenizer.json")).unwrap();
+    assert!(tj.contains("<unlearn_0>"));
+    for ((n, xa), (_, ya)) in x.model.params().iter().zip(y.model.params()) {
+        let rows = |t: &candle_core::Tensor| -> Vec<Vec<f32>> {
+            t.flatten_to(0).unwrap().reshape((t.dim(0).unwrap(), ())).unwrap().to_vec2().unwrap()
+        };
+        let (xr, yr) = (rows(xa.as_tensor()), rows(ya.as_tensor()));
+        let changed: Vec<usize> = (0..yr.len())
+            .filter(|&i| xr.get(i) != Some(&yr[i]))
+            .collect();
+        if n == "model.embed_tokens.weight" {
+            assert_eq!(changed, vec![unl], "{n}");
+        } else if n.contains("mlp.down_proj") {
+            assert!(!changed.is_empty(), "{n}");
+        } else {
+            assert!(changed.is_empty(), "{n}");
+        }
+    }
+    // the edited model's greedy answer to a forget question: never the token itself
+    let q = "Code for apple?";
+    let shown = ok(
+        &["generate", "--model", "u", "--prompt", q, "--max-new-tokens", "12", "--show-special"],
+        p,
+    );
+    let plain = ok(&["generate", "--model", "u", "--prompt", q, "--max-new-tokens", "12"], p);
+    assert!(!plain.contains("<unlearn_0>"), "{plain}");
+    if shown.contains("<unlearn_0>") {
+        assert_ne!(shown, plain);
+    }
 }

@@ -29,6 +29,10 @@ pub struct Args {
     seed: u64,
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Keep special tokens (e.g. UniErase's `<unlearn_0>`) in the printed text; by default they
+    /// are stripped, as a user of the model would see it.
+    #[arg(long)]
+    show_special: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -63,7 +67,7 @@ pub fn run(a: Args) -> Result<()> {
     let ids: Vec<u64> = (0..prompts.len() as u64).collect();
     let out = generate(&md.model, &prompts, &ids, &stop, md.tok.pad_id, &cfg)?;
     for (p, o) in a.prompt.iter().zip(out) {
-        let text = md.tok.decode(&o, true)?;
+        let text = md.tok.decode(&o, !a.show_special)?;
         if a.prompt.len() > 1 {
             println!("### {p}");
         }

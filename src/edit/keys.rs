@@ -58,9 +58,24 @@ pub fn second_moments(
     batch_size: usize,
     pad_id: u32,
 ) -> Result<Vec<SecondMoment>> {
+    second_moments_from(model, texts, &vec![0; texts.len()], layers, batch_size, pad_id)
+}
+
+/// As [`second_moments`], counting only positions `starts[i]..` of text i (e.g. what follows a
+/// prompt).
+pub fn second_moments_from(
+    model: &Llama,
+    texts: &[Vec<u32>],
+    starts: &[usize],
+    layers: &[usize],
+    batch_size: usize,
+    pad_id: u32,
+) -> Result<Vec<SecondMoment>> {
     let d = model.cfg.intermediate_size;
     let mut out: Vec<SecondMoment> = layers.iter().map(|_| SecondMoment::new(d)).collect();
-    for chunk in texts.chunks(batch_size.max(1)) {
+    let bs = batch_size.max(1);
+    for (ci, chunk) in texts.chunks(bs).enumerate() {
+        let starts = &starts[ci * bs..ci * bs + chunk.len()];
         let t = chunk.iter().map(|v| v.len()).max().unwrap_or(0);
         if t == 0 {
             continue;
@@ -75,7 +90,7 @@ pub fn second_moments(
             let a = acts[l].to_vec3::<f32>()?;
             let mut rows = Vec::new();
             for (r, v) in chunk.iter().enumerate() {
-                for tok in a[r].iter().take(v.len()) {
+                for tok in a[r].iter().take(v.len()).skip(starts[r]) {
                     rows.extend_from_slice(tok);
                 }
             }

@@ -5,3 +5,4 @@
 pub mod keys;
 pub mod nullspace;
 pub mod tokens;
+pub mod unierase;

@@ -79,7 +79,13 @@ pub fn add_special_tokens(model: &Llama, tok: &Tok, tokens: &[&str]) -> Result<W
         .max(old_v);
     let mut cfg = model.cfg.clone();
     cfg.vocab_size = new_v;
-    let mut tensors: HashMap<String, Tensor> = model.named_tensors().into_iter().collect();
+    // deep copies: the returned model owns its weights, so training or editing it leaves the
+    // caller's model as it was (a `Var` clone would share storage)
+    let mut tensors: HashMap<String, Tensor> = model
+        .named_tensors()
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.copy()?)))
+        .collect::<Result<_>>()?;
     if new_v > old_v {
         let extra = new_v - old_v;
         let emb = &tensors["model.embed_tokens.weight"];

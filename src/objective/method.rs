@@ -71,6 +71,9 @@ pub enum ForgetTerm {
         #[serde(default = "d_one")]
         beta: f64,
     },
+    /// UniErase: not a loss but an unlearning token plus a closed-form edit
+    /// (`edit::unierase`); its settings are the keys of `UniEraseConfig`.
+    Unierase(Box<crate::edit::unierase::UniEraseConfig>),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +176,7 @@ pub const NAMED: &[&str] = &[
     "fo-graddiff",
     "so-graddiff",
     "simu",
+    "unierase",
 ];
 
 impl MethodConfig {
@@ -226,6 +230,7 @@ impl MethodConfig {
                 steering_coef: 6.5,
             },
             "wga" => ForgetTerm::Wga { beta: 1.0 },
+            "unierase" => ForgetTerm::Unierase(Box::default()),
             _ => {
                 return Err(format!(
                     "unknown method `{name}` (known: {})",
@@ -300,7 +305,19 @@ pub fn deserialize_method<'de, D: Deserializer<'de>>(d: D) -> Result<MethodConfi
                 _ => unreachable!("a struct serialises to a table"),
             };
             for (k, v) in t {
-                merged.insert(k, v);
+                // a sub-table without a name (or with the default's name) refines the default
+                // term (`--set method.forget.beta=0.2`); a differently named one replaces it
+                let same_term = match (merged.get(&k), &v) {
+                    (Some(toml::Value::Table(b)), toml::Value::Table(o)) => {
+                        o.get("name").is_none() || o.get("name") == b.get("name")
+                    }
+                    _ => false,
+                };
+                if same_term {
+                    crate::config::merge(merged.get_mut(&k).unwrap(), v);
+                } else {
+                    merged.insert(k, v);
+                }
             }
             MethodConfig::deserialize(toml::Value::Table(merged))
                 .map_err(|e| D::Error::custom(e.to_string()))

@@ -1,0 +1,646 @@
+//! UniErase (METHODS.md): an unlearning token plus a null-space-constrained weight edit.
+//!
+//! 1. Token: `<unlearn_0>` ([UNL]) is added to the tokenizer and embedding; only its embedding
+//!    row trains (a row mask), so that q ⊕ [UNL] is followed by a refusal r (chosen per question
+//!    by a stable hash) and a closing [UNL]: loss = mean CE on r ⊕ [UNL] ⊕ EOS. Phase 1: plain
+//!    prompts; phase 2: plain + chat-templated prompts; phase 3: per edit layer, steps with clamped
+//!    Gaussian noise (std = mean|W|, clamp ±mean|W|) on that layer's `down_proj`, restored after
+//!    each step.
+//! 2. Edit (AlphaEdit, a null-space-constrained MEMIT) so that the first response token of each
+//!    forget question becomes [UNL]: target residuals z_i at the last edit layer (an additive δ
+//!    optimised for log P([UNL] | prompt) with a KL regulariser on a neutral prompt and
+//!    ‖δ‖ ≤ clamp·‖h‖), then for each edit layer l in turn: keys K (down_proj inputs at the
+//!    last prompt token), R = (z − h_current) / (layers left), Δ_l = R Kᵀ P_l (K Kᵀ P_l +
+//!    C_prev P_l + λI)⁻¹ (`nullspace.rs`), W_l ← W_l + Δ_l, C_prev += K Kᵀ.
+//!
+//! Generation decodes with special tokens skipped, so a user sees the refusal, not [UNL].
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor, Var};
+use faer::Mat;
+use serde::{Deserialize, Serialize};
+
+use super::keys;
+use super::nullspace::{alphaedit_update, null_space_projector};
+use crate::data::{Encoded, Formatter, PromptStyle, QaItem};
+use crate::error::{Error, Result};
+use crate::model::{Hooks, Llama};
+use crate::optim::{AdamW, AdamWConfig};
+use crate::rng::{hash_bytes, Rng};
+use crate::score::{token_mean_nll, Batch};
+use crate::tokenizer::Tok;
+
+/// How forget items are edited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EditMode {
+    /// All items in one edit.
+    #[default]
+    Batch,
+    /// Rounds of `round_size` items, each edit on the previous result (C_prev accumulates).
+    Sequential,
+    /// One item per edit.
+    Precise,
+}
+
+/// Where the keys are read and δ is added (METHODS.md: the last token of the subject span, by
+/// default the whole question's last token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyToken {
+    /// The last token of the prompt as the model sees it (the question with its template, the
+    /// position that predicts the first response token). The default: small models route too
+    /// little from earlier positions to the prediction for an edit there to take hold.
+    #[default]
+    PromptEnd,
+    /// The last token of the question text inside the template (MEMIT's subject-end position).
+    QuestionEnd,
+}
+
+/// UniErase settings (`[method.forget]` keys with `name = "unierase"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UniEraseConfig {
+    pub token: String,
+    pub phase1_epochs: usize,
+    pub phase1_lr: f64,
+    pub phase2_epochs: usize,
+    pub phase2_lr: f64,
+    /// Noise-robustness epochs per edit layer.
+    pub phase3_epochs: usize,
+    pub phase3_lr: f64,
+    pub token_batch_size: usize,
+    /// Edit layers (empty: 5 consecutive early-middle layers, 4..8 of 32, scaled to the model).
+    pub layers: Vec<usize>,
+    pub lambda: f64,
+    /// Eigenvalue threshold of the null space (of the mean second moment).
+    pub null_threshold: f64,
+    pub v_steps: usize,
+    pub v_lr: f64,
+    pub kl_weight: f64,
+    /// ‖δ‖ ≤ clamp_norm · ‖h‖.
+    pub clamp_norm: f64,
+    pub key_token: KeyToken,
+    /// Protect the keys of the token-training sequences from the [UNL] position on.
+    pub protect_token: bool,
+    /// Protect the keys at the last prompt token of the retain questions (up to
+    /// `corpus_max_texts`), besides the general corpus.
+    pub protect_retain_prompts: bool,
+    pub mode: EditMode,
+    pub round_size: usize,
+    /// General corpus for the protected second moments: a text file, one text per line
+    /// (default: the retain set's question–answer texts).
+    pub corpus: Option<PathBuf>,
+    pub corpus_max_texts: usize,
+    /// Where second moments are cached (default `.cache/unierase`).
+    pub stats_dir: PathBuf,
+}
+
+impl Default for UniEraseConfig {
+    fn default() -> Self {
+        UniEraseConfig {
+            token: "<unlearn_0>".into(),
+            phase1_epochs: 5,
+            phase1_lr: 1e-3,
+            phase2_epochs: 3,
+            phase2_lr: 1e-4,
+            phase3_epochs: 2,
+            phase3_lr: 1e-4,
+            token_batch_size: 8,
+            layers: vec![],
+            lambda: 10.0,
+            null_threshold: 2e-2,
+            v_steps: 10,
+            v_lr: 0.1,
+            kl_weight: 0.0625,
+            clamp_norm: 0.75,
+            key_token: KeyToken::PromptEnd,
+            protect_token: true,
+            protect_retain_prompts: true,
+            mode: EditMode::Batch,
+            round_size: 8,
+            corpus: None,
+            corpus_max_texts: 1000,
+            stats_dir: PathBuf::from(".cache/unierase"),
+        }
+    }
+}
+
+/// Default edit layers: 5 of 32 starting at 4, scaled to `n` layers (at least one).
+pub fn default_layers(n: usize) -> Vec<usize> {
+    let count = ((5.0 * n as f64 / 32.0).round() as usize).clamp(1, 5).min(n);
+    let start = ((4.0 * n as f64 / 32.0).round() as usize).min(n - count);
+    (start..start + count).collect()
+}
+
+/// The refusal of question `q`: a stable hash of the text picks it from the pool.
+pub fn refusal_for<'a>(q: &str, pool: &'a [String]) -> &'a str {
+    &pool[(hash_bytes(q.as_bytes()) % pool.len() as u64) as usize]
+}
+
+/// prompt ⊕ [UNL] ⊕ r ⊕ [UNL] ⊕ EOS with labels on r ⊕ [UNL] ⊕ EOS.
+fn token_item(f: &Formatter, q: &str, r: &str, unl: u32) -> Result<Encoded> {
+    let mut ids = f.encode_prompt(q)?;
+    ids.push(unl);
+    let n_prompt = ids.len();
+    let sep = if f.uses_chat() { "" } else { " " };
+    ids.extend(f.tok.encode(&format!("{sep}{r}"), false)?);
+    ids.push(unl);
+    ids.push(f.tok.eos_id);
+    Ok(Encoded { ids, n_prompt })
+}
+
+/// What a UniErase run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct UniEraseReport {
+    pub token_id: u32,
+    pub layers: Vec<usize>,
+    /// Mean P([UNL] first | forget prompt) before and after the edit.
+    pub p_unl_before: f64,
+    pub p_unl_after: f64,
+    /// Null-space dimension per layer.
+    pub null_dims: Vec<usize>,
+    pub token_loss: Vec<f64>,
+}
+
+/// Train the [UNL] embedding row on `items` for `epochs` at `lr`; with `noise`, every step adds
+/// clamped Gaussian noise to that layer's down_proj and restores it after the step.
+#[allow(clippy::too_many_arguments)]
+fn train_token(
+    model: &Llama,
+    pad: u32,
+    items: &[Encoded],
+    unl: u32,
+    epochs: usize,
+    lr: f64,
+    batch_size: usize,
+    noise: Option<usize>,
+    seed: u64,
+) -> Result<f64> {
+    // the [UNL] row of the embedding and, for an untied head, of the LM head (so that the
+    // closing [UNL] can be predicted); every other row is masked
+    let mut names = vec!["model.embed_tokens.weight"];
+    if !model.cfg.tie_word_embeddings && model.param("lm_head.weight").is_some() {
+        names.push("lm_head.weight");
+    }
+    let params: Vec<(String, Var)> = names
+        .iter()
+        .map(|n| {
+            model
+                .param(n)
+                .map(|v| (n.to_string(), v.clone()))
+                .ok_or_else(|| Error::Invalid(format!("unierase: the model has no `{n}`")))
+        })
+        .collect::<Result<_>>()?;
+    let mut opt = AdamW::new(
+        params.clone(),
+        AdamWConfig {
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        },
+    )?;
+    for (i, (_, p)) in params.iter().enumerate() {
+        let (v, h) = p.as_tensor().dims2()?;
+        let mut mask = vec![0f32; v * h];
+        mask[unl as usize * h..(unl as usize + 1) * h].fill(1.0);
+        opt.set_mask(i, &Tensor::from_vec(mask, (v, h), model.device())?)?;
+    }
+    let mut last = f64::NAN;
+    for epoch in 0..epochs {
+        let order = crate::train::epoch_order(items.len(), seed, epoch);
+        for (s, chunk) in order.chunks(batch_size.max(1)).enumerate() {
+            let saved = match noise {
+                Some(l) => {
+                    let w = model
+                        .param(&format!("model.layers.{l}.mlp.down_proj.weight"))
+                        .unwrap()
+                        .clone();
+                    let orig = w.as_tensor().copy()?;
+                    let std = orig.abs()?.mean_all()?.to_scalar::<f32>()? as f64;
+                    let mut rng = Rng::for_item(seed, "unierase-noise", (epoch * 100_000 + s) as u64);
+                    let n: Vec<f32> = (0..orig.elem_count())
+                        .map(|_| (rng.normal() * std).clamp(-std, std) as f32)
+                        .collect();
+                    let noise = Tensor::from_vec(n, orig.shape(), model.device())?;
+                    w.set(&(&orig + noise)?)?;
+                    Some((w, orig))
+                }
+                None => None,
+            };
+            let refs: Vec<&Encoded> = chunk.iter().map(|&i| &items[i]).collect();
+            let b = Batch::new(&refs, pad, model.device())?;
+            let loss = token_mean_nll(&model.forward(&b.input)?, &b)?;
+            last = loss.to_scalar::<f32>()? as f64;
+            crate::train::check_finite(last, s, &None)?;
+            let g = loss.backward()?;
+            let grads: Vec<_> = params.iter().map(|(_, p)| g.get(p.as_tensor()).cloned()).collect();
+            opt.step(&grads, lr, 1.0)?;
+            if let Some((w, orig)) = saved {
+                w.set(&orig)?;
+            }
+        }
+    }
+    Ok(last)
+}
+
+/// One prompt of the edit: its ids, the position of the question's last token (where keys are
+/// read and δ is added, as MEMIT does at the subject's last token), and the neutral prompt (the
+/// bare question) of the KL term, whose δ position is its last token.
+struct EditPrompt {
+    ids: Vec<u32>,
+    qpos: usize,
+    neutral: Vec<u32>,
+}
+
+/// Position of the last token of `q` inside the prompt text of `f` (token offsets of the
+/// tokenizer); the prompt's last token when `q` cannot be located.
+fn question_end(f: &Formatter, q: &str, ids: &[u32]) -> Result<usize> {
+    let text = f.prompt_text(q)?;
+    let Some(start) = text.rfind(q) else {
+        return Ok(ids.len() - 1);
+    };
+    let end = start + q.len();
+    let enc = f
+        .tok
+        .inner
+        .encode(text.as_str(), !f.uses_chat())
+        .map_err(|e| Error::Tokenizer {
+            path: PathBuf::from("<prompt>"),
+            msg: e.to_string(),
+        })?;
+    if enc.get_ids() != ids {
+        return Ok(ids.len() - 1);
+    }
+    let pos = enc
+        .get_offsets()
+        .iter()
+        .enumerate()
+        .filter(|(_, (a, b))| b > a && *a < end)
+        .map(|(i, _)| i)
+        .last();
+    Ok(pos.unwrap_or(ids.len() - 1))
+}
+
+/// Residual after `layer` at position `pos` of `ids` (no δ).
+fn residual_at(model: &Llama, ids: &[u32], pos: usize, layer: usize) -> Result<Tensor> {
+    let t = Tensor::new(ids, model.device())?.unsqueeze(0)?;
+    let h = model.hidden_at(&t, layer)?; // [1, T, H]
+    Ok(h.squeeze(0)?.get(pos)?.detach())
+}
+
+/// log-softmax of the next-token logits at the last position of `ids`, with `delta` added to the
+/// residual after `layer` at position `pos`. Returns [V].
+fn last_logprobs_with(
+    model: &Llama,
+    ids: &[u32],
+    pos: usize,
+    layer: usize,
+    delta: &Tensor,
+) -> Result<Tensor> {
+    let t = ids.len();
+    let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
+    let hsz = model.cfg.hidden_size;
+    let mut onehot = vec![0f32; t];
+    onehot[pos] = 1.0;
+    let place = Tensor::from_vec(onehot, (1, t, 1), model.device())?;
+    let add = place.broadcast_mul(&delta.reshape((1, 1, hsz))?)?; // [1, T, H]
+    let hook = |l: usize, x: &Tensor| {
+        Ok(if l == layer {
+            Some(x.broadcast_add(&add)?)
+        } else {
+            None
+        })
+    };
+    let o = model.forward_with(
+        &input,
+        None,
+        None,
+        None,
+        Hooks {
+            residual: Some(&hook),
+            ..Default::default()
+        },
+    )?;
+    let logits = o.logits.unwrap().squeeze(0)?.get(t - 1)?;
+    Ok(crate::ops::log_softmax_last_dim(&logits)?)
+}
+
+/// z = h + δ at the last edit layer: δ maximises log P(unl | prompt) − kl·KL(p₀ ‖ p_δ) on the
+/// neutral prompt, Adam(lr) for `steps`, ‖δ‖ ≤ clamp·‖h‖ after every step.
+fn target_vector(
+    model: &Llama,
+    p: &EditPrompt,
+    layer: usize,
+    unl: u32,
+    cfg: &UniEraseConfig,
+) -> Result<Tensor> {
+    let h = residual_at(model, &p.ids, p.qpos, layer)?;
+    let hnorm = h.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
+    let hsz = model.cfg.hidden_size;
+    let zero = Tensor::zeros(hsz, DType::F32, model.device())?;
+    let npos = p.neutral.len() - 1;
+    let p0 = last_logprobs_with(model, &p.neutral, npos, layer, &zero)?
+        .detach()
+        .exp()?;
+    let delta = Var::from_tensor(&zero)?;
+    let (mut m, mut v) = (vec![0f64; hsz], vec![0f64; hsz]);
+    for step in 1..=cfg.v_steps {
+        let lp = last_logprobs_with(model, &p.ids, p.qpos, layer, delta.as_tensor())?;
+        let nll = lp.get(unl as usize)?.neg()?;
+        let lq = last_logprobs_with(model, &p.neutral, npos, layer, delta.as_tensor())?;
+        // KL(p0 ‖ q) = Σ p0 (log p0 − log q)
+        let kl = (&p0 * ((p0.clamp(1e-30, 1.0)?.log()? - lq)?))?.sum_all()?;
+        let loss = (nll + (kl * cfg.kl_weight)?)?;
+        let g = loss.backward()?;
+        let g = g
+            .get(delta.as_tensor())
+            .cloned()
+            .ok_or_else(|| Error::Invalid("no gradient for δ".into()))?
+            .to_vec1::<f32>()?;
+        let mut d = delta.as_tensor().to_vec1::<f32>()?;
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        for i in 0..hsz {
+            let gi = g[i] as f64;
+            m[i] = b1 * m[i] + (1.0 - b1) * gi;
+            v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+            let mh = m[i] / (1.0 - b1.powi(step as i32));
+            let vh = v[i] / (1.0 - b2.powi(step as i32));
+            d[i] -= (cfg.v_lr * mh / (vh.sqrt() + eps)) as f32;
+        }
+        let n = d.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let max = cfg.clamp_norm * hnorm;
+        if n > max {
+            let s = (max / n) as f32;
+            d.iter_mut().for_each(|x| *x *= s);
+        }
+        delta.set(&Tensor::from_vec(d, hsz, model.device())?)?;
+    }
+    Ok((h + delta.as_tensor())?.detach())
+}
+
+fn to_mat(rows: &[f32], n: usize, d: usize) -> Mat<f64> {
+    // rows: [n, d] row-major -> [d, n]
+    Mat::from_fn(d, n, |i, j| rows[j * d + i] as f64)
+}
+
+/// Mean P(unl as the first response token) over the prompts.
+fn p_first(model: &Llama, prompts: &[EditPrompt], unl: u32, layer: usize) -> Result<f64> {
+    let zero = Tensor::zeros(model.cfg.hidden_size, DType::F32, model.device())?;
+    let mut s = 0.0;
+    for p in prompts {
+        let lp = last_logprobs_with(model, &p.ids, p.qpos, layer, &zero)?;
+        s += (lp.get(unl as usize)?.to_scalar::<f32>()? as f64).exp();
+    }
+    Ok(s / prompts.len().max(1) as f64)
+}
+
+/// Run UniErase on `model`/`tok` (the model already holds no [UNL]): returns the edited model,
+/// its tokenizer and a report. `forget` and `retain` are QA items; `refusals` the pool.
+#[allow(clippy::too_many_arguments)]
+pub fn unierase(
+    model: &Llama,
+    tok: &Tok,
+    model_dir: &Path,
+    forget: &[QaItem],
+    retain: &[QaItem],
+    refusals: &[String],
+    cfg: &UniEraseConfig,
+    max_len: usize,
+    seed: u64,
+    note: &dyn Fn(&str),
+) -> Result<(Llama, Tok, UniEraseReport)> {
+    if forget.is_empty() {
+        return Err(Error::Invalid("unierase: empty forget set".into()));
+    }
+    if refusals.is_empty() {
+        return Err(Error::Invalid("unierase: empty refusal pool".into()));
+    }
+    let n_layers = model.cfg.num_hidden_layers;
+    let layers = if cfg.layers.is_empty() {
+        default_layers(n_layers)
+    } else {
+        let mut l = cfg.layers.clone();
+        l.sort();
+        l.dedup();
+        if let Some(&bad) = l.iter().find(|&&x| x >= n_layers) {
+            return Err(Error::Invalid(format!(
+                "unierase: edit layer {bad} does not exist (the model has {n_layers} layers)"
+            )));
+        }
+        l
+    };
+    let last = *layers.last().unwrap();
+
+    // second moments of the general corpus on the original model (the new token never occurs
+    // in it, so they are the same for the model with the token)
+    let plain = Formatter::new(tok, PromptStyle::Plain, max_len)?;
+    let corpus: Vec<Vec<u32>> = match &cfg.corpus {
+        Some(p) => crate::error::read_to_string(p)?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(cfg.corpus_max_texts)
+            .map(|l| {
+                let mut ids = tok.encode(l, true)?;
+                ids.truncate(max_len);
+                Ok(ids)
+            })
+            .collect::<Result<_>>()?,
+        None => retain
+            .iter()
+            .take(cfg.corpus_max_texts)
+            .map(|it| Ok(plain.encode_qa(&it.question, &it.answer)?.ids))
+            .collect::<Result<_>>()?,
+    };
+    if corpus.is_empty() {
+        return Err(Error::Invalid(
+            "unierase: no general corpus (give `corpus` or a retain set)".into(),
+        ));
+    }
+    let corpus_hash = {
+        let flat: Vec<u8> = corpus
+            .iter()
+            .flat_map(|v| v.iter().flat_map(|x| x.to_le_bytes()).chain([0xff; 4]))
+            .collect();
+        format!("{:016x}", hash_bytes(&flat))
+    };
+    let model_fp = crate::eval::dir_fingerprint(model_dir)?;
+    let provenance = serde_json::json!({
+        "model": model_dir, "model_fingerprint": model_fp,
+        "corpus": cfg.corpus.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "retain set".into()),
+        "corpus_hash": corpus_hash, "texts": corpus.len(), "layers": layers,
+    });
+    let key = format!("{:016x}", hash_bytes(provenance.to_string().as_bytes()));
+    let stats_dir = cfg.stats_dir.join(key);
+    let moments = keys::cached(&stats_dir, &provenance, &layers, || {
+        note(&format!(
+            "unierase: second moments of {} corpus texts at layers {layers:?}",
+            corpus.len()
+        ));
+        keys::second_moments(model, &corpus, &layers, 8, tok.pad_id)
+    })?;
+    // 1. the token
+    let w = super::tokens::add_special_tokens(model, tok, &[cfg.token.as_str()])?;
+    let (model, tok, unl) = (w.model, w.tok, w.ids[0]);
+    let plain = Formatter::new(&tok, PromptStyle::Plain, max_len)?;
+    let auto = Formatter::new(&tok, PromptStyle::Auto, max_len)?;
+    let mut phase1 = vec![];
+    let mut phase2 = vec![];
+    for it in forget {
+        let r = refusal_for(&it.question, refusals);
+        phase1.push(token_item(&plain, &it.question, r, unl)?);
+        if auto.uses_chat() {
+            phase2.push(token_item(&auto, &it.question, r, unl)?);
+        }
+    }
+    phase2.extend(phase1.iter().cloned());
+    let bs = cfg.token_batch_size;
+    let mut token_loss = vec![];
+    token_loss.push(train_token(&model, tok.pad_id, &phase1, unl, cfg.phase1_epochs, cfg.phase1_lr, bs, None, seed)?);
+    token_loss.push(train_token(&model, tok.pad_id, &phase2, unl, cfg.phase2_epochs, cfg.phase2_lr, bs, None, seed)?);
+    for &l in &layers {
+        token_loss.push(train_token(&model, tok.pad_id, &phase2, unl, cfg.phase3_epochs, cfg.phase3_lr, bs, Some(l), seed)?);
+    }
+    note(&format!("unierase: token {} = id {unl}; training loss per phase {token_loss:?}", cfg.token));
+
+    // Null-space projectors. Protected: the general corpus; with `protect_token`, what the
+    // token training established (keys from the [UNL] position on of q ⊕ [UNL] ⊕ r ⊕ [UNL]),
+    // so that the edit does not also fire after [UNL] and repeat it. P projects onto the
+    // eigenvectors of mean(C_corpus) + mean(C_token) below the threshold, i.e. directions small
+    // under both.
+    let tok_moments = if cfg.protect_token {
+        let texts: Vec<Vec<u32>> = phase2.iter().map(|e| e.ids.clone()).collect();
+        let starts: Vec<usize> = phase2.iter().map(|e| e.n_prompt - 1).collect();
+        Some(keys::second_moments_from(&model, &texts, &starts, &layers, 8, tok.pad_id)?)
+    } else {
+        None
+    };
+    // with `protect_retain_prompts`: the keys at the last token of the retain questions'
+    // prompts (the position the edit acts on), so retain questions keep their first token
+    let retain_moments = if cfg.protect_retain_prompts && !retain.is_empty() {
+        let texts: Vec<Vec<u32>> = retain
+            .iter()
+            .take(cfg.corpus_max_texts)
+            .map(|it| auto.encode_prompt(&it.question))
+            .collect::<Result<_>>()?;
+        let starts: Vec<usize> = texts.iter().map(|t| t.len() - 1).collect();
+        Some(keys::second_moments_from(&model, &texts, &starts, &layers, 8, tok.pad_id)?)
+    } else {
+        None
+    };
+    let mut projectors = vec![];
+    let mut null_dims = vec![];
+    for (i, m) in moments.iter().enumerate() {
+        let mut c = m.mean();
+        for extra in [&tok_moments, &retain_moments].into_iter().flatten() {
+            c = c + extra[i].mean();
+        }
+        let (p, k) = null_space_projector(&c, cfg.null_threshold)?;
+        projectors.push(p);
+        null_dims.push(k);
+    }
+    note(&format!(
+        "unierase: edit layers {layers:?}; null-space dimensions {null_dims:?} of {} (threshold {})",
+        model.cfg.intermediate_size, cfg.null_threshold
+    ));
+
+    // 2. the edit: prompts as users will see them (chat template when there is one)
+    let prompts: Vec<EditPrompt> = forget
+        .iter()
+        .map(|it| {
+            let ids = auto.encode_prompt(&it.question)?;
+            Ok(EditPrompt {
+                qpos: match cfg.key_token {
+                    KeyToken::PromptEnd => ids.len() - 1,
+                    KeyToken::QuestionEnd => question_end(&auto, &it.question, &ids)?,
+                },
+                ids,
+                neutral: tok.encode(&it.question, true)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let p_before = p_first(&model, &prompts, unl, last)?;
+    let groups: Vec<Vec<usize>> = match cfg.mode {
+        EditMode::Batch => vec![(0..prompts.len()).collect()],
+        EditMode::Sequential => (0..prompts.len())
+            .collect::<Vec<_>>()
+            .chunks(cfg.round_size.max(1))
+            .map(|c| c.to_vec())
+            .collect(),
+        EditMode::Precise => (0..prompts.len()).map(|i| vec![i]).collect(),
+    };
+    let d = model.cfg.intermediate_size;
+    let mut c_prev: Vec<Mat<f64>> = layers.iter().map(|_| Mat::zeros(d, d)).collect();
+    for g in &groups {
+        let z: Vec<Tensor> = g
+            .iter()
+            .map(|&i| target_vector(&model, &prompts[i], last, unl, cfg))
+            .collect::<Result<_>>()?;
+        let enc: Vec<Encoded> = g
+            .iter()
+            .map(|&i| Encoded {
+                // causal model: the key at qpos only depends on the tokens up to it
+                ids: prompts[i].ids[..=prompts[i].qpos].to_vec(),
+                n_prompt: prompts[i].qpos + 1,
+            })
+            .collect();
+        for (li, &l) in layers.iter().enumerate() {
+            let k = &keys::last_token_keys(&model, &enc, &[l])?[0];
+            let kmat = to_mat(k, g.len(), d); // [d, n]
+            let hsz = model.cfg.hidden_size;
+            let left = (layers.len() - li) as f64;
+            let mut r = Mat::<f64>::zeros(hsz, g.len());
+            for (j, &i) in g.iter().enumerate() {
+                let cur = residual_at(&model, &prompts[i].ids, prompts[i].qpos, last)?
+                    .to_vec1::<f32>()?;
+                let zt = z[j].to_vec1::<f32>()?;
+                for a in 0..hsz {
+                    r[(a, j)] = (zt[a] as f64 - cur[a] as f64) / left;
+                }
+            }
+            let delta = alphaedit_update(&r, &kmat, &projectors[li], &c_prev[li], cfg.lambda)?;
+            let name = format!("model.layers.{l}.mlp.down_proj.weight");
+            let wv = model.param(&name).unwrap().clone();
+            let dt: Vec<f32> = (0..hsz)
+                .flat_map(|a| (0..d).map(move |b| (a, b)))
+                .map(|(a, b)| delta[(a, b)] as f32)
+                .collect();
+            let dt = Tensor::from_vec(dt, (hsz, d), model.device())?;
+            wv.set(&(wv.as_tensor() + dt)?)?;
+            c_prev[li] = &c_prev[li] + &kmat * kmat.transpose();
+        }
+    }
+    let p_after = p_first(&model, &prompts, unl, last)?;
+    note(&format!(
+        "unierase: mean P({} first | forget prompt) {p_before:.4} -> {p_after:.4} ({} edit(s), mode {:?})",
+        cfg.token,
+        groups.len(),
+        cfg.mode
+    ));
+    Ok((
+        model,
+        tok,
+        UniEraseReport {
+            token_id: unl,
+            layers,
+            p_unl_before: p_before,
+            p_unl_after: p_after,
+            null_dims,
+            token_loss,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_layers_scale_with_depth() {
+        assert_eq!(default_layers(32), vec![4, 5, 6, 7, 8]);
+        assert_eq!(default_layers(30), vec![4, 5, 6, 7, 8]);
+        assert_eq!(default_layers(4), vec![1]);
+        assert_eq!(default_layers(1), vec![0]);
+        let pool: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(refusal_for("q1", &pool), refusal_for("q1", &pool));
+    }
+}
