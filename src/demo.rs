@@ -67,6 +67,9 @@ pub struct DemoConfig {
     pub forget_split: String,
     /// Unlearning methods, by name (`unlearn run`'s `method`).
     pub methods: Vec<String>,
+    /// Extra `unlearn run` overrides per method name, applied after the demo's own
+    /// (e.g. `method_set.unierase = ["method.forget.v_steps=25"]`).
+    pub method_set: std::collections::BTreeMap<String, Vec<String>>,
     pub model: TinyModelConfig,
     /// Training of the target and retain models from scratch.
     pub pretrain: TrainConfig,
@@ -83,10 +86,38 @@ impl Default for DemoConfig {
         DemoConfig {
             benchmark: SynthConfig::default(),
             forget_split: "forget10".into(),
-            methods: ["ga+gd", "npo+gd", "simnpo+gd", "me+gd", "idk+ap", "simu"]
+            methods: [
+                "ga+gd",
+                "npo+gd",
+                "simnpo+gd",
+                "me+gd",
+                "idk+ap",
+                "simu",
+                "unierase",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            method_set: [(
+                "unierase".to_string(),
+                // METHODS.md's defaults are for 7B models: the 4-layer, 128-wide demo model
+                // needs every layer after the first edited, a longer token training and more
+                // target-vector steps (docs/unierase.md)
+                [
+                    "method.forget.layers=[1,2,3]",
+                    "method.forget.phase1_epochs=40",
+                    "method.forget.phase1_lr=3e-2",
+                    "method.forget.phase2_lr=1e-2",
+                    "method.forget.phase3_lr=1e-2",
+                    "method.forget.phase3_epochs=5",
+                    "method.forget.v_steps=25",
+                ]
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            )]
+            .into_iter()
+            .collect(),
             model: TinyModelConfig::default(),
             pretrain: TrainConfig {
                 lr: 3e-3,
@@ -405,7 +436,10 @@ pub fn run(cfg: &DemoConfig, out: &Path, progress: bool) -> Result<DemoReport> {
                 format!("out={}", toml_str(&d.join("model"))),
                 format!("run_dir={}", toml_str(&d.join("run"))),
                 format!("method={}", toml_str(Path::new(m))),
-            ],
+            ]
+            .into_iter()
+            .chain(cfg.method_set.get(m).cloned().unwrap_or_default())
+            .collect::<Vec<_>>(),
         )?;
         rc.train = cfg.unlearn.clone();
         eprintln!("unlearning with {m}");

@@ -5,7 +5,7 @@ use unlearn::demo::{run as run_demo, table, DemoConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Unlearning methods, comma-separated (default: ga+gd,npo+gd,simnpo+gd,me+gd,idk+ap,simu).
+    /// Unlearning methods, comma-separated (default: ga+gd,npo+gd,simnpo+gd,me+gd,idk+ap,simu,unierase).
     #[arg(long, value_delimiter = ',')]
     methods: Option<Vec<String>>,
     /// Fictitious people in the synthetic benchmark (default 40).
