@@ -157,14 +157,20 @@ impl EvalConfig {
     }
 
     fn embedder_dir(&self) -> Option<PathBuf> {
-        self.embedder
-            .clone()
-            .or_else(|| std::env::var_os("UNLEARN_MINILM_DIR").map(PathBuf::from))
-            .or_else(|| {
-                let p = PathBuf::from(".cache/models/all-MiniLM-L6-v2");
-                p.exists().then_some(p)
-            })
+        embedder_dir(self.embedder.as_ref())
     }
+}
+
+/// The sentence encoder's directory: `explicit`, else $UNLEARN_MINILM_DIR, else
+/// `.cache/models/all-MiniLM-L6-v2` when present.
+pub fn embedder_dir(explicit: Option<&PathBuf>) -> Option<PathBuf> {
+    explicit
+        .cloned()
+        .or_else(|| std::env::var_os("UNLEARN_MINILM_DIR").map(PathBuf::from))
+        .or_else(|| {
+            let p = PathBuf::from(".cache/models/all-MiniLM-L6-v2");
+            p.exists().then_some(p)
+        })
 }
 
 /// A benchmark name or directory: `tofu` = $UNLEARN_TOFU_DIR, else `../shared/data/tofu`, else

@@ -1,4 +1,5 @@
 //! `unlearn`: machine unlearning for Llama-family causal language models.
+pub mod attack;
 pub mod attribution;
 pub mod bench;
 pub mod config;
@@ -7,6 +8,7 @@ pub mod demo;
 pub mod edit;
 pub mod error;
 pub mod eval;
+pub mod exclusive;
 pub mod fixture;
 pub mod generate;
 pub mod gguf;
@@ -22,6 +24,7 @@ pub mod report;
 pub mod rng;
 pub mod rundir;
 pub mod score;
+pub mod selfgen;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod train;

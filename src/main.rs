@@ -27,6 +27,11 @@ enum Cmd {
     Run(cli::run::Args),
     /// SIMU attribution: score MLP neurons on a forget set, choose critical ones, write masks.
     Attribute(cli::attribute::Args),
+    /// Exclusive Unlearning's forget corpus: the model samples freely from its chat template.
+    Selfgen(cli::selfgen::Args),
+    /// Robustness attacks on an unlearned model (relearning).
+    #[command(subcommand)]
+    Attack(cli::attack::Cmd),
     /// Evaluate a model: TOFU metrics, closer-look metrics, memorisation, MIA/PrivLeak, refusals.
     Eval(cli::eval::Args),
     /// Write a self-contained HTML report of evaluated models (forget quality vs utility, …).
@@ -48,6 +53,8 @@ fn main() {
         Cmd::Finetune(a) => cli::finetune::run(a),
         Cmd::Generate(a) => cli::generate::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
+        Cmd::Attack(c) => cli::attack::run(c),
+        Cmd::Selfgen(a) => cli::selfgen::run(a),
         Cmd::Run(a) => cli::run::run(a),
         Cmd::Attribute(a) => cli::attribute::run(a),
         Cmd::Init(a) => cli::init::run(a),

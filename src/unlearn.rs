@@ -8,7 +8,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{read_qa, Encoded, Formatter, QaItem};
+use crate::data::{read_items, read_qa, Encoded, Formatter, QaItem};
 use crate::error::{Error, Result};
 use crate::hf::ModelDir;
 use crate::model::Llama;
@@ -255,8 +255,8 @@ impl<'a> Runner<'a> {
     /// Forget tasks as lists of items.
     fn tasks(&self) -> Result<Vec<Vec<QaItem>>> {
         let mut tasks = match &self.cfg.forget {
-            Paths::One(p) => vec![read_qa(p)?],
-            Paths::Many(ps) => ps.iter().map(|p| read_qa(p)).collect::<Result<Vec<_>>>()?,
+            Paths::One(p) => vec![read_items(p)?],
+            Paths::Many(ps) => ps.iter().map(|p| read_items(p)).collect::<Result<Vec<_>>>()?,
         };
         if self.cfg.forget_tasks > 1 {
             if tasks.len() != 1 {
@@ -282,7 +282,7 @@ impl<'a> Runner<'a> {
         let refusals = crate::refusals::load(cfg.refusals.as_deref())?;
         let tasks = self.tasks()?;
         let retain_items = match (&cfg.retain, m.needs_retain()) {
-            (Some(p), _) => read_qa(p)?,
+            (Some(p), _) => read_items(p)?,
             (None, true) => {
                 return Err(Error::Invalid(format!(
                     "method retain term {:?} needs a `retain` set",

@@ -9,9 +9,20 @@ pub struct Args {
     /// HF model directory to evaluate.
     #[arg(long)]
     model: PathBuf,
-    /// `tofu` (TOFU data: $UNLEARN_TOFU_DIR or ../shared/data/tofu) or a directory in its layout.
+    /// `tofu` (TOFU data: $UNLEARN_TOFU_DIR or ../shared/data/tofu), a directory in its layout,
+    /// or `exclusive` (Exclusive Unlearning: out-of-domain loss, in-domain QA, probes under
+    /// jailbreak wrappers; give --keep, --ood and optionally --probes).
     #[arg(long, default_value = "tofu")]
     benchmark: String,
+    /// exclusive: in-domain QA set.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// exclusive: held-out out-of-domain text (.txt lines, {"text"} or QA JSONL).
+    #[arg(long)]
+    ood: Option<PathBuf>,
+    /// exclusive: probe set (QA JSONL of requests with reference answers; default built in).
+    #[arg(long)]
+    probes: Option<PathBuf>,
     /// Forget split (forget01, forget05, forget10, …).
     #[arg(long, default_value = "forget10")]
     forget_split: String,
@@ -44,6 +55,9 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if a.benchmark == "exclusive" {
+        return exclusive(a);
+    }
     let mut cfg: EvalConfig = unlearn::config::load(a.config.as_deref(), &a.set)?;
     cfg.data = resolve_benchmark(&a.benchmark)?;
     cfg.forget_split = a.forget_split;
@@ -105,6 +119,43 @@ pub fn run(a: Args) -> Result<()> {
         "wrote {} ({:.1}s)",
         a.out.join(unlearn::eval::EVAL_FILE).display(),
         start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn exclusive(a: Args) -> Result<()> {
+    use unlearn::exclusive::{evaluate, ExclusiveEvalConfig};
+    let mut cfg: ExclusiveEvalConfig = unlearn::config::load(a.config.as_deref(), &a.set)?;
+    for (slot, v) in [
+        (&mut cfg.keep, a.keep),
+        (&mut cfg.ood, a.ood),
+        (&mut cfg.probes, a.probes),
+        (&mut cfg.embedder, a.embedder),
+    ] {
+        if v.is_some() {
+            *slot = v;
+        }
+    }
+    anyhow::ensure!(
+        cfg.keep.is_some() || cfg.ood.is_some(),
+        "--benchmark exclusive needs --keep (in-domain QA) and/or --ood (out-of-domain text)"
+    );
+    let dev = unlearn::device(&a.device)?;
+    let md = ModelDir::load(&a.model, &dev)?;
+    unlearn::rundir::write_run_info(&a.out, "eval-exclusive", 0, &cfg)?;
+    let start = std::time::Instant::now();
+    let s = evaluate(&md.model, &md.tok, &cfg, &a.out, true)?;
+    for (k, v) in &s {
+        match v.as_f64() {
+            Some(x) => println!("{k:<32} {x:.4}"),
+            None => println!("{k:<32} skipped"),
+        }
+    }
+    println!(
+        "ln(vocab) = {:.4}; {:.0}s; results in {}",
+        (md.model.cfg.vocab_size as f64).ln(),
+        start.elapsed().as_secs_f64(),
+        a.out.display()
     );
     Ok(())
 }

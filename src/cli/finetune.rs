@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use unlearn::data::{read_qa, Formatter};
+use unlearn::data::{read_items, Formatter};
 use unlearn::hf::ModelDir;
 use unlearn::train::{finetune, TrainConfig};
 
@@ -9,7 +9,8 @@ use unlearn::train::{finetune, TrainConfig};
 pub struct Args {
     #[arg(long)]
     model: PathBuf,
-    /// QA data (JSON array or JSONL with `question` and `answer`).
+    /// QA data (JSON array or JSONL with `question` and `answer`), or text (`{"text": …}` lines
+    /// or a .txt file, one text per line).
     #[arg(long)]
     data: PathBuf,
     /// Where the fine-tuned HF directory is written (atomically).
@@ -37,7 +38,7 @@ pub fn run(a: Args) -> Result<()> {
     let dev = unlearn::device(&a.device)?;
     let md =
         ModelDir::load(&a.model, &dev).with_context(|| format!("loading {}", a.model.display()))?;
-    let items = read_qa(&a.data)?;
+    let items = read_items(&a.data)?;
     let f = Formatter::new(&md.tok, cfg.prompt, cfg.max_len)?;
     let data = items
         .iter()

@@ -1,3 +1,4 @@
+pub mod attack;
 pub mod attribute;
 pub mod bench;
 pub mod demo;
@@ -8,6 +9,7 @@ pub mod import;
 pub mod init;
 pub mod report;
 pub mod run;
+pub mod selfgen;
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`; None elsewhere).
 pub fn peak_rss_mib() -> Option<f64> {

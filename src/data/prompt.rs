@@ -80,6 +80,9 @@ impl<'a> Formatter<'a> {
     /// jointly with the prompt when that keeps the prompt's tokens unchanged (so the answer's
     /// first token is the one the model would produce), else separately.
     pub fn encode_qa(&self, q: &str, a: &str) -> Result<Encoded> {
+        if q.is_empty() && !self.chat {
+            return self.encode_text(a);
+        }
         let prompt = self.encode_prompt(q)?;
         let ptext = self.prompt_text(q)?;
         let sep = if self.chat { "" } else { " " };
@@ -109,6 +112,20 @@ impl<'a> Formatter<'a> {
             ids,
             n_prompt: prompt.len(),
         })
+    }
+}
+
+impl Formatter<'_> {
+    /// Encode unprompted text (plain style, empty question): the tokenizer's own special tokens
+    /// (BOS where the model uses one) ⊕ text ⊕ EOS, every token after the first a label.
+    pub fn encode_text(&self, a: &str) -> Result<Encoded> {
+        let mut ids = self.tok.encode(a, true)?;
+        if ids.is_empty() {
+            return Err(Error::Invalid(format!("text {a:?} has no tokens")));
+        }
+        ids.truncate(self.max_len.saturating_sub(1).max(1));
+        ids.push(self.tok.eos_id);
+        Ok(Encoded { ids, n_prompt: 1 })
     }
 }
 

@@ -53,6 +53,68 @@ fn check(item: &QaItem) -> std::result::Result<(), String> {
 /// Read a QA file: a JSON array (errors name the element index as `item N` and the line where the
 /// parser stopped) or JSONL (errors name the line). Blank lines are skipped.
 pub fn read_qa(path: &Path) -> Result<Vec<QaItem>> {
+    read(path, false)
+}
+
+/// Read a training corpus: QA items as [`read_qa`], plus plain text. A `{"text": …}` object, or
+/// each non-empty line of a `.txt` file, becomes an item with an empty question, which the
+/// formatter encodes as text the model says unprompted (an empty user turn under a chat template;
+/// the bare text in the plain style), every token a label. QA items may also leave the question
+/// empty.
+pub fn read_items(path: &Path) -> Result<Vec<QaItem>> {
+    if path.extension().is_some_and(|e| e == "txt") {
+        let items: Vec<QaItem> = read_to_string(path)?
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| QaItem::text(l.trim()))
+            .collect();
+        if items.is_empty() {
+            return Err(Error::Data {
+                path: path.to_path_buf(),
+                line: 0,
+                msg: "the file has no text".into(),
+            });
+        }
+        return Ok(items);
+    }
+    read(path, true)
+}
+
+impl QaItem {
+    /// An unprompted text (empty question).
+    pub fn text(t: &str) -> QaItem {
+        QaItem {
+            question: String::new(),
+            answer: t.to_string(),
+            paraphrased_answer: None,
+            perturbed_answer: vec![],
+            paraphrased_question: None,
+        }
+    }
+}
+
+fn parse_item(v: serde_json::Value, texts: bool) -> std::result::Result<QaItem, String> {
+    if texts {
+        if let Some(t) = v.get("text").filter(|_| v.get("question").is_none()) {
+            let t = t.as_str().ok_or("`text` is not a string")?;
+            if t.trim().is_empty() {
+                return Err("empty `text`".into());
+            }
+            return Ok(QaItem::text(t));
+        }
+    }
+    let item: QaItem = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    if texts && item.question.trim().is_empty() {
+        if item.answer.trim().is_empty() {
+            return Err("empty `answer`".into());
+        }
+        return Ok(item);
+    }
+    check(&item)?;
+    Ok(item)
+}
+
+fn read(path: &Path, texts: bool) -> Result<Vec<QaItem>> {
     let text = read_to_string(path)?;
     let err = |line: usize, msg: String| Error::Data {
         path: path.to_path_buf(),
@@ -66,9 +128,7 @@ pub fn read_qa(path: &Path) -> Result<Vec<QaItem>> {
             serde_json::from_str(&text).map_err(|e| err(e.line(), format!("invalid JSON: {e}")))?;
         // Line of each element: find the start of each top-level element by re-scanning.
         for (i, v) in values.into_iter().enumerate() {
-            let item: QaItem =
-                serde_json::from_value(v).map_err(|e| err(0, format!("item {i}: {e}")))?;
-            check(&item).map_err(|m| err(0, format!("item {i}: {m}")))?;
+            let item = parse_item(v, texts).map_err(|m| err(0, format!("item {i}: {m}")))?;
             out.push(item);
         }
     } else {
@@ -76,9 +136,9 @@ pub fn read_qa(path: &Path) -> Result<Vec<QaItem>> {
             if line.trim().is_empty() {
                 continue;
             }
-            let item: QaItem = serde_json::from_str(line).map_err(|e| err(i + 1, e.to_string()))?;
-            check(&item).map_err(|m| err(i + 1, m))?;
-            out.push(item);
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| err(i + 1, e.to_string()))?;
+            out.push(parse_item(v, texts).map_err(|m| err(i + 1, m))?);
         }
     }
     if out.is_empty() {
@@ -115,6 +175,24 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains(":1: empty `answer`"));
+    }
+
+    #[test]
+    fn reads_texts_for_training() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.jsonl");
+        std::fs::write(&p, "{\"text\":\"Once upon a time.\"}\n{\"question\":\"\",\"answer\":\"Hello.\"}\n{\"question\":\"q\",\"answer\":\"a\"}\n").unwrap();
+        let v = read_items(&p).unwrap();
+        assert_eq!(v[0], QaItem::text("Once upon a time."));
+        assert_eq!(v[1], QaItem::text("Hello."));
+        assert_eq!(v[2].question, "q");
+        // evaluation data keeps requiring questions
+        assert!(read_qa(&p).is_err());
+        std::fs::write(&p, "{\"text\":\" \"}\n").unwrap();
+        assert!(read_items(&p).unwrap_err().to_string().contains(":1: empty `text`"));
+        let t = dir.path().join("d.txt");
+        std::fs::write(&t, "line one\n\nline two\n").unwrap();
+        assert_eq!(read_items(&t).unwrap().len(), 2);
     }
 
     #[test]

@@ -177,6 +177,8 @@ pub const NAMED: &[&str] = &[
     "so-graddiff",
     "simu",
     "unierase",
+    "exclusive",
+    "exclusive-negce",
 ];
 
 impl MethodConfig {
@@ -201,6 +203,26 @@ impl MethodConfig {
                     OptimizerKind::Sophia,
                     Some(SimuSelect::default()),
                 ))
+            }
+            // Exclusive Unlearning: λ·nll_mean(keep) + (1−λ)·uniform_ce(self-generated), λ = 0.6;
+            // the forget set is the self-generated corpus, the retain set the keep corpus, so
+            // λ is `alpha` and 1−λ is `gamma`. The Neg-CE ablation ascends the NLL instead.
+            "exclusive" | "exclusive-negce" => {
+                return Ok(MethodConfig {
+                    forget: if n == "exclusive" {
+                        ForgetTerm::Me {
+                            divergence: Divergence::UniformCe,
+                            positions: Positions::PromptAndAnswer,
+                        }
+                    } else {
+                        ForgetTerm::Ga
+                    },
+                    retain: RetainTerm::Gd,
+                    gamma: 0.4,
+                    alpha: 0.6,
+                    optimizer: None,
+                    simu: None,
+                })
             }
             _ => {}
         }
