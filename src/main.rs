@@ -23,7 +23,8 @@ enum Cmd {
     Import(cli::import::Args),
     /// Fine-tune a model on a QA dataset (JSON/JSONL with `question`/`answer`).
     Finetune(cli::finetune::Args),
-    /// Unlearn a forget set with one method (GA, NPO, SimNPO, IDK, DPO, ME, RMU, WGA + GD/KL/AP).
+    /// Unlearn a forget set with one method (GA, NPO, SimNPO, IDK, DPO, ME, RMU, WGA + GD/KL/AP;
+    /// SIMU, UniErase, Exclusive Unlearning).
     Run(cli::run::Args),
     /// SIMU attribution: score MLP neurons on a forget set, choose critical ones, write masks.
     Attribute(cli::attribute::Args),
