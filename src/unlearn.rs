@@ -860,16 +860,10 @@ pub fn count_changed_grown(orig: &Llama, new: &Llama) -> Result<usize> {
 fn run_unierase(
     cfg: &RunConfig,
     uc: &crate::edit::unierase::UniEraseConfig,
+    md: &ModelDir,
+    run_dir: &Path,
     progress: bool,
 ) -> Result<RunReport> {
-    let run_dir = cfg
-        .run_dir
-        .clone()
-        .unwrap_or_else(|| crate::rundir::default_for(&cfg.out));
-    check_writable(&cfg.out)?;
-    let dev = crate::device(&cfg.device)?;
-    let md = ModelDir::load(&cfg.model, &dev)?;
-    crate::rundir::write_run_info(&run_dir, "run", cfg.train.seed, cfg)?;
     let note = |s: &str| {
         if progress {
             eprintln!("{s}");
@@ -948,9 +942,6 @@ fn run_unierase(
 
 /// Validate and run: writes run.json before starting, the model at the end (atomically).
 pub fn run(cfg: &RunConfig, progress: bool) -> Result<RunReport> {
-    if let ForgetTerm::Unierase(uc) = &cfg.method.forget {
-        return run_unierase(cfg, uc, progress);
-    }
     let run_dir = cfg
         .run_dir
         .clone()
@@ -959,6 +950,9 @@ pub fn run(cfg: &RunConfig, progress: bool) -> Result<RunReport> {
     let dev = crate::device(&cfg.device)?;
     let md = ModelDir::load(&cfg.model, &dev)?;
     crate::rundir::write_run_info(&run_dir, "run", cfg.train.seed, cfg)?;
+    if let ForgetTerm::Unierase(uc) = &cfg.method.forget {
+        return run_unierase(cfg, uc, &md, &run_dir, progress);
+    }
     let runner = Runner {
         cfg,
         md: &md,
