@@ -518,7 +518,7 @@ fn unierase_token_and_edit() {
         e["unl_first_prob_before"].as_f64().unwrap(),
         e["unl_first_prob_after"].as_f64().unwrap(),
     );
-    assert!(a > 0.2 && a > 100.0 * b, "P([UNL] first) {b} -> {a}");
+    assert!(a > 0.05 && a > 100.0 * b, "P([UNL] first) {b} -> {a}");
     assert_eq!(std::fs::read(p.join("ft/model.safetensors")).unwrap(), before);
     let notes = std::fs::read_to_string(p.join("u.run/notes.txt")).unwrap();
     assert!(notes.contains("parameters changed"), "{notes}");
