@@ -83,7 +83,7 @@ pub fn selfgen(
             "selfgen: count must be positive and turns non-empty".into(),
         ));
     }
-    if !(cfg.temperature > 0.0) {
+    if cfg.temperature.is_nan() || cfg.temperature <= 0.0 {
         return Err(Error::Invalid(format!(
             "selfgen: temperature {} must be positive (free sampling)",
             cfg.temperature

@@ -275,9 +275,8 @@ fn question_end(f: &Formatter, q: &str, ids: &[u32]) -> Result<usize> {
         .get_offsets()
         .iter()
         .enumerate()
-        .filter(|(_, (a, b))| b > a && *a < end)
-        .map(|(i, _)| i)
-        .last();
+        .rfind(|(_, (a, b))| b > a && *a < end)
+        .map(|(i, _)| i);
     Ok(pos.unwrap_or(ids.len() - 1))
 }
 
@@ -322,7 +321,7 @@ fn last_logprobs_with(
         },
     )?;
     let logits = o.logits.unwrap().squeeze(0)?.get(t - 1)?;
-    Ok(crate::ops::log_softmax_last_dim(&logits)?)
+    crate::ops::log_softmax_last_dim(&logits)
 }
 
 /// z = h + δ at the last edit layer: δ maximises log P(unl | prompt) − kl·KL(p₀ ‖ p_δ) on the
@@ -532,7 +531,7 @@ pub fn unierase(
     for (i, m) in moments.iter().enumerate() {
         let mut c = m.mean();
         for extra in [&tok_moments, &retain_moments].into_iter().flatten() {
-            c = c + extra[i].mean();
+            c += extra[i].mean();
         }
         let (p, k) = null_space_projector(&c, cfg.null_threshold)?;
         projectors.push(p);
