@@ -496,9 +496,32 @@ fn continual_tasks_and_bad_configs() {
 /// weights change, the input model stays as it was, and generation strips the token.
 #[test]
 fn unierase_token_and_edit() {
+    for untied in [false, true] {
+        unierase_case(untied);
+    }
+}
+
+fn unierase_case(untied: bool) {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     setup(p);
+    if untied {
+        // the same pairs memorised by a model with a separate LM head
+        ok(
+            &[
+                "init", "--out", "tiny", "--hidden", "64", "--layers", "2", "--seed", "1",
+                "--untied",
+            ],
+            p,
+        );
+        ok(
+            &[
+                "finetune", "--model", "tiny", "--data", "all.jsonl", "--out", "ft", "--set",
+                "lr=3e-3", "--set", "epochs=80", "--set", "batch_size=4",
+            ],
+            p,
+        );
+    }
     let before = std::fs::read(p.join("ft/model.safetensors")).unwrap();
     let e = unlearn(
         p,
@@ -518,7 +541,15 @@ fn unierase_token_and_edit() {
         e["unl_first_prob_before"].as_f64().unwrap(),
         e["unl_first_prob_after"].as_f64().unwrap(),
     );
-    assert!(a > 0.05 && a > 100.0 * b, "P([UNL] first) {b} -> {a}");
+    assert!(a > 0.05 && a > 100.0 * b, "P([UNL] first) {b} -> {a} (untied: {untied})");
+    assert_eq!(
+        unlearn::hf::ModelDir::load(&p.join("u"), &candle_core::Device::Cpu)
+            .unwrap()
+            .model
+            .param("lm_head.weight")
+            .is_some(),
+        untied
+    );
     assert_eq!(std::fs::read(p.join("ft/model.safetensors")).unwrap(), before);
     let notes = std::fs::read_to_string(p.join("u.run/notes.txt")).unwrap();
     assert!(notes.contains("parameters changed"), "{notes}");
@@ -538,7 +569,7 @@ fn unierase_token_and_edit() {
         let changed: Vec<usize> = (0..yr.len())
             .filter(|&i| xr.get(i) != Some(&yr[i]))
             .collect();
-        if n == "model.embed_tokens.weight" {
+        if n == "model.embed_tokens.weight" || n == "lm_head.weight" {
             assert_eq!(changed, vec![unl], "{n}");
         } else if n.contains("mlp.down_proj") {
             assert!(!changed.is_empty(), "{n}");

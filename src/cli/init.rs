@@ -22,6 +22,9 @@ pub struct Args {
     vocab: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// A separate LM head (`lm_head.weight`) instead of tied embeddings.
+    #[arg(long)]
+    untied: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -32,6 +35,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut cfg =
         unlearn::model::LlamaConfig::tiny(a.vocab, a.hidden, a.layers, a.heads, a.kv_heads);
     cfg.eos_token_ids = vec![258];
+    cfg.tie_word_embeddings = !a.untied;
     if let Some(i) = a.intermediate {
         cfg.intermediate_size = i;
     }
