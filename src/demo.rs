@@ -101,8 +101,9 @@ impl Default for DemoConfig {
             method_set: [(
                 "unierase".to_string(),
                 // METHODS.md's defaults are for 7B models: the 4-layer, 128-wide demo model
-                // needs every layer after the first edited, a longer token training and more
-                // target-vector steps (docs/unierase.md)
+                // needs every layer after the first edited, a longer token training, more
+                // target-vector steps, a weaker ridge, and no closing [UNL] (its tied row would
+                // otherwise follow ordinary answers too): docs/unierase.md
                 [
                     "method.forget.layers=[1,2,3]",
                     "method.forget.phase1_epochs=40",
@@ -111,6 +112,8 @@ impl Default for DemoConfig {
                     "method.forget.phase3_lr=1e-2",
                     "method.forget.phase3_epochs=5",
                     "method.forget.v_steps=25",
+                    "method.forget.lambda=1",
+                    "method.forget.closing_token=false",
                 ]
                 .iter()
                 .map(|s| s.to_string())

@@ -81,6 +81,9 @@ pub struct UniEraseConfig {
     /// ‖δ‖ ≤ clamp_norm · ‖h‖.
     pub clamp_norm: f64,
     pub key_token: KeyToken,
+    /// Train the closing [UNL] after the refusal (METHODS.md). With tied embeddings this also
+    /// raises the [UNL] logit after ordinary answers; `false` trains r ⊕ EOS only.
+    pub closing_token: bool,
     /// Protect the keys of the token-training sequences from the [UNL] position on.
     pub protect_token: bool,
     /// Protect the keys at the last prompt token of the retain questions (up to
@@ -115,6 +118,7 @@ impl Default for UniEraseConfig {
             kl_weight: 0.0625,
             clamp_norm: 0.75,
             key_token: KeyToken::PromptEnd,
+            closing_token: true,
             protect_token: true,
             protect_retain_prompts: true,
             mode: EditMode::Batch,
@@ -139,13 +143,15 @@ pub fn refusal_for<'a>(q: &str, pool: &'a [String]) -> &'a str {
 }
 
 /// prompt ⊕ [UNL] ⊕ r ⊕ [UNL] ⊕ EOS with labels on r ⊕ [UNL] ⊕ EOS.
-fn token_item(f: &Formatter, q: &str, r: &str, unl: u32) -> Result<Encoded> {
+fn token_item(f: &Formatter, q: &str, r: &str, unl: u32, closing: bool) -> Result<Encoded> {
     let mut ids = f.encode_prompt(q)?;
     ids.push(unl);
     let n_prompt = ids.len();
     let sep = if f.uses_chat() { "" } else { " " };
     ids.extend(f.tok.encode(&format!("{sep}{r}"), false)?);
-    ids.push(unl);
+    if closing {
+        ids.push(unl);
+    }
     ids.push(f.tok.eos_id);
     Ok(Encoded { ids, n_prompt })
 }
@@ -486,9 +492,9 @@ pub fn unierase(
     let mut phase2 = vec![];
     for it in forget {
         let r = refusal_for(&it.question, refusals);
-        phase1.push(token_item(&plain, &it.question, r, unl)?);
+        phase1.push(token_item(&plain, &it.question, r, unl, cfg.closing_token)?);
         if auto.uses_chat() {
-            phase2.push(token_item(&auto, &it.question, r, unl)?);
+            phase2.push(token_item(&auto, &it.question, r, unl, cfg.closing_token)?);
         }
     }
     phase2.extend(phase1.iter().cloned());
