@@ -950,6 +950,11 @@ pub fn run(cfg: &RunConfig, progress: bool) -> Result<RunReport> {
     let dev = crate::device(&cfg.device)?;
     let md = ModelDir::load(&cfg.model, &dev)?;
     crate::rundir::write_run_info(&run_dir, "run", cfg.train.seed, cfg)?;
+    // notes.txt is appended to during the run: start it afresh when the run dir is reused
+    let notes = run_dir.join("notes.txt");
+    if notes.exists() {
+        std::fs::remove_file(&notes).map_err(|e| Error::io(&notes, e))?;
+    }
     if let ForgetTerm::Unierase(uc) = &cfg.method.forget {
         return run_unierase(cfg, uc, &md, &run_dir, progress);
     }
