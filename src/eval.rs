@@ -1163,5 +1163,8 @@ fn dir_entries(model_dir: &Path) -> Result<Vec<String>> {
 /// A fingerprint of a model directory's files (names, sizes, modification times).
 pub fn dir_fingerprint(model_dir: &Path) -> Result<String> {
     let e = dir_entries(model_dir)?;
-    Ok(format!("{:016x}", crate::rng::hash_bytes(e.join(",").as_bytes())))
+    Ok(format!(
+        "{:016x}",
+        crate::rng::hash_bytes(e.join(",").as_bytes())
+    ))
 }

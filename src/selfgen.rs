@@ -94,7 +94,11 @@ pub fn selfgen(
         if turn.is_empty() && !f.uses_chat() {
             // no template: start from the tokenizer's own specials (BOS) or EOS as a separator
             let ids = tok.encode("", true)?;
-            return Ok(if ids.is_empty() { vec![tok.eos_id] } else { ids });
+            return Ok(if ids.is_empty() {
+                vec![tok.eos_id]
+            } else {
+                ids
+            });
         }
         f.encode_prompt(turn)
     };

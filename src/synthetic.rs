@@ -356,12 +356,7 @@ pub fn generate(cfg: &SynthConfig) -> Benchmark {
         .flat_map(|f| LAST.iter().map(move |l| format!("{f} {l}")))
         .collect();
     Rng::for_item(cfg.seed, "names", 0).shuffle(&mut names);
-    let unknown_names: Vec<String> = names
-        .iter()
-        .skip(total)
-        .take(n_unknown)
-        .cloned()
-        .collect();
+    let unknown_names: Vec<String> = names.iter().skip(total).take(n_unknown).cloned().collect();
     let names = &names[..total.min(names.len())];
     let person_items: Vec<Vec<QaItem>> = names
         .iter()
@@ -518,7 +513,10 @@ mod tests {
             assert!(crate::refusals::REFUSALS.contains(&i.answer.as_str()));
             let known = names_of("full");
             let held = names_of("holdout10");
-            assert!(!known.iter().chain(&held).any(|n| i.question.contains(n.as_str())));
+            assert!(!known
+                .iter()
+                .chain(&held)
+                .any(|n| i.question.contains(n.as_str())));
         }
         for i in b.get("forget10_perturbed").unwrap() {
             assert_eq!(i.perturbed_answer.len(), 3);

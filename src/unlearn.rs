@@ -256,7 +256,10 @@ impl<'a> Runner<'a> {
     fn tasks(&self) -> Result<Vec<Vec<QaItem>>> {
         let mut tasks = match &self.cfg.forget {
             Paths::One(p) => vec![read_items(p)?],
-            Paths::Many(ps) => ps.iter().map(|p| read_items(p)).collect::<Result<Vec<_>>>()?,
+            Paths::Many(ps) => ps
+                .iter()
+                .map(|p| read_items(p))
+                .collect::<Result<Vec<_>>>()?,
         };
         if self.cfg.forget_tasks > 1 {
             if tasks.len() != 1 {
@@ -850,7 +853,11 @@ pub fn count_changed_grown(orig: &Llama, new: &Llama) -> Result<usize> {
         } else {
             (a.clone(), b.clone())
         };
-        n += a.ne(&b)?.to_dtype(candle_core::DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
+        n += a
+            .ne(&b)?
+            .to_dtype(candle_core::DType::F32)?
+            .sum_all()?
+            .to_scalar::<f32>()? as usize;
     }
     Ok(n)
 }
@@ -910,7 +917,10 @@ fn run_unierase(
     // the same line as other methods' evaluations, plus the token probabilities
     let f = Formatter::new(&tok, cfg.train.prompt, cfg.train.max_len)?;
     let enc = |items: &[QaItem]| -> Result<Vec<Encoded>> {
-        items.iter().map(|it| f.encode_qa(&it.question, &it.answer)).collect()
+        items
+            .iter()
+            .map(|it| f.encode_qa(&it.question, &it.answer))
+            .collect()
     };
     let bs = cfg.train.batch_size.max(1);
     let mut line = serde_json::json!({
@@ -922,12 +932,19 @@ fn run_unierase(
     });
     if let Some(ec) = &cfg.eval {
         let out = run_dir.join("eval");
-        let o = crate::eval::Evaluator::new(&model, &tok, ec, progress)?.run(Some(&out), None, true)?;
+        let o =
+            crate::eval::Evaluator::new(&model, &tok, ec, progress)?.run(Some(&out), None, true)?;
         line["eval"] = serde_json::Value::Object(o.summary);
     }
     let p = run_dir.join("eval_log.jsonl");
     std::fs::write(&p, format!("{line}\n")).map_err(|e| Error::io(&p, e))?;
-    crate::hf::save_model(&model, &tok, Some(&md.config_json), &md.side_files, &cfg.out)?;
+    crate::hf::save_model(
+        &model,
+        &tok,
+        Some(&md.config_json),
+        &md.side_files,
+        &cfg.out,
+    )?;
     Ok(RunReport {
         tasks: 1,
         steps: 0,

@@ -516,8 +516,19 @@ fn unierase_case(untied: bool) {
         );
         ok(
             &[
-                "finetune", "--model", "tiny", "--data", "all.jsonl", "--out", "ft", "--set",
-                "lr=3e-3", "--set", "epochs=80", "--set", "batch_size=4",
+                "finetune",
+                "--model",
+                "tiny",
+                "--data",
+                "all.jsonl",
+                "--out",
+                "ft",
+                "--set",
+                "lr=3e-3",
+                "--set",
+                "epochs=80",
+                "--set",
+                "batch_size=4",
             ],
             p,
         );
@@ -541,7 +552,10 @@ fn unierase_case(untied: bool) {
         e["unl_first_prob_before"].as_f64().unwrap(),
         e["unl_first_prob_after"].as_f64().unwrap(),
     );
-    assert!(a > 0.05 && a > 100.0 * b, "P([UNL] first) {b} -> {a} (untied: {untied})");
+    assert!(
+        a > 0.05 && a > 100.0 * b,
+        "P([UNL] first) {b} -> {a} (untied: {untied})"
+    );
     assert_eq!(
         unlearn::hf::ModelDir::load(&p.join("u"), &candle_core::Device::Cpu)
             .unwrap()
@@ -550,20 +564,35 @@ fn unierase_case(untied: bool) {
             .is_some(),
         untied
     );
-    assert_eq!(std::fs::read(p.join("ft/model.safetensors")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(p.join("ft/model.safetensors")).unwrap(),
+        before
+    );
     let notes = std::fs::read_to_string(p.join("u.run/notes.txt")).unwrap();
     assert!(notes.contains("parameters changed"), "{notes}");
-    assert!(p.join("stats").read_dir().unwrap().count() == 1, "second moments cached");
+    assert!(
+        p.join("stats").read_dir().unwrap().count() == 1,
+        "second moments cached"
+    );
     let x = unlearn::hf::ModelDir::load(&p.join("ft"), &candle_core::Device::Cpu).unwrap();
     let y = unlearn::hf::ModelDir::load(&p.join("u"), &candle_core::Device::Cpu).unwrap();
     // a padded vocabulary reuses a spare row; otherwise the embedding grows by one
-    let unl = y.tok.inner.token_to_id("<unlearn_0>").expect("token in the tokenizer") as usize;
+    let unl = y
+        .tok
+        .inner
+        .token_to_id("<unlearn_0>")
+        .expect("token in the tokenizer") as usize;
     assert_eq!(y.model.cfg.vocab_size, x.model.cfg.vocab_size.max(unl + 1));
     let tj = std::fs::read_to_string(p.join("u/tokenizer.json")).unwrap();
     assert!(tj.contains("<unlearn_0>"));
     for ((n, xa), (_, ya)) in x.model.params().iter().zip(y.model.params()) {
         let rows = |t: &candle_core::Tensor| -> Vec<Vec<f32>> {
-            t.flatten_to(0).unwrap().reshape((t.dim(0).unwrap(), ())).unwrap().to_vec2().unwrap()
+            t.flatten_to(0)
+                .unwrap()
+                .reshape((t.dim(0).unwrap(), ()))
+                .unwrap()
+                .to_vec2()
+                .unwrap()
         };
         let (xr, yr) = (rows(xa.as_tensor()), rows(ya.as_tensor()));
         let changed: Vec<usize> = (0..yr.len())
@@ -580,10 +609,30 @@ fn unierase_case(untied: bool) {
     // the edited model's greedy answer to a forget question: never the token itself
     let q = "Code for apple?";
     let shown = ok(
-        &["generate", "--model", "u", "--prompt", q, "--max-new-tokens", "12", "--show-special"],
+        &[
+            "generate",
+            "--model",
+            "u",
+            "--prompt",
+            q,
+            "--max-new-tokens",
+            "12",
+            "--show-special",
+        ],
         p,
     );
-    let plain = ok(&["generate", "--model", "u", "--prompt", q, "--max-new-tokens", "12"], p);
+    let plain = ok(
+        &[
+            "generate",
+            "--model",
+            "u",
+            "--prompt",
+            q,
+            "--max-new-tokens",
+            "12",
+        ],
+        p,
+    );
     assert!(!plain.contains("<unlearn_0>"), "{plain}");
     if shown.contains("<unlearn_0>") {
         assert_ne!(shown, plain);

@@ -88,7 +88,10 @@ pub fn run(c: Cmd) -> Result<()> {
     if let Some(o) = rep.original {
         println!("{:<12} {:>10.4} {:>10.4}", "original", o.prob, o.loss);
     }
-    println!("{:<12} {:>10.4} {:>10.4}", "unlearned", rep.before.prob, rep.before.loss);
+    println!(
+        "{:<12} {:>10.4} {:>10.4}",
+        "unlearned", rep.before.prob, rep.before.loss
+    );
     println!(
         "{:<12} {:>10.4} {:>10.4}",
         format!("relearned"),
@@ -96,7 +99,10 @@ pub fn run(c: Cmd) -> Result<()> {
         rep.after.loss
     );
     if let Some(r) = rep.recovered {
-        println!("recovered share of the forgotten probability: {:.1}%", 100.0 * r);
+        println!(
+            "recovered share of the forgotten probability: {:.1}%",
+            100.0 * r
+        );
     }
     println!(
         "{} steps on {} items; evaluated on {} items; model in {}, report in {}",

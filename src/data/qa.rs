@@ -189,7 +189,10 @@ mod tests {
         // evaluation data keeps requiring questions
         assert!(read_qa(&p).is_err());
         std::fs::write(&p, "{\"text\":\" \"}\n").unwrap();
-        assert!(read_items(&p).unwrap_err().to_string().contains(":1: empty `text`"));
+        assert!(read_items(&p)
+            .unwrap_err()
+            .to_string()
+            .contains(":1: empty `text`"));
         let t = dir.path().join("d.txt");
         std::fs::write(&t, "line one\n\nline two\n").unwrap();
         assert_eq!(read_items(&t).unwrap().len(), 2);

@@ -58,7 +58,14 @@ pub fn second_moments(
     batch_size: usize,
     pad_id: u32,
 ) -> Result<Vec<SecondMoment>> {
-    second_moments_from(model, texts, &vec![0; texts.len()], layers, batch_size, pad_id)
+    second_moments_from(
+        model,
+        texts,
+        &vec![0; texts.len()],
+        layers,
+        batch_size,
+        pad_id,
+    )
 }
 
 /// As [`second_moments`], counting only positions `starts[i]..` of text i (e.g. what follows a

@@ -132,7 +132,9 @@ impl Default for UniEraseConfig {
 
 /// Default edit layers: 5 of 32 starting at 4, scaled to `n` layers (at least one).
 pub fn default_layers(n: usize) -> Vec<usize> {
-    let count = ((5.0 * n as f64 / 32.0).round() as usize).clamp(1, 5).min(n);
+    let count = ((5.0 * n as f64 / 32.0).round() as usize)
+        .clamp(1, 5)
+        .min(n);
     let start = ((4.0 * n as f64 / 32.0).round() as usize).min(n - count);
     (start..start + count).collect()
 }
@@ -223,7 +225,8 @@ fn train_token(
                         .clone();
                     let orig = w.as_tensor().copy()?;
                     let std = orig.abs()?.mean_all()?.to_scalar::<f32>()? as f64;
-                    let mut rng = Rng::for_item(seed, "unierase-noise", (epoch * 100_000 + s) as u64);
+                    let mut rng =
+                        Rng::for_item(seed, "unierase-noise", (epoch * 100_000 + s) as u64);
                     let n: Vec<f32> = (0..orig.elem_count())
                         .map(|_| (rng.normal() * std).clamp(-std, std) as f32)
                         .collect();
@@ -239,7 +242,10 @@ fn train_token(
             last = loss.to_scalar::<f32>()? as f64;
             crate::train::check_finite(last, s, &None)?;
             let g = loss.backward()?;
-            let grads: Vec<_> = params.iter().map(|(_, p)| g.get(p.as_tensor()).cloned()).collect();
+            let grads: Vec<_> = params
+                .iter()
+                .map(|(_, p)| g.get(p.as_tensor()).cloned())
+                .collect();
             opt.step(&grads, lr, 1.0)?;
             if let Some((w, orig)) = saved {
                 w.set(&orig)?;
@@ -500,12 +506,45 @@ pub fn unierase(
     phase2.extend(phase1.iter().cloned());
     let bs = cfg.token_batch_size;
     let mut token_loss = vec![];
-    token_loss.push(train_token(&model, tok.pad_id, &phase1, unl, cfg.phase1_epochs, cfg.phase1_lr, bs, None, seed)?);
-    token_loss.push(train_token(&model, tok.pad_id, &phase2, unl, cfg.phase2_epochs, cfg.phase2_lr, bs, None, seed)?);
+    token_loss.push(train_token(
+        &model,
+        tok.pad_id,
+        &phase1,
+        unl,
+        cfg.phase1_epochs,
+        cfg.phase1_lr,
+        bs,
+        None,
+        seed,
+    )?);
+    token_loss.push(train_token(
+        &model,
+        tok.pad_id,
+        &phase2,
+        unl,
+        cfg.phase2_epochs,
+        cfg.phase2_lr,
+        bs,
+        None,
+        seed,
+    )?);
     for &l in &layers {
-        token_loss.push(train_token(&model, tok.pad_id, &phase2, unl, cfg.phase3_epochs, cfg.phase3_lr, bs, Some(l), seed)?);
+        token_loss.push(train_token(
+            &model,
+            tok.pad_id,
+            &phase2,
+            unl,
+            cfg.phase3_epochs,
+            cfg.phase3_lr,
+            bs,
+            Some(l),
+            seed,
+        )?);
     }
-    note(&format!("unierase: token {} = id {unl}; training loss per phase {token_loss:?}", cfg.token));
+    note(&format!(
+        "unierase: token {} = id {unl}; training loss per phase {token_loss:?}",
+        cfg.token
+    ));
 
     // Null-space projectors. Protected: the general corpus; with `protect_token`, what the
     // token training established (keys from the [UNL] position on of q ⊕ [UNL] ⊕ r ⊕ [UNL]),
@@ -515,7 +554,9 @@ pub fn unierase(
     let tok_moments = if cfg.protect_token {
         let texts: Vec<Vec<u32>> = phase2.iter().map(|e| e.ids.clone()).collect();
         let starts: Vec<usize> = phase2.iter().map(|e| e.n_prompt - 1).collect();
-        Some(keys::second_moments_from(&model, &texts, &starts, &layers, 8, tok.pad_id)?)
+        Some(keys::second_moments_from(
+            &model, &texts, &starts, &layers, 8, tok.pad_id,
+        )?)
     } else {
         None
     };
@@ -528,7 +569,9 @@ pub fn unierase(
             .map(|it| auto.encode_prompt(&it.question))
             .collect::<Result<_>>()?;
         let starts: Vec<usize> = texts.iter().map(|t| t.len() - 1).collect();
-        Some(keys::second_moments_from(&model, &texts, &starts, &layers, 8, tok.pad_id)?)
+        Some(keys::second_moments_from(
+            &model, &texts, &starts, &layers, 8, tok.pad_id,
+        )?)
     } else {
         None
     };
