@@ -4,7 +4,6 @@
 //! corpus depends on the seed and settings only, not on the batch size. Near-duplicates
 //! (same text after lower-casing and collapsing white space) are dropped.
 use std::collections::HashSet;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -151,15 +150,6 @@ pub fn selfgen(
         );
     }
     Ok(out)
-}
-
-/// Write items as JSONL (atomically).
-pub fn write_jsonl(items: &[QaItem], path: &Path) -> Result<()> {
-    let text: String = items
-        .iter()
-        .map(|i| serde_json::to_string(i).unwrap() + "\n")
-        .collect();
-    crate::hf::atomic_write(path, text.as_bytes())
 }
 
 #[cfg(test)]

@@ -19,7 +19,6 @@ use serde_json::json;
 
 use crate::data::QaItem;
 use crate::error::Result;
-use crate::hf::atomic_write;
 use crate::rng::Rng;
 
 const FIRST: &[&str] = &[
@@ -316,11 +315,7 @@ impl Benchmark {
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| crate::error::Error::io(dir, e))?;
         for (name, items) in &self.splits {
-            let text: String = items
-                .iter()
-                .map(|i| serde_json::to_string(i).unwrap() + "\n")
-                .collect();
-            atomic_write(&dir.join(format!("{name}.jsonl")), text.as_bytes())?;
+            crate::data::write_qa(items, &dir.join(format!("{name}.jsonl")))?;
         }
         Ok(())
     }

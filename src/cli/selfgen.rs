@@ -1,8 +1,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use unlearn::data::write_qa;
 use unlearn::hf::ModelDir;
-use unlearn::selfgen::{selfgen, write_jsonl, SelfGenConfig};
+use unlearn::selfgen::{selfgen, SelfGenConfig};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -35,7 +36,7 @@ pub fn run(a: Args) -> Result<()> {
     let md = ModelDir::load(&a.model, &dev)?;
     let t = std::time::Instant::now();
     let items = selfgen(&md.model, &md.tok, &cfg, true)?;
-    write_jsonl(&items, &a.out)?;
+    write_qa(&items, &a.out)?;
     let cfg_path = a.out.with_extension("config.json");
     unlearn::hf::atomic_write(
         &cfg_path,

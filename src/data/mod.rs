@@ -3,4 +3,4 @@ pub mod prompt;
 pub mod qa;
 
 pub use prompt::{Encoded, Formatter, PromptStyle};
-pub use qa::{read_items, read_qa, QaItem};
+pub use qa::{read_items, read_qa, write_qa, QaItem};

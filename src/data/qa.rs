@@ -80,6 +80,15 @@ pub fn read_items(path: &Path) -> Result<Vec<QaItem>> {
     read(path, true)
 }
 
+/// Write items as JSONL, one object per line (atomically).
+pub fn write_qa(items: &[QaItem], path: &Path) -> Result<()> {
+    let text: String = items
+        .iter()
+        .map(|i| serde_json::to_string(i).unwrap() + "\n")
+        .collect();
+    crate::hf::atomic_write(path, text.as_bytes())
+}
+
 impl QaItem {
     /// An unprompted text (empty question).
     pub fn text(t: &str) -> QaItem {
