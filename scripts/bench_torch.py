@@ -1,19 +1,26 @@
 """The `unlearn bench` workload in PyTorch, for side-by-side ratios (PyTorch is only a measuring
 stick, never a dependency of the tool).
 
-  python scripts/bench_torch.py MODEL_DIR [--batch 8 --seq 128 --threads 2]
+  python scripts/bench_torch.py MODEL_DIR [--batch 8 --seq 128 --threads 2 --json OUT.json]
 
 Loads the same HF directory with transformers (f32, eager attention) and times: one training
 step (forward + backward + AdamW) on batch x seq random tokens, teacher-forced scoring of
 2 batches, and greedy generation of 32 tokens for 4 prompts of 32 tokens with a KV cache.
+`unlearn bench --compare-torch` runs it alternately with its own measurement (--json).
+Needs: pip install torch==2.15.0 transformers (CPU use only).
 """
-import argparse, resource, time, torch
+import argparse, json, resource, time, torch
 from transformers import AutoModelForCausalLM
 
 ap = argparse.ArgumentParser()
 ap.add_argument("model"); ap.add_argument("--batch", type=int, default=8)
 ap.add_argument("--seq", type=int, default=128); ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--train-steps", type=int, default=3)
+ap.add_argument("--score-batches", type=int, default=2)
+ap.add_argument("--gen-batch", type=int, default=4)
+ap.add_argument("--gen-prompt", type=int, default=32)
+ap.add_argument("--gen-tokens", type=int, default=32)
+ap.add_argument("--json")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
@@ -32,21 +39,28 @@ t = time.perf_counter()
 for _ in range(a.train_steps): step()
 ts = (time.perf_counter() - t) / a.train_steps
 m.eval()
-sids = torch.randint(0, V, (2 * a.batch, a.seq + 1))
+sids = torch.randint(0, V, (a.score_batches * a.batch, a.seq + 1))
 with torch.no_grad():
     m(input_ids=sids[:a.batch, :-1])
     t = time.perf_counter()
-    for i in range(2):
+    for i in range(a.score_batches):
         x = sids[i * a.batch:(i + 1) * a.batch]
         lp = torch.log_softmax(m(input_ids=x[:, :-1]).logits, -1).gather(-1, x[:, 1:, None])
-    sc = 2 * a.batch * a.seq / (time.perf_counter() - t)
-    p = torch.randint(0, V, (4, 32))
+    sc = a.score_batches * a.batch * a.seq / (time.perf_counter() - t)
+    p = torch.randint(0, V, (a.gen_batch, a.gen_prompt))
     m.generate(p, max_new_tokens=2, min_new_tokens=2, do_sample=False, pad_token_id=0)
     t = time.perf_counter()
-    g = m.generate(p, max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
-    gen = 4 * 32 / (time.perf_counter() - t)
+    g = m.generate(p, max_new_tokens=a.gen_tokens, min_new_tokens=a.gen_tokens,
+                   do_sample=False, pad_token_id=0)
+    gen = a.gen_batch * a.gen_tokens / (time.perf_counter() - t)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(f"torch {torch.__version__}, threads {a.threads}")
 print(f"training step    {ts:.3f} s  ({a.batch * a.seq / ts:.0f} tokens/s, batch {a.batch}x{a.seq})")
 print(f"scoring          {sc:.0f} tokens/s")
-print(f"generation       {gen:.1f} tokens/s (batch 4, greedy, KV cache)")
-print(f"peak RSS         {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+print(f"generation       {gen:.1f} tokens/s (batch {a.gen_batch}, greedy, KV cache)")
+print(f"peak RSS         {rss:.0f} MiB")
+if a.json:
+    with open(a.json, "w") as f:
+        json.dump({"torch": torch.__version__, "train_step_s": ts,
+                   "train_tokens_per_s": a.batch * a.seq / ts, "score_tokens_per_s": sc,
+                   "gen_tokens_per_s": gen, "peak_rss_mib": rss}, f, indent=1)

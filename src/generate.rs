@@ -123,7 +123,10 @@ pub fn generate(
             Some(&positions),
             Some(&km_t),
             Some(&mut cache),
-            Hooks::default(),
+            Hooks {
+                last_logits_only: true,
+                ..Default::default()
+            },
         )?;
         let logits = Llama::last_logits(&o.logits.unwrap())?
             .to_dtype(DType::F32)?

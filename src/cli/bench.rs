@@ -1,7 +1,8 @@
 use std::path::PathBuf;
+use std::process::Command;
 
-use anyhow::Result;
-use unlearn::bench::{run as bench, BenchConfig};
+use anyhow::{bail, Context, Result};
+use unlearn::bench::{run as bench, BenchConfig, BenchResult};
 use unlearn::hf::ModelDir;
 
 #[derive(clap::Args)]
@@ -23,6 +24,22 @@ pub struct Args {
     gen_prompt: usize,
     #[arg(long, default_value_t = 32)]
     gen_tokens: usize,
+    /// Run the composite candle ops instead of the fused CPU kernels (the pre-#9 path).
+    #[arg(long)]
+    composite: bool,
+    /// Also time the same workloads in PyTorch (scripts/bench_torch.py, run with --python),
+    /// alternating with ours for --rounds rounds, and print medians and the ratio.
+    #[arg(long)]
+    compare_torch: bool,
+    /// Rounds of the alternating comparison.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Python interpreter with torch and transformers installed.
+    #[arg(long, default_value = "python3")]
+    python: String,
+    /// The PyTorch side's script.
+    #[arg(long, default_value = "scripts/bench_torch.py")]
+    torch_script: PathBuf,
     /// Also write the result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -30,8 +47,51 @@ pub struct Args {
     device: String,
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// One PyTorch measurement: the script's JSON.
+fn torch_round(a: &Args, cfg: &BenchConfig, out: &std::path::Path) -> Result<serde_json::Value> {
+    let status = Command::new(&a.python)
+        .arg(&a.torch_script)
+        .arg(&a.model)
+        .args(["--batch", &cfg.batch.to_string(), "--seq", &cfg.seq.to_string()])
+        .args(["--threads", &rayon::current_num_threads().to_string()])
+        .args(["--train-steps", &cfg.train_steps.to_string()])
+        .args(["--score-batches", &cfg.score_batches.to_string()])
+        .args(["--gen-batch", &cfg.gen_batch.to_string()])
+        .args(["--gen-prompt", &cfg.gen_prompt.to_string()])
+        .args(["--gen-tokens", &cfg.gen_tokens.to_string()])
+        .arg("--json")
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("running {} {}", a.python, a.torch_script.display()))?;
+    if !status.success() {
+        bail!(
+            "{} {} failed ({status}); it needs torch and transformers (pip install torch transformers)",
+            a.python,
+            a.torch_script.display()
+        );
+    }
+    let text = std::fs::read_to_string(out).with_context(|| out.display().to_string())?;
+    Ok(serde_json::from_str(&text)?)
+}
+
 pub fn run(a: Args) -> Result<()> {
     let dev = unlearn::device(&a.device)?;
+    if a.composite {
+        unlearn::ops::set_fused(false);
+    }
     let md = ModelDir::load(&a.model, &dev)?;
     let c = BenchConfig {
         batch: a.batch,
@@ -42,14 +102,103 @@ pub fn run(a: Args) -> Result<()> {
         gen_prompt: a.gen_prompt,
         gen_tokens: a.gen_tokens,
     };
-    let r = bench(&md.model, &c)?;
-    let rss = super::peak_rss_mib();
+    let ops = if unlearn::ops::fused_enabled() {
+        "fused CPU kernels"
+    } else {
+        "composite candle ops"
+    };
     println!(
         "model            {} ({} parameters)",
         a.model.display(),
-        r.params
+        md.model.num_params()
     );
     println!("threads          {}", rayon::current_num_threads());
+    println!("ops              {ops}");
+    if !a.compare_torch {
+        let r = bench(&md.model, &c)?;
+        let rss = super::peak_rss_mib();
+        print_ours(&r, &a, rss);
+        if let Some(p) = &a.json {
+            let mut v = serde_json::to_value(&r)?;
+            v["peak_rss_mib"] = rss.into();
+            v["ops"] = ops.into();
+            unlearn::hf::atomic_write(p, serde_json::to_string_pretty(&v)?.as_bytes())?;
+        }
+        return Ok(());
+    }
+    // Alternate ours and PyTorch so both see the same machine state; report medians.
+    let tmp = std::env::temp_dir().join(format!("unlearn-bench-torch-{}.json", std::process::id()));
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..a.rounds.max(1) {
+        let r = bench(&md.model, &c)?;
+        eprintln!(
+            "round {}: unlearn step {:.3} s, scoring {:.0} tok/s, generation {:.1} tok/s",
+            round + 1,
+            r.train_step_s,
+            r.score_tokens_per_s,
+            r.gen_tokens_per_s
+        );
+        ours.push(r);
+        let t = torch_round(&a, &c, &tmp)?;
+        eprintln!(
+            "round {}: torch   step {:.3} s, scoring {:.0} tok/s, generation {:.1} tok/s",
+            round + 1,
+            t["train_step_s"].as_f64().unwrap_or(f64::NAN),
+            t["score_tokens_per_s"].as_f64().unwrap_or(f64::NAN),
+            t["gen_tokens_per_s"].as_f64().unwrap_or(f64::NAN)
+        );
+        theirs.push(t);
+    }
+    let _ = std::fs::remove_file(&tmp);
+    let rss = super::peak_rss_mib();
+    let om = |f: fn(&BenchResult) -> f64| median(ours.iter().map(f).collect());
+    let tm = |k: &str| median(theirs.iter().filter_map(|t| t[k].as_f64()).collect());
+    let rows = [
+        ("training step (s)", om(|r| r.train_step_s), tm("train_step_s"), true),
+        ("training tokens/s", om(|r| r.train_tokens_per_s), tm("train_tokens_per_s"), false),
+        ("scoring tokens/s", om(|r| r.score_tokens_per_s), tm("score_tokens_per_s"), false),
+        ("generation tokens/s", om(|r| r.gen_tokens_per_s), tm("gen_tokens_per_s"), false),
+    ];
+    let torch_rss = theirs
+        .iter()
+        .filter_map(|t| t["peak_rss_mib"].as_f64())
+        .fold(f64::NAN, f64::max);
+    println!(
+        "medians of {} alternating rounds; ratio = time ours / time PyTorch (< 1: we are faster)",
+        ours.len()
+    );
+    println!("{:<22} {:>12} {:>12} {:>8}", "workload", "unlearn", "PyTorch", "ratio");
+    let mut summary = serde_json::Map::new();
+    for (name, o, t, is_time) in rows {
+        let ratio = if is_time { o / t } else { t / o };
+        println!("{name:<22} {o:>12.3} {t:>12.3} {ratio:>8.2}");
+        summary.insert(
+            name.into(),
+            serde_json::json!({"unlearn": o, "torch": t, "ratio_time": ratio}),
+        );
+    }
+    println!(
+        "{:<22} {:>12.0} {:>12.0}",
+        "peak RSS (MiB)",
+        rss.unwrap_or(f64::NAN),
+        torch_rss
+    );
+    if let Some(p) = &a.json {
+        let v = serde_json::json!({
+            "ops": ops,
+            "rounds": ours.len(),
+            "config": c,
+            "medians": summary,
+            "peak_rss_mib": {"unlearn": rss, "torch": torch_rss},
+            "unlearn_rounds": ours,
+            "torch_rounds": theirs,
+        });
+        unlearn::hf::atomic_write(p, serde_json::to_string_pretty(&v)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn print_ours(r: &BenchResult, a: &Args, rss: Option<f64>) {
     println!(
         "training step    {:.3} s  ({:.0} tokens/s, batch {}x{})",
         r.train_step_s, r.train_tokens_per_s, a.batch, a.seq
@@ -62,10 +211,4 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(m) = rss {
         println!("peak RSS         {m:.0} MiB");
     }
-    if let Some(p) = a.json {
-        let mut v = serde_json::to_value(&r)?;
-        v["peak_rss_mib"] = rss.into();
-        unlearn::hf::atomic_write(&p, serde_json::to_string_pretty(&v)?.as_bytes())?;
-    }
-    Ok(())
 }

@@ -337,14 +337,15 @@ fn last_logprobs_with(
 }
 
 /// z = h + δ at the last edit layer: δ maximises log P(unl | prompt) − kl·KL(p₀ ‖ p_δ) on the
-/// neutral prompt, Adam(lr) for `steps`, ‖δ‖ ≤ clamp·‖h‖ after every step.
+/// neutral prompt, Adam(lr) for `steps`, ‖δ‖ ≤ clamp·‖h‖ after every step. Returns z and the
+/// log P(unl | prompt) that z reaches (what the edit can at best achieve).
 fn target_vector(
     model: &Llama,
     p: &EditPrompt,
     layer: usize,
     unl: u32,
     cfg: &UniEraseConfig,
-) -> Result<Tensor> {
+) -> Result<(Tensor, f64)> {
     let h = residual_at(model, &p.ids, p.qpos, layer)?;
     let hnorm = h.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
     let hsz = model.cfg.hidden_size;
@@ -386,7 +387,10 @@ fn target_vector(
         }
         delta.set(&Tensor::from_vec(d, hsz, model.device())?)?;
     }
-    Ok((h + delta.as_tensor())?.detach())
+    let reached = last_logprobs_with(model, &p.ids, p.qpos, layer, delta.as_tensor())?
+        .get(unl as usize)?
+        .to_scalar::<f32>()? as f64;
+    Ok(((h + delta.as_tensor())?.detach(), reached))
 }
 
 fn to_mat(rows: &[f32], n: usize, d: usize) -> Mat<f64> {
@@ -619,10 +623,14 @@ pub fn unierase(
     let d = model.cfg.intermediate_size;
     let mut c_prev: Vec<Mat<f64>> = layers.iter().map(|_| Mat::zeros(d, d)).collect();
     for g in &groups {
-        let z: Vec<Tensor> = g
+        let (z, reached): (Vec<Tensor>, Vec<f64>) = g
             .iter()
             .map(|&i| target_vector(&model, &prompts[i], last, unl, cfg))
-            .collect::<Result<_>>()?;
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        let mean_p = reached.iter().map(|l| l.exp()).sum::<f64>() / reached.len().max(1) as f64;
+        let mut in_null = vec![];
         let enc: Vec<Encoded> = g
             .iter()
             .map(|&i| Encoded {
@@ -634,6 +642,9 @@ pub fn unierase(
         for (li, &l) in layers.iter().enumerate() {
             let k = &keys::last_token_keys(&model, &enc, &[l])?[0];
             let kmat = to_mat(k, g.len(), d); // [d, n]
+            // share of the keys' energy in the null space: what the edit may act on
+            let pk = &projectors[li] * &kmat;
+            in_null.push(pk.norm_l2().powi(2) / kmat.norm_l2().powi(2).max(1e-30));
             let hsz = model.cfg.hidden_size;
             let left = (layers.len() - li) as f64;
             let mut r = Mat::<f64>::zeros(hsz, g.len());
@@ -656,6 +667,13 @@ pub fn unierase(
             wv.set(&(wv.as_tensor() + dt)?)?;
             c_prev[li] = &c_prev[li] + &kmat * kmat.transpose();
         }
+        note(&format!(
+            "unierase: edit of {} prompt(s): target vectors reach mean P({} first) {mean_p:.4}; \
+             share of key energy in the null space per layer {:?}",
+            g.len(),
+            cfg.token,
+            in_null.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+        ));
     }
     let p_after = p_first(&model, &prompts, unl, last)?;
     note(&format!(

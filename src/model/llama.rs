@@ -27,10 +27,13 @@ pub struct Hooks<'a> {
     pub residual: Option<ActHook<'a>>,
     /// Stop after the last layer in `hidden_layers` and skip the final norm and LM head.
     pub skip_logits: bool,
+    /// Compute the logits of the last position only ([b, 1, vocab]): generation's prefill needs
+    /// no more, and the LM head is the largest matrix product.
+    pub last_logits_only: bool,
 }
 
 pub struct ForwardOutput {
-    /// [b, t, vocab] (None when `skip_logits`).
+    /// [b, t, vocab] ([b, 1, vocab] with `last_logits_only`; None when `skip_logits`).
     pub logits: Option<Tensor>,
     /// (layer, residual after that layer [b, t, h]) for each requested layer.
     pub hidden: Vec<(usize, Tensor)>,
@@ -368,6 +371,9 @@ impl Llama {
         let logits = if hooks.skip_logits {
             None
         } else {
+            if hooks.last_logits_only && t > 1 {
+                x = x.narrow(1, t - 1, 1)?;
+            }
             let n = ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;
             Some(ops::linear(&n, &self.lm_head, None)?)
         };
@@ -461,9 +467,8 @@ impl Llama {
         // (HF `repeat_kv`: head h uses kv head h / g).
         let qg = q.reshape((b, nkv, g * t, hd))?; // [b, nkv, g*t, hd]
         let scale = 1.0 / (hd as f64).sqrt();
-        let att = (qg.matmul(&k.t()?)? * scale)?; // [b, nkv, g*t, total]
-        let att = att.reshape((b, nkv, g, t, total))?.broadcast_add(mask)?;
-        let att = ops::softmax_last_dim(&att)?.reshape((b, nkv, g * t, total))?;
+        let att = qg.matmul(&k.t()?)?.reshape((b, nkv, g, t, total))?; // q·kᵀ
+        let att = ops::masked_softmax(&att, mask, scale)?.reshape((b, nkv, g * t, total))?;
         let y = att.matmul(&v)?; // [b, nkv, g*t, hd]
         let y = y
             .reshape((b, nh, t, hd))?
@@ -473,7 +478,7 @@ impl Llama {
         let n2 = ops::rms_norm(&h, &l.ln2, c.rms_norm_eps)?;
         let gate = ops::linear(&n2, &l.gate, None)?;
         let up = ops::linear(&n2, &l.up, None)?;
-        let mut act = (gate.silu()? * up)?; // [b, t, intermediate]
+        let mut act = ops::swiglu(&gate, &up)?; // silu(gate)·up, [b, t, intermediate]
         if let Some(hook) = hooks.mlp_act {
             if let Some(r) = hook(li, &act)? {
                 act = r;

@@ -54,18 +54,62 @@ impl<F: Fn(&mut f32, f32, &mut f32, &mut f32) + Sync> candle_core::InplaceOp2
             .zip(a.par_chunks_mut(CHUNK))
             .zip(b.par_chunks_mut(CHUNK))
             .enumerate()
-            .for_each(|(c, (((p, g), a), b))| {
-                for i in 0..p.len() {
-                    if let Some(m) = self.mask {
-                        if !m[c * CHUNK + i] {
-                            continue;
+            .for_each(|(c, (((p, g), a), b))| match self.mask {
+                Some(m) => {
+                    let m = &m[c * CHUNK..][..p.len()];
+                    for i in 0..p.len() {
+                        if m[i] {
+                            (self.f)(&mut p[i], g[i], &mut a[i], &mut b[i]);
                         }
                     }
-                    (self.f)(&mut p[i], g[i], &mut a[i], &mut b[i]);
                 }
+                // the common case: one branch-free loop the compiler vectorises
+                None => run_step(&self.f, p, g, a, b),
             });
         Ok(())
     }
+}
+
+/// `f` over four equal-length slices, compiled for AVX-512 / AVX2 where the CPU has them.
+fn run_step<F: Fn(&mut f32, f32, &mut f32, &mut f32)>(
+    f: &F,
+    p: &mut [f32],
+    g: &[f32],
+    a: &mut [f32],
+    b: &mut [f32],
+) {
+    #[inline(always)]
+    fn body<F: Fn(&mut f32, f32, &mut f32, &mut f32)>(
+        f: &F,
+        p: &mut [f32],
+        g: &[f32],
+        a: &mut [f32],
+        b: &mut [f32],
+    ) {
+        let n = p.len().min(g.len()).min(a.len()).min(b.len());
+        let (p, g, a, b) = (&mut p[..n], &g[..n], &mut a[..n], &mut b[..n]);
+        for i in 0..n {
+            f(&mut p[i], g[i], &mut a[i], &mut b[i]);
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<F: Fn(&mut f32, f32, &mut f32, &mut f32)>(
+            f: &F,
+            p: &mut [f32],
+            g: &[f32],
+            a: &mut [f32],
+            b: &mut [f32],
+        ) {
+            body(f, p, g, a, b)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { avx512(f, p, g, a, b) };
+        }
+    }
+    body(f, p, g, a, b)
 }
 
 /// A 0/1 mask tensor for parameter `name` as booleans, after checking its shape.

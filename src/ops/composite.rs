@@ -1,0 +1,61 @@
+//! The reference compositions of primitive candle ops, every one of which has a backward pass
+//! in candle. They run where no fused kernel does (CUDA, other dtypes, `ops::set_fused(false)`),
+//! and they define what the fused kernels in `super::fused` must compute.
+use candle_core::{Tensor, D};
+
+use crate::error::Result;
+
+/// RMSNorm: y = x / sqrt(mean(x², -1) + eps) · w. x: [.., h], w: [h].
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?; // [.., 1]
+    let inv = (ms + eps)?.sqrt()?.recip()?;
+    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+}
+
+/// Softmax over the last dimension: exp(x − max) / Σ exp(x − max). The max is detached (the
+/// result does not depend on it mathematically).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    let s = e.sum_keepdim(D::Minus1)?;
+    Ok(e.broadcast_div(&s)?)
+}
+
+/// log-softmax over the last dimension: x − max − log Σ exp(x − max).
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let z = x.broadcast_sub(&m)?;
+    let lse = z.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    Ok(z.broadcast_sub(&lse)?)
+}
+
+/// HF-style rotary embedding (`rotate_half`, non-interleaved): with x = [x1, x2] halves,
+/// y = [x1·cos − x2·sin, x2·cos + x1·sin]. x: [b, heads, t, hd]; cos, sin: [b or 1, 1, t, hd/2].
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+    let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+    let y1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+    let y2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+    Ok(Tensor::cat(&[y1, y2], D::Minus1)?)
+}
+
+/// softmax(scale·x + mask) over the last dimension (attention scores; mask broadcast to x).
+pub fn masked_softmax(x: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    softmax_last_dim(&(x * scale)?.broadcast_add(mask)?)
+}
+
+/// silu(g)·u.
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    Ok((g.silu()? * u)?)
+}
+
+/// log p(target) at every position: logits [b, t, V], targets [b, t] (u32) -> [b, t].
+pub fn gather_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let lp = log_softmax_last_dim(logits)?;
+    let idx = targets.contiguous()?.unsqueeze(D::Minus1)?;
+    Ok(lp
+        .contiguous()?
+        .gather(&idx, D::Minus1)?
+        .squeeze(D::Minus1)?)
+}

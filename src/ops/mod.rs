@@ -1,0 +1,157 @@
+//! Differentiable building blocks of the model and the losses.
+//!
+//! On CPU in f32/f64 each op runs a fused kernel with a hand-written backward pass
+//! (`fused`): one pass over the data forward and one backward, in parallel, with nothing kept for
+//! the backward beyond the op's inputs and output. Elsewhere (CUDA, half precision) and after
+//! `set_fused(false)` the same ops are compositions of primitive candle ops (`composite`), which
+//! define what the kernels compute; the tests hold the two to each other and to finite
+//! differences.
+pub mod composite;
+pub mod fused;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{Error, Result};
+
+static FUSED: AtomicBool = AtomicBool::new(true);
+
+/// Use the fused CPU kernels where they apply (default: on). Off, every op runs its composite
+/// form: `unlearn bench --composite` measures the difference.
+pub fn set_fused(on: bool) {
+    FUSED.store(on, Ordering::Relaxed);
+}
+
+pub fn fused_enabled() -> bool {
+    FUSED.load(Ordering::Relaxed)
+}
+
+/// Whether the fused kernels apply to tensors of this device and dtype.
+fn fused_for(x: &Tensor) -> bool {
+    fused_enabled() && x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// RMSNorm: y = x / sqrt(mean(x², -1) + eps) · w. x: [.., h], w: [h].
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused_for(x) && w.dtype() == x.dtype() {
+        return Ok(x
+            .contiguous()?
+            .apply_op2(&w.contiguous()?, fused::RmsNorm { eps })?);
+    }
+    composite::rms_norm(x, w, eps)
+}
+
+/// Softmax over the last dimension: exp(x − max) / Σ exp(x − max).
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fused_for(x) {
+        return Ok(x.contiguous()?.apply_op1(fused::Softmax)?);
+    }
+    composite::softmax_last_dim(x)
+}
+
+/// Attention weights softmax(scale·x + mask) over the last dimension. x: [B, .., T, K] scores,
+/// mask: [1 or B, 1.., T, K] additive (0 or a large negative number), no gradient.
+pub fn masked_softmax(x: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    if fused_for(x) && mask.dtype() == x.dtype() && mask.rank() == x.rank() {
+        return Ok(x
+            .contiguous()?
+            .apply_op2(&mask.contiguous()?, fused::MaskedSoftmax { scale })?);
+    }
+    composite::masked_softmax(x, mask, scale)
+}
+
+/// log-softmax over the last dimension: x − max − log Σ exp(x − max).
+pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    if fused_for(x) {
+        return Ok(x.contiguous()?.apply_op1(fused::LogSoftmax)?);
+    }
+    composite::log_softmax_last_dim(x)
+}
+
+/// HF-style rotary embedding (`rotate_half`, non-interleaved): with x = [x1, x2] halves,
+/// y = [x1·cos − x2·sin, x2·cos + x1·sin]. x: [b, heads, t, hd]; cos, sin: [b or 1, 1, t, hd/2].
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if fused_for(x) && cos.dtype() == x.dtype() && x.rank() == 4 {
+        let x = if x.stride()[3] == 1 {
+            x.clone()
+        } else {
+            x.contiguous()?
+        };
+        return Ok(x.apply_op3(
+            &cos.contiguous()?,
+            &sin.contiguous()?,
+            fused::Rope { inverse: false },
+        )?);
+    }
+    composite::rope(x, cos, sin)
+}
+
+/// SwiGLU gate: silu(g)·u = g·σ(g)·u, g and u of one shape.
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    if fused_for(g) && u.dtype() == g.dtype() {
+        return Ok(g.contiguous()?.apply_op2(&u.contiguous()?, fused::SwiGlu)?);
+    }
+    composite::swiglu(g, u)
+}
+
+/// log p(target) at every position: logits [b, t, V], targets [b, t] (u32) -> [b, t]. The fused
+/// form never materialises the [b, t, V] log-softmax.
+pub fn gather_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    if fused_for(logits) {
+        let lead = &logits.dims()[..logits.rank().saturating_sub(1)];
+        if targets.dims() != lead {
+            return Err(Error::Invalid(format!(
+                "gather_logprobs: targets {:?} for logits {:?}",
+                targets.dims(),
+                logits.dims()
+            )));
+        }
+        let t = targets.to_dtype(DType::U32)?.contiguous()?;
+        return Ok(logits
+            .contiguous()?
+            .apply_op2(&t, fused::GatherLogprobs::new())?);
+    }
+    composite::gather_logprobs(logits, targets)
+}
+
+/// Row count up to which `linear` multiplies as (W·xᵀ)ᵀ.
+const SMALL_ROWS: usize = 16;
+
+/// x · Wᵀ (+ b) for x: [.., in], w: [out, in] (HF `nn.Linear` layout), computed as one 2-D GEMM.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let inp = *dims.last().unwrap();
+    let n: usize = dims[..dims.len() - 1].iter().product();
+    let x2 = x.reshape((n, inp))?;
+    // A few rows (generation): W·xᵀ reads W in its stored row-major order, which the GEMM
+    // handles without repacking the large matrix; xᵀ·W... is the same product transposed.
+    let y = if n <= SMALL_ROWS && x.device().is_cpu() {
+        w.matmul(&x2.t()?)?.t()?.contiguous()?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out = dims;
+    *out.last_mut().unwrap() = w.dim(0)?;
+    Ok(y.reshape(out)?)
+}
+
+/// max |a − b| over all elements, as f64 (any float dtype).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    Ok((a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f64>()?)
+}
+
+/// Sum of all elements as an f64 scalar (for logs and tests).
+pub fn scalar(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?)
+}
+
+#[cfg(test)]
+mod tests;

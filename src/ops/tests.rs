@@ -1,0 +1,291 @@
+//! The fused kernels against the composite ops (forward and gradient, f32 and f64, odd sizes,
+//! masks, grouped heads, strided inputs), both against central finite differences in f64, the
+//! composites against candle's own inference kernels, and the vectorised exp against libm.
+use super::*;
+use candle_core::{Device, Var, D};
+
+type F = Box<dyn Fn(&Tensor) -> Tensor>;
+
+fn close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let d = max_abs_diff(a, b).unwrap();
+    assert!(d < tol, "{what}: max abs diff {d}");
+}
+
+fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let mut r = crate::rng::Rng::new(seed);
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| r.normal() * 2.0).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+#[test]
+fn composites_match_candle_inference_kernels() {
+    let dev = Device::Cpu;
+    let x = Tensor::randn(0f32, 1., (2, 3, 8), &dev).unwrap();
+    let w = Tensor::randn(0f32, 1., 8, &dev).unwrap();
+    close(
+        &composite::rms_norm(&x, &w, 1e-5).unwrap(),
+        &candle_nn::ops::rms_norm(&x, &w, 1e-5).unwrap(),
+        1e-5,
+        "rms_norm",
+    );
+    close(
+        &composite::softmax_last_dim(&x).unwrap(),
+        &candle_nn::ops::softmax_last_dim(&x).unwrap(),
+        1e-6,
+        "softmax",
+    );
+    close(
+        &composite::log_softmax_last_dim(&x).unwrap(),
+        &candle_nn::ops::log_softmax(&x, D::Minus1).unwrap(),
+        1e-5,
+        "log_softmax",
+    );
+    let xr = Tensor::randn(0f32, 1., (1, 2, 3, 8), &dev).unwrap();
+    let c = Tensor::randn(0f32, 1., (1, 1, 3, 4), &dev).unwrap();
+    let s = Tensor::randn(0f32, 1., (1, 1, 3, 4), &dev).unwrap();
+    let fused = candle_nn::rotary_emb::rope(
+        &xr,
+        &c.squeeze(0).unwrap().squeeze(0).unwrap(),
+        &s.squeeze(0).unwrap().squeeze(0).unwrap(),
+    )
+    .unwrap();
+    close(&composite::rope(&xr, &c, &s).unwrap(), &fused, 1e-5, "rope");
+}
+
+/// Every op as (name, fused, composite, input shape), each a function of one input tensor
+/// whose other operands are fixed random tensors of the input's dtype.
+fn cases(dtype: DType) -> Vec<(&'static str, F, F, Vec<usize>)> {
+    let w = randn(&[13], 1, dtype);
+    let w2 = w.clone();
+    // Attention: scores [b=2, kv=2, g=2, t=3, k=5]; a causal mask per batch row with padding.
+    let mut m = vec![0f64; 2 * 3 * 5];
+    for b in 0..2 {
+        for i in 0..3 {
+            for j in 0..5 {
+                if j > i + 2 || (b == 1 && j == 0) {
+                    m[(b * 3 + i) * 5 + j] = -1e9;
+                }
+            }
+        }
+    }
+    let mask = Tensor::from_vec(m, (2, 1, 1, 3, 5), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+    let mask1 = mask.narrow(0, 1, 1).unwrap().contiguous().unwrap();
+    let (ma, mb, mc, md) = (mask.clone(), mask.clone(), mask1.clone(), mask1);
+    let cs = randn(&[2, 1, 3, 5], 2, dtype);
+    let sn = randn(&[2, 1, 3, 5], 3, dtype);
+    let (cs2, sn2) = (cs.clone(), sn.clone());
+    let up = randn(&[3, 11], 4, dtype);
+    let up2 = up.clone();
+    let tg = Tensor::new(&[[3u32, 0, 10], [7, 2, 9]], &Device::Cpu).unwrap();
+    let tg2 = tg.clone();
+    // RoPE input as the model makes it: [b, t, heads, d] transposed to [b, heads, t, d].
+    let tr = |x: &Tensor| x.transpose(1, 2).unwrap();
+    vec![
+        (
+            "rms_norm",
+            Box::new(move |x: &Tensor| rms_norm(x, &w, 1e-6).unwrap()) as F,
+            Box::new(move |x: &Tensor| composite::rms_norm(x, &w2, 1e-6).unwrap()) as F,
+            vec![2, 3, 13],
+        ),
+        (
+            "softmax",
+            Box::new(|x: &Tensor| softmax_last_dim(x).unwrap()),
+            Box::new(|x: &Tensor| composite::softmax_last_dim(x).unwrap()),
+            vec![4, 19],
+        ),
+        (
+            "masked_softmax",
+            Box::new(move |x: &Tensor| masked_softmax(x, &ma, 0.7).unwrap()),
+            Box::new(move |x: &Tensor| composite::masked_softmax(x, &mb, 0.7).unwrap()),
+            vec![2, 2, 2, 3, 5],
+        ),
+        (
+            "masked_softmax_shared_mask",
+            Box::new(move |x: &Tensor| masked_softmax(x, &mc, 0.3).unwrap()),
+            Box::new(move |x: &Tensor| composite::masked_softmax(x, &md, 0.3).unwrap()),
+            vec![2, 2, 2, 3, 5],
+        ),
+        (
+            "log_softmax",
+            Box::new(|x: &Tensor| log_softmax_last_dim(x).unwrap()),
+            Box::new(|x: &Tensor| composite::log_softmax_last_dim(x).unwrap()),
+            vec![3, 21],
+        ),
+        (
+            "rope",
+            Box::new(move |x: &Tensor| rope(&tr(x), &cs, &sn).unwrap()),
+            Box::new(move |x: &Tensor| composite::rope(&tr(x), &cs2, &sn2).unwrap()),
+            vec![2, 3, 4, 10],
+        ),
+        (
+            "swiglu",
+            Box::new(move |x: &Tensor| swiglu(x, &(&up * x).unwrap()).unwrap()),
+            Box::new(move |x: &Tensor| composite::swiglu(x, &(&up2 * x).unwrap()).unwrap()),
+            vec![3, 11],
+        ),
+        (
+            "gather_logprobs",
+            Box::new(move |x: &Tensor| gather_logprobs(x, &tg).unwrap()),
+            Box::new(move |x: &Tensor| composite::gather_logprobs(x, &tg2).unwrap()),
+            vec![2, 3, 11],
+        ),
+    ]
+}
+
+/// A scalar loss Σ y ⊙ c with fixed random weights c, so every output element matters.
+fn weighted(y: &Tensor, seed: u64) -> Tensor {
+    let c = randn(y.dims(), seed, y.dtype());
+    (y * c).unwrap().sum_all().unwrap()
+}
+
+fn grad_of(f: &F, x0: &Tensor, seed: u64) -> (Tensor, Tensor) {
+    let v = Var::from_tensor(x0).unwrap();
+    let y = f(v.as_tensor());
+    let g = weighted(&y, seed).backward().unwrap();
+    (y, g.get(v.as_tensor()).unwrap().clone())
+}
+
+#[test]
+fn fused_match_composite_values_and_gradients() {
+    for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 2e-5)] {
+        for (i, (name, fused, comp, shape)) in cases(dtype).into_iter().enumerate() {
+            let x = randn(&shape, 100 + i as u64, dtype);
+            let (yf, gf) = grad_of(&fused, &x, 7);
+            let (yc, gc) = grad_of(&comp, &x, 7);
+            close(&yf, &yc, tol, &format!("{name} {dtype:?} forward"));
+            close(&gf, &gc, tol * 10.0, &format!("{name} {dtype:?} gradient"));
+        }
+    }
+}
+
+/// Central finite differences in f64 against the fused kernels' backward.
+#[test]
+fn fused_gradients_match_finite_differences() {
+    for (i, (name, fused, _, shape)) in cases(DType::F64).into_iter().enumerate() {
+        let x = randn(&shape, 200 + i as u64, DType::F64);
+        let (_, g) = grad_of(&fused, &x, 9);
+        let g = g.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let x0 = x.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let loss = |v: &[f64]| {
+            let t = Tensor::from_vec(v.to_vec(), shape.as_slice(), &Device::Cpu).unwrap();
+            weighted(&fused(&t), 9).to_scalar::<f64>().unwrap()
+        };
+        for k in 0..x0.len() {
+            let eps = 1e-6;
+            let mut p = x0.clone();
+            p[k] += eps;
+            let mut m = x0.clone();
+            m[k] -= eps;
+            let fd = (loss(&p) - loss(&m)) / (2.0 * eps);
+            assert!(
+                (fd - g[k]).abs() < 1e-6 * (1.0 + fd.abs()),
+                "{name}[{k}]: finite difference {fd}, backward {}",
+                g[k]
+            );
+        }
+    }
+}
+
+/// The RMSNorm weight's gradient (the only second differentiable operand among the cases).
+#[test]
+fn rms_norm_weight_gradient_matches_composite() {
+    let x = randn(&[5, 3, 37], 5, DType::F32);
+    let w = Var::from_tensor(&randn(&[37], 6, DType::F32)).unwrap();
+    let gf = weighted(&rms_norm(&x, &w, 1e-5).unwrap(), 3).backward().unwrap();
+    let gc = weighted(&composite::rms_norm(&x, &w, 1e-5).unwrap(), 3)
+        .backward()
+        .unwrap();
+    close(
+        gf.get(&w).unwrap(),
+        gc.get(&w).unwrap(),
+        1e-3,
+        "rms_norm weight",
+    );
+}
+
+/// Large rows and many rows: several parallel tasks, vocabulary-sized rows.
+#[test]
+fn fused_match_composite_at_model_sizes() {
+    let x = randn(&[3, 70, 1003], 11, DType::F32);
+    let t = Tensor::from_vec(
+        (0..210u32).map(|i| (i * 37) % 1003).collect::<Vec<_>>(),
+        (3, 70),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (yf, gf) = grad_of(
+        &(Box::new(move |x: &Tensor| gather_logprobs(x, &t).unwrap()) as F),
+        &x,
+        4,
+    );
+    let t2 = Tensor::from_vec(
+        (0..210u32).map(|i| (i * 37) % 1003).collect::<Vec<_>>(),
+        (3, 70),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let (yc, gc) = grad_of(
+        &(Box::new(move |x: &Tensor| composite::gather_logprobs(x, &t2).unwrap()) as F),
+        &x,
+        4,
+    );
+    close(&yf, &yc, 1e-4, "gather forward");
+    close(&gf, &gc, 1e-5, "gather gradient");
+    let (yf, gf) = grad_of(&(Box::new(|x: &Tensor| swiglu(x, x).unwrap()) as F), &x, 5);
+    let (yc, gc) = grad_of(
+        &(Box::new(|x: &Tensor| composite::swiglu(x, x).unwrap()) as F),
+        &x,
+        5,
+    );
+    close(&yf, &yc, 1e-4, "swiglu forward");
+    close(&gf, &gc, 1e-4, "swiglu gradient");
+}
+
+#[test]
+fn gather_logprobs_rejects_out_of_range_targets() {
+    let x = randn(&[1, 2, 4], 1, DType::F32);
+    let t = Tensor::new(&[[1u32, 4]], &Device::Cpu).unwrap();
+    let e = gather_logprobs(&x, &t).unwrap_err().to_string();
+    assert!(e.contains("target 4") && e.contains("vocabulary of 4"), "{e}");
+}
+
+/// The vectorised exp within 2 ulp of libm's (f64) over the whole finite range, and its limits.
+#[test]
+fn exp_f32_is_accurate() {
+    let mut xs: Vec<f32> = (0..200_001)
+        .map(|i| -86.5 + (88.72 + 86.5) * i as f32 / 200_000.0)
+        .collect();
+    xs.extend([0.0, -0.0, 1e-30, -1e-30, 0.5, -0.5, 1.0, 88.72]);
+    let mut ys = xs.clone();
+    fused::exp_f32_inplace(&mut ys);
+    for (&x, &y) in xs.iter().zip(&ys) {
+        let e = (x as f64).exp();
+        let rel = ((y as f64) - e).abs() / e;
+        assert!(rel < 2.5e-7, "exp({x}) = {y}, exact {e}, rel err {rel}");
+    }
+    let mut edge = [f32::NEG_INFINITY, -1e9, -90.0, 89.0, f32::INFINITY, f32::NAN];
+    fused::exp_f32_inplace(&mut edge);
+    assert_eq!(&edge[..5], &[0.0, 0.0, 0.0, f32::INFINITY, f32::INFINITY]);
+    assert!(edge[5].is_nan());
+}
+
+/// NaN in a row propagates (the trainer's NaN guard relies on it).
+#[test]
+fn nan_propagates_through_fused_softmax_and_logprobs() {
+    let x = Tensor::new(&[[0.5f32, f32::NAN, 1.0]], &Device::Cpu).unwrap();
+    let y = softmax_last_dim(&x).unwrap().to_vec2::<f32>().unwrap();
+    assert!(y[0].iter().all(|v| v.is_nan()));
+    let lp = gather_logprobs(&x, &Tensor::new(&[0u32], &Device::Cpu).unwrap())
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(lp[0].is_nan());
+}
