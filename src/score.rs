@@ -1,7 +1,7 @@
 //! Teacher-forced per-token log-probabilities of answers: the primitive every loss and metric
 //! uses. Sequences are right-padded; with a causal mask no real token sees padding, so the
 //! values do not depend on the batch a sequence is scored in.
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
 use crate::data::Encoded;
 use crate::error::Result;
@@ -185,28 +185,21 @@ pub fn score_stats(
         let refs: Vec<&Encoded> = chunk.iter().map(|&i| &items[i]).collect();
         let batch = Batch::new(&refs, 0, model.device())?;
         let logits = model.forward(&batch.input)?.detach().to_dtype(DType::F32)?;
-        let lp = ops::log_softmax_last_dim(&logits)?; // [b, t, V]
-        let p = lp.exp()?;
-        let plp = (&p * &lp)?;
-        let mu = plp.sum(D::Minus1)?; // [b, t]
-        let e2 = (plp * &lp)?.sum(D::Minus1)?;
-        let var = (e2 - mu.sqr()?)?;
-        let tgt = lp
-            .gather(&batch.targets.unsqueeze(2)?, D::Minus1)?
-            .squeeze(2)?; // [b, t]
-        let arg = lp.argmax(D::Minus1)?; // [b, t] u32
-        let (tgt, mu, var) = (
-            tgt.to_vec2::<f32>()?,
-            mu.to_vec2::<f32>()?,
-            var.to_vec2::<f32>()?,
-        );
-        let (arg, targets) = (arg.to_vec2::<u32>()?, batch.targets.to_vec2::<u32>()?);
+        // [b, t, 4]: log p(target), hit, μ, σ²
+        let st = ops::token_stats(&logits, &batch.targets)?.to_vec3::<f32>()?;
+        drop(logits);
+        let col = |k: usize| -> Vec<Vec<f32>> {
+            st.iter()
+                .map(|row| row.iter().map(|v| v[k]).collect())
+                .collect()
+        };
+        let (tgt, hits, mu, var) = (col(0), col(1), col(2), col(3));
         for (r, &i) in chunk.iter().enumerate() {
             let e = &items[i];
             let span = e.n_prompt - 1..e.ids.len() - 1;
             out[i] = TokenStats {
                 logp: tgt[r][span.clone()].to_vec(),
-                hit: span.clone().map(|j| arg[r][j] == targets[r][j]).collect(),
+                hit: span.clone().map(|j| hits[r][j] == 1.0).collect(),
                 mu: mu[r][span.clone()].to_vec(),
                 var: var[r][span].to_vec(),
             };

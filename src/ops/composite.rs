@@ -59,3 +59,30 @@ pub fn gather_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
         .gather(&idx, D::Minus1)?
         .squeeze(D::Minus1)?)
 }
+
+/// [.., 4]: log p(target), [argmax = target], μ = Σ p log p, σ² = Σ p log² p − μ².
+pub fn token_stats(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let lp = log_softmax_last_dim(logits)?;
+    let p = lp.exp()?;
+    let plp = (&p * &lp)?;
+    let mu = plp.sum_keepdim(D::Minus1)?;
+    let var = ((plp * &lp)?.sum_keepdim(D::Minus1)? - mu.sqr()?)?;
+    let idx = targets.contiguous()?.unsqueeze(D::Minus1)?;
+    let tgt = lp.contiguous()?.gather(&idx, D::Minus1)?;
+    let hit = lp
+        .argmax_keepdim(D::Minus1)?
+        .eq(&idx)?
+        .to_dtype(logits.dtype())?;
+    Ok(Tensor::cat(&[tgt, hit, mu, var], D::Minus1)?)
+}
+
+/// x · Wᵀ for x: [.., in], w: [out, in], computed as one 2-D matmul.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let inp = *dims.last().unwrap();
+    let n: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((n, inp))?.matmul(&w.t()?)?;
+    let mut out = dims;
+    *out.last_mut().unwrap() = w.dim(0)?;
+    Ok(y.reshape(out)?)
+}

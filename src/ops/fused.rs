@@ -935,3 +935,274 @@ impl CustomOp3 for SwiGluBwd {
         })
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Per-position statistics of the predicted distribution, for evaluation (no gradient), without
+// materialising any [.., V] intermediate: logits [.., V], targets [..] (u32) -> [.., 4] holding
+// log p(target), 1 if argmax = target else 0, μ = Σ p·log p and σ² = Σ p·log² p − μ².
+
+pub struct TokenStats;
+
+impl CustomOp2 for TokenStats {
+    fn name(&self) -> &'static str {
+        "unlearn-token-stats"
+    }
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        st: &CpuStorage,
+        lt: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let name = self.name();
+        let v = last_dim(lx, name)?;
+        let rows = lx.shape().elem_count() / v;
+        let mut shape = lx.dims().to_vec();
+        *shape.last_mut().unwrap() = 4;
+        let tg = targets_of(st, lt, rows, v, name)?;
+        float!(sx, name, T => {
+            let x: &[T] = cont(sx, lx, name)?;
+            let mut out = vec![zero::<T>(); rows * 4];
+            let per = rows_per_task(rows, v);
+            if rows > 0 {
+                out.par_chunks_mut(per * 4).enumerate().for_each(|(c, o)| {
+                    let mut scratch = vec![zero::<T>(); v];
+                    for (i, o) in o.chunks_mut(4).enumerate() {
+                        let r = c * per + i;
+                        let xr = &x[r * v..][..v];
+                        let lse = logsumexp(xr, &mut scratch).to_f64();
+                        // scratch holds exp(x − max); p = scratch / Σ scratch
+                        let s = sum(&scratch).to_f64();
+                        let (mut mu, mut e2, mut best) = (0f64, 0f64, 0usize);
+                        for j in 0..v {
+                            let lp = xr[j].to_f64() - lse;
+                            let p = scratch[j].to_f64() / s;
+                            mu += p * lp;
+                            e2 += p * lp * lp;
+                            if xr[j] > xr[best] {
+                                best = j;
+                            }
+                        }
+                        let t = tg[r] as usize;
+                        o[0] = T::from_f64(xr[t].to_f64() - lse);
+                        o[1] = T::from_f64(if best == t { 1.0 } else { 0.0 });
+                        o[2] = T::from_f64(mu);
+                        o[3] = T::from_f64(e2 - mu * mu);
+                    }
+                });
+            }
+            Ok((T::to_cpu_storage_owned(out), Shape::from(shape)))
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear: y = x·Wᵀ for x: [.., in], W: [out, in] (HF layout) -> [.., out], one graph node.
+// Backward: dx = dy·W, dW = dyᵀ·x (summed over all leading positions).
+// The products call the `gemm` crate directly: no zero-filled output, no reshape/transpose nodes
+// (each of which costs candle's backward a zero tensor and an addition), and a few-row product
+// (generation) runs as W·xᵀ, which reads W in its stored order.
+
+/// Rows of x up to which the forward multiplies as (W·xᵀ)ᵀ.
+const FEW_ROWS: usize = 16;
+
+/// dst[m×n] = lhs[m×k]·rhs[k×n], each given by (row stride, column stride), into fresh memory.
+#[allow(clippy::too_many_arguments)]
+fn gemm_new<T: WithDType>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst_rs: usize,
+    dst_cs: usize,
+    lhs: &[T],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[T],
+    rhs_rs: usize,
+    rhs_cs: usize,
+) -> Vec<T> {
+    let mut dst: Vec<T> = Vec::with_capacity(m * n);
+    if m * n == 0 {
+        return dst;
+    }
+    if k == 0 {
+        return vec![zero::<T>(); m * n];
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k >= 1 << 18 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the strides describe matrices inside `lhs`, `rhs` (checked by the callers' shape
+    // checks) and inside the m·n elements reserved in `dst`, which gemm writes in full
+    // (read_dst = false) before the length is set.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            zero::<T>(),
+            T::from_f64(1.0),
+            false,
+            false,
+            false,
+            par,
+        );
+        dst.set_len(m * n);
+    }
+    dst
+}
+
+/// y[n×out] = x·Wᵀ for a few rows (generation): each output is a dot product of two contiguous
+/// rows, W is read once in its stored order (memory-bound, as a GEMV should be), in parallel over
+/// blocks of W's rows. A GEMM would repack all of W on every call.
+fn few_rows<T: WithDType>(x: &[T], w: &[T], n: usize, inp: usize, out: usize) -> Vec<T> {
+    #[inline(always)]
+    fn block<T: WithDType>(x: &[T], w: &[T], n: usize, inp: usize, o0: usize, yt: &mut [T]) {
+        for (i, yo) in yt.chunks_mut(n).enumerate() {
+            let wr = &w[(o0 + i) * inp..][..inp];
+            for (r, y) in yo.iter_mut().enumerate() {
+                *y = dot(wr, &x[r * inp..][..inp]);
+            }
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn block_avx512<T: WithDType>(
+        x: &[T],
+        w: &[T],
+        n: usize,
+        inp: usize,
+        o0: usize,
+        yt: &mut [T],
+    ) {
+        block(x, w, n, inp, o0, yt)
+    }
+    #[cfg(target_arch = "x86_64")]
+    let wide = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let wide = false;
+    // yᵀ[out×n], in blocks of W rows (~64k multiply-adds each)
+    let rows_per = (65536 / (inp * n).max(1)).clamp(1, out.max(1));
+    let mut yt = vec![zero::<T>(); out * n];
+    let run = |(c, chunk): (usize, &mut [T])| {
+        #[cfg(target_arch = "x86_64")]
+        if wide {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { block_avx512(x, w, n, inp, c * rows_per, chunk) };
+        }
+        let _ = wide;
+        block(x, w, n, inp, c * rows_per, chunk)
+    };
+    if out * inp * n < 1 << 17 {
+        yt.chunks_mut(rows_per * n).enumerate().for_each(run);
+    } else {
+        yt.par_chunks_mut(rows_per * n).enumerate().for_each(run);
+    }
+    // transpose to y[n×out]
+    let mut y = vec![zero::<T>(); n * out];
+    for o in 0..out {
+        for r in 0..n {
+            y[r * out + o] = yt[o * n + r];
+        }
+    }
+    y
+}
+
+pub struct Linear;
+
+fn linear_dims(lx: &Layout, lw: &Layout, op: &str) -> CResult<(usize, usize, usize)> {
+    let inp = last_dim(lx, op)?;
+    let wd = lw.dims();
+    if wd.len() != 2 || wd[1] != inp {
+        bail!("{op}: weight {wd:?} for input {:?}", lx.dims());
+    }
+    Ok((lx.shape().elem_count() / inp, inp, wd[0]))
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "unlearn-linear"
+    }
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (n, inp, out) = linear_dims(lx, lw, name)?;
+        let mut shape = lx.dims().to_vec();
+        *shape.last_mut().unwrap() = out;
+        float!(sx, name, T => {
+            let x: &[T] = cont(sx, lx, name)?;
+            let w: &[T] = cont(sw, lw, name)?;
+            let y = if n <= FEW_ROWS {
+                few_rows(x, w, n, inp, out)
+            } else {
+                gemm_new(n, out, inp, out, 1, x, inp, 1, w, 1, inp)
+            };
+            Ok((T::to_cpu_storage_owned(y), Shape::from(shape)))
+        })
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let out = x.apply_op3_no_bwd(w, &dy.contiguous()?, &LinearBwd)?;
+        let (nx, nw) = (x.elem_count(), w.elem_count());
+        let dx = out.narrow(0, 0, nx)?.reshape(x.shape())?;
+        let dw = out.narrow(0, nx, nw)?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// (x, W, dy) -> [dx = dy·W (flattened) ; dW = dyᵀ·x (flattened)].
+struct LinearBwd;
+
+impl CustomOp3 for LinearBwd {
+    fn name(&self) -> &'static str {
+        "unlearn-linear-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        sx: &CpuStorage,
+        lx: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sd: &CpuStorage,
+        ld: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (n, inp, out) = linear_dims(lx, lw, name)?;
+        if ld.shape().elem_count() != n * out {
+            bail!("{name}: gradient {:?} for output [{n}, {out}]", ld.dims());
+        }
+        float!(sx, name, T => {
+            let x: &[T] = cont(sx, lx, name)?;
+            let w: &[T] = cont(sw, lw, name)?;
+            let dy: &[T] = cont(sd, ld, name)?;
+            // dx[n×in] = dy[n×out]·W[out×in]
+            let mut res = gemm_new(n, inp, out, inp, 1, dy, out, 1, w, inp, 1);
+            // dW[out×in] = dyᵀ[out×n]·x[n×in]
+            res.extend_from_slice(&gemm_new(out, inp, n, inp, 1, dy, 1, out, x, inp, 1));
+            let len = res.len();
+            Ok((T::to_cpu_storage_owned(res), Shape::from(len)))
+        })
+    }
+}

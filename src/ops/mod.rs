@@ -115,29 +115,32 @@ pub fn gather_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
     composite::gather_logprobs(logits, targets)
 }
 
-/// Row count up to which `linear` multiplies as (W·xᵀ)ᵀ.
-const SMALL_ROWS: usize = 16;
+/// Evaluation statistics per position (no gradient): logits [.., V], targets [..] -> [.., 4] with
+/// log p(target), [argmax = target] (0/1), μ = Σ_v p log p, σ² = Σ_v p log² p − μ². The fused
+/// form makes one pass over each row instead of five [.., V] tensors.
+pub fn token_stats(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let logits = logits.detach();
+    let t = targets.to_dtype(DType::U32)?.contiguous()?;
+    if fused_for(&logits) {
+        return Ok(logits
+            .contiguous()?
+            .apply_op2_no_bwd(&t, &fused::TokenStats)?);
+    }
+    composite::token_stats(&logits, &t)
+}
 
-/// x · Wᵀ (+ b) for x: [.., in], w: [out, in] (HF `nn.Linear` layout), computed as one 2-D GEMM.
+/// x · Wᵀ (+ b) for x: [.., in], w: [out, in] (HF `nn.Linear` layout) -> [.., out]. Fused: one
+/// graph node whose backward gives dx = dy·W and dW = dyᵀ·x.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let inp = *dims.last().unwrap();
-    let n: usize = dims[..dims.len() - 1].iter().product();
-    let x2 = x.reshape((n, inp))?;
-    // A few rows (generation): W·xᵀ reads W in its stored row-major order, which the GEMM
-    // handles without repacking the large matrix; xᵀ·W... is the same product transposed.
-    let y = if n <= SMALL_ROWS && x.device().is_cpu() {
-        w.matmul(&x2.t()?)?.t()?.contiguous()?
+    let y = if fused_for(x) && w.dtype() == x.dtype() {
+        x.contiguous()?.apply_op2(&w.contiguous()?, fused::Linear)?
     } else {
-        x2.matmul(&w.t()?)?
+        composite::linear(x, w)?
     };
-    let y = match b {
+    Ok(match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,
-    };
-    let mut out = dims;
-    *out.last_mut().unwrap() = w.dim(0)?;
-    Ok(y.reshape(out)?)
+    })
 }
 
 /// max |a − b| over all elements, as f64 (any float dtype).

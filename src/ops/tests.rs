@@ -86,9 +86,23 @@ fn cases(dtype: DType) -> Vec<(&'static str, F, F, Vec<usize>)> {
     let up2 = up.clone();
     let tg = Tensor::new(&[[3u32, 0, 10], [7, 2, 9]], &Device::Cpu).unwrap();
     let tg2 = tg.clone();
+    let wl = randn(&[5, 7], 12, dtype);
+    let (wl2, wl3, wl4) = (wl.clone(), wl.clone(), wl.clone());
     // RoPE input as the model makes it: [b, t, heads, d] transposed to [b, heads, t, d].
     let tr = |x: &Tensor| x.transpose(1, 2).unwrap();
     vec![
+        (
+            "linear_few_rows",
+            Box::new(move |x: &Tensor| linear(x, &wl, None).unwrap()) as F,
+            Box::new(move |x: &Tensor| composite::linear(x, &wl2).unwrap()) as F,
+            vec![1, 3, 7],
+        ),
+        (
+            "linear_many_rows",
+            Box::new(move |x: &Tensor| linear(x, &wl3, None).unwrap()) as F,
+            Box::new(move |x: &Tensor| composite::linear(x, &wl4).unwrap()) as F,
+            vec![3, 9, 7],
+        ),
         (
             "rms_norm",
             Box::new(move |x: &Tensor| rms_norm(x, &w, 1e-6).unwrap()) as F,
@@ -288,4 +302,46 @@ fn nan_propagates_through_fused_softmax_and_logprobs() {
         .to_vec1::<f32>()
         .unwrap();
     assert!(lp[0].is_nan());
+}
+
+/// Evaluation statistics: fused one-pass kernel against the composite, f32 and f64.
+#[test]
+fn token_stats_match_composite() {
+    for dtype in [DType::F64, DType::F32] {
+        let x = randn(&[2, 5, 37], 21, dtype);
+        let t = Tensor::from_vec(
+            (0..10u32).map(|i| (i * 11) % 37).collect::<Vec<_>>(),
+            (2, 5),
+            &Device::Cpu,
+        )
+        .unwrap();
+        // one position where the target is the argmax, so the hit column is exercised
+        let x = {
+            let mut v = x.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            v[0] = 50.0; // row 0, target 0
+            Tensor::from_vec(v, (2, 5, 37), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+        };
+        let f = token_stats(&x, &t).unwrap();
+        let c = composite::token_stats(&x, &t).unwrap();
+        close(&f, &c, 1e-4, &format!("token_stats {dtype:?}"));
+        let hits = f.narrow(2, 1, 1).unwrap().sum_all().unwrap().to_dtype(DType::F64).unwrap();
+        assert!(hits.to_scalar::<f64>().unwrap() >= 1.0);
+    }
+}
+
+/// The weight gradient of the fused linear (dW = dyᵀ·x) against the composite's, large enough
+/// for the threaded GEMM path, tied use (one weight in two products) included.
+#[test]
+fn linear_weight_gradient_matches_composite() {
+    let x = randn(&[4, 70, 96], 31, DType::F32);
+    let w = Var::from_tensor(&randn(&[130, 96], 32, DType::F32)).unwrap();
+    let x2 = randn(&[2, 96], 33, DType::F32);
+    let loss = |f: &dyn Fn(&Tensor, &Tensor) -> Tensor| {
+        let y = weighted(&f(&x, &w), 5);
+        let y2 = weighted(&f(&x2, &w), 6);
+        (y + y2).unwrap().backward().unwrap()
+    };
+    let gf = loss(&|a, b| linear(a, b, None).unwrap());
+    let gc = loss(&|a, b| composite::linear(a, b).unwrap());
+    close(gf.get(&w).unwrap(), gc.get(&w).unwrap(), 1e-3, "linear weight");
 }
