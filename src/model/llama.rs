@@ -460,7 +460,10 @@ impl Llama {
                 k = Tensor::cat(&[pk, &k], 2)?;
                 v = Tensor::cat(&[pv, &v], 2)?;
             }
-            *slot = Some((k.clone(), v.clone()));
+            // Detached: the cache must not hold the autograd graph of every step it has seen
+            // (each cat would keep the previous cache and that step's activations alive, O(T²)
+            // memory over a generation: the TOFU evaluation ran out of 24 GB this way).
+            *slot = Some((k.detach(), v.detach()));
         }
         let total = k.dim(2)?;
         // Grouped-query attention without copying k/v: query heads of a group share one kv head
