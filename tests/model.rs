@@ -337,3 +337,29 @@ fn attribution_satisfies_completeness() {
         );
     }
 }
+
+/// Regression (issue #4: the TOFU evaluation of SmolLM2 was OOM-killed at 24 GB during
+/// generation): the KV cache must hold plain tensors, not the autograd graph of each step, or a
+/// generation of T tokens keeps O(T²) activations alive. A loss built from the cache reaches no
+/// parameter.
+#[test]
+fn issue4_kv_cache_holds_no_autograd_graph() {
+    use unlearn::model::{Hooks, KvCache};
+    let m = Llama::random(tiny_config(32, 2), 9, &Device::Cpu).unwrap();
+    let mut cache = KvCache::new(m.cfg.num_hidden_layers);
+    for ids in [vec![1u32, 2, 3], vec![4u32]] {
+        let t = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        m.forward_with(&t, None, None, Some(&mut cache), Hooks::default())
+            .unwrap();
+    }
+    assert_eq!(cache.len(), 4);
+    let (k, v) = cache.layer(1).unwrap();
+    let loss = (k.sum_all().unwrap() + v.sum_all().unwrap()).unwrap();
+    let grads = loss.backward().unwrap();
+    for (name, p) in m.params() {
+        assert!(grads.get(p.as_tensor()).is_none(), "cache reaches {name}");
+    }
+}

@@ -64,7 +64,12 @@ fn torch_round(a: &Args, cfg: &BenchConfig, out: &std::path::Path) -> Result<ser
     let status = Command::new(&a.python)
         .arg(&a.torch_script)
         .arg(&a.model)
-        .args(["--batch", &cfg.batch.to_string(), "--seq", &cfg.seq.to_string()])
+        .args([
+            "--batch",
+            &cfg.batch.to_string(),
+            "--seq",
+            &cfg.seq.to_string(),
+        ])
         .args(["--threads", &rayon::current_num_threads().to_string()])
         .args(["--train-steps", &cfg.train_steps.to_string()])
         .args(["--score-batches", &cfg.score_batches.to_string()])
@@ -154,10 +159,30 @@ pub fn run(a: Args) -> Result<()> {
     let om = |f: fn(&BenchResult) -> f64| median(ours.iter().map(f).collect());
     let tm = |k: &str| median(theirs.iter().filter_map(|t| t[k].as_f64()).collect());
     let rows = [
-        ("training step (s)", om(|r| r.train_step_s), tm("train_step_s"), true),
-        ("training tokens/s", om(|r| r.train_tokens_per_s), tm("train_tokens_per_s"), false),
-        ("scoring tokens/s", om(|r| r.score_tokens_per_s), tm("score_tokens_per_s"), false),
-        ("generation tokens/s", om(|r| r.gen_tokens_per_s), tm("gen_tokens_per_s"), false),
+        (
+            "training step (s)",
+            om(|r| r.train_step_s),
+            tm("train_step_s"),
+            true,
+        ),
+        (
+            "training tokens/s",
+            om(|r| r.train_tokens_per_s),
+            tm("train_tokens_per_s"),
+            false,
+        ),
+        (
+            "scoring tokens/s",
+            om(|r| r.score_tokens_per_s),
+            tm("score_tokens_per_s"),
+            false,
+        ),
+        (
+            "generation tokens/s",
+            om(|r| r.gen_tokens_per_s),
+            tm("gen_tokens_per_s"),
+            false,
+        ),
     ];
     let torch_rss = theirs
         .iter()
@@ -167,7 +192,10 @@ pub fn run(a: Args) -> Result<()> {
         "medians of {} alternating rounds; ratio = time ours / time PyTorch (< 1: we are faster)",
         ours.len()
     );
-    println!("{:<22} {:>12} {:>12} {:>8}", "workload", "unlearn", "PyTorch", "ratio");
+    println!(
+        "{:<22} {:>12} {:>12} {:>8}",
+        "workload", "unlearn", "PyTorch", "ratio"
+    );
     let mut summary = serde_json::Map::new();
     for (name, o, t, is_time) in rows {
         let ratio = if is_time { o / t } else { t / o };

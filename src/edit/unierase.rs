@@ -642,7 +642,7 @@ pub fn unierase(
         for (li, &l) in layers.iter().enumerate() {
             let k = &keys::last_token_keys(&model, &enc, &[l])?[0];
             let kmat = to_mat(k, g.len(), d); // [d, n]
-            // share of the keys' energy in the null space: what the edit may act on
+                                              // share of the keys' energy in the null space: what the edit may act on
             let pk = &projectors[li] * &kmat;
             in_null.push(pk.norm_l2().powi(2) / kmat.norm_l2().powi(2).max(1e-30));
             let hsz = model.cfg.hidden_size;
@@ -672,7 +672,10 @@ pub fn unierase(
              share of key energy in the null space per layer {:?}",
             g.len(),
             cfg.token,
-            in_null.iter().map(|x| (x * 1000.0).round() / 1000.0).collect::<Vec<_>>()
+            in_null
+                .iter()
+                .map(|x| (x * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>()
         ));
     }
     let p_after = p_first(&model, &prompts, unl, last)?;

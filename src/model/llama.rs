@@ -59,6 +59,10 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Cached (k, v) of layer `l`, each [b, n_kv_heads, t_past, head_dim].
+    pub fn layer(&self, l: usize) -> Option<&(Tensor, Tensor)> {
+        self.layers.get(l).and_then(|x| x.as_ref())
+    }
 }
 
 struct Layer {

@@ -213,7 +213,9 @@ fn fused_gradients_match_finite_differences() {
 fn rms_norm_weight_gradient_matches_composite() {
     let x = randn(&[5, 3, 37], 5, DType::F32);
     let w = Var::from_tensor(&randn(&[37], 6, DType::F32)).unwrap();
-    let gf = weighted(&rms_norm(&x, &w, 1e-5).unwrap(), 3).backward().unwrap();
+    let gf = weighted(&rms_norm(&x, &w, 1e-5).unwrap(), 3)
+        .backward()
+        .unwrap();
     let gc = weighted(&composite::rms_norm(&x, &w, 1e-5).unwrap(), 3)
         .backward()
         .unwrap();
@@ -268,7 +270,10 @@ fn gather_logprobs_rejects_out_of_range_targets() {
     let x = randn(&[1, 2, 4], 1, DType::F32);
     let t = Tensor::new(&[[1u32, 4]], &Device::Cpu).unwrap();
     let e = gather_logprobs(&x, &t).unwrap_err().to_string();
-    assert!(e.contains("target 4") && e.contains("vocabulary of 4"), "{e}");
+    assert!(
+        e.contains("target 4") && e.contains("vocabulary of 4"),
+        "{e}"
+    );
 }
 
 /// The vectorised exp within 2 ulp of libm's (f64) over the whole finite range, and its limits.
@@ -285,7 +290,14 @@ fn exp_f32_is_accurate() {
         let rel = ((y as f64) - e).abs() / e;
         assert!(rel < 2.5e-7, "exp({x}) = {y}, exact {e}, rel err {rel}");
     }
-    let mut edge = [f32::NEG_INFINITY, -1e9, -90.0, 89.0, f32::INFINITY, f32::NAN];
+    let mut edge = [
+        f32::NEG_INFINITY,
+        -1e9,
+        -90.0,
+        89.0,
+        f32::INFINITY,
+        f32::NAN,
+    ];
     fused::exp_f32_inplace(&mut edge);
     assert_eq!(&edge[..5], &[0.0, 0.0, 0.0, f32::INFINITY, f32::INFINITY]);
     assert!(edge[5].is_nan());
@@ -317,14 +329,29 @@ fn token_stats_match_composite() {
         .unwrap();
         // one position where the target is the argmax, so the hit column is exercised
         let x = {
-            let mut v = x.flatten_all().unwrap().to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap();
+            let mut v = x
+                .flatten_all()
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap();
             v[0] = 50.0; // row 0, target 0
-            Tensor::from_vec(v, (2, 5, 37), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+            Tensor::from_vec(v, (2, 5, 37), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
         };
         let f = token_stats(&x, &t).unwrap();
         let c = composite::token_stats(&x, &t).unwrap();
         close(&f, &c, 1e-4, &format!("token_stats {dtype:?}"));
-        let hits = f.narrow(2, 1, 1).unwrap().sum_all().unwrap().to_dtype(DType::F64).unwrap();
+        let hits = f
+            .narrow(2, 1, 1)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap();
         assert!(hits.to_scalar::<f64>().unwrap() >= 1.0);
     }
 }
@@ -343,5 +370,10 @@ fn linear_weight_gradient_matches_composite() {
     };
     let gf = loss(&|a, b| linear(a, b, None).unwrap());
     let gc = loss(&|a, b| composite::linear(a, b).unwrap());
-    close(gf.get(&w).unwrap(), gc.get(&w).unwrap(), 1e-3, "linear weight");
+    close(
+        gf.get(&w).unwrap(),
+        gc.get(&w).unwrap(),
+        1e-3,
+        "linear weight",
+    );
 }
