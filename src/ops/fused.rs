@@ -257,6 +257,23 @@ fn last_dim(l: &Layout, op: &str) -> CResult<usize> {
     }
 }
 
+/// Run a backward kernel `op(a, b, dy)` whose output is [grad a (flattened) ; grad b
+/// (flattened)] and return the two gradients shaped like `a` and `b`.
+fn pair_bwd<C: CustomOp3>(
+    a: &Tensor,
+    b: &Tensor,
+    dy: &Tensor,
+    op: &C,
+) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+    let out = a
+        .contiguous()?
+        .apply_op3_no_bwd(&b.contiguous()?, &dy.contiguous()?, op)?;
+    let (na, nb) = (a.elem_count(), b.elem_count());
+    let da = out.narrow(0, 0, na)?.reshape(a.shape())?;
+    let db = out.narrow(0, na, nb)?.reshape(b.shape())?;
+    Ok((Some(da), Some(db)))
+}
+
 // ---------------------------------------------------------------------------------------------
 // RMSNorm: y = x·r·w, r = (mean(x²) + eps)^(−1/2) per row. x: [.., h], w: [h].
 // Backward: x̂ = x·r, dw = Σ_rows dy ⊙ x̂, dx = r·(dy⊙w − x̂·mean(dy⊙w⊙x̂)).
@@ -314,16 +331,7 @@ impl CustomOp2 for RmsNorm {
         _y: &Tensor,
         dy: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let n = x.elem_count();
-        let h = w.elem_count();
-        let out = x.contiguous()?.apply_op3_no_bwd(
-            &w.contiguous()?,
-            &dy.contiguous()?,
-            &RmsNormBwd { eps: self.eps },
-        )?;
-        let dx = out.narrow(0, 0, n)?.reshape(x.shape())?;
-        let dw = out.narrow(0, n, h)?;
-        Ok((Some(dx), Some(dw)))
+        pair_bwd(x, w, dy, &RmsNormBwd { eps: self.eps })
     }
 }
 
@@ -545,18 +553,28 @@ impl CustomOp2 for SoftmaxBwd {
 // log-softmax over the last dimension: y = x − max − ln Σ exp(x − max).
 // Backward: dx = dy − exp(y)·Σdy.
 
-/// ln Σ exp(x) of one row, using `scratch` (same length) as work space.
+/// (max x, Σ exp(x − max x)) of one row, leaving exp(x − max x) in `scratch` (same length); for
+/// a row of −∞ only (−∞, 0), scratch untouched.
 #[inline(always)]
-fn logsumexp<T: Real>(x: &[T], scratch: &mut [T]) -> T {
+fn exp_shifted<T: Real>(x: &[T], scratch: &mut [T]) -> (T, T) {
     let m = max(x);
     if m.to_f64() == f64::NEG_INFINITY {
-        return m;
+        return (m, zero::<T>());
     }
     for (s, &v) in scratch.iter_mut().zip(x) {
         *s = v - m;
     }
     T::exp_inplace(scratch);
-    m + sum(scratch).ln()
+    (m, sum(scratch))
+}
+
+/// ln Σ exp(x) of one row, using `scratch` (same length) as work space.
+#[inline(always)]
+fn logsumexp<T: Real>(x: &[T], scratch: &mut [T]) -> T {
+    match exp_shifted(x, scratch) {
+        (m, _) if m.to_f64() == f64::NEG_INFINITY => m,
+        (m, s) => m + s.ln(),
+    }
 }
 
 pub struct LogSoftmax;
@@ -904,13 +922,7 @@ impl CustomOp2 for SwiGlu {
         _y: &Tensor,
         dy: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let n = g.elem_count();
-        let out =
-            g.contiguous()?
-                .apply_op3_no_bwd(&u.contiguous()?, &dy.contiguous()?, &SwiGluBwd)?;
-        let dg = out.narrow(0, 0, n)?.reshape(g.shape())?;
-        let du = out.narrow(0, n, n)?.reshape(g.shape())?;
-        Ok((Some(dg), Some(du)))
+        pair_bwd(g, u, dy, &SwiGluBwd)
     }
 }
 
@@ -996,9 +1008,10 @@ impl CustomOp2 for TokenStats {
                     for (i, o) in o.chunks_mut(4).enumerate() {
                         let r = c * per + i;
                         let xr = &x[r * v..][..v];
-                        let lse = logsumexp(xr, &mut scratch).to_f64();
                         // scratch holds exp(x − max); p = scratch / Σ scratch
-                        let s = sum(&scratch).to_f64();
+                        let (m, s) = exp_shifted(xr, &mut scratch);
+                        let (m, s) = (m.to_f64(), s.to_f64());
+                        let lse = if m == f64::NEG_INFINITY { m } else { m + s.ln() };
                         let (mut mu, mut e2, mut best) = (0f64, 0f64, 0usize);
                         for j in 0..v {
                             let lp = xr[j].to_f64() - lse;
@@ -1191,11 +1204,7 @@ impl CustomOp2 for Linear {
         _y: &Tensor,
         dy: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let out = x.apply_op3_no_bwd(w, &dy.contiguous()?, &LinearBwd)?;
-        let (nx, nw) = (x.elem_count(), w.elem_count());
-        let dx = out.narrow(0, 0, nx)?.reshape(x.shape())?;
-        let dw = out.narrow(0, nx, nw)?.reshape(w.shape())?;
-        Ok((Some(dx), Some(dw)))
+        pair_bwd(x, w, dy, &LinearBwd)
     }
 }
 
