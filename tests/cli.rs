@@ -11,30 +11,8 @@ fn finetune_memorises_then_reloads_and_generates() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     std::fs::write(p.join("qa.jsonl"), SHORT_QA).unwrap();
-    ok(
-        &[
-            "init", "--out", "tiny", "--hidden", "64", "--layers", "2", "--seed", "1",
-        ],
-        p,
-    );
-    let out = ok(
-        &[
-            "finetune",
-            "--model",
-            "tiny",
-            "--data",
-            "qa.jsonl",
-            "--out",
-            "ft",
-            "--set",
-            "lr=3e-3",
-            "--set",
-            "epochs=80",
-            "--set",
-            "batch_size=4",
-        ],
-        p,
-    );
+    init_tiny(p, &[]);
+    let out = memorise(p, "qa.jsonl", "ft");
     assert!(out.contains("80 steps"), "{out}");
     for f in ["run.json", "config.toml", "train_log.jsonl"] {
         assert!(p.join("ft.run").join(f).exists(), "missing {f}");
@@ -74,24 +52,7 @@ fn finetune_memorises_then_reloads_and_generates() {
         "{gen}"
     );
     // Same seed, same machine: bit-identical weights.
-    ok(
-        &[
-            "finetune",
-            "--model",
-            "tiny",
-            "--data",
-            "qa.jsonl",
-            "--out",
-            "ft2",
-            "--set",
-            "lr=3e-3",
-            "--set",
-            "epochs=80",
-            "--set",
-            "batch_size=4",
-        ],
-        p,
-    );
+    memorise(p, "qa.jsonl", "ft2");
     assert_eq!(
         std::fs::read(p.join("ft/model.safetensors")).unwrap(),
         std::fs::read(p.join("ft2/model.safetensors")).unwrap()

@@ -14,30 +14,8 @@ fn setup(p: &Path) {
     std::fs::write(p.join("keep.jsonl"), lines[..2].join("\n")).unwrap();
     std::fs::write(p.join("ood.jsonl"), lines[2..].join("\n")).unwrap();
     std::fs::write(p.join("all.jsonl"), SHORT_QA).unwrap();
-    ok(
-        &[
-            "init", "--out", "tiny", "--hidden", "64", "--layers", "2", "--seed", "1",
-        ],
-        p,
-    );
-    ok(
-        &[
-            "finetune",
-            "--model",
-            "tiny",
-            "--data",
-            "all.jsonl",
-            "--out",
-            "ft",
-            "--set",
-            "lr=3e-3",
-            "--set",
-            "epochs=80",
-            "--set",
-            "batch_size=4",
-        ],
-        p,
-    );
+    init_tiny(p, &[]);
+    memorise(p, "all.jsonl", "ft");
 }
 
 fn summary(p: &Path, dir: &str) -> Value {

@@ -9,30 +9,8 @@ fn setup(p: &Path) {
     std::fs::write(p.join("forget.jsonl"), lines[..2].join("\n")).unwrap();
     std::fs::write(p.join("retain.jsonl"), lines[2..].join("\n")).unwrap();
     std::fs::write(p.join("all.jsonl"), SHORT_QA).unwrap();
-    ok(
-        &[
-            "init", "--out", "tiny", "--hidden", "64", "--layers", "2", "--seed", "1",
-        ],
-        p,
-    );
-    ok(
-        &[
-            "finetune",
-            "--model",
-            "tiny",
-            "--data",
-            "all.jsonl",
-            "--out",
-            "ft",
-            "--set",
-            "lr=3e-3",
-            "--set",
-            "epochs=80",
-            "--set",
-            "batch_size=4",
-        ],
-        p,
-    );
+    init_tiny(p, &[]);
+    memorise(p, "all.jsonl", "ft");
 }
 
 fn unlearn(p: &Path, method: &str, out: &str, extra: &[&str]) -> serde_json::Value {
@@ -507,31 +485,8 @@ fn unierase_case(untied: bool) {
     setup(p);
     if untied {
         // the same pairs memorised by a model with a separate LM head
-        ok(
-            &[
-                "init", "--out", "tiny", "--hidden", "64", "--layers", "2", "--seed", "1",
-                "--untied",
-            ],
-            p,
-        );
-        ok(
-            &[
-                "finetune",
-                "--model",
-                "tiny",
-                "--data",
-                "all.jsonl",
-                "--out",
-                "ft",
-                "--set",
-                "lr=3e-3",
-                "--set",
-                "epochs=80",
-                "--set",
-                "batch_size=4",
-            ],
-            p,
-        );
+        init_tiny(p, &["--untied"]);
+        memorise(p, "all.jsonl", "ft");
     }
     let before = std::fs::read(p.join("ft/model.safetensors")).unwrap();
     let e = unlearn(

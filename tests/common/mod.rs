@@ -25,6 +25,39 @@ pub fn ok(args: &[&str], cwd: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
+/// `unlearn init` of the tests' tiny random model `tiny` in `cwd` (hidden 64, 2 layers, seed 1),
+/// with `extra` arguments appended.
+pub fn init_tiny(cwd: &Path, extra: &[&str]) {
+    let mut args = vec![
+        "init", "--out", "tiny", "--hidden", "64", "--layers", "2", "--seed", "1",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args, cwd);
+}
+
+/// Fine-tune `tiny` on `data` until it memorises it (lr 3e-3, 80 epochs, batch 4) into `out`;
+/// returns the command's stdout.
+pub fn memorise(cwd: &Path, data: &str, out: &str) -> String {
+    ok(
+        &[
+            "finetune",
+            "--model",
+            "tiny",
+            "--data",
+            data,
+            "--out",
+            out,
+            "--set",
+            "lr=3e-3",
+            "--set",
+            "epochs=80",
+            "--set",
+            "batch_size=4",
+        ],
+        cwd,
+    )
+}
+
 /// Expect failure; returns stderr.
 pub fn fails(args: &[&str], cwd: &Path) -> String {
     let o = run(args, cwd);
