@@ -18,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use crate::data::{read_qa, Formatter, PromptStyle, QaItem};
 use crate::error::{Error, Result};
-use crate::generate::{generate, GenConfig};
+use crate::generate::{generate_with, GenConfig, Stops};
 use crate::hf::atomic_write;
 use crate::metric::{entropy, ks, memorization, mia, rouge, similarity, tofu};
 use crate::model::bert::Bert;
@@ -541,8 +541,7 @@ impl<'a> Evaluator<'a> {
                 .collect::<Result<Vec<_>>>()?;
             let mut order: Vec<usize> = (0..prompts.len()).collect();
             order.sort_by_key(|&i| prompts[i].len());
-            let mut stop = self.model.cfg.eos_token_ids.clone();
-            stop.push(self.fmt.tok.eos_id);
+            let stops = Stops::for_model(&self.model.cfg, self.fmt.tok);
             let gcfg = GenConfig {
                 max_new_tokens: self.cfg.max_new_tokens,
                 ..GenConfig::default()
@@ -552,7 +551,7 @@ impl<'a> Evaluator<'a> {
             for chunk in order.chunks(self.cfg.gen_batch_size.max(1)) {
                 let p: Vec<Vec<u32>> = chunk.iter().map(|&i| prompts[i].clone()).collect();
                 let ids: Vec<u64> = chunk.iter().map(|&i| i as u64).collect();
-                let g = generate(self.model, &p, &ids, &stop, self.fmt.tok.pad_id, &gcfg)?;
+                let g = generate_with(self.model, &p, &ids, &stops, self.fmt.tok.pad_id, &gcfg)?;
                 for (&i, tokens) in chunk.iter().zip(g) {
                     let text = self.fmt.tok.decode(&tokens, true)?.trim().to_string();
                     out[i] = Some(Generation { text, tokens });

@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 
 use crate::data::{read_items, read_qa, Formatter, PromptStyle, QaItem};
 use crate::error::{Error, Result};
-use crate::generate::{generate, GenConfig};
+use crate::generate::{generate_with, GenConfig, Stops};
 use crate::metric::rouge::rouge_l;
 use crate::metric::similarity::refusal_score;
 use crate::model::bert::{cosine, Bert};
@@ -222,8 +222,7 @@ fn answers(
         .iter()
         .map(|q| f.encode_prompt(q))
         .collect::<Result<_>>()?;
-    let mut stop = model.cfg.eos_token_ids.clone();
-    stop.push(f.tok.eos_id);
+    let stops = Stops::for_model(&model.cfg, f.tok);
     let gc = GenConfig {
         max_new_tokens: cfg.max_new_tokens,
         ..GenConfig::default()
@@ -235,7 +234,7 @@ fn answers(
         .chunks(cfg.gen_batch_size.max(1))
         .zip(idx.chunks(cfg.gen_batch_size.max(1)))
     {
-        for g in generate(model, p, ids, &stop, f.tok.pad_id, &gc)? {
+        for g in generate_with(model, p, ids, &stops, f.tok.pad_id, &gc)? {
             out.push(f.tok.decode(&g, true)?.trim().to_string());
         }
         bar.inc(p.len() as u64);

@@ -73,6 +73,76 @@ fn pick(logits: &[f32], cfg: &GenConfig, rng: &mut Rng) -> u32 {
     p.last().map(|x| x.0 as u32).unwrap_or(0)
 }
 
+/// Where generation stops.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stops {
+    /// Ids that end a row wherever they come (end of sequence); not emitted.
+    pub end: Vec<u32>,
+    /// Ids that end a row once it has produced a token outside `closing`; leading ones are
+    /// emitted. UniErase's unlearning token opens a refusal as the first response token and
+    /// closes it after (`[UNL] r [UNL]`), so a later one marks the end of the answer.
+    pub closing: Vec<u32>,
+}
+
+impl Stops {
+    /// The model's and tokenizer's end-of-sequence ids, and the tokenizer's unlearning tokens
+    /// as closing ids.
+    pub fn for_model(cfg: &crate::model::LlamaConfig, tok: &crate::tokenizer::Tok) -> Stops {
+        let mut end = cfg.eos_token_ids.clone();
+        end.push(tok.eos_id);
+        end.sort_unstable();
+        end.dedup();
+        Stops {
+            end,
+            closing: tok.unlearning_token_ids(),
+        }
+    }
+
+    /// Whether `t` ends a row that has produced `so_far`.
+    pub fn ends(&self, so_far: &[u32], t: u32) -> bool {
+        self.end.contains(&t)
+            || (self.closing.contains(&t) && so_far.iter().any(|x| !self.closing.contains(x)))
+    }
+}
+
+/// A left-padded batch of prompts: every row ends at the last column, so the last position's
+/// logits are every row's next-token prediction. Row-major [b, width] buffers.
+pub struct LeftPadded {
+    pub ids: Vec<u32>,
+    /// Absolute position of each token (0 on padding).
+    pub positions: Vec<u32>,
+    /// 1 on real tokens, 0 on padding.
+    pub key_mask: Vec<f32>,
+    /// Column of each row's first real token.
+    pub offset: Vec<usize>,
+    pub width: usize,
+}
+
+impl LeftPadded {
+    pub fn new<P: AsRef<[u32]>>(prompts: &[P], pad: u32) -> Self {
+        let b = prompts.len();
+        let width = prompts.iter().map(|p| p.as_ref().len()).max().unwrap_or(1);
+        let mut lp = LeftPadded {
+            ids: vec![pad; b * width],
+            positions: vec![0; b * width],
+            key_mask: vec![0.0; b * width],
+            offset: Vec::with_capacity(b),
+            width,
+        };
+        for (r, p) in prompts.iter().enumerate() {
+            let p = p.as_ref();
+            let off = width - p.len();
+            for (i, &t) in p.iter().enumerate() {
+                lp.ids[r * width + off + i] = t;
+                lp.positions[r * width + off + i] = i as u32;
+                lp.key_mask[r * width + off + i] = 1.0;
+            }
+            lp.offset.push(off);
+        }
+        lp
+    }
+}
+
 /// Generate continuations of `prompts` (token ids). `item_ids` seed each row's sampler so a row's
 /// output does not depend on the batch it is in. Stops a row at any id in `stop`.
 /// Returns the new tokens of each row (stop token excluded).
@@ -84,6 +154,22 @@ pub fn generate(
     pad_id: u32,
     cfg: &GenConfig,
 ) -> Result<Vec<Vec<u32>>> {
+    let stops = Stops {
+        end: stop.to_vec(),
+        closing: vec![],
+    };
+    generate_with(model, prompts, item_ids, &stops, pad_id, cfg)
+}
+
+/// [`generate`] with end and closing ids ([`Stops`]).
+pub fn generate_with(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    item_ids: &[u64],
+    stops: &Stops,
+    pad_id: u32,
+    cfg: &GenConfig,
+) -> Result<Vec<Vec<u32>>> {
     let b = prompts.len();
     if b == 0 {
         return Ok(vec![]);
@@ -92,20 +178,12 @@ pub fn generate(
     let maxp = prompts.iter().map(|p| p.len()).max().unwrap();
     let max_total = model.cfg.max_position_embeddings;
     let budget = cfg.max_new_tokens.min(max_total.saturating_sub(maxp));
-    let mut ids = vec![pad_id; b * maxp];
-    let mut km = vec![0f32; b * maxp];
-    let mut pos = vec![0u32; b * maxp];
-    let mut next_pos = vec![0u32; b];
-    for (r, p) in prompts.iter().enumerate() {
-        let off = maxp - p.len();
-        for (i, &t) in p.iter().enumerate() {
-            ids[r * maxp + off + i] = t;
-            km[r * maxp + off + i] = 1.0;
-            pos[r * maxp + off + i] = i as u32;
-        }
-        next_pos[r] = p.len() as u32;
-    }
-    let mut key_mask = km;
+    let lp = LeftPadded::new(prompts, pad_id);
+    let mut next_pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
+    let mut key_mask = lp.key_mask;
+    // no autograd graph: activations are freed as they are consumed, and the cache holds
+    // plain tensors
+    let model = &model.frozen_except(&[])?;
     let mut cache = KvCache::new(model.cfg.num_hidden_layers);
     let mut rngs: Vec<Rng> = item_ids
         .iter()
@@ -113,8 +191,8 @@ pub fn generate(
         .collect();
     let mut out: Vec<Vec<u32>> = vec![vec![]; b];
     let mut done = vec![false; b];
-    let mut input = Tensor::from_vec(ids, (b, maxp), dev)?;
-    let mut positions = Tensor::from_vec(pos, (b, maxp), dev)?;
+    let mut input = Tensor::from_vec(lp.ids, (b, maxp), dev)?;
+    let mut positions = Tensor::from_vec(lp.positions, (b, maxp), dev)?;
     for _ in 0..budget {
         let total = key_mask.len() / b;
         let km_t = Tensor::from_vec(key_mask.clone(), (b, total), dev)?;
@@ -137,7 +215,7 @@ pub fn generate(
                 continue;
             }
             let t = pick(&logits[r], cfg, &mut rngs[r]);
-            if stop.contains(&t) {
+            if stops.ends(&out[r], t) {
                 done[r] = true;
             } else {
                 out[r].push(t);
@@ -161,4 +239,28 @@ pub fn generate(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closing_token_ends_only_after_text() {
+        let s = Stops {
+            end: vec![2],
+            closing: vec![9],
+        };
+        assert!(s.ends(&[], 2) && s.ends(&[5, 6], 2));
+        // a leading [UNL] (or several) opens the refusal and is emitted
+        assert!(!s.ends(&[], 9) && !s.ends(&[9], 9));
+        // after any other token it closes the answer
+        assert!(s.ends(&[9, 5], 9) && s.ends(&[5], 9));
+        assert!(!s.ends(&[5], 7));
+        let plain = Stops {
+            end: vec![2],
+            closing: vec![],
+        };
+        assert!(!plain.ends(&[5], 9));
+    }
 }

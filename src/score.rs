@@ -128,10 +128,12 @@ pub fn sample_index(p: &[f32], rng: &mut crate::rng::Rng) -> usize {
 /// of `batch_size`. Item i gets a vector of length `items[i].n_labels()`.
 pub fn score(model: &Llama, items: &[Encoded], batch_size: usize) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(items.len());
+    // no autograd graph: each activation is freed as soon as the next op has read it
+    let model = &model.frozen_except(&[])?;
     for chunk in items.chunks(batch_size.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
         let batch = Batch::new(&refs, 0, model.device())?;
-        let logits = model.forward(&batch.input)?.detach();
+        let logits = model.forward(&batch.input)?;
         let lp = ops::gather_logprobs(&logits, &batch.targets)?
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
@@ -181,10 +183,11 @@ pub fn score_stats(
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by_key(|&i| items[i].ids.len());
     let mut out = vec![TokenStats::default(); items.len()];
+    let model = &model.frozen_except(&[])?; // no autograd graph (as in `score`)
     for chunk in order.chunks(batch_size.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().map(|&i| &items[i]).collect();
         let batch = Batch::new(&refs, 0, model.device())?;
-        let logits = model.forward(&batch.input)?.detach().to_dtype(DType::F32)?;
+        let logits = model.forward(&batch.input)?.to_dtype(DType::F32)?;
         // [b, t, 4]: log p(target), hit, μ, σ²
         let st = ops::token_stats(&logits, &batch.targets)?.to_vec3::<f32>()?;
         drop(logits);

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Formatter, PromptStyle, QaItem};
 use crate::error::{Error, Result};
-use crate::generate::{generate, GenConfig};
+use crate::generate::{generate_with, GenConfig, Stops};
 use crate::model::Llama;
 use crate::tokenizer::Tok;
 
@@ -101,8 +101,7 @@ pub fn selfgen(
         }
         f.encode_prompt(turn)
     };
-    let mut stop = model.cfg.eos_token_ids.clone();
-    stop.push(tok.eos_id);
+    let stops = Stops::for_model(&model.cfg, tok);
     let gc = GenConfig {
         max_new_tokens: cfg.max_new_tokens,
         temperature: cfg.temperature,
@@ -122,7 +121,7 @@ pub fn selfgen(
             .map(|&i| cfg.turns[i as usize % cfg.turns.len()].as_str())
             .collect();
         let prompts: Vec<Vec<u32>> = turns.iter().map(|t| prompt_of(t)).collect::<Result<_>>()?;
-        let gen = generate(model, &prompts, &ids, &stop, tok.pad_id, &gc)?;
+        let gen = generate_with(model, &prompts, &ids, &stops, tok.pad_id, &gc)?;
         for (turn, g) in turns.iter().zip(gen) {
             let text = tok.decode(&g, true)?.trim().to_string();
             if text.chars().count() < cfg.min_chars || out.len() >= cfg.count {

@@ -25,6 +25,13 @@ fn token_str(v: Option<&serde_json::Value>) -> Option<String> {
     }
 }
 
+/// `<unlearn_N>` (N decimal digits): the name UniErase gives its unlearning tokens.
+pub fn is_unlearning_token(s: &str) -> bool {
+    s.strip_prefix("<unlearn_")
+        .and_then(|r| r.strip_suffix('>'))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 impl Tok {
     /// Load from a directory. `eos_fallback`: eos ids from config.json, used when the tokenizer
     /// config names no eos token.
@@ -102,6 +109,19 @@ impl Tok {
             eos_id,
             pad_id,
         })
+    }
+
+    /// Ids of the added special tokens that UniErase creates (`<unlearn_N>`), ascending.
+    pub fn unlearning_token_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special && is_unlearning_token(&t.content))
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -261,6 +281,20 @@ pub fn gpt2_bytes_to_unicode() -> Vec<char> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unlearning_token_names() {
+        use super::is_unlearning_token;
+        assert!(is_unlearning_token("<unlearn_0>") && is_unlearning_token("<unlearn_12>"));
+        for s in [
+            "<unlearn_>",
+            "<unlearn_x>",
+            "unlearn_0",
+            "<unlearn_0",
+            "<|unlearn_0|>",
+        ] {
+            assert!(!is_unlearning_token(s), "{s}");
+        }
+    }
 
     #[test]
     fn byte_level_roundtrip_and_chat() {

@@ -363,3 +363,52 @@ fn issue4_kv_cache_holds_no_autograd_graph() {
         assert!(grads.get(p.as_tensor()).is_none(), "cache reaches {name}");
     }
 }
+
+/// `frozen_except` (UniErase's δ and token training): the view computes the same logits, gives
+/// gradients only to the named parameters, equal to the full model's, and sees in-place updates
+/// of the shared storage.
+#[test]
+fn frozen_view_tracks_only_the_named_parameters() {
+    for tied in [true, false] {
+        let mut cfg = tiny_config(32, 2);
+        cfg.tie_word_embeddings = tied;
+        let m = Llama::random(cfg, 5, &Device::Cpu).unwrap();
+        let it = items();
+        let refs: Vec<&Encoded> = it.iter().collect();
+        let b = Batch::new(&refs, 0, &Device::Cpu).unwrap();
+        let name = "model.embed_tokens.weight";
+        let view = m.frozen_except(&[name]).unwrap();
+        let lf = m.forward(&b.input).unwrap();
+        let lv = view.forward(&b.input).unwrap();
+        let d = (&lf - &lv).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        let gf = token_mean_nll(&lf, &b).unwrap().backward().unwrap();
+        let gv = token_mean_nll(&lv, &b).unwrap().backward().unwrap();
+        for (n, v) in m.params() {
+            match gv.get(v.as_tensor()) {
+                Some(g) if n == name => {
+                    let d = (g - gf.get(v.as_tensor()).unwrap())
+                        .unwrap()
+                        .abs()
+                        .unwrap()
+                        .max_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    assert!(d < 1e-6, "{n}: {d}");
+                }
+                Some(_) => panic!("frozen parameter {n} got a gradient (tied: {tied})"),
+                None => assert_ne!(n, name, "no gradient for {n}"),
+            }
+        }
+        // an in-place update through the original Var reaches the view
+        let w = m.param("model.layers.0.mlp.down_proj.weight").unwrap();
+        w.set(&w.as_tensor().zeros_like().unwrap()).unwrap();
+        let lv2 = view.forward(&b.input).unwrap();
+        let lf2 = m.forward(&b.input).unwrap();
+        let d = (&lf2 - &lv2).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0);
+        let moved = (&lf - &lv2).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(moved.to_scalar::<f32>().unwrap() > 0.0);
+    }
+}

@@ -540,6 +540,9 @@ fn unierase_case(untied: bool) {
     assert_eq!(y.model.cfg.vocab_size, x.model.cfg.vocab_size.max(unl + 1));
     let tj = std::fs::read_to_string(p.join("u/tokenizer.json")).unwrap();
     assert!(tj.contains("<unlearn_0>"));
+    // generation recognises it as the closing token (unlearn::generate::Stops::for_model)
+    assert_eq!(y.tok.unlearning_token_ids(), vec![unl as u32]);
+    assert!(x.tok.unlearning_token_ids().is_empty());
     for ((n, xa), (_, ya)) in x.model.params().iter().zip(y.model.params()) {
         let rows = |t: &candle_core::Tensor| -> Vec<Vec<f32>> {
             t.flatten_to(0)

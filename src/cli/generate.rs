@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use unlearn::data::{Formatter, PromptStyle};
-use unlearn::generate::{generate, GenConfig};
+use unlearn::generate::{generate_with, GenConfig, Stops};
 use unlearn::hf::ModelDir;
 
 #[derive(clap::Args)]
@@ -62,10 +62,9 @@ pub fn run(a: Args) -> Result<()> {
         top_p: a.top_p,
         seed: a.seed,
     };
-    let mut stop = md.model.cfg.eos_token_ids.clone();
-    stop.push(md.tok.eos_id);
+    let stops = Stops::for_model(&md.model.cfg, &md.tok);
     let ids: Vec<u64> = (0..prompts.len() as u64).collect();
-    let out = generate(&md.model, &prompts, &ids, &stop, md.tok.pad_id, &cfg)?;
+    let out = generate_with(&md.model, &prompts, &ids, &stops, md.tok.pad_id, &cfg)?;
     for (p, o) in a.prompt.iter().zip(out) {
         let text = md.tok.decode(&o, !a.show_special)?;
         if a.prompt.len() > 1 {

@@ -84,6 +84,11 @@ pub struct UniEraseConfig {
     /// Train the closing [UNL] after the refusal (METHODS.md). With tied embeddings this also
     /// raises the [UNL] logit after ordinary answers; `false` trains r ⊕ EOS only.
     pub closing_token: bool,
+    /// Weight of the retain guard in the token training: −log(1 − P([UNL])) at every answer
+    /// position of the retain items (plain and chat-templated q ⊕ a ⊕ EOS), so that the row's
+    /// output role, which the closing [UNL] trains, does not fire on retain text (an answer
+    /// that ends in [UNL] instead of EOS). 0 turns it off (METHODS.md has no such term).
+    pub retain_guard: f64,
     /// Protect the keys of the token-training sequences from the [UNL] position on.
     pub protect_token: bool,
     /// Protect the keys at the last prompt token of the retain questions (up to
@@ -119,6 +124,7 @@ impl Default for UniEraseConfig {
             clamp_norm: 0.75,
             key_token: KeyToken::PromptEnd,
             closing_token: true,
+            retain_guard: 1.0,
             protect_token: true,
             protect_retain_prompts: true,
             mode: EditMode::Batch,
@@ -171,20 +177,49 @@ pub struct UniEraseReport {
     pub token_loss: Vec<f64>,
 }
 
-/// Train the [UNL] embedding row on `items` for `epochs` at `lr`; with `noise`, every step adds
-/// clamped Gaussian noise to that layer's down_proj and restores it after the step.
-#[allow(clippy::too_many_arguments)]
+/// Retain guard: Σ −log(1 − P(unl)) over the labelled positions of `batch` / their count.
+/// `logits`: [b, L−1, V].
+fn guard_loss(logits: &Tensor, batch: &Batch, unl: u32) -> Result<Tensor> {
+    let (b, t, _) = logits.dims3()?;
+    let target = Tensor::from_vec(vec![unl; b * t], (b, t), logits.device())?;
+    let p = crate::ops::gather_logprobs(logits, &target)?.exp()?; // [b, L−1]
+    let nll = p.affine(-1.0, 1.0)?.clamp(1e-12, 1.0)?.log()?.neg()?;
+    let n = batch.total_labels().max(1) as f64;
+    Ok(((nll * batch.mask.to_dtype(logits.dtype())?)?.sum_all()? / n)?)
+}
+
+/// What one token-training phase trains on.
+#[derive(Clone, Copy)]
+struct Phase<'a> {
+    items: &'a [Encoded],
+    /// Retain items of the guard and its weight.
+    guard: &'a [Encoded],
+    guard_weight: f64,
+    epochs: usize,
+    lr: f64,
+    /// Per step, clamped Gaussian noise on this layer's down_proj, restored after the step.
+    noise: Option<usize>,
+}
+
+/// Train the [UNL] embedding row for one phase: mean CE of the labelled tokens of the forget
+/// items plus `guard_weight` · [`guard_loss`] on as many retain items (taken in turn). Returns
+/// the last step's CE.
 fn train_token(
     model: &Llama,
     pad: u32,
-    items: &[Encoded],
     unl: u32,
-    epochs: usize,
-    lr: f64,
+    ph: &Phase,
     batch_size: usize,
-    noise: Option<usize>,
     seed: u64,
 ) -> Result<f64> {
+    let Phase {
+        items,
+        guard,
+        guard_weight,
+        epochs,
+        lr,
+        noise,
+    } = *ph;
     // the [UNL] row of the embedding and, for an untied head, of the LM head (so that the
     // closing [UNL] can be predicted); every other row is masked
     let mut names = vec!["model.embed_tokens.weight"];
@@ -213,7 +248,10 @@ fn train_token(
         mask[unl as usize * h..(unl as usize + 1) * h].fill(1.0);
         opt.set_mask(i, &Tensor::from_vec(mask, (v, h), model.device())?)?;
     }
+    // gradients flow to the embedding (and head) only: no weight-gradient products elsewhere
+    let view = model.frozen_except(&names)?;
     let mut last = f64::NAN;
+    let mut next_guard = 0usize;
     for epoch in 0..epochs {
         let order = crate::train::epoch_order(items.len(), seed, epoch);
         for (s, chunk) in order.chunks(batch_size.max(1)).enumerate() {
@@ -238,9 +276,18 @@ fn train_token(
             };
             let refs: Vec<&Encoded> = chunk.iter().map(|&i| &items[i]).collect();
             let b = Batch::new(&refs, pad, model.device())?;
-            let loss = token_mean_nll(&model.forward(&b.input)?, &b)?;
+            let mut loss = token_mean_nll(&view.forward(&b.input)?, &b)?;
             last = loss.to_scalar::<f32>()? as f64;
-            crate::train::check_finite(last, s, &None)?;
+            if guard_weight > 0.0 && !guard.is_empty() {
+                let refs: Vec<&Encoded> = (0..chunk.len())
+                    .map(|k| &guard[(next_guard + k) % guard.len()])
+                    .collect();
+                next_guard = (next_guard + chunk.len()) % guard.len();
+                let gb = Batch::new(&refs, pad, model.device())?;
+                let gl = guard_loss(&view.forward(&gb.input)?, &gb, unl)?;
+                loss = (loss + (gl * guard_weight)?)?;
+            }
+            crate::train::check_finite(loss.to_scalar::<f32>()? as f64, s, &None)?;
             let g = loss.backward()?;
             let grads: Vec<_> = params
                 .iter()
@@ -292,86 +339,157 @@ fn question_end(f: &Formatter, q: &str, ids: &[u32]) -> Result<usize> {
     Ok(pos.unwrap_or(ids.len() - 1))
 }
 
-/// Residual after `layer` at position `pos` of `ids` (no δ).
-fn residual_at(model: &Llama, ids: &[u32], pos: usize, layer: usize) -> Result<Tensor> {
-    let t = Tensor::new(ids, model.device())?.unsqueeze(0)?;
-    let h = model.hidden_at(&t, layer)?; // [1, T, H]
-    Ok(h.squeeze(0)?.get(pos)?.detach())
+/// Where the keys of question `q` (prompt `ids`) are read.
+fn key_pos(k: KeyToken, f: &Formatter, q: &str, ids: &[u32]) -> Result<usize> {
+    match k {
+        KeyToken::PromptEnd => Ok(ids.len() - 1),
+        KeyToken::QuestionEnd => question_end(f, q, ids),
+    }
 }
 
-/// log-softmax of the next-token logits at the last position of `ids`, with `delta` added to the
-/// residual after `layer` at position `pos`. Returns [V].
-fn last_logprobs_with(
-    model: &Llama,
-    ids: &[u32],
-    pos: usize,
-    layer: usize,
-    delta: &Tensor,
-) -> Result<Tensor> {
-    let t = ids.len();
-    let input = Tensor::new(ids, model.device())?.unsqueeze(0)?;
-    let hsz = model.cfg.hidden_size;
-    let mut onehot = vec![0f32; t];
-    onehot[pos] = 1.0;
-    let place = Tensor::from_vec(onehot, (1, t, 1), model.device())?;
-    let add = place.broadcast_mul(&delta.reshape((1, 1, hsz))?)?; // [1, T, H]
-    let hook = |l: usize, x: &Tensor| {
-        Ok(if l == layer {
-            Some(x.broadcast_add(&add)?)
-        } else {
-            None
+/// [`LeftPadded`] as tensors, for the batched δ optimisation.
+struct LeftPadded {
+    ids: Tensor,       // [b, T] u32
+    positions: Tensor, // [b, T] u32
+    key_mask: Tensor,  // [b, T] f32, 1 on real tokens
+    offset: Vec<usize>,
+    width: usize,
+}
+
+impl LeftPadded {
+    fn new(prompts: &[&[u32]], pad: u32, dev: &candle_core::Device) -> Result<Self> {
+        let lp = crate::generate::LeftPadded::new(prompts, pad);
+        let shape = (prompts.len(), lp.width);
+        Ok(LeftPadded {
+            ids: Tensor::from_vec(lp.ids, shape, dev)?,
+            positions: Tensor::from_vec(lp.positions, shape, dev)?,
+            key_mask: Tensor::from_vec(lp.key_mask, shape, dev)?,
+            offset: lp.offset,
+            width: lp.width,
         })
-    };
-    let o = model.forward_with(
-        &input,
-        None,
-        None,
-        None,
+    }
+
+    fn forward(&self, model: &Llama, hooks: Hooks) -> Result<crate::model::ForwardOutput> {
+        model.forward_with(
+            &self.ids,
+            Some(&self.positions),
+            Some(&self.key_mask),
+            None,
+            hooks,
+        )
+    }
+
+    /// [b, T, 1] one-hot of row r's (unpadded) position `at[r]`.
+    fn place(&self, at: &[usize], dev: &candle_core::Device) -> Result<Tensor> {
+        let mut v = vec![0f32; at.len() * self.width];
+        for (r, &p) in at.iter().enumerate() {
+            v[r * self.width + self.offset[r] + p] = 1.0;
+        }
+        Ok(Tensor::from_vec(v, (at.len(), self.width, 1), dev)?)
+    }
+}
+
+/// Residuals after `layer` at row r's position `at[r]` (no δ): [b, H].
+fn residuals_at(model: &Llama, batch: &LeftPadded, at: &[usize], layer: usize) -> Result<Tensor> {
+    let o = batch.forward(
+        model,
         Hooks {
-            residual: Some(&hook),
+            hidden_layers: &[layer],
+            skip_logits: true,
             ..Default::default()
         },
     )?;
-    let logits = o.logits.unwrap().squeeze(0)?.get(t - 1)?;
-    crate::ops::log_softmax_last_dim(&logits)
+    let h = &o.hidden[0].1; // [b, T, H]
+    let place = batch.place(at, model.device())?;
+    Ok(h.broadcast_mul(&place)?.sum(1)?.detach())
 }
 
-/// z = h + δ at the last edit layer: δ maximises log P(unl | prompt) − kl·KL(p₀ ‖ p_δ) on the
-/// neutral prompt, Adam(lr) for `steps`, ‖δ‖ ≤ clamp·‖h‖ after every step. Returns z and the
-/// log P(unl | prompt) that z reaches (what the edit can at best achieve).
-fn target_vector(
+/// Next-token log-probabilities at the last position of every row, with row r's `delta[r]` added
+/// to the residual after `layer` at its position `at[r]`: [b, V]. `delta`: [b, H].
+fn last_logprobs_with(
     model: &Llama,
-    p: &EditPrompt,
+    batch: &LeftPadded,
+    at: &[usize],
+    layer: usize,
+    delta: &Tensor,
+) -> Result<Tensor> {
+    let add = batch
+        .place(at, model.device())?
+        .broadcast_mul(&delta.unsqueeze(1)?)?; // [b, T, H]
+    let hook = |l: usize, x: &Tensor| Ok(if l == layer { Some((x + &add)?) } else { None });
+    let o = batch.forward(
+        model,
+        Hooks {
+            residual: Some(&hook),
+            last_logits_only: true,
+            ..Default::default()
+        },
+    )?;
+    crate::ops::log_softmax_last_dim(&o.logits.unwrap().squeeze(1)?)
+}
+
+/// z_i = h_i + δ_i at the last edit layer, for all prompts at once (the δ_i are independent, so
+/// one batched loss gives each its own gradient): δ_i maximises log P(unl | prompt_i) −
+/// kl·KL(p₀ ‖ p_δ) on its neutral prompt, Adam(lr) for `steps`, ‖δ_i‖ ≤ clamp·‖h_i‖ after
+/// every step. Returns z [n, H] and the log P(unl | prompt_i) each z_i reaches (what the edit
+/// can at best achieve).
+fn target_vectors(
+    model: &Llama,
+    prompts: &[&EditPrompt],
     layer: usize,
     unl: u32,
+    pad: u32,
     cfg: &UniEraseConfig,
-) -> Result<(Tensor, f64)> {
-    let h = residual_at(model, &p.ids, p.qpos, layer)?;
-    let hnorm = h.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()? as f64;
+) -> Result<(Tensor, Vec<f64>)> {
+    let dev = model.device();
+    let n = prompts.len();
     let hsz = model.cfg.hidden_size;
-    let zero = Tensor::zeros(hsz, DType::F32, model.device())?;
-    let npos = p.neutral.len() - 1;
-    let p0 = last_logprobs_with(model, &p.neutral, npos, layer, &zero)?
+    let main = LeftPadded::new(
+        &prompts.iter().map(|p| &p.ids[..]).collect::<Vec<_>>(),
+        pad,
+        dev,
+    )?;
+    let at: Vec<usize> = prompts.iter().map(|p| p.qpos).collect();
+    let neutral = LeftPadded::new(
+        &prompts.iter().map(|p| &p.neutral[..]).collect::<Vec<_>>(),
+        pad,
+        dev,
+    )?;
+    let nat: Vec<usize> = prompts.iter().map(|p| p.neutral.len() - 1).collect();
+    let h = residuals_at(model, &main, &at, layer)?; // [n, H]
+    let max_norm: Vec<f64> = h
+        .sqr()?
+        .sum(1)?
+        .sqrt()?
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|x| cfg.clamp_norm * *x as f64)
+        .collect();
+    let zero = Tensor::zeros((n, hsz), DType::F32, dev)?;
+    let p0 = last_logprobs_with(model, &neutral, &nat, layer, &zero)?
         .detach()
-        .exp()?;
+        .exp()?; // [n, V]
+    let logp0 = p0.clamp(1e-30, 1.0)?.log()?;
+    let col = Tensor::from_vec(vec![unl; n], (n, 1), dev)?;
     let delta = Var::from_tensor(&zero)?;
-    let (mut m, mut v) = (vec![0f64; hsz], vec![0f64; hsz]);
+    let (mut m, mut v) = (vec![0f64; n * hsz], vec![0f64; n * hsz]);
+    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
     for step in 1..=cfg.v_steps {
-        let lp = last_logprobs_with(model, &p.ids, p.qpos, layer, delta.as_tensor())?;
-        let nll = lp.get(unl as usize)?.neg()?;
-        let lq = last_logprobs_with(model, &p.neutral, npos, layer, delta.as_tensor())?;
-        // KL(p0 ‖ q) = Σ p0 (log p0 − log q)
-        let kl = (&p0 * ((p0.clamp(1e-30, 1.0)?.log()? - lq)?))?.sum_all()?;
+        let lp = last_logprobs_with(model, &main, &at, layer, delta.as_tensor())?;
+        let nll = lp.gather(&col, 1)?.sum_all()?.neg()?;
+        let lq = last_logprobs_with(model, &neutral, &nat, layer, delta.as_tensor())?;
+        // Σ_i KL(p0_i ‖ q_i) = Σ p0 (log p0 − log q)
+        let kl = (&p0 * (&logp0 - lq)?)?.sum_all()?;
         let loss = (nll + (kl * cfg.kl_weight)?)?;
         let g = loss.backward()?;
         let g = g
             .get(delta.as_tensor())
             .cloned()
             .ok_or_else(|| Error::Invalid("no gradient for δ".into()))?
+            .flatten_all()?
             .to_vec1::<f32>()?;
-        let mut d = delta.as_tensor().to_vec1::<f32>()?;
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
-        for i in 0..hsz {
+        let mut d = delta.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        for i in 0..n * hsz {
             let gi = g[i] as f64;
             m[i] = b1 * m[i] + (1.0 - b1) * gi;
             v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
@@ -379,17 +497,22 @@ fn target_vector(
             let vh = v[i] / (1.0 - b2.powi(step as i32));
             d[i] -= (cfg.v_lr * mh / (vh.sqrt() + eps)) as f32;
         }
-        let n = d.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-        let max = cfg.clamp_norm * hnorm;
-        if n > max {
-            let s = (max / n) as f32;
-            d.iter_mut().for_each(|x| *x *= s);
+        for (r, row) in d.chunks_mut(hsz).enumerate() {
+            let norm = row.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            if norm > max_norm[r] {
+                let s = (max_norm[r] / norm) as f32;
+                row.iter_mut().for_each(|x| *x *= s);
+            }
         }
-        delta.set(&Tensor::from_vec(d, hsz, model.device())?)?;
+        delta.set(&Tensor::from_vec(d, (n, hsz), dev)?)?;
     }
-    let reached = last_logprobs_with(model, &p.ids, p.qpos, layer, delta.as_tensor())?
-        .get(unl as usize)?
-        .to_scalar::<f32>()? as f64;
+    let reached = last_logprobs_with(model, &main, &at, layer, delta.as_tensor())?
+        .gather(&col, 1)?
+        .flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|x| *x as f64)
+        .collect();
     Ok(((h + delta.as_tensor())?.detach(), reached))
 }
 
@@ -399,14 +522,32 @@ fn to_mat(rows: &[f32], n: usize, d: usize) -> Mat<f64> {
 }
 
 /// Mean P(unl as the first response token) over the prompts.
-fn p_first(model: &Llama, prompts: &[EditPrompt], unl: u32, layer: usize) -> Result<f64> {
-    let zero = Tensor::zeros(model.cfg.hidden_size, DType::F32, model.device())?;
-    let mut s = 0.0;
-    for p in prompts {
-        let lp = last_logprobs_with(model, &p.ids, p.qpos, layer, &zero)?;
-        s += (lp.get(unl as usize)?.to_scalar::<f32>()? as f64).exp();
+fn p_first(model: &Llama, prompts: &[EditPrompt], unl: u32, pad: u32) -> Result<f64> {
+    if prompts.is_empty() {
+        return Ok(0.0);
     }
-    Ok(s / prompts.len().max(1) as f64)
+    let mut s = 0.0;
+    for chunk in prompts.chunks(16) {
+        let b = LeftPadded::new(
+            &chunk.iter().map(|p| &p.ids[..]).collect::<Vec<_>>(),
+            pad,
+            model.device(),
+        )?;
+        let o = b.forward(
+            model,
+            Hooks {
+                last_logits_only: true,
+                ..Default::default()
+            },
+        )?;
+        let lp = crate::ops::log_softmax_last_dim(&o.logits.unwrap().squeeze(1)?)?;
+        s += lp
+            .narrow(1, unl as usize, 1)?
+            .exp()?
+            .sum_all()?
+            .to_scalar::<f32>()? as f64;
+    }
+    Ok(s / prompts.len() as f64)
 }
 
 /// Run UniErase on `model`/`tok` (the model already holds no [UNL]): returns the edited model,
@@ -429,6 +570,13 @@ pub fn unierase(
     }
     if refusals.is_empty() {
         return Err(Error::Invalid("unierase: empty refusal pool".into()));
+    }
+    if !crate::tokenizer::is_unlearning_token(&cfg.token) {
+        return Err(Error::Invalid(format!(
+            "unierase: token `{}` must be named `<unlearn_N>` (N digits): generation recognises \
+             the closing unlearning token by that name",
+            cfg.token
+        )));
     }
     let n_layers = model.cfg.num_hidden_layers;
     let layers = if cfg.layers.is_empty() {
@@ -508,47 +656,79 @@ pub fn unierase(
         }
     }
     phase2.extend(phase1.iter().cloned());
+    // the retain guard's items: plain q ⊕ a ⊕ EOS (phase 1), plus chat-templated (phases 2–3)
+    let mut guard1 = vec![];
+    let mut guard2 = vec![];
+    if cfg.retain_guard > 0.0 {
+        for it in retain.iter().take(cfg.corpus_max_texts) {
+            guard1.push(plain.encode_qa(&it.question, &it.answer)?);
+            if auto.uses_chat() {
+                guard2.push(auto.encode_qa(&it.question, &it.answer)?);
+            }
+        }
+        guard2.extend(guard1.iter().cloned());
+    }
     let bs = cfg.token_batch_size;
-    let mut token_loss = vec![];
-    token_loss.push(train_token(
-        &model,
-        tok.pad_id,
-        &phase1,
-        unl,
-        cfg.phase1_epochs,
-        cfg.phase1_lr,
-        bs,
-        None,
-        seed,
-    )?);
-    token_loss.push(train_token(
-        &model,
-        tok.pad_id,
-        &phase2,
-        unl,
-        cfg.phase2_epochs,
-        cfg.phase2_lr,
-        bs,
-        None,
-        seed,
-    )?);
+    let base = Phase {
+        items: &phase2,
+        guard: &guard2,
+        guard_weight: cfg.retain_guard,
+        epochs: cfg.phase2_epochs,
+        lr: cfg.phase2_lr,
+        noise: None,
+    };
+    let mut phases = vec![
+        Phase {
+            items: &phase1,
+            guard: &guard1,
+            epochs: cfg.phase1_epochs,
+            lr: cfg.phase1_lr,
+            ..base
+        },
+        base,
+    ];
     for &l in &layers {
-        token_loss.push(train_token(
-            &model,
-            tok.pad_id,
-            &phase2,
-            unl,
-            cfg.phase3_epochs,
-            cfg.phase3_lr,
-            bs,
-            Some(l),
-            seed,
-        )?);
+        phases.push(Phase {
+            epochs: cfg.phase3_epochs,
+            lr: cfg.phase3_lr,
+            noise: Some(l),
+            ..base
+        });
+    }
+    let mut token_loss = vec![];
+    for ph in &phases {
+        token_loss.push(train_token(&model, tok.pad_id, unl, ph, bs, seed)?);
     }
     note(&format!(
         "unierase: token {} = id {unl}; training loss per phase {token_loss:?}",
         cfg.token
     ));
+    // what the token alone does: greedy continuations of two forget prompts ⊕ [UNL]
+    let probe: Vec<Vec<u32>> = forget
+        .iter()
+        .take(2)
+        .map(|it| {
+            let mut ids = auto.encode_prompt(&it.question)?;
+            ids.push(unl);
+            Ok(ids)
+        })
+        .collect::<Result<_>>()?;
+    let gc = crate::generate::GenConfig {
+        max_new_tokens: 24,
+        ..Default::default()
+    };
+    let stops = crate::generate::Stops::for_model(&model.cfg, &tok);
+    let ids: Vec<u64> = (0..probe.len() as u64).collect();
+    for (it, g) in forget.iter().zip(crate::generate::generate_with(
+        &model, &probe, &ids, &stops, tok.pad_id, &gc,
+    )?) {
+        note(&format!(
+            "unierase: {:?} ⊕ {} -> {:?}",
+            it.question,
+            cfg.token,
+            tok.decode(&g, false)?
+        ));
+    }
 
     // Null-space projectors. Protected: the general corpus; with `protect_token`, what the
     // token training established (keys from the [UNL] position on of q ⊕ [UNL] ⊕ r ⊕ [UNL]),
@@ -566,11 +746,16 @@ pub fn unierase(
     };
     // with `protect_retain_prompts`: the keys at the last token of the retain questions'
     // prompts (the position the edit acts on), so retain questions keep their first token
+    // (read where the edit reads its keys, `key_token`)
     let retain_moments = if cfg.protect_retain_prompts && !retain.is_empty() {
         let texts: Vec<Vec<u32>> = retain
             .iter()
             .take(cfg.corpus_max_texts)
-            .map(|it| auto.encode_prompt(&it.question))
+            .map(|it| {
+                let ids = auto.encode_prompt(&it.question)?;
+                let k = key_pos(cfg.key_token, &auto, &it.question, &ids)?;
+                Ok(ids[..=k].to_vec())
+            })
             .collect::<Result<_>>()?;
         let starts: Vec<usize> = texts.iter().map(|t| t.len() - 1).collect();
         Some(keys::second_moments_from(
@@ -601,16 +786,16 @@ pub fn unierase(
         .map(|it| {
             let ids = auto.encode_prompt(&it.question)?;
             Ok(EditPrompt {
-                qpos: match cfg.key_token {
-                    KeyToken::PromptEnd => ids.len() - 1,
-                    KeyToken::QuestionEnd => question_end(&auto, &it.question, &ids)?,
-                },
+                qpos: key_pos(cfg.key_token, &auto, &it.question, &ids)?,
                 ids,
                 neutral: tok.encode(&it.question, true)?,
             })
         })
         .collect::<Result<_>>()?;
-    let p_before = p_first(&model, &prompts, unl, last)?;
+    // the weights enter the δ optimisation detached (gradients for δ only); the view shares
+    // their storage, so it sees every edit
+    let fz = model.frozen_except(&[])?;
+    let p_before = p_first(&fz, &prompts, unl, tok.pad_id)?;
     let groups: Vec<Vec<usize>> = match cfg.mode {
         EditMode::Batch => vec![(0..prompts.len()).collect()],
         EditMode::Sequential => (0..prompts.len())
@@ -623,14 +808,17 @@ pub fn unierase(
     let d = model.cfg.intermediate_size;
     let mut c_prev: Vec<Mat<f64>> = layers.iter().map(|_| Mat::zeros(d, d)).collect();
     for g in &groups {
-        let (z, reached): (Vec<Tensor>, Vec<f64>) = g
-            .iter()
-            .map(|&i| target_vector(&model, &prompts[i], last, unl, cfg))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .unzip();
+        let mut z = vec![];
+        let mut reached = vec![];
+        for part in g.chunks(32) {
+            let ps: Vec<&EditPrompt> = part.iter().map(|&i| &prompts[i]).collect();
+            let (zp, rp) = target_vectors(&fz, &ps, last, unl, tok.pad_id, cfg)?;
+            z.extend(zp.to_vec2::<f32>()?);
+            reached.extend(rp);
+        }
         let mean_p = reached.iter().map(|l| l.exp()).sum::<f64>() / reached.len().max(1) as f64;
         let mut in_null = vec![];
+        let mut pk_sq = vec![]; // mean ‖P k‖², the scale λ competes with
         let enc: Vec<Encoded> = g
             .iter()
             .map(|&i| Encoded {
@@ -640,20 +828,25 @@ pub fn unierase(
             })
             .collect();
         for (li, &l) in layers.iter().enumerate() {
-            let k = &keys::last_token_keys(&model, &enc, &[l])?[0];
+            let k = &keys::last_token_keys(&fz, &enc, &[l])?[0];
             let kmat = to_mat(k, g.len(), d); // [d, n]
                                               // share of the keys' energy in the null space: what the edit may act on
             let pk = &projectors[li] * &kmat;
             in_null.push(pk.norm_l2().powi(2) / kmat.norm_l2().powi(2).max(1e-30));
+            pk_sq.push(pk.norm_l2().powi(2) / g.len() as f64);
             let hsz = model.cfg.hidden_size;
             let left = (layers.len() - li) as f64;
             let mut r = Mat::<f64>::zeros(hsz, g.len());
-            for (j, &i) in g.iter().enumerate() {
-                let cur = residual_at(&model, &prompts[i].ids, prompts[i].qpos, last)?
-                    .to_vec1::<f32>()?;
-                let zt = z[j].to_vec1::<f32>()?;
-                for a in 0..hsz {
-                    r[(a, j)] = (zt[a] as f64 - cur[a] as f64) / left;
+            let mut j = 0;
+            for part in g.chunks(32) {
+                let ids: Vec<&[u32]> = part.iter().map(|&i| &prompts[i].ids[..]).collect();
+                let at: Vec<usize> = part.iter().map(|&i| prompts[i].qpos).collect();
+                let b = LeftPadded::new(&ids, tok.pad_id, model.device())?;
+                for cur in residuals_at(&fz, &b, &at, last)?.to_vec2::<f32>()? {
+                    for a in 0..hsz {
+                        r[(a, j)] = (z[j][a] as f64 - cur[a] as f64) / left;
+                    }
+                    j += 1;
                 }
             }
             let delta = alphaedit_update(&r, &kmat, &projectors[li], &c_prev[li], cfg.lambda)?;
@@ -669,16 +862,18 @@ pub fn unierase(
         }
         note(&format!(
             "unierase: edit of {} prompt(s): target vectors reach mean P({} first) {mean_p:.4}; \
-             share of key energy in the null space per layer {:?}",
+             share of key energy in the null space per layer {:?}, mean ‖P k‖² {:?} (λ = {})",
             g.len(),
             cfg.token,
             in_null
                 .iter()
                 .map(|x| (x * 1000.0).round() / 1000.0)
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>(),
+            pk_sq.iter().map(|x| format!("{x:.3e}")).collect::<Vec<_>>(),
+            cfg.lambda
         ));
     }
-    let p_after = p_first(&model, &prompts, unl, last)?;
+    let p_after = p_first(&fz, &prompts, unl, tok.pad_id)?;
     note(&format!(
         "unierase: mean P({} first | forget prompt) {p_before:.4} -> {p_after:.4} ({} edit(s), mode {:?})",
         cfg.token,
@@ -711,5 +906,30 @@ mod tests {
         assert_eq!(default_layers(1), vec![0]);
         let pool: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
         assert_eq!(refusal_for("q1", &pool), refusal_for("q1", &pool));
+    }
+
+    /// −log(1 − P(unl)) at the labelled positions only, by hand: position 1 has equal logits
+    /// (P = 1/4), position 2 gives unl the logit ln 3 (P = 3/6); position 0 is the prompt.
+    #[test]
+    fn guard_loss_by_hand() {
+        let dev = candle_core::Device::Cpu;
+        let e = Encoded {
+            ids: vec![0, 1, 2, 3],
+            n_prompt: 2,
+        };
+        let b = Batch::new(&[&e], 0, &dev).unwrap();
+        let l3 = 3f32.ln();
+        let logits = Tensor::from_vec(
+            vec![0., 0., 0., 10., 0., 0., 0., 0., 0., 0., 0., l3],
+            (1, 3, 4),
+            &dev,
+        )
+        .unwrap();
+        let got = guard_loss(&logits, &b, 3)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        let want = (-(0.75f64).ln() - (0.5f64).ln()) / 2.0;
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
     }
 }

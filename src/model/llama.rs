@@ -197,9 +197,41 @@ impl Llama {
     }
 
     fn from_params(cfg: LlamaConfig, params: Vec<(String, Var)>, device: &Device) -> Result<Self> {
+        Self::build(cfg, params, device, &|_| true, None)
+    }
+
+    /// A view of this model that computes with the same storage but tracks gradients only for
+    /// the parameters in `trainable` (HF names); the others enter the graph detached, so a
+    /// backward pass computes no product for their gradients. `param`/`Var::set` on either
+    /// model change both. For optimising something other than the weights (a residual δ, one
+    /// embedding row).
+    pub fn frozen_except(&self, trainable: &[&str]) -> Result<Self> {
+        Self::build(
+            self.cfg.clone(),
+            self.params.clone(),
+            &self.device,
+            &|n| trainable.contains(&n),
+            Some((self.cos.clone(), self.sin.clone())),
+        )
+    }
+
+    fn build(
+        cfg: LlamaConfig,
+        params: Vec<(String, Var)>,
+        device: &Device,
+        tracked: &dyn Fn(&str) -> bool,
+        rope: Option<(Tensor, Tensor)>,
+    ) -> Result<Self> {
         let map: HashMap<&str, Tensor> = params
             .iter()
-            .map(|(n, v)| (n.as_str(), v.as_tensor().clone()))
+            .map(|(n, v)| {
+                let t = if tracked(n) {
+                    v.as_tensor().clone()
+                } else {
+                    v.as_tensor().detach()
+                };
+                (n.as_str(), t)
+            })
             .collect();
         let get = |n: &str| map.get(n).cloned();
         let layers = (0..cfg.num_hidden_layers)
@@ -229,26 +261,35 @@ impl Llama {
         } else {
             get("lm_head.weight").unwrap()
         };
-        let inv = rope_inv_freq(&cfg);
-        let max_len = cfg.max_position_embeddings.max(1);
-        let half = cfg.head_dim / 2;
-        let mut cos = Vec::with_capacity(max_len * half);
-        let mut sin = Vec::with_capacity(max_len * half);
-        for p in 0..max_len {
-            for f in &inv {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
         let dtype = embed.dtype();
+        let (cos, sin) = match rope {
+            Some(t) => t,
+            None => {
+                let inv = rope_inv_freq(&cfg);
+                let max_len = cfg.max_position_embeddings.max(1);
+                let half = cfg.head_dim / 2;
+                let mut cos = Vec::with_capacity(max_len * half);
+                let mut sin = Vec::with_capacity(max_len * half);
+                for p in 0..max_len {
+                    for f in &inv {
+                        let a = p as f32 * f;
+                        cos.push(a.cos());
+                        sin.push(a.sin());
+                    }
+                }
+                (
+                    Tensor::from_vec(cos, (max_len, half), device)?.to_dtype(dtype)?,
+                    Tensor::from_vec(sin, (max_len, half), device)?.to_dtype(dtype)?,
+                )
+            }
+        };
         Ok(Llama {
             norm: get("model.norm.weight").unwrap(),
             embed,
             lm_head,
             layers,
-            cos: Tensor::from_vec(cos, (max_len, half), device)?.to_dtype(dtype)?,
-            sin: Tensor::from_vec(sin, (max_len, half), device)?.to_dtype(dtype)?,
+            cos,
+            sin,
             params,
             cfg,
             device: device.clone(),

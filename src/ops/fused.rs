@@ -1204,12 +1204,34 @@ impl CustomOp2 for Linear {
         _y: &Tensor,
         dy: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        pair_bwd(x, w, dy, &LinearBwd)
+        // only the gradients that reach a variable: a frozen weight (a detached view, as UniErase
+        // optimises a residual δ or one embedding row) costs no dW product
+        let op = LinearBwd {
+            dx: x.track_op(),
+            dw: w.track_op(),
+        };
+        match (op.dx, op.dw) {
+            (true, true) => pair_bwd(x, w, dy, &op),
+            (false, false) => Ok((None, None)),
+            (dx, _) => {
+                let g =
+                    x.contiguous()?
+                        .apply_op3_no_bwd(&w.contiguous()?, &dy.contiguous()?, &op)?;
+                Ok(if dx {
+                    (Some(g.reshape(x.shape())?), None)
+                } else {
+                    (None, Some(g.reshape(w.shape())?))
+                })
+            }
+        }
     }
 }
 
-/// (x, W, dy) -> [dx = dy·W (flattened) ; dW = dyᵀ·x (flattened)].
-struct LinearBwd;
+/// (x, W, dy) -> [dx = dy·W (flattened), when `dx` ; dW = dyᵀ·x (flattened), when `dw`].
+struct LinearBwd {
+    dx: bool,
+    dw: bool,
+}
 
 impl CustomOp3 for LinearBwd {
     fn name(&self) -> &'static str {
@@ -1233,10 +1255,15 @@ impl CustomOp3 for LinearBwd {
             let x: &[T] = cont(sx, lx, name)?;
             let w: &[T] = cont(sw, lw, name)?;
             let dy: &[T] = cont(sd, ld, name)?;
-            // dx[n×in] = dy[n×out]·W[out×in]
-            let mut res = gemm_new(n, inp, out, inp, 1, dy, out, 1, w, inp, 1);
-            // dW[out×in] = dyᵀ[out×n]·x[n×in]
-            res.extend_from_slice(&gemm_new(out, inp, n, inp, 1, dy, 1, out, x, inp, 1));
+            let mut res = vec![];
+            if self.dx {
+                // dx[n×in] = dy[n×out]·W[out×in]
+                res = gemm_new(n, inp, out, inp, 1, dy, out, 1, w, inp, 1);
+            }
+            if self.dw {
+                // dW[out×in] = dyᵀ[out×n]·x[n×in]
+                res.extend_from_slice(&gemm_new(out, inp, n, inp, 1, dy, 1, out, x, inp, 1));
+            }
             let len = res.len();
             Ok((T::to_cpu_storage_owned(res), Shape::from(len)))
         })

@@ -377,3 +377,33 @@ fn linear_weight_gradient_matches_composite() {
         "linear weight",
     );
 }
+
+/// A detached weight (a frozen view) gets no gradient and the input's gradient is unchanged; a
+/// detached input gives the same weight gradient (the one-sided backward paths of the fused
+/// linear against the two-sided one).
+#[test]
+fn linear_backward_computes_only_tracked_gradients() {
+    let xv = Var::from_tensor(&randn(&[3, 40, 48], 41, DType::F32)).unwrap();
+    let wv = Var::from_tensor(&randn(&[56, 48], 42, DType::F32)).unwrap();
+    let run = |x: &Tensor, w: &Tensor| {
+        weighted(&linear(x, w, None).unwrap(), 7)
+            .backward()
+            .unwrap()
+    };
+    let both = run(xv.as_tensor(), wv.as_tensor());
+    let x_only = run(xv.as_tensor(), &wv.as_tensor().detach());
+    let w_only = run(&xv.as_tensor().detach(), wv.as_tensor());
+    assert!(x_only.get(wv.as_tensor()).is_none() && w_only.get(xv.as_tensor()).is_none());
+    close(
+        x_only.get(xv.as_tensor()).unwrap(),
+        both.get(xv.as_tensor()).unwrap(),
+        1e-6,
+        "dx with a frozen weight",
+    );
+    close(
+        w_only.get(wv.as_tensor()).unwrap(),
+        both.get(wv.as_tensor()).unwrap(),
+        1e-6,
+        "dW with a frozen input",
+    );
+}
