@@ -175,10 +175,10 @@ pub fn generate_with(
         return Ok(vec![]);
     }
     let dev = model.device();
-    let maxp = prompts.iter().map(|p| p.len()).max().unwrap();
+    let lp = LeftPadded::new(prompts, pad_id);
+    let maxp = lp.width;
     let max_total = model.cfg.max_position_embeddings;
     let budget = cfg.max_new_tokens.min(max_total.saturating_sub(maxp));
-    let lp = LeftPadded::new(prompts, pad_id);
     let mut next_pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
     let mut key_mask = lp.key_mask;
     // no autograd graph: activations are freed as they are consumed, and the cache holds

@@ -111,24 +111,7 @@ fn write_benchmark(d: &Path) {
 }
 
 fn finetune(p: &Path, data: &str, out: &str) {
-    ok(
-        &[
-            "finetune",
-            "--model",
-            "tiny",
-            "--data",
-            data,
-            "--out",
-            out,
-            "--set",
-            "lr=3e-3",
-            "--set",
-            "epochs=150",
-            "--set",
-            "batch_size=7",
-        ],
-        p,
-    );
+    finetune_tiny(p, data, out, 150, 7);
 }
 
 fn eval(p: &Path, model: &str, out: &str, extra: &[&str]) -> (Value, String) {

@@ -16,6 +16,9 @@ use crate::model::{Hooks, Llama};
 
 /// Record the MLP activations of `layers` for one batch of ids [b, t]: layer → [b, t, I] (f32).
 fn record(model: &Llama, ids: &Tensor, layers: &[usize]) -> Result<HashMap<usize, Tensor>> {
+    // no autograd graph (as in `score::score`): each layer's activations are freed once read,
+    // instead of all layers' staying alive until the pass ends
+    let model = &model.frozen_except(&[])?;
     let acts: RefCell<HashMap<usize, Tensor>> = RefCell::new(HashMap::new());
     let hook = |l: usize, a: &Tensor| {
         if layers.contains(&l) {

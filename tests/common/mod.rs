@@ -38,21 +38,16 @@ pub fn init_tiny(cwd: &Path, extra: &[&str]) {
 /// Fine-tune `tiny` on `data` until it memorises it (lr 3e-3, 80 epochs, batch 4) into `out`;
 /// returns the command's stdout.
 pub fn memorise(cwd: &Path, data: &str, out: &str) -> String {
+    finetune_tiny(cwd, data, out, 80, 4)
+}
+
+/// Fine-tune `tiny` on `data` at lr 3e-3 for `epochs` with `batch` into `out`; returns stdout.
+pub fn finetune_tiny(cwd: &Path, data: &str, out: &str, epochs: usize, batch: usize) -> String {
+    let (epochs, batch) = (format!("epochs={epochs}"), format!("batch_size={batch}"));
     ok(
         &[
-            "finetune",
-            "--model",
-            "tiny",
-            "--data",
-            data,
-            "--out",
-            out,
-            "--set",
-            "lr=3e-3",
-            "--set",
-            "epochs=80",
-            "--set",
-            "batch_size=4",
+            "finetune", "--model", "tiny", "--data", data, "--out", out, "--set", "lr=3e-3",
+            "--set", &epochs, "--set", &batch,
         ],
         cwd,
     )
