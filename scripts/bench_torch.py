@@ -3,23 +3,26 @@ stick, never a dependency of the tool).
 
   python scripts/bench_torch.py MODEL_DIR [--batch 8 --seq 128 --threads 2 --json OUT.json]
 
-Loads the same HF directory with transformers (f32, eager attention) and times: one training
-step (forward + backward + AdamW) on batch x seq random tokens, teacher-forced scoring of
-2 batches, and greedy generation of 32 tokens for 4 prompts of 32 tokens with a KV cache.
+Loads the same HF directory with transformers (f32, eager attention) and times: training steps
+(forward + backward + AdamW) on batch x seq random tokens, teacher-forced scoring batches, and
+greedy generation of 32 tokens for 4 prompts of 32 tokens with a KV cache. As `unlearn bench`
+does: one untimed warm-up of each workload, then each repetition timed on its own and the median
+reported (a shared VM's single repetitions swing by tens of percent).
 `unlearn bench --compare-torch` runs it alternately with its own measurement (--json).
 Needs: pip install torch==2.15.0 transformers (CPU use only).
 """
-import argparse, json, resource, time, torch
+import argparse, json, resource, statistics, time, torch
 from transformers import AutoModelForCausalLM
 
 ap = argparse.ArgumentParser()
 ap.add_argument("model"); ap.add_argument("--batch", type=int, default=8)
 ap.add_argument("--seq", type=int, default=128); ap.add_argument("--threads", type=int, default=2)
-ap.add_argument("--train-steps", type=int, default=3)
-ap.add_argument("--score-batches", type=int, default=2)
+ap.add_argument("--train-steps", type=int, default=5)
+ap.add_argument("--score-batches", type=int, default=4)
 ap.add_argument("--gen-batch", type=int, default=4)
 ap.add_argument("--gen-prompt", type=int, default=32)
 ap.add_argument("--gen-tokens", type=int, default=32)
+ap.add_argument("--gen-runs", type=int, default=3)
 ap.add_argument("--json")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
@@ -34,25 +37,26 @@ def step():
     lp = torch.log_softmax(out.logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
     (-lp.mean()).backward()
     opt.step()
+def timed(f):
+    t = time.perf_counter(); f(); return time.perf_counter() - t
 step()
-t = time.perf_counter()
-for _ in range(a.train_steps): step()
-ts = (time.perf_counter() - t) / a.train_steps
+steps = [timed(step) for _ in range(max(1, a.train_steps))]
+ts = statistics.median(steps)
 m.eval()
-sids = torch.randint(0, V, (a.score_batches * a.batch, a.seq + 1))
+sids = torch.randint(0, V, (max(1, a.score_batches) * a.batch, a.seq + 1))
+def score(x):
+    torch.log_softmax(m(input_ids=x[:, :-1]).logits, -1).gather(-1, x[:, 1:, None])
 with torch.no_grad():
     m(input_ids=sids[:a.batch, :-1])
-    t = time.perf_counter()
-    for i in range(a.score_batches):
-        x = sids[i * a.batch:(i + 1) * a.batch]
-        lp = torch.log_softmax(m(input_ids=x[:, :-1]).logits, -1).gather(-1, x[:, 1:, None])
-    sc = a.score_batches * a.batch * a.seq / (time.perf_counter() - t)
+    batches = [timed(lambda: score(sids[i * a.batch:(i + 1) * a.batch]))
+               for i in range(max(1, a.score_batches))]
+    sc = a.batch * a.seq / statistics.median(batches)
     p = torch.randint(0, V, (a.gen_batch, a.gen_prompt))
     m.generate(p, max_new_tokens=2, min_new_tokens=2, do_sample=False, pad_token_id=0)
-    t = time.perf_counter()
-    g = m.generate(p, max_new_tokens=a.gen_tokens, min_new_tokens=a.gen_tokens,
-                   do_sample=False, pad_token_id=0)
-    gen = a.gen_batch * a.gen_tokens / (time.perf_counter() - t)
+    gen_fn = lambda: m.generate(p, max_new_tokens=a.gen_tokens, min_new_tokens=a.gen_tokens,
+                                do_sample=False, pad_token_id=0)
+    runs = [timed(gen_fn) for _ in range(max(1, a.gen_runs))]
+    gen = a.gen_batch * a.gen_tokens / statistics.median(runs)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(f"torch {torch.__version__}, threads {a.threads}")
 print(f"training step    {ts:.3f} s  ({a.batch * a.seq / ts:.0f} tokens/s, batch {a.batch}x{a.seq})")
@@ -63,4 +67,5 @@ if a.json:
     with open(a.json, "w") as f:
         json.dump({"torch": torch.__version__, "train_step_s": ts,
                    "train_tokens_per_s": a.batch * a.seq / ts, "score_tokens_per_s": sc,
-                   "gen_tokens_per_s": gen, "peak_rss_mib": rss}, f, indent=1)
+                   "gen_tokens_per_s": gen, "peak_rss_mib": rss, "train_steps_s": steps,
+                   "score_batches_s": batches, "gen_runs_s": runs}, f, indent=1)

@@ -1,5 +1,11 @@
 //! Throughput measurements of the three workloads everything else is made of: a training step
 //! (forward + backward + AdamW), teacher-forced scoring, and KV-cache generation.
+//!
+//! Each workload is repeated (training steps, scoring batches, generation runs) after one
+//! untimed warm-up, and the figures are medians over the repetitions: on a shared 2-core virtual
+//! machine single repetitions swing by up to ±40 % with no change in the work (docs/performance.md),
+//! and a median ignores the slow outliers that a mean averages in. `scripts/bench_torch.py`
+//! measures PyTorch the same way.
 use std::time::Instant;
 
 use serde::Serialize;
@@ -21,16 +27,44 @@ pub struct BenchConfig {
     pub gen_batch: usize,
     pub gen_prompt: usize,
     pub gen_tokens: usize,
+    /// Timed generation runs.
+    pub gen_runs: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
     pub params: usize,
+    /// Median seconds per training step.
     pub train_step_s: f64,
     pub train_tokens_per_s: f64,
+    /// Batch tokens over the median seconds per scoring batch.
     pub score_tokens_per_s: f64,
+    /// Generated tokens over the median seconds per generation run.
     pub gen_tokens_per_s: f64,
+    /// Every repetition, in seconds.
+    pub train_steps_s: Vec<f64>,
+    pub score_batches_s: Vec<f64>,
+    pub gen_runs_s: Vec<f64>,
     pub config: BenchConfig,
+}
+
+/// The median of a list (the mean of the middle two for an even length; NaN when empty).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Seconds taken by `f`.
+fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 fn random_items(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<Encoded> {
@@ -60,18 +94,20 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
         opt.step(&acc.grads, 1e-5, 1.0)
     };
     train_step(())?;
-    let t = Instant::now();
-    for _ in 0..c.train_steps {
-        train_step(())?;
+    let mut train_steps_s = Vec::with_capacity(c.train_steps);
+    for _ in 0..c.train_steps.max(1) {
+        train_steps_s.push(timed(|| train_step(()))?);
     }
-    let train_step_s = t.elapsed().as_secs_f64() / c.train_steps.max(1) as f64;
+    let train_step_s = median(&train_steps_s);
     let tokens = (c.batch * c.seq) as f64;
 
-    let sitems = random_items(c.batch * c.score_batches, c.seq + 1, vocab, 2);
+    let sitems = random_items(c.batch * c.score_batches.max(1), c.seq + 1, vocab, 2);
     score(model, &sitems[..c.batch], c.batch)?;
-    let t = Instant::now();
-    score(model, &sitems, c.batch)?;
-    let score_tps = (sitems.len() * c.seq) as f64 / t.elapsed().as_secs_f64();
+    let mut score_batches_s = Vec::with_capacity(c.score_batches);
+    for chunk in sitems.chunks(c.batch) {
+        score_batches_s.push(timed(|| score(model, chunk, c.batch).map(drop))?);
+    }
+    let score_tps = tokens / median(&score_batches_s);
 
     let prompts: Vec<Vec<u32>> = random_items(c.gen_batch, c.gen_prompt, vocab, 3)
         .into_iter()
@@ -93,16 +129,24 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
             ..g.clone()
         },
     )?;
-    let t = Instant::now();
-    let out = generate(model, &prompts, &ids, &[], 0, &g)?;
-    let n: usize = out.iter().map(|o| o.len()).sum();
-    let gen_tps = n as f64 / t.elapsed().as_secs_f64();
+    let (mut gen_runs_s, mut n) = (Vec::new(), 0);
+    for _ in 0..c.gen_runs.max(1) {
+        gen_runs_s.push(timed(|| {
+            let out = generate(model, &prompts, &ids, &[], 0, &g)?;
+            n = out.iter().map(|o| o.len()).sum();
+            Ok(())
+        })?);
+    }
+    let gen_tps = n as f64 / median(&gen_runs_s);
     Ok(BenchResult {
         params: model.num_params(),
         train_step_s,
         train_tokens_per_s: tokens / train_step_s,
         score_tokens_per_s: score_tps,
         gen_tokens_per_s: gen_tps,
+        train_steps_s,
+        score_batches_s,
+        gen_runs_s,
         config: c.clone(),
     })
 }

@@ -55,6 +55,20 @@ pub fn tune_allocator() -> bool {
     }
 }
 
+/// Let candle's element-wise thread pool sleep as soon as an op is done. By default its worker
+/// spins for 25 000 pause instructions after every element-wise op (a few hundred µs), waiting
+/// for the next one; between ops the matrix products run on rayon's threads, so on a 2-core
+/// machine the spinning worker takes a core from them (about 14 % of a training step's CPU
+/// samples; docs/performance.md). A parked worker costs a wake-up per op instead. Sets
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT=1` unless the variable is set; call first thing in `main`,
+/// before any other thread exists and before candle's first element-wise op (the binary does).
+pub fn tune_threads() {
+    const VAR: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
+    if std::env::var_os(VAR).is_none() {
+        std::env::set_var(VAR, "1");
+    }
+}
+
 /// The compute device by name: `cpu`, or `cuda` / `cuda:N` (needs the `cuda` cargo feature).
 pub fn device(name: &str) -> Result<candle_core::Device> {
     match name {

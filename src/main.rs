@@ -46,6 +46,7 @@ enum Cmd {
 }
 
 fn main() {
+    unlearn::tune_threads();
     unlearn::tune_allocator();
     let cli = Cli::parse();
     let r = match cli.cmd {

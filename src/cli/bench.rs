@@ -14,9 +14,11 @@ pub struct Args {
     batch: usize,
     #[arg(long, default_value_t = 128)]
     seq: usize,
-    #[arg(long, default_value_t = 3)]
+    /// Timed training steps (the median is reported; one more runs first, untimed).
+    #[arg(long, default_value_t = 5)]
     train_steps: usize,
-    #[arg(long, default_value_t = 2)]
+    /// Timed scoring batches of batch × seq tokens.
+    #[arg(long, default_value_t = 4)]
     score_batches: usize,
     #[arg(long, default_value_t = 4)]
     gen_batch: usize,
@@ -24,6 +26,9 @@ pub struct Args {
     gen_prompt: usize,
     #[arg(long, default_value_t = 32)]
     gen_tokens: usize,
+    /// Timed generation runs.
+    #[arg(long, default_value_t = 3)]
+    gen_runs: usize,
     /// Run the composite candle ops instead of the fused CPU kernels (the pre-#9 path).
     #[arg(long)]
     composite: bool,
@@ -47,16 +52,8 @@ pub struct Args {
     device: String,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
+fn median(v: Vec<f64>) -> f64 {
+    unlearn::bench::median(&v)
 }
 
 /// One PyTorch measurement: the script's JSON.
@@ -76,6 +73,7 @@ fn torch_round(a: &Args, cfg: &BenchConfig, out: &std::path::Path) -> Result<ser
         .args(["--gen-batch", &cfg.gen_batch.to_string()])
         .args(["--gen-prompt", &cfg.gen_prompt.to_string()])
         .args(["--gen-tokens", &cfg.gen_tokens.to_string()])
+        .args(["--gen-runs", &cfg.gen_runs.to_string()])
         .arg("--json")
         .arg(out)
         .stdout(std::process::Stdio::null())
@@ -106,6 +104,7 @@ pub fn run(a: Args) -> Result<()> {
         gen_batch: a.gen_batch,
         gen_prompt: a.gen_prompt,
         gen_tokens: a.gen_tokens,
+        gen_runs: a.gen_runs,
     };
     let ops = if unlearn::ops::fused_enabled() {
         "fused CPU kernels"

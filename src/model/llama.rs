@@ -485,43 +485,29 @@ impl Llama {
         let c = &self.cfg;
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let g = nh / nkv;
         let n = ops::rms_norm(x, &l.ln1, c.rms_norm_eps)?;
-        let q = ops::linear(&n, &l.q, l.qb.as_ref())?
-            .reshape((b, t, nh, hd))?
-            .transpose(1, 2)?; // [b, nh, t, hd]
-        let k = ops::linear(&n, &l.k, l.kb.as_ref())?
-            .reshape((b, t, nkv, hd))?
-            .transpose(1, 2)?; // [b, nkv, t, hd]
-        let v = ops::linear(&n, &l.v, l.vb.as_ref())?
-            .reshape((b, t, nkv, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let q = ops::rope(&q, cos, sin)?;
-        let mut k = ops::rope(&k, cos, sin)?.contiguous()?;
-        let mut v = v;
-        if let Some(slot) = kv {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
+        let q = ops::linear(&n, &l.q, l.qb.as_ref())?; // [b, t, nh·hd]
+        let k = ops::linear(&n, &l.k, l.kb.as_ref())?; // [b, t, nkv·hd]
+        let v = ops::linear(&n, &l.v, l.vb.as_ref())?; // [b, t, nkv·hd]
+        let y = match kv {
+            // whole sequences (training, scoring): one fused node, RoPE included
+            None => ops::attention(&q, &k, &v, (cos, sin), mask, nh, nkv)?,
+            Some(slot) => {
+                let q = ops::rope(&q.reshape((b, t, nh, hd))?.transpose(1, 2)?, cos, sin)?;
+                let mut k = ops::rope(&k.reshape((b, t, nkv, hd))?.transpose(1, 2)?, cos, sin)?
+                    .contiguous()?; // [b, nkv, t, hd]
+                let mut v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+                if let Some((pk, pv)) = slot.as_ref() {
+                    k = Tensor::cat(&[pk, &k], 2)?;
+                    v = Tensor::cat(&[pv, &v], 2)?;
+                }
+                // Detached: the cache must not hold the autograd graph of every step it has seen
+                // (each cat would keep the previous cache and that step's activations alive,
+                // O(T²) memory over a generation: the TOFU evaluation ran out of 24 GB this way).
+                *slot = Some((k.detach(), v.detach()));
+                ops::composite::attend(&q, &k, &v, mask, ops::masked_softmax)?
             }
-            // Detached: the cache must not hold the autograd graph of every step it has seen
-            // (each cat would keep the previous cache and that step's activations alive, O(T²)
-            // memory over a generation: the TOFU evaluation ran out of 24 GB this way).
-            *slot = Some((k.detach(), v.detach()));
-        }
-        let total = k.dim(2)?;
-        // Grouped-query attention without copying k/v: query heads of a group share one kv head
-        // (HF `repeat_kv`: head h uses kv head h / g).
-        let qg = q.reshape((b, nkv, g * t, hd))?; // [b, nkv, g*t, hd]
-        let scale = 1.0 / (hd as f64).sqrt();
-        let att = qg.matmul(&k.t()?)?.reshape((b, nkv, g, t, total))?; // q·kᵀ
-        let att = ops::masked_softmax(&att, mask, scale)?.reshape((b, nkv, g * t, total))?;
-        let y = att.matmul(&v)?; // [b, nkv, g*t, hd]
-        let y = y
-            .reshape((b, nh, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * hd))?;
+        };
         let h = (x + ops::linear(&y, &l.o, l.ob.as_ref())?)?;
         let n2 = ops::rms_norm(&h, &l.ln2, c.rms_norm_eps)?;
         let gate = ops::linear(&n2, &l.gate, None)?;

@@ -50,7 +50,7 @@ impl Real for f64 {
 }
 
 #[inline(always)]
-fn zero<T: WithDType>() -> T {
+pub(crate) fn zero<T: WithDType>() -> T {
     T::from_f64(0.0)
 }
 
@@ -76,7 +76,7 @@ fn sum<T: WithDType>(x: &[T]) -> T {
 
 /// Σ a·b over 8 lanes.
 #[inline(always)]
-fn dot<T: WithDType>(a: &[T], b: &[T]) -> T {
+pub(crate) fn dot<T: WithDType>(a: &[T], b: &[T]) -> T {
     let mut acc = [zero::<T>(); 8];
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -199,7 +199,7 @@ pub fn exp_f32_inplace(x: &mut [f32]) {
 }
 
 /// The contiguous slice of a storage.
-fn cont<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [T]> {
+pub(crate) fn cont<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> CResult<&'a [T]> {
     let data = T::cpu_storage_as_slice(s)?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
@@ -246,6 +246,7 @@ macro_rules! float {
         }
     };
 }
+pub(crate) use float;
 
 fn last_dim(l: &Layout, op: &str) -> CResult<usize> {
     match l.dims().last() {
@@ -411,7 +412,7 @@ impl CustomOp3 for RmsNormBwd {
 // Backward: dx = scale · y ⊙ (dy − Σ y⊙dy).
 
 #[inline(always)]
-fn softmax_row<T: Real>(out: &mut [T]) {
+pub(crate) fn softmax_row<T: Real>(out: &mut [T]) {
     let m = max(out);
     for v in out.iter_mut() {
         *v -= m;

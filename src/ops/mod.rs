@@ -6,6 +6,7 @@
 //! `set_fused(false)` the same ops are compositions of primitive candle ops (`composite`), which
 //! define what the kernels compute; the tests hold the two to each other and to finite
 //! differences.
+pub mod attention;
 pub mod composite;
 pub mod fused;
 
@@ -85,6 +86,48 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         )?);
     }
     composite::rope(x, cos, sin)
+}
+
+/// Causal self-attention with RoPE over whole sequences (no KV cache), from the projections'
+/// outputs: q [b, t, heads·d], k, v [b, t, kv_heads·d] -> [b, t, heads·d] (the input of
+/// `o_proj`); query head h uses kv head h / (heads / kv_heads). cos, sin: [1 or b, 1, t, d/2];
+/// mask: additive [1 or b, 1, 1, t, t]. Per head: softmax(scale·rope(Q)·rope(K)ᵀ + mask)·V with
+/// scale = 1/√d. Fused: one graph node whose backward recomputes the attention weights
+/// (`attention.rs`).
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    (cos, sin): (&Tensor, &Tensor),
+    mask: &Tensor,
+    heads: usize,
+    kv_heads: usize,
+) -> Result<Tensor> {
+    let (_, t, qw) = q.dims3()?;
+    let d = qw / heads.max(1);
+    let scale = 1.0 / (d as f64).sqrt();
+    let dt = q.dtype();
+    if fused_for(q)
+        && [k, v, cos, sin, mask].iter().all(|x| x.dtype() == dt)
+        && cos.rank() == 4
+        && mask.rank() == 5
+    {
+        let half = d / 2;
+        let table =
+            |x: &Tensor| -> Result<Tensor> { Ok(x.reshape((x.dim(0)?, t, half))?.contiguous()?) };
+        let op = attention::Attention {
+            heads,
+            kv_heads,
+            scale,
+            cos: table(cos)?,
+            sin: table(sin)?,
+            mask: mask.reshape((mask.dim(0)?, t, t))?.contiguous()?,
+        };
+        return Ok(q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?);
+    }
+    composite::attention(q, k, v, (cos, sin), mask, heads, kv_heads)
 }
 
 /// SwiGLU gate: silu(g)·u = g·σ(g)·u, g and u of one shape.

@@ -90,7 +90,63 @@ fn cases(dtype: DType) -> Vec<(&'static str, F, F, Vec<usize>)> {
     let (wl2, wl3, wl4) = (wl.clone(), wl.clone(), wl.clone());
     // RoPE input as the model makes it: [b, t, heads, d] transposed to [b, heads, t, d].
     let tr = |x: &Tensor| x.transpose(1, 2).unwrap();
+    // Attention: q, k, v as slices of one input [b=2, t=5, (4 + 2 + 2)·6]: 4 query heads over 2
+    // kv heads of size 6; per-row RoPE tables and a causal mask with a padded key in row 1 (no
+    // query row fully masked: there the f64 finite differences drown in the −1e9 offsets), and
+    // the shared (one row) forms with a sliding window of 3.
+    let (ac, asn) = (
+        randn(&[2, 1, 5, 3], 13, dtype),
+        randn(&[2, 1, 5, 3], 14, dtype),
+    );
+    let (ac1, as1) = (
+        ac.narrow(0, 0, 1).unwrap().contiguous().unwrap(),
+        asn.narrow(0, 0, 1).unwrap().contiguous().unwrap(),
+    );
+    let amask = |rows: usize, window: usize| {
+        let mut m = vec![0f64; rows * 25];
+        for b in 0..rows {
+            for i in 0..5 {
+                for j in 0..5 {
+                    if j > i || i - j >= window || (b == 1 && j == 1) {
+                        m[(b * 5 + i) * 5 + j] = -1e9;
+                    }
+                }
+            }
+        }
+        Tensor::from_vec(m, (rows, 1, 1, 5, 5), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    };
+    let (am, am1) = (amask(2, 5), amask(1, 3));
+    let qkv = |x: &Tensor| {
+        let n = |a, l| x.narrow(2, a, l).unwrap();
+        (n(0, 24), n(24, 12), n(36, 12))
+    };
+    let attn = move |fused: bool, cos: Tensor, sin: Tensor, mask: Tensor| {
+        Box::new(move |x: &Tensor| {
+            let (q, k, v) = qkv(x);
+            let f = if fused {
+                attention
+            } else {
+                composite::attention
+            };
+            f(&q, &k, &v, (&cos, &sin), &mask, 4, 2).unwrap()
+        }) as F
+    };
     vec![
+        (
+            "attention",
+            attn(true, ac.clone(), asn.clone(), am.clone()),
+            attn(false, ac, asn, am),
+            vec![2, 5, 48],
+        ),
+        (
+            "attention_shared_tables_window",
+            attn(true, ac1.clone(), as1.clone(), am1.clone()),
+            attn(false, ac1, as1, am1),
+            vec![2, 5, 48],
+        ),
         (
             "linear_few_rows",
             Box::new(move |x: &Tensor| linear(x, &wl, None).unwrap()) as F,
@@ -263,6 +319,40 @@ fn fused_match_composite_at_model_sizes() {
     );
     close(&yf, &yc, 1e-4, "swiglu forward");
     close(&gf, &gc, 1e-4, "swiglu gradient");
+}
+
+/// Attention at a SmolLM2-like shape (9 query heads over 3 kv heads of 64, 70 positions, causal):
+/// values and the gradients of q, k and v.
+#[test]
+fn attention_matches_composite_at_model_sizes() {
+    let (b, t, nh, nkv, d) = (2, 70, 9, 3, 64);
+    let x = randn(&[b, t, (nh + 2 * nkv) * d], 21, DType::F32);
+    let cos = randn(&[1, 1, t, d / 2], 22, DType::F32);
+    let sin = randn(&[1, 1, t, d / 2], 23, DType::F32);
+    let mut m = vec![0f32; t * t];
+    for i in 0..t {
+        for j in i + 1..t {
+            m[i * t + j] = -1e9;
+        }
+    }
+    let mask = Tensor::from_vec(m, (1, 1, 1, t, t), &Device::Cpu).unwrap();
+    let f = |fused: bool| {
+        let (cos, sin, mask) = (cos.clone(), sin.clone(), mask.clone());
+        Box::new(move |x: &Tensor| {
+            let n = |a, l| x.narrow(2, a, l).unwrap();
+            let (q, k, v) = (n(0, nh * d), n(nh * d, nkv * d), n((nh + nkv) * d, nkv * d));
+            let f = if fused {
+                attention
+            } else {
+                composite::attention
+            };
+            f(&q, &k, &v, (&cos, &sin), &mask, nh, nkv).unwrap()
+        }) as F
+    };
+    let (yf, gf) = grad_of(&f(true), &x, 24);
+    let (yc, gc) = grad_of(&f(false), &x, 24);
+    close(&yf, &yc, 1e-4, "attention forward");
+    close(&gf, &gc, 1e-3, "attention gradient");
 }
 
 #[test]
