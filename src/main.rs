@@ -45,11 +45,16 @@ enum Cmd {
     Bench(cli::bench::Args),
 }
 
+/// Large freed blocks are kept for reuse (`unlearn::alloc`); everything else is the system's.
+#[global_allocator]
+static ALLOC: unlearn::alloc::Recycling = unlearn::alloc::Recycling;
+
 fn main() {
+    unlearn::alloc::enable();
     unlearn::tune_threads();
     unlearn::tune_allocator();
     let cli = Cli::parse();
-    let r = match cli.cmd {
+    let r = unlearn::run_in_pool(move || match cli.cmd {
         Cmd::Demo(a) => cli::demo::run(a),
         Cmd::Report(a) => cli::report::run(a),
         Cmd::Import(a) => cli::import::run(a),
@@ -62,7 +67,7 @@ fn main() {
         Cmd::Attribute(a) => cli::attribute::run(a),
         Cmd::Init(a) => cli::init::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
-    };
+    });
     if let Err(e) = r {
         eprintln!("error: {e:#}");
         std::process::exit(1);

@@ -1062,13 +1062,36 @@ fn gemm_new<T: WithDType>(
     rhs_rs: usize,
     rhs_cs: usize,
 ) -> Vec<T> {
-    let mut dst: Vec<T> = Vec::with_capacity(m * n);
+    let mut dst = Vec::with_capacity(m * n);
+    gemm_append(
+        &mut dst,
+        (m, n, k),
+        (dst_rs, dst_cs),
+        (lhs, lhs_rs, lhs_cs),
+        (rhs, rhs_rs, rhs_cs),
+    );
+    dst
+}
+
+/// Append the m·n elements of lhs[m×k]·rhs[k×n] to `dst` (written by the GEMM in place, with no
+/// zero fill and, when `dst` has the capacity, no reallocation); the destination strides
+/// (`dst_rs`, `dst_cs`) are within the appended block.
+fn gemm_append<T: WithDType>(
+    dst: &mut Vec<T>,
+    (m, n, k): (usize, usize, usize),
+    (dst_rs, dst_cs): (usize, usize),
+    (lhs, lhs_rs, lhs_cs): (&[T], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[T], usize, usize),
+) {
     if m * n == 0 {
-        return dst;
+        return;
     }
     if k == 0 {
-        return vec![zero::<T>(); m * n];
+        dst.resize(dst.len() + m * n, zero::<T>());
+        return;
     }
+    dst.reserve(m * n);
+    let start = dst.len();
     let threads = rayon::current_num_threads();
     let par = if threads > 1 && m * n * k >= 1 << 18 {
         gemm::Parallelism::Rayon(threads)
@@ -1076,14 +1099,14 @@ fn gemm_new<T: WithDType>(
         gemm::Parallelism::None
     };
     // SAFETY: the strides describe matrices inside `lhs`, `rhs` (checked by the callers' shape
-    // checks) and inside the m·n elements reserved in `dst`, which gemm writes in full
-    // (read_dst = false) before the length is set.
+    // checks) and inside the m·n elements reserved after `dst`'s length, which gemm writes in
+    // full (read_dst = false) before the length is set.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.as_mut_ptr().add(start),
             dst_cs as isize,
             dst_rs as isize,
             false,
@@ -1100,9 +1123,8 @@ fn gemm_new<T: WithDType>(
             false,
             par,
         );
-        dst.set_len(m * n);
+        dst.set_len(start + m * n);
     }
-    dst
 }
 
 /// y[n×out] = x·Wᵀ for a few rows (generation): each output is a dot product of two contiguous
@@ -1134,10 +1156,24 @@ fn few_rows<T: WithDType>(x: &[T], w: &[T], n: usize, inp: usize, out: usize) ->
     let wide = std::arch::is_x86_feature_detected!("avx512f");
     #[cfg(not(target_arch = "x86_64"))]
     let wide = false;
+    // f32 on AVX-512: the FMA kernel below (the generic loop neither fuses nor uses 16 lanes)
+    #[cfg(target_arch = "x86_64")]
+    let f32_wide = wide && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>();
     // yᵀ[out×n], in blocks of W rows (~64k multiply-adds each)
     let rows_per = (65536 / (inp * n).max(1)).clamp(1, out.max(1));
     let mut yt = vec![zero::<T>(); out * n];
     let run = |(c, chunk): (usize, &mut [T])| {
+        #[cfg(target_arch = "x86_64")]
+        if f32_wide {
+            // SAFETY: T is f32 (checked above), so the slices are f32 slices of the same length;
+            // the CPU has AVX-512F; `block_f32_avx512` stays inside the slices' bounds.
+            unsafe {
+                let f = |s: &[T]| std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len());
+                let yf =
+                    std::slice::from_raw_parts_mut(chunk.as_mut_ptr() as *mut f32, chunk.len());
+                return block_f32_avx512(f(x), f(w), n, inp, c * rows_per, yf);
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         if wide {
             // SAFETY: the CPU has the feature the function is compiled for.
@@ -1159,6 +1195,65 @@ fn few_rows<T: WithDType>(x: &[T], w: &[T], n: usize, inp: usize, out: usize) ->
         }
     }
     y
+}
+
+/// `few_rows`' block for f32 with AVX-512: yt[i·n + r] = W row (o0 + i) · x row r, each W row
+/// loaded once per group of up to four x rows, 16 lanes, fused multiply-adds; the last partial
+/// 16 columns through a masked load.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `x` holds n rows and `w` at least o0 + yt.len()/n rows of `inp`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn block_f32_avx512(x: &[f32], w: &[f32], n: usize, inp: usize, o0: usize, yt: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(x.len() >= n * inp && w.len() >= (o0 + yt.len() / n.max(1)) * inp);
+    let full = inp / 16 * 16;
+    let tail: __mmask16 = ((1u32 << (inp - full)) - 1) as __mmask16;
+    /// Dot products of one W row with M consecutive x rows starting at `xr`.
+    #[inline(always)]
+    unsafe fn group<const M: usize>(
+        wr: *const f32,
+        xr: *const f32,
+        inp: usize,
+        full: usize,
+        tail: __mmask16,
+        out: &mut [f32],
+    ) {
+        let mut acc = [_mm512_setzero_ps(); M];
+        let mut j = 0;
+        while j < full {
+            let wv = _mm512_loadu_ps(wr.add(j));
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xr.add(q * inp + j)), *a);
+            }
+            j += 16;
+        }
+        if full < inp {
+            let wv = _mm512_maskz_loadu_ps(tail, wr.add(full));
+            for (q, a) in acc.iter_mut().enumerate() {
+                let xv = _mm512_maskz_loadu_ps(tail, xr.add(q * inp + full));
+                *a = _mm512_fmadd_ps(wv, xv, *a);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = _mm512_reduce_add_ps(a);
+        }
+    }
+    for (i, yo) in yt.chunks_mut(n).enumerate() {
+        let wr = w.as_ptr().add((o0 + i) * inp);
+        let mut r = 0;
+        while r < n {
+            let xr = x.as_ptr().add(r * inp);
+            match n - r {
+                1 => group::<1>(wr, xr, inp, full, tail, &mut yo[r..r + 1]),
+                2 => group::<2>(wr, xr, inp, full, tail, &mut yo[r..r + 2]),
+                3 => group::<3>(wr, xr, inp, full, tail, &mut yo[r..r + 3]),
+                _ => group::<4>(wr, xr, inp, full, tail, &mut yo[r..r + 4]),
+            }
+            r += 4;
+        }
+    }
 }
 
 pub struct Linear;
@@ -1256,14 +1351,16 @@ impl CustomOp3 for LinearBwd {
             let x: &[T] = cont(sx, lx, name)?;
             let w: &[T] = cont(sw, lw, name)?;
             let dy: &[T] = cont(sd, ld, name)?;
-            let mut res = vec![];
+            // one allocation for both results, each product written in place
+            let len = n * inp * self.dx as usize + out * inp * self.dw as usize;
+            let mut res = Vec::with_capacity(len);
             if self.dx {
                 // dx[n×in] = dy[n×out]·W[out×in]
-                res = gemm_new(n, inp, out, inp, 1, dy, out, 1, w, inp, 1);
+                gemm_append(&mut res, (n, inp, out), (inp, 1), (dy, out, 1), (w, inp, 1));
             }
             if self.dw {
                 // dW[out×in] = dyᵀ[out×n]·x[n×in]
-                res.extend_from_slice(&gemm_new(out, inp, n, inp, 1, dy, 1, out, x, inp, 1));
+                gemm_append(&mut res, (out, inp, n), (inp, 1), (dy, 1, out), (x, inp, 1));
             }
             let len = res.len();
             Ok((T::to_cpu_storage_owned(res), Shape::from(len)))

@@ -88,6 +88,8 @@ fn cases(dtype: DType) -> Vec<(&'static str, F, F, Vec<usize>)> {
     let tg2 = tg.clone();
     let wl = randn(&[5, 7], 12, dtype);
     let (wl2, wl3, wl4) = (wl.clone(), wl.clone(), wl.clone());
+    let wf = randn(&[5, 37], 15, dtype);
+    let wf2 = wf.clone();
     // RoPE input as the model makes it: [b, t, heads, d] transposed to [b, heads, t, d].
     let tr = |x: &Tensor| x.transpose(1, 2).unwrap();
     // Attention: q, k, v as slices of one input [b=2, t=5, (4 + 2 + 2)·6]: 4 query heads over 2
@@ -152,6 +154,13 @@ fn cases(dtype: DType) -> Vec<(&'static str, F, F, Vec<usize>)> {
             Box::new(move |x: &Tensor| linear(x, &wl, None).unwrap()) as F,
             Box::new(move |x: &Tensor| composite::linear(x, &wl2).unwrap()) as F,
             vec![1, 3, 7],
+        ),
+        (
+            // 16-lane FMA kernel: two full lanes blocks plus a masked tail, 4 + 2 rows
+            "linear_few_rows_wide",
+            Box::new(move |x: &Tensor| linear(x, &wf, None).unwrap()) as F,
+            Box::new(move |x: &Tensor| composite::linear(x, &wf2).unwrap()) as F,
+            vec![1, 6, 37],
         ),
         (
             "linear_many_rows",
