@@ -506,3 +506,30 @@ fn linear_backward_computes_only_tracked_gradients() {
         "dW with a frozen input",
     );
 }
+
+/// The vendored candle backward (vendor/README.md: the first gradient reaching a node is stored
+/// instead of added into zeros) against hand-derived gradients, through fan-in (x used by four
+/// nodes), a transpose (a strided gradient, which must be stored contiguous for the in-place
+/// optimisers), a broadcast and a subtraction:
+/// L = Σ (xᵀ⊙xᵀ) + Σ (x ⊙ w) + Σ x − Σ w, so dL/dx = 2x + w + 1, dL/dw = Σ_rows x − 1.
+#[test]
+fn vendored_candle_backward_gradients_by_hand() {
+    let dev = Device::Cpu;
+    let x = Var::new(&[[1f64, 2., 3.], [4., 5., 6.]], &dev).unwrap();
+    let w = Var::new(&[10f64, 20., 30.], &dev).unwrap();
+    let xt = x.t().unwrap();
+    let a = (&xt * &xt).unwrap().sum_all().unwrap();
+    let b = x.broadcast_mul(&w).unwrap().sum_all().unwrap();
+    let c = x.sum_all().unwrap();
+    let d = w.sum_all().unwrap();
+    let loss = (((a + b).unwrap() + c).unwrap() - d).unwrap();
+    let g = loss.backward().unwrap();
+    let gx = g.get(&x).unwrap();
+    let gw = g.get(&w).unwrap();
+    assert!(gx.is_contiguous() && gw.is_contiguous());
+    assert_eq!(
+        gx.to_vec2::<f64>().unwrap(),
+        vec![vec![13., 25., 37.], vec![19., 31., 43.]]
+    );
+    assert_eq!(gw.to_vec1::<f64>().unwrap(), vec![4., 6., 8.]);
+}
