@@ -8,8 +8,12 @@
 //! 13 % of the step's CPU time (docs/performance.md). `Recycling` keeps up to
 //! [`MAX_BLOCKS`] freed blocks of 32 MiB or more, at most [`MAX_BYTES`] in all, and hands one
 //! back when a request of the same size class comes: the next step's tensors of the same shapes
-//! reuse the same, already resident, memory. Sizes are rounded up to one of eight classes per
-//! power of two (at most 12.5 % slack); smaller requests go straight to the system allocator.
+//! reuse the same, already resident, memory. Only a size class asked for twice among the last
+//! [`HISTORY`] large requests is kept (a one-off buffer, such as a checkpoint read into memory,
+//! goes straight back), and a kept block not asked for within [`MAX_AGE`] large requests goes
+//! back too, so a phase's blocks do not outlive it for long. Sizes are rounded up to one of eight
+//! classes per power of two (at most 12.5 % slack); smaller requests go straight to the system
+//! allocator.
 //!
 //! Off until [`enable`] is called (the binary does, first thing), so a library user's process is
 //! unaffected. [`release`] returns every kept block to the system.
@@ -47,9 +51,9 @@ struct Block {
 
 /// Size classes of the last requests, for admission: only a class requested twice among them is
 /// kept, so one-off buffers (a checkpoint file read into memory, a model copy) go straight back.
-const HISTORY: usize = 32;
+pub const HISTORY: usize = 32;
 /// A kept block not handed out again within this many large requests is given back.
-const MAX_AGE: u64 = 64;
+pub const MAX_AGE: u64 = 64;
 
 /// The kept blocks: fixed arrays, so the allocator never allocates while holding the lock.
 struct Pool {
