@@ -16,7 +16,7 @@
 //! allocator.
 //!
 //! Off until [`enable`] is called (the binary does, first thing), so a library user's process is
-//! unaffected. [`release`] returns every kept block to the system.
+//! unaffected.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -240,24 +240,6 @@ unsafe impl GlobalAlloc for Recycling {
 /// global allocator it has no effect.
 pub fn enable() {
     ON.store(true, Ordering::Relaxed);
-}
-
-/// Give every kept block back to the system (RSS drops by the pool's size).
-pub fn release() {
-    let blocks: Vec<Block> = match POOL.lock() {
-        Ok(mut p) => {
-            p.bytes = 0;
-            p.blocks.iter_mut().filter_map(|b| b.take()).collect()
-        }
-        Err(_) => return,
-    };
-    // SAFETY: the blocks were kept by `put`, taken out under the lock, and are unused.
-    unsafe { free_blocks(blocks) }
-}
-
-/// Bytes currently kept for reuse.
-pub fn kept_bytes() -> usize {
-    POOL.lock().map(|p| p.bytes).unwrap_or(0)
 }
 
 #[cfg(test)]

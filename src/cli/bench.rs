@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use unlearn::bench::{run as bench, BenchConfig, BenchResult};
+use unlearn::bench::{median, run as bench, BenchConfig, BenchResult};
 use unlearn::hf::ModelDir;
 
 #[derive(clap::Args)]
@@ -50,10 +50,6 @@ pub struct Args {
     json: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     device: String,
-}
-
-fn median(v: Vec<f64>) -> f64 {
-    unlearn::bench::median(&v)
 }
 
 /// One PyTorch measurement: the script's JSON.
@@ -155,8 +151,15 @@ pub fn run(a: Args) -> Result<()> {
     }
     let _ = std::fs::remove_file(&tmp);
     let rss = super::peak_rss_mib();
-    let om = |f: fn(&BenchResult) -> f64| median(ours.iter().map(f).collect());
-    let tm = |k: &str| median(theirs.iter().filter_map(|t| t[k].as_f64()).collect());
+    let om = |f: fn(&BenchResult) -> f64| median(&ours.iter().map(f).collect::<Vec<_>>());
+    let tm = |k: &str| {
+        median(
+            &theirs
+                .iter()
+                .filter_map(|t| t[k].as_f64())
+                .collect::<Vec<_>>(),
+        )
+    };
     let rows = [
         (
             "training step (s)",

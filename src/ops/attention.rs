@@ -19,7 +19,7 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Shape, Storage, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::fused::{cont, dot, float, softmax_row, zero, Real};
+use super::fused::{cont, dot, float, gemm_strided, rotate, softmax_row, zero, Real};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -72,58 +72,33 @@ fn storage_slice<'a, T: WithDType>(s: &'a Storage, l: &Layout, op: &str) -> CRes
     }
 }
 
-/// dst[m×n] = beta · lhs[m×k]·rhs[k×n], every operand given by (row stride, column stride), on
-/// the calling thread.
+/// dst[m×n] = beta · lhs[m×k]·rhs[k×n] on the calling thread (`fused::gemm_strided`; a unit is
+/// already one task of the parallel loop).
 ///
 /// # Safety
-/// The pointers and strides must describe matrices inside live allocations, and `dst` must not
-/// be written by anyone else meanwhile.
+/// As `gemm_strided`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm1<T: WithDType>(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     dst: *mut T,
-    (drs, dcs): (usize, usize),
+    dst_strides: (usize, usize),
     lhs: *const T,
-    (lrs, lcs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: *const T,
-    (rrs, rcs): (usize, usize),
+    rhs_strides: (usize, usize),
     beta: T,
 ) {
-    gemm::gemm(
-        m,
-        n,
-        k,
+    gemm_strided(
+        mnk,
         dst,
-        dcs as isize,
-        drs as isize,
-        false,
+        dst_strides,
         lhs,
-        lcs as isize,
-        lrs as isize,
+        lhs_strides,
         rhs,
-        rcs as isize,
-        rrs as isize,
-        zero::<T>(),
+        rhs_strides,
         beta,
-        false,
-        false,
-        false,
         gemm::Parallelism::None,
     );
-}
-
-/// y = rotate(x) by the angle whose cos/sin are given (`inverse`: by minus that angle), HF
-/// `rotate_half` layout: [x1, x2] → [x1·c − x2·s, x2·c + x1·s].
-#[inline(always)]
-fn rotate<T: Real>(x: &[T], c: &[T], s: &[T], y: &mut [T], inverse: bool) {
-    let half = c.len();
-    let (x1, x2) = x.split_at(half);
-    let (y1, y2) = y.split_at_mut(half);
-    for j in 0..half {
-        let sj = if inverse { -s[j] } else { s[j] };
-        y1[j] = x1[j] * c[j] - x2[j] * sj;
-        y2[j] = x2[j] * c[j] + x1[j] * sj;
-    }
 }
 
 /// Per-thread work space of one unit.

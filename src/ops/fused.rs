@@ -787,6 +787,20 @@ impl CustomOp3 for GatherLogprobsBwd {
 // dimension), cos, sin: [1 or b, 1, t, d/2]; y is contiguous.
 // Backward: the rotation by −angle, dx = [dy1·cos + dy2·sin, dy2·cos − dy1·sin].
 
+/// One head vector rotated by the angles whose cos/sin are given (`inverse`: by minus them), HF
+/// `rotate_half` layout: [x1, x2] → [x1·c − x2·s, x2·c + x1·s]. x, y: [d]; c, s: [d/2].
+#[inline(always)]
+pub(crate) fn rotate<T: Real>(x: &[T], c: &[T], s: &[T], y: &mut [T], inverse: bool) {
+    let half = c.len();
+    let (x1, x2) = x.split_at(half);
+    let (y1, y2) = y.split_at_mut(half);
+    for j in 0..half {
+        let sj = if inverse { -s[j] } else { s[j] };
+        y1[j] = x1[j] * c[j] - x2[j] * sj;
+        y2[j] = x2[j] * c[j] + x1[j] * sj;
+    }
+}
+
 pub struct Rope {
     /// Rotate by −angle (the backward pass).
     pub inverse: bool,
@@ -843,13 +857,7 @@ impl CustomOp3 for Rope {
                         let src = &x[off + bi * st[0] + hi * st[1] + ti * st[2]..][..d];
                         let c = &cos[(cbi * t + ti) * half..][..half];
                         let s = &sin[(cbi * t + ti) * half..][..half];
-                        let (y1, y2) = plane[ti * d..(ti + 1) * d].split_at_mut(half);
-                        let (x1, x2) = src.split_at(half);
-                        for j in 0..half {
-                            let sj = if inverse { -s[j] } else { s[j] };
-                            y1[j] = x1[j] * c[j] - x2[j] * sj;
-                            y2[j] = x2[j] * c[j] + x1[j] * sj;
-                        }
+                        rotate(src, c, s, &mut plane[ti * d..(ti + 1) * d], inverse);
                     }
                 }
             });
@@ -1102,29 +1110,60 @@ fn gemm_append<T: WithDType>(
     // checks) and inside the m·n elements reserved after `dst`'s length, which gemm writes in
     // full (read_dst = false) before the length is set.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        gemm_strided(
+            (m, n, k),
             dst.as_mut_ptr().add(start),
-            dst_cs as isize,
-            dst_rs as isize,
-            false,
+            (dst_rs, dst_cs),
             lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
+            (lhs_rs, lhs_cs),
             rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            zero::<T>(),
+            (rhs_rs, rhs_cs),
             T::from_f64(1.0),
-            false,
-            false,
-            false,
             par,
         );
         dst.set_len(start + m * n);
     }
+}
+
+/// dst[m×n] = beta · lhs[m×k]·rhs[k×n] with the `gemm` crate, every operand given by (row
+/// stride, column stride); dst is written in full and never read.
+///
+/// # Safety
+/// The pointers and strides must describe matrices inside live allocations, and `dst` must not
+/// be accessed by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_strided<T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut T,
+    (drs, dcs): (usize, usize),
+    lhs: *const T,
+    (lrs, lcs): (usize, usize),
+    rhs: *const T,
+    (rrs, rcs): (usize, usize),
+    beta: T,
+    par: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        dcs as isize,
+        drs as isize,
+        false,
+        lhs,
+        lcs as isize,
+        lrs as isize,
+        rhs,
+        rcs as isize,
+        rrs as isize,
+        zero::<T>(),
+        beta,
+        false,
+        false,
+        false,
+        par,
+    );
 }
 
 /// y[n×out] = x·Wᵀ for a few rows (generation): each output is a dot product of two contiguous
