@@ -150,3 +150,20 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
         config: c.clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_empty_lists() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(
+            median(&[0.2, 9.0, 0.1, 0.3, 0.25]),
+            0.25,
+            "an outlier does not move it"
+        );
+        assert!(median(&[]).is_nan());
+    }
+}

@@ -333,3 +333,67 @@ fn gguf_roundtrip(q: candle_core::quantized::GgmlDType) {
         md.tok.render_chat(None, "hi").unwrap()
     );
 }
+
+/// `unlearn bench` end to end (issue #9): every repetition is recorded in the JSON and the
+/// reported figures are the medians of them.
+#[test]
+fn bench_reports_medians_of_its_repetitions() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    init_tiny(p, &[]);
+    let args = [
+        "bench",
+        "--model",
+        "tiny",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--train-steps",
+        "3",
+        "--score-batches",
+        "2",
+        "--gen-batch",
+        "2",
+        "--gen-prompt",
+        "4",
+        "--gen-tokens",
+        "4",
+        "--gen-runs",
+        "3",
+        "--json",
+        "bench.json",
+    ];
+    let out = ok(&args, p);
+    assert!(
+        out.contains("training step") && out.contains("peak RSS"),
+        "{out}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("bench.json")).unwrap()).unwrap();
+    let times = |k: &str| -> Vec<f64> {
+        v[k].as_array()
+            .unwrap_or_else(|| panic!("{k} missing: {v}"))
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
+    };
+    let (steps, batches, runs) = (
+        times("train_steps_s"),
+        times("score_batches_s"),
+        times("gen_runs_s"),
+    );
+    assert_eq!((steps.len(), batches.len(), runs.len()), (3, 2, 3));
+    let median = unlearn::bench::median;
+    assert_eq!(v["train_step_s"].as_f64().unwrap(), median(&steps));
+    let tokens = 2.0 * 16.0;
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs();
+    assert!(close(
+        v["score_tokens_per_s"].as_f64().unwrap(),
+        tokens / median(&batches)
+    ));
+    assert!(close(
+        v["gen_tokens_per_s"].as_f64().unwrap(),
+        2.0 * 4.0 / median(&runs)
+    ));
+}
