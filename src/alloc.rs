@@ -17,9 +17,16 @@
 //!
 //! Off until [`enable`] is called (the binary does, first thing), so a library user's process is
 //! unaffected.
+//!
+//! It also bounds untrusted work: [`bounded`] runs a closure on a thread whose live allocations
+//! may not exceed a budget (a model's chat template is a program, and `{% set s = s ~ s %}` in a
+//! loop asks for gigabytes in seconds). A thread that goes over is parked for good at the
+//! allocation that would exceed the budget, and the caller gets [`Bounded::OverBudget`].
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Requests of this size or more are recycled (glibc's largest mmap threshold).
 pub const BIG: usize = 32 << 20;
@@ -32,6 +39,113 @@ pub const MAX_BYTES: usize = 2 << 30;
 const ALIGN: usize = 16;
 
 static ON: AtomicBool = AtomicBool::new(false);
+/// Whether `Recycling` is the global allocator (set by [`enable`]), so budgets are enforced.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// This thread's allocation budget in bytes (0: none), its live bytes, and the flag raised
+    /// when it is exceeded.
+    static LIMIT: Cell<usize> = const { Cell::new(0) };
+    static LIVE: Cell<usize> = const { Cell::new(0) };
+    static TRIP: Cell<*const AtomicBool> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Count `n` more live bytes against this thread's budget; over it, raise the flag and park the
+/// thread for good (it never returns, so the allocation never happens).
+#[inline]
+fn charge(n: usize) {
+    let _ = LIMIT.try_with(|lim| {
+        let limit = lim.get();
+        if limit == 0 {
+            return;
+        }
+        let live = LIVE.with(|l| {
+            let v = l.get().saturating_add(n);
+            l.set(v);
+            v
+        });
+        if live > limit {
+            TRIP.with(|t| {
+                let p = t.get();
+                if !p.is_null() {
+                    // SAFETY: set by `bounded`, whose thread keeps the flag's Arc alive
+                    unsafe { (*p).store(true, Ordering::SeqCst) };
+                }
+            });
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    });
+}
+
+#[inline]
+fn credit(n: usize) {
+    let _ = LIMIT.try_with(|lim| {
+        if lim.get() != 0 {
+            LIVE.with(|l| l.set(l.get().saturating_sub(n)));
+        }
+    });
+}
+
+/// The outcome of [`bounded`].
+#[derive(Debug)]
+pub enum Bounded<T> {
+    Done(T),
+    /// The closure's live allocations went over the budget.
+    OverBudget,
+    /// It ran longer than the time limit.
+    TimedOut,
+}
+
+/// Run `f` on a new thread with at most `limit` live bytes (enforced where `Recycling` is the
+/// global allocator, see [`budgets_enforced`]) and at most `timeout` of wall time. A thread
+/// over its budget or its time is left behind (parked, or still running until `f` gives up);
+/// its memory stays with it.
+pub fn bounded<T: Send + 'static>(
+    limit: usize,
+    timeout: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Bounded<T> {
+    let flag = std::sync::Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let f2 = flag.clone();
+    let spawned = std::thread::Builder::new()
+        .name("unlearn-bounded".into())
+        .stack_size(16 << 20)
+        .spawn(move || {
+            let keep = f2; // the flag outlives a parked thread
+            TRIP.with(|t| t.set(std::sync::Arc::as_ptr(&keep)));
+            LIVE.with(|l| l.set(0));
+            LIMIT.with(|l| l.set(limit));
+            let r = f();
+            LIMIT.with(|l| l.set(0));
+            let _ = tx.send(r);
+            drop(keep);
+        });
+    if spawned.is_err() {
+        return Bounded::TimedOut;
+    }
+    let start = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(5)) {
+            Ok(r) => return Bounded::Done(r),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Bounded::OverBudget,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if flag.load(Ordering::SeqCst) {
+            return Bounded::OverBudget;
+        }
+        if start.elapsed() > timeout {
+            return Bounded::TimedOut;
+        }
+    }
+}
+
+/// Whether [`bounded`] enforces its memory budget (the binary installs `Recycling`).
+pub fn budgets_enforced() -> bool {
+    INSTALLED.load(Ordering::Relaxed)
+}
 
 /// The size class of a request of `n` ≥ BIG bytes: n rounded up to a multiple of 2^(k−3) where
 /// 2^k ≤ n < 2^(k+1), so eight classes per power of two.
@@ -177,6 +291,7 @@ pub struct Recycling;
 // `System` with the layout it was allocated with. Small requests are `System`'s own.
 unsafe impl GlobalAlloc for Recycling {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        charge(l.size());
         if !big(&l) {
             return System.alloc(l);
         }
@@ -188,6 +303,7 @@ unsafe impl GlobalAlloc for Recycling {
     }
 
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        charge(l.size());
         if !big(&l) {
             return System.alloc_zeroed(l);
         }
@@ -201,6 +317,7 @@ unsafe impl GlobalAlloc for Recycling {
     }
 
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        credit(l.size());
         if big(&l) {
             let c = class(l.size());
             match POOL.lock() {
@@ -220,6 +337,11 @@ unsafe impl GlobalAlloc for Recycling {
         let new = Layout::from_size_align_unchecked(new_size, l.align());
         let (was_big, is_big) = (big(&l), big(&new));
         if !was_big && !is_big {
+            if new_size > l.size() {
+                charge(new_size - l.size());
+            } else {
+                credit(l.size() - new_size);
+            }
             return System.realloc(p, l, new_size);
         }
         if was_big && is_big && class(l.size()) == class(new_size) {
@@ -240,6 +362,7 @@ unsafe impl GlobalAlloc for Recycling {
 /// global allocator it has no effect.
 pub fn enable() {
     ON.store(true, Ordering::Relaxed);
+    INSTALLED.store(true, Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -31,6 +31,38 @@ pub struct BenchConfig {
     pub gen_runs: usize,
 }
 
+impl BenchConfig {
+    /// Every count at least 1 and the sequences within the model's context.
+    pub fn check(&self, model: &Llama) -> Result<()> {
+        for (name, v) in [
+            ("batch", self.batch),
+            ("seq", self.seq),
+            ("train_steps", self.train_steps),
+            ("score_batches", self.score_batches),
+            ("gen_batch", self.gen_batch),
+            ("gen_prompt", self.gen_prompt),
+            ("gen_tokens", self.gen_tokens),
+            ("gen_runs", self.gen_runs),
+        ] {
+            if v == 0 {
+                return Err(crate::error::Error::Invalid(format!(
+                    "bench: --{} must be at least 1",
+                    name.replace('_', "-")
+                )));
+            }
+        }
+        let ctx = model.cfg.max_position_embeddings;
+        if self.seq + 1 > ctx || self.gen_prompt + self.gen_tokens > ctx {
+            return Err(crate::error::Error::Invalid(format!(
+                "bench: --seq {} (+1) and --gen-prompt {} + --gen-tokens {} must fit the model's \
+                 context of {ctx} tokens",
+                self.seq, self.gen_prompt, self.gen_tokens
+            )));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResult {
     pub params: usize,

@@ -1,5 +1,8 @@
 //! Configs: TOML files plus `--set key=value` overrides (dotted keys for nested tables).
-//! Unknown keys are errors (every config struct uses `deny_unknown_fields`).
+//! Unknown keys are errors (every config struct uses `deny_unknown_fields`), and so are values
+//! out of range: every config implements [`Validate`], which [`load`] runs before returning, so
+//! `lr = nan`, `batch_size = 0` or `adamw.beta1 = 1.5` fail when the config loads, before any
+//! model or data is read.
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -8,14 +11,131 @@ use crate::error::{read_to_string, Error, Result};
 
 /// Load `path` (if any), apply `overrides` ("a.b=value"; the value is parsed as a TOML literal,
 /// falling back to a string), and deserialize into `T`.
-pub fn load<T: DeserializeOwned>(path: Option<&Path>, overrides: &[String]) -> Result<T> {
-    deserialize(path, read_table(path, overrides)?)
+pub fn load<T: DeserializeOwned + Validate>(
+    path: Option<&Path>,
+    overrides: &[String],
+) -> Result<T> {
+    let v: T = deserialize(path, read_table(path, overrides)?)?;
+    validated(path, v)
+}
+
+/// Range checks of a config's values, run when it loads ([`load`], [`load_over`]).
+pub trait Validate {
+    /// Report every out-of-range value to `c` (keys relative to this struct).
+    fn check(&self, c: &mut Check);
+
+    /// All checks as one result: the first problem, named by its dotted key.
+    fn validate(&self) -> std::result::Result<(), String> {
+        let mut c = Check::default();
+        self.check(&mut c);
+        c.finish()
+    }
+}
+
+/// Collects range violations under dotted key names.
+#[derive(Default)]
+pub struct Check {
+    prefix: Vec<String>,
+    errors: Vec<String>,
+}
+
+impl Check {
+    fn key(&self, k: &str) -> String {
+        let mut parts = self.prefix.clone();
+        parts.push(k.to_string());
+        parts.join(".")
+    }
+
+    /// Record a problem with key `k`.
+    pub fn fail(&mut self, k: &str, msg: impl std::fmt::Display) {
+        let key = self.key(k);
+        self.errors.push(format!("`{key}` {msg}"));
+    }
+
+    fn real(&mut self, k: &str, x: f64, ok: bool, what: &str) {
+        if !x.is_finite() || !ok {
+            self.fail(k, format!("must be {what} (got {x})"));
+        }
+    }
+
+    /// A finite number > 0.
+    pub fn positive(&mut self, k: &str, x: f64) {
+        self.real(k, x, x > 0.0, "a finite number > 0");
+    }
+
+    /// A finite number ≥ 0.
+    pub fn non_negative(&mut self, k: &str, x: f64) {
+        self.real(k, x, x >= 0.0, "a finite number >= 0");
+    }
+
+    /// Any finite number.
+    pub fn finite(&mut self, k: &str, x: f64) {
+        self.real(k, x, true, "a finite number");
+    }
+
+    /// In [0, 1].
+    pub fn fraction(&mut self, k: &str, x: f64) {
+        self.real(k, x, (0.0..=1.0).contains(&x), "in [0, 1]");
+    }
+
+    /// In [0, 1) (a moment decay β).
+    pub fn decay(&mut self, k: &str, x: f64) {
+        self.real(k, x, (0.0..1.0).contains(&x), "in [0, 1)");
+    }
+
+    /// In (0, 1].
+    pub fn share(&mut self, k: &str, x: f64) {
+        self.real(k, x, x > 0.0 && x <= 1.0, "in (0, 1]");
+    }
+
+    /// An integer ≥ `min`.
+    pub fn at_least(&mut self, k: &str, n: usize, min: usize) {
+        if n < min {
+            self.fail(k, format!("must be at least {min} (got {n})"));
+        }
+    }
+
+    /// A non-empty string.
+    pub fn non_empty(&mut self, k: &str, s: &str) {
+        if s.trim().is_empty() {
+            self.fail(k, "must not be empty");
+        }
+    }
+
+    /// Check a nested config under `k`.
+    pub fn sub(&mut self, k: &str, v: &dyn Validate) {
+        self.prefix.push(k.to_string());
+        v.check(self);
+        self.prefix.pop();
+    }
+
+    pub fn finish(self) -> std::result::Result<(), String> {
+        match self.errors.first() {
+            None => Ok(()),
+            Some(first) if self.errors.len() == 1 => Err(first.clone()),
+            Some(first) => Err(format!(
+                "{first} (and {} more: {})",
+                self.errors.len() - 1,
+                self.errors[1..].join("; ")
+            )),
+        }
+    }
+}
+
+fn validated<T: Validate>(path: Option<&Path>, v: T) -> Result<T> {
+    v.validate().map_err(|msg| {
+        let where_ = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "--set".into());
+        Error::Invalid(format!("config {where_}: {msg}"))
+    })?;
+    Ok(v)
 }
 
 /// Like [`load`], but keys the user does not give (at any depth) take their value from
 /// `defaults`, so `--set pretrain.epochs=3` keeps the other `pretrain` keys of `defaults` rather
 /// than the nested struct's own `Default`. Unknown keys are still errors.
-pub fn load_over<T: serde::Serialize + DeserializeOwned>(
+pub fn load_over<T: serde::Serialize + DeserializeOwned + Validate>(
     defaults: &T,
     path: Option<&Path>,
     overrides: &[String],
@@ -25,7 +145,7 @@ pub fn load_over<T: serde::Serialize + DeserializeOwned>(
         .map_err(|e| Error::Invalid(format!("default config does not serialise: {e}")))?;
     merge(&mut base, toml::Value::Table(user));
     match base {
-        toml::Value::Table(t) => deserialize(path, t),
+        toml::Value::Table(t) => validated(path, deserialize(path, t)?),
         _ => Err(Error::Invalid("default config is not a table".into())),
     }
 }
@@ -122,6 +242,36 @@ mod tests {
     struct Inner {
         k: usize,
         j: usize,
+    }
+    impl Validate for C {
+        fn check(&self, c: &mut Check) {
+            c.non_negative("lr", self.lr);
+            c.sub("inner", &self.inner);
+        }
+    }
+    impl Validate for Inner {
+        fn check(&self, c: &mut Check) {
+            c.at_least("k", self.k, 0);
+            if self.j > 100 {
+                c.fail("j", "must be at most 100");
+            }
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_fail_at_load_with_their_key() {
+        let e = load::<C>(None, &["lr=nan".into()]).unwrap_err().to_string();
+        assert!(
+            e.contains("`lr` must be a finite number >= 0 (got NaN)"),
+            "{e}"
+        );
+        let e = load::<C>(None, &["lr=-1".into(), "inner.j=101".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`lr`") && e.contains("`inner.j` must be at most 100"),
+            "{e}"
+        );
     }
     #[test]
     fn overrides_and_unknown_keys() {

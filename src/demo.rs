@@ -28,6 +28,7 @@ use crate::hf::{atomic_write, save_model, ModelDir};
 use crate::model::{Llama, LlamaConfig};
 use crate::synthetic::{self, SynthConfig};
 use crate::train::{finetune, TrainConfig};
+use crate::util::guard::Input;
 
 /// Shape of the demo's tiny Llama.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -199,28 +200,47 @@ impl DemoConfig {
             })?;
         Ok(format!("retain{}", 100 - pct))
     }
+}
 
-    /// Checks that need no work: split name, method names, people count, model shape.
-    pub fn validate(&self) -> Result<()> {
-        self.retain_split()?;
-        if self.benchmark.people < 10 {
-            return Err(Error::Invalid(format!(
-                "benchmark.people = {}: the demo needs at least 10 people",
-                self.benchmark.people
-            )));
+impl crate::config::Validate for TinyModelConfig {
+    fn check(&self, c: &mut crate::config::Check) {
+        c.at_least("vocab", self.vocab, 260);
+        let mut m = LlamaConfig::tiny(
+            self.vocab,
+            self.hidden,
+            self.layers,
+            self.heads,
+            self.kv_heads,
+        );
+        m.eos_token_ids = vec![0];
+        if self.hidden == 0 || self.layers == 0 || self.heads == 0 {
+            c.fail("hidden", "hidden, layers and heads must be at least 1");
+        } else if let Err(e) = m.validate_heads() {
+            c.fail("heads", e);
+        }
+    }
+}
+
+/// Checks that need no work: split name, method names, people count, model shape, and every
+/// nested setting's range.
+impl crate::config::Validate for DemoConfig {
+    fn check(&self, c: &mut crate::config::Check) {
+        if let Err(e) = self.retain_split() {
+            c.fail("forget_split", e);
+        }
+        if self.methods.is_empty() {
+            c.fail("methods", "must name at least one method");
         }
         for m in &self.methods {
-            crate::objective::method::MethodConfig::named(m).map_err(Error::Invalid)?;
+            if let Err(e) = crate::objective::method::MethodConfig::named(m) {
+                c.fail("methods", e);
+            }
         }
-        let mut c = LlamaConfig::tiny(
-            self.model.vocab,
-            self.model.hidden,
-            self.model.layers,
-            self.model.heads,
-            self.model.kv_heads,
-        );
-        c.eos_token_ids = vec![0];
-        c.validate_heads()
+        c.sub("benchmark", &self.benchmark);
+        c.sub("model", &self.model);
+        c.sub("pretrain", &self.pretrain);
+        c.sub("unlearn", &self.unlearn);
+        c.sub("eval", &self.eval);
     }
 }
 
@@ -307,7 +327,13 @@ fn models(cfg: &DemoConfig, bench_dir: &Path, progress: bool) -> Result<(PathBuf
             data.len()
         );
         let run_dir = dir.join(format!("{name}.run"));
-        crate::rundir::write_run_info(&run_dir, "demo-pretrain", cfg.pretrain.seed, &cfg.pretrain)?;
+        crate::rundir::write_run_info(
+            &run_dir,
+            "demo-pretrain",
+            cfg.pretrain.seed,
+            &cfg.pretrain,
+            &[Input::new("initial model", &init)],
+        )?;
         let rep = finetune(&md, &data, &cfg.pretrain, &run_dir, progress)?;
         eprintln!(
             "  {} steps, final loss {:.4}, {:.0} tokens/s",
@@ -384,9 +410,27 @@ pub fn table(rows: &[Row]) -> String {
 
 /// Run the demo into `out`.
 pub fn run(cfg: &DemoConfig, out: &Path, progress: bool) -> Result<DemoReport> {
-    cfg.validate()?;
-    crate::unlearn::check_writable(&out.join("x"))?;
-    crate::rundir::write_run_info(out, "demo", cfg.benchmark.seed, cfg)?;
+    crate::config::Validate::validate(cfg)
+        .map_err(|e| Error::Invalid(format!("demo config: {e}")))?;
+    // the output directory is the demo's own: new, empty, or an earlier demo's (whose results
+    // are replaced); never the cache or a directory holding it
+    let _lock = crate::util::guard::claim_results_dir(
+        "--out",
+        out,
+        &[Input::new("model cache", &cfg.cache_dir)],
+        &["run.json"],
+    )?;
+    if out.join("run.json").exists() {
+        let info: Value = crate::error::read_json(&out.join("run.json"))?;
+        if info["command"] != "demo" {
+            return Err(Error::Invalid(format!(
+                "--out {} holds a run of `{}`, not a demo; choose another output",
+                out.display(),
+                info["command"].as_str().unwrap_or("?")
+            )));
+        }
+    }
+    crate::rundir::write_run_info(out, "demo", cfg.benchmark.seed, cfg, &[])?;
     let bench_dir = out.join("benchmark");
     let bench = synthetic::generate(&cfg.benchmark);
     bench.write(&bench_dir)?;
@@ -446,7 +490,13 @@ pub fn run(cfg: &DemoConfig, out: &Path, progress: bool) -> Result<DemoReport> {
         )?;
         rc.train = cfg.unlearn.clone();
         eprintln!("unlearning with {m}");
-        let rep = crate::unlearn::run(&rc, progress)?;
+        // the method's model and run directory are the demo's own: an earlier demo's are replaced
+        let opts = crate::unlearn::RunOptions {
+            progress,
+            overwrite: true,
+            resume: false,
+        };
+        let rep = crate::unlearn::run(&rc, &opts)?;
         let s = evaluate(&d.join("model"), &ecfg, &d.join("eval"), progress)?;
         let mut r = row(m, "unlearned", &s, t.elapsed().as_secs_f64());
         r.trainable_params = Some(rep.trainable_params);

@@ -48,7 +48,18 @@ pub enum Error {
     Tokenizer { path: PathBuf, msg: String },
     #[error("{path}: GGUF: {msg}")]
     Gguf { path: PathBuf, msg: String },
-    #[error("chat template: {0}")]
+    #[error("{path}: safetensors: {msg}")]
+    Safetensors { path: PathBuf, msg: String },
+    /// A weight tensor holds NaN or infinite values: refused at load, after import and before
+    /// any save, so such a model never reaches a file.
+    #[error("{what}: tensor `{tensor}` has {count} non-finite value(s) (NaN or inf)")]
+    NonFiniteWeights {
+        what: String,
+        tensor: String,
+        count: usize,
+    },
+    /// A chat template that fails or runs out of bounds (the message names the template).
+    #[error("{0}")]
     Template(String),
     #[error(
         "training produced a non-finite loss ({loss}) at step {step}; last good checkpoint: {}",
@@ -76,9 +87,38 @@ impl Error {
     }
 }
 
-/// Read a whole file, mapping the error to one that names the path.
+/// Read a whole text file, mapping the error to one that names the path. A leading UTF-8 byte
+/// order mark is dropped (editors on Windows write one); text that is not UTF-8 is an error
+/// saying so.
 pub fn read_to_string(path: &std::path::Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Ok(s.to_string()),
+        Err(e) => Err(Error::Data {
+            path: path.to_path_buf(),
+            line: bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1,
+            msg: format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        }),
+    }
+}
+
+/// `s` shortened to at most `max` characters for an error message (a data file's 10 KB question
+/// is not repeated in full).
+pub fn excerpt(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        format!("{s:?}")
+    } else {
+        let head: String = s.chars().take(max).collect();
+        format!("{head:?}… ({} characters)", s.chars().count())
+    }
 }
 
 /// Read and parse a JSON file.

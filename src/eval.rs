@@ -25,6 +25,7 @@ use crate::model::bert::Bert;
 use crate::model::Llama;
 use crate::score::{score_stats, TokenStats};
 use crate::tokenizer::Tok;
+use crate::util::guard::Input;
 
 pub const EVAL_FILE: &str = "TOFU_EVAL.json";
 pub const SUMMARY_FILE: &str = "TOFU_SUMMARY.json";
@@ -127,6 +128,20 @@ impl Default for EvalConfig {
     }
 }
 
+impl crate::config::Validate for EvalConfig {
+    fn check(&self, c: &mut crate::config::Check) {
+        c.non_empty("forget_split", &self.forget_split);
+        if self.sets.is_empty() {
+            c.fail("sets", "must name at least one set");
+        }
+        c.at_least("batch_size", self.batch_size, 1);
+        c.at_least("gen_batch_size", self.gen_batch_size, 1);
+        c.at_least("max_new_tokens", self.max_new_tokens, 1);
+        c.at_least("max_len", self.max_len, 2);
+        c.share("min_k", self.min_k);
+    }
+}
+
 impl EvalConfig {
     fn holdout(&self) -> String {
         self.holdout_split.clone().unwrap_or_else(|| {
@@ -158,6 +173,96 @@ impl EvalConfig {
 
     fn embedder_dir(&self) -> Option<PathBuf> {
         embedder_dir(self.embedder.as_ref())
+    }
+
+    /// The files and directories this evaluation reads: the selected sets' files, the retain
+    /// log, the reference, embedder and NLI models, the refusal pool.
+    pub fn inputs(&self) -> Vec<Input> {
+        let mut v = vec![];
+        for s in SetName::ALL {
+            if self.sets.contains(&s) {
+                if let Ok(p) = self.file(s) {
+                    v.push(Input::new(&format!("{} set", s.prefix()), p));
+                }
+            }
+        }
+        let opt = [
+            ("retain log", self.retain_logs.clone()),
+            ("reference model", self.reference_model.clone()),
+            ("sentence encoder", self.embedder_dir()),
+            ("NLI model", self.nli.clone()),
+            ("refusal pool", self.refusals.clone()),
+        ];
+        for (role, p) in opt {
+            if let Some(p) = p {
+                v.push(Input::new(role, p));
+            }
+        }
+        v
+    }
+
+    /// Checks that need no model: the benchmark directory exists and has the forget split, the
+    /// retain log (when given) is an evaluation with forget truth ratios, and the models given
+    /// explicitly exist. Returns the retain log.
+    fn check_inputs(&self) -> Result<Option<Map<String, Value>>> {
+        if !self.data.is_dir() {
+            return Err(Error::Invalid(format!(
+                "benchmark {}: not a directory",
+                self.data.display()
+            )));
+        }
+        if self.sets.contains(&SetName::Forget) {
+            if let Err(why) = self.file(SetName::Forget) {
+                let mut found: Vec<String> = std::fs::read_dir(&self.data)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter_map(|n| {
+                        n.strip_suffix(".jsonl")
+                            .filter(|s| s.starts_with("forget") && !s.ends_with("_perturbed"))
+                            .map(String::from)
+                    })
+                    .collect();
+                found.sort();
+                return Err(Error::Invalid(format!(
+                    "forget split `{}`: {why}{}",
+                    self.forget_split,
+                    if found.is_empty() {
+                        " (the directory has no forget split: is it a TOFU-layout benchmark?)"
+                            .to_string()
+                    } else {
+                        format!(" (it has: {})", found.join(", "))
+                    }
+                )));
+            }
+        }
+        for (what, p) in [
+            ("reference model", &self.reference_model),
+            ("NLI model", &self.nli),
+            ("sentence encoder", &self.embedder),
+        ] {
+            if let Some(p) = p {
+                if !p.join("config.json").exists() {
+                    return Err(Error::Invalid(format!(
+                        "{what} {}: no config.json (not a model directory)",
+                        p.display()
+                    )));
+                }
+            }
+        }
+        let Some(p) = &self.retain_logs else {
+            return Ok(None);
+        };
+        let logs: Map<String, Value> = crate::error::read_json(p)?;
+        if logs.get("forget_truth_ratio").and_then(scores).is_none() {
+            return Err(Error::Invalid(format!(
+                "{}: not a retain model's evaluation (no forget_truth_ratio with per-item \
+                 values); give the TOFU_EVAL.json that `unlearn eval` wrote for the retain model",
+                p.display()
+            )));
+        }
+        Ok(Some(logs))
     }
 }
 
@@ -230,7 +335,11 @@ struct SetCache {
 
 #[derive(Default, Serialize, Deserialize)]
 struct Cache {
+    /// [`EvalKeys::passes`] of the per-item results below.
     fingerprint: String,
+    /// [`EvalKeys::metrics`] of the metrics in TOFU_EVAL.json beside it.
+    #[serde(default)]
+    metrics_key: String,
     sets: BTreeMap<SetName, SetCache>,
 }
 
@@ -392,7 +501,8 @@ pub struct Evaluator<'a> {
     embedder: Lazy<Bert>,
     nli: Lazy<Bert>,
     refusal_emb: Option<Vec<Vec<f32>>>,
-    retain_logs: Lazy<Map<String, Value>>,
+    /// The retain model's evaluation, read and checked when the evaluator is made.
+    retain_logs: Option<Map<String, Value>>,
     progress: bool,
     passes: Vec<String>,
 }
@@ -405,6 +515,7 @@ impl<'a> Evaluator<'a> {
         progress: bool,
     ) -> Result<Self> {
         let fmt = Formatter::new(tok, cfg.prompt, cfg.max_len)?;
+        let retain_logs = cfg.check_inputs()?;
         let mut sets = BTreeMap::new();
         for s in SetName::ALL {
             let v = if !cfg.sets.contains(&s) {
@@ -432,7 +543,7 @@ impl<'a> Evaluator<'a> {
             embedder: None,
             nli: None,
             refusal_emb: None,
-            retain_logs: None,
+            retain_logs,
             progress,
             passes: vec![],
         })
@@ -611,22 +722,10 @@ impl<'a> Evaluator<'a> {
         Ok(Ok(()))
     }
 
-    fn retain_logs(&mut self) -> std::result::Result<&Map<String, Value>, String> {
-        if self.retain_logs.is_none() {
-            self.retain_logs = Some(match &self.cfg.retain_logs {
-                None => {
-                    Err("no retain log (--retain-logs: TOFU_EVAL.json of the retain model)".into())
-                }
-                Some(p) => {
-                    crate::error::read_json::<Map<String, Value>>(p).map_err(|e| e.to_string())
-                }
-            });
-        }
-        self.retain_logs
-            .as_ref()
-            .unwrap()
-            .as_ref()
-            .map_err(|e| e.clone())
+    fn retain_logs(&self) -> std::result::Result<&Map<String, Value>, String> {
+        self.retain_logs.as_ref().ok_or_else(|| {
+            "no retain log (--retain-logs: TOFU_EVAL.json of the retain model)".into()
+        })
     }
 
     /// Compute one metric; `done` holds the metrics computed (or loaded) so far.
@@ -1032,38 +1131,53 @@ impl<'a> Evaluator<'a> {
         )))
     }
 
-    /// Run every metric. With `out`, metrics already in `out/TOFU_EVAL.json` are kept (unless
-    /// `overwrite`), per-item pass results are cached in `out/EVAL_CACHE.json` under
-    /// `fingerprint`, and TOFU_EVAL.json is rewritten (atomically) after each metric.
+    /// Run every metric. With `out` and `keys`, metrics already in `out/TOFU_EVAL.json` are
+    /// kept (unless `overwrite`) when they were computed under the same [`EvalKeys::metrics`],
+    /// per-item pass results in `out/EVAL_CACHE.json` are reused when they were computed under
+    /// the same [`EvalKeys::passes`], and both files are rewritten (atomically) after each
+    /// metric. Whatever the keys no longer match is recomputed.
     pub fn run(
         &mut self,
         out: Option<&Path>,
-        fingerprint: Option<String>,
+        keys: Option<EvalKeys>,
         overwrite: bool,
     ) -> Result<EvalOutput> {
         let eval_path = out.map(|d| d.join(EVAL_FILE));
-        let cache_path = match (out, &fingerprint) {
+        let cache_path = match (out, &keys) {
             (Some(d), Some(_)) => Some(d.join(CACHE_FILE)),
             _ => None,
         };
         if let Some(d) = out {
             std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
         }
-        let mut done: Map<String, Value> = match &eval_path {
-            Some(p) if p.exists() && !overwrite => crate::error::read_json(p)?,
-            _ => Map::new(),
-        };
-        if let (Some(p), Some(fp)) = (&cache_path, &fingerprint) {
-            if p.exists() && !overwrite {
-                let c: Cache = crate::error::read_json(p)?;
-                if &c.fingerprint == fp {
-                    self.cache = c;
-                } else {
-                    // a different model or settings: nothing cached applies, nor do old metrics
-                    done.clear();
+        let mut done: Map<String, Value> = Map::new();
+        if let (Some(cp), Some(k), Some(ep)) = (&cache_path, &keys, &eval_path) {
+            let old: Option<Cache> = if cp.exists() {
+                Some(crate::error::read_json(cp)?)
+            } else {
+                None
+            };
+            let metrics_valid = old
+                .as_ref()
+                .is_some_and(|c| c.fingerprint == k.passes && c.metrics_key == k.metrics);
+            if metrics_valid && !overwrite && ep.exists() {
+                done = crate::error::read_json(ep)?;
+            } else {
+                // results of other inputs or settings go before the new keys are written, so
+                // a kill in between never pairs old metrics with new keys
+                for f in [EVAL_FILE, SUMMARY_FILE] {
+                    let p = out.unwrap().join(f);
+                    if p.exists() {
+                        std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                    }
                 }
             }
-            self.cache.fingerprint = fp.clone();
+            if let Some(c) = old.filter(|c| c.fingerprint == k.passes && !overwrite) {
+                self.cache = c;
+            }
+            self.cache.fingerprint = k.passes.clone();
+            self.cache.metrics_key = k.metrics.clone();
+            atomic_write(cp, serde_json::to_string(&self.cache).unwrap().as_bytes())?;
         }
         let mut computed = vec![];
         for m in Metric::all() {
@@ -1116,54 +1230,59 @@ fn scores(v: &Value) -> Option<Vec<f64>> {
     Some(items.into_iter().map(|x| x.1).collect())
 }
 
-/// Fingerprint of a model directory (names, sizes and modification times of its files) and of
-/// the settings that change per-item results.
-pub fn fingerprint(model_dir: &Path, cfg: &EvalConfig) -> Result<String> {
-    let entries = dir_entries(model_dir)?;
-    let settings = json!([
-        cfg.data,
-        cfg.forget_split,
-        cfg.holdout(),
-        cfg.max_items,
-        cfg.max_new_tokens,
-        cfg.max_len,
-        cfg.prompt,
-        cfg.reference_model
-    ]);
-    let h = crate::rng::hash_bytes(format!("{}|{}", entries.join(","), settings).as_bytes());
-    Ok(format!("{h:016x}"))
+/// Keys under which evaluation results are cached: SHA-256 over the contents of everything a
+/// value depends on, so an edited file at the same path, another retain log or another setting
+/// is never mistaken for the old one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvalKeys {
+    /// Per-item pass results (EVAL_CACHE.json): the model's files, the sets' files, the
+    /// reference model and every setting that changes a likelihood or a generation.
+    pub passes: String,
+    /// The metrics (TOFU_EVAL.json): `passes` plus the retain log, sentence encoder, NLI model,
+    /// refusal pool and the metric settings.
+    pub metrics: String,
 }
 
-/// Names, sizes and modification times of the files of a directory, sorted.
-fn dir_entries(model_dir: &Path) -> Result<Vec<String>> {
-    let mut entries = vec![];
-    for e in std::fs::read_dir(model_dir).map_err(|e| Error::io(model_dir, e))? {
-        let e = e.map_err(|e| Error::io(model_dir, e))?;
-        let md = e.metadata().map_err(|err| Error::io(e.path(), err))?;
-        if md.is_file() {
-            let mtime = md
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            entries.push(format!(
-                "{}:{}:{}",
-                e.file_name().to_string_lossy(),
-                md.len(),
-                mtime
-            ));
+/// The [`EvalKeys`] of evaluating the model in `model_dir` with `cfg`.
+pub fn fingerprint(model_dir: &Path, cfg: &EvalConfig) -> Result<EvalKeys> {
+    use crate::util::hash::path_sha256;
+    let hash = |p: &Option<PathBuf>| -> Result<Value> {
+        Ok(match p {
+            Some(p) if p.exists() => path_sha256(p)?.into(),
+            Some(p) => format!("missing: {}", p.display()).into(),
+            None => Value::Null,
+        })
+    };
+    let mut sets = Map::new();
+    for s in SetName::ALL {
+        if let Ok(p) = cfg.file(s) {
+            sets.insert(s.prefix().into(), path_sha256(&p)?.into());
         }
     }
-    entries.sort();
-    Ok(entries)
+    let passes = json!({
+        "model": path_sha256(model_dir)?,
+        "sets": sets,
+        "reference_model": hash(&cfg.reference_model)?,
+        "settings": [cfg.forget_split, cfg.holdout(), cfg.max_items, cfg.max_new_tokens,
+                     cfg.max_len, cfg.prompt, cfg.batch_size, cfg.gen_batch_size],
+        "version": crate::VERSION,
+    });
+    let passes = crate::util::hash::sha256(passes.to_string().as_bytes());
+    let metrics = json!({
+        "passes": passes,
+        "retain_logs": hash(&cfg.retain_logs)?,
+        "embedder": hash(&cfg.embedder_dir())?,
+        "nli": hash(&cfg.nli)?,
+        "refusals": hash(&cfg.refusals)?,
+        "settings": [cfg.min_k, cfg.sets],
+    });
+    Ok(EvalKeys {
+        passes,
+        metrics: crate::util::hash::sha256(metrics.to_string().as_bytes()),
+    })
 }
 
-/// A fingerprint of a model directory's files (names, sizes, modification times).
+/// A fingerprint of a model directory's content (SHA-256 over its files' names and bytes).
 pub fn dir_fingerprint(model_dir: &Path) -> Result<String> {
-    let e = dir_entries(model_dir)?;
-    Ok(format!(
-        "{:016x}",
-        crate::rng::hash_bytes(e.join(",").as_bytes())
-    ))
+    crate::util::hash::path_sha256(model_dir)
 }

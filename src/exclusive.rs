@@ -153,6 +153,31 @@ pub struct ExclusiveEvalConfig {
     pub on_topic_recall: f64,
 }
 
+impl crate::config::Validate for ExclusiveEvalConfig {
+    fn check(&self, c: &mut crate::config::Check) {
+        for w in &self.wrappers {
+            if !WRAPPERS.iter().any(|(n, _)| n == w) {
+                c.fail(
+                    "wrappers",
+                    format!(
+                        "names an unknown wrapper `{w}` (known: {})",
+                        WRAPPERS
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+        c.at_least("max_new_tokens", self.max_new_tokens, 1);
+        c.at_least("batch_size", self.batch_size, 1);
+        c.at_least("gen_batch_size", self.gen_batch_size, 1);
+        c.at_least("max_len", self.max_len, 2);
+        c.fraction("on_topic_recall", self.on_topic_recall);
+    }
+}
+
 impl Default for ExclusiveEvalConfig {
     fn default() -> Self {
         ExclusiveEvalConfig {

@@ -24,8 +24,14 @@ pub fn tiny_tokenizer() -> Tok {
         .expect("built-in tokenizer is valid")
 }
 
-/// Write a random tiny Llama (seeded) with the byte-level tokenizer to `dir`.
+/// Write a random tiny Llama (seeded) with the byte-level tokenizer to `dir` (atomically).
 pub fn write_tiny_llama(dir: &Path, cfg: LlamaConfig, seed: u64) -> Result<()> {
     let model = Llama::random(cfg, seed, &Device::Cpu)?;
     save_model(&model, &tiny_tokenizer(), None, &[], dir)
+}
+
+/// Write the files of a random tiny Llama into the existing directory `dir`.
+pub fn write_tiny_llama_files(dir: &Path, cfg: LlamaConfig, seed: u64) -> Result<()> {
+    let model = Llama::random(cfg, seed, &Device::Cpu)?;
+    crate::hf::write_model_files(&model, &tiny_tokenizer(), None, &[], dir)
 }

@@ -48,7 +48,7 @@ fn pick(logits: &[f32], cfg: &GenConfig, rng: &mut Rng) -> u32 {
     let z: f64 = p.iter().map(|x| x.1).sum();
     p.iter_mut().for_each(|x| x.1 /= z);
     if cfg.top_p < 1.0 {
-        p.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+        p.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut acc = 0.0;
         let mut keep = 0;
         for (k, x) in p.iter().enumerate() {
@@ -173,6 +173,21 @@ pub fn generate_with(
     let b = prompts.len();
     if b == 0 {
         return Ok(vec![]);
+    }
+    let ctx = model.cfg.max_position_embeddings;
+    for p in prompts {
+        if p.is_empty() {
+            return Err(crate::error::Error::Invalid(
+                "generation: an empty prompt (no tokens) has nothing to continue".into(),
+            ));
+        }
+        if p.len() >= ctx {
+            return Err(crate::error::Error::Invalid(format!(
+                "generation: a prompt of {} tokens leaves no room in the model's context of \
+                 {ctx} tokens",
+                p.len()
+            )));
+        }
     }
     let dev = model.device();
     let lp = LeftPadded::new(prompts, pad_id);

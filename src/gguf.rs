@@ -184,6 +184,9 @@ pub fn import(path: &Path, device: &Device) -> Result<Imported> {
     let a = |k: &str| format!("{arch_s}.{k}");
     let hidden = meta.req(&a("embedding_length"))?;
     let heads = meta.req(&a("attention.head_count"))?;
+    if heads == 0 || hidden == 0 {
+        return Err(meta.err("embedding_length and attention.head_count must be positive"));
+    }
     let kv_heads = meta.usize(&a("attention.head_count_kv"))?.unwrap_or(heads);
     let layers = meta.req(&a("block_count"))?;
     let tokens = meta.strings("tokenizer.ggml.tokens")?;
@@ -263,7 +266,45 @@ pub fn import(path: &Path, device: &Device) -> Result<Imported> {
         cfg.rope_scaling = Some(cand);
         notes.push(format!("RoPE: Llama-3 scaling recovered from rope_freqs (factor {factor}, original context {orig})"));
     }
-    // Tensors.
+    cfg.check()
+        .map_err(|m| meta.err(format!("invalid model metadata: {m}")))?;
+    crate::util::mem::check_fits(
+        &format!(
+            "importing {} ({} parameters)",
+            path.display(),
+            cfg.num_params_wide()
+        ),
+        cfg.num_params_wide() * 4 * 2,
+    )?;
+    // Tensors: every shape is checked against the configuration before its data is read.
+    let expected: HashMap<String, usize> = cfg
+        .param_shapes()
+        .into_iter()
+        .map(|(n, s)| (n, s.iter().product()))
+        .collect();
+    for (name, info) in &content.tensor_infos {
+        if name == "rope_freqs.weight" {
+            continue;
+        }
+        let n = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d));
+        let hf = hf_name(name)
+            .ok_or_else(|| meta.err(format!("tensor `{name}` has no Hugging Face counterpart")))?;
+        let Some(&want) = expected.get(&hf) else {
+            return Err(meta.err(format!(
+                "tensor `{name}` ({hf}) is not part of the model the metadata describes"
+            )));
+        };
+        if n != Some(want) {
+            return Err(meta.err(format!(
+                "tensor `{name}` has shape {:?}; the metadata implies {want} elements",
+                info.shape.dims()
+            )));
+        }
+    }
     let mut tensors = HashMap::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
@@ -288,6 +329,7 @@ pub fn import(path: &Path, device: &Device) -> Result<Imported> {
         tensors.insert(hf, t);
     }
     let model = Llama::from_tensors(cfg.clone(), tensors, path, device)?;
+    crate::hf::check_finite(&model, &format!("{} (dequantised)", path.display()))?;
     let tok = build_tokenizer(&meta, &tokens, &mut notes)?;
     Ok(Imported { model, tok, notes })
 }

@@ -27,18 +27,7 @@ const SIDE_FILES: &[&str] = &["generation_config.json", "special_tokens_map.json
 pub fn read_safetensors(dir: &Path, device: &Device) -> Result<(HashMap<String, Tensor>, PathBuf)> {
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
-    let load = |p: &Path| {
-        candle_core::safetensors::load(p, device).map_err(|e| match e {
-            candle_core::Error::Io(cause) => Error::Io {
-                path: p.to_path_buf(),
-                cause,
-            },
-            other => Error::Gguf {
-                path: p.to_path_buf(),
-                msg: format!("cannot read safetensors: {other}"),
-            },
-        })
-    };
+    let load = |p: &Path| load_safetensors(p, device);
     if single.exists() {
         return Ok((load(&single)?, single));
     }
@@ -76,6 +65,7 @@ impl ModelDir {
         let cfg = LlamaConfig::from_json(&config_json, &cpath)?;
         let (tensors, src) = read_safetensors(dir, device)?;
         let model = Llama::from_tensors(cfg.clone(), tensors, &src, device)?;
+        check_finite(&model, &src.display().to_string())?;
         let tok = Tok::load(dir, &cfg.eos_token_ids)?;
         check_vocab(&tok, &cfg, dir)?;
         let mut side_files = Vec::new();
@@ -124,8 +114,10 @@ pub fn check_vocab(tok: &Tok, cfg: &LlamaConfig, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Write `model`, `tok` and config into `out` as a Hugging Face directory. Fields of
-/// `base_config` that we do not model are kept; ours overwrite theirs. Weights are f32.
+/// Write `model`, `tok` and config into `out` as a Hugging Face directory, atomically (a
+/// temporary sibling, flushed, then renamed). Fields of `base_config` that we do not model are
+/// kept; ours overwrite theirs. Weights are f32. A model with a non-finite weight is refused
+/// before anything is written.
 pub fn save_model(
     model: &Llama,
     tok: &Tok,
@@ -133,94 +125,123 @@ pub fn save_model(
     side_files: &[(String, Vec<u8>)],
     out: &Path,
 ) -> Result<()> {
+    check_finite(model, &format!("model to be saved to {}", out.display()))?;
     atomic_dir(out, |tmp| {
-        let mut cfg = base_config
-            .cloned()
-            .unwrap_or_else(|| serde_json::json!({}));
-        let ours = model.cfg.to_json();
-        let o = cfg
-            .as_object_mut()
-            .ok_or_else(|| Error::Invalid("config.json is not an object".into()))?;
-        for (k, v) in ours.as_object().unwrap() {
-            o.insert(k.clone(), v.clone());
-        }
-        if model.cfg.rope_scaling.is_none() {
-            o.remove("rope_scaling");
-        }
-        // transformers >= 5 writes `rope_parameters`; keep it consistent with what we hold.
-        if o.contains_key("rope_parameters") {
-            let mut rp = o
-                .remove("rope_scaling")
-                .unwrap_or_else(|| serde_json::json!({"rope_type": "default"}));
-            rp["rope_theta"] = model.cfg.rope_theta.into();
-            o.insert("rope_parameters".into(), rp);
-        }
-        let p = tmp.join("config.json");
-        std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap())
-            .map_err(|e| Error::io(&p, e))?;
-        let tensors: HashMap<String, Tensor> = model
-            .named_tensors()
-            .into_iter()
-            .map(|(n, t)| Ok((n, t.contiguous()?)))
-            .collect::<Result<_>>()?;
-        let p = tmp.join("model.safetensors");
-        candle_core::safetensors::save(&tensors, &p)?;
-        tok.save(tmp)?;
-        for (name, bytes) in side_files {
-            let p = tmp.join(name);
-            std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
-        }
-        Ok(())
+        write_model_files(model, tok, base_config, side_files, tmp)
     })
 }
 
-/// Run `write` on a fresh temporary directory beside `out`, then move it into place. On error
-/// the temporary directory is removed and `out` is left as it was.
-pub fn atomic_dir(out: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let name = out
-        .file_name()
-        .ok_or_else(|| Error::Invalid(format!("output path {} has no file name", out.display())))?
-        .to_string_lossy()
-        .to_string();
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        let _ = std::fs::remove_dir_all(&tmp);
+/// Write the files of a model directory into the existing directory `dir` (not atomic by
+/// itself: `dir` is a temporary to be published, see [`save_model`] and
+/// [`crate::util::guard::Pending`]). Refuses a model with a non-finite weight.
+pub fn write_model_files(
+    model: &Llama,
+    tok: &Tok,
+    base_config: Option<&serde_json::Value>,
+    side_files: &[(String, Vec<u8>)],
+    dir: &Path,
+) -> Result<()> {
+    check_finite(model, &format!("model to be saved to {}", dir.display()))?;
+    let mut cfg = base_config
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    let ours = model.cfg.to_json();
+    let o = cfg
+        .as_object_mut()
+        .ok_or_else(|| Error::Invalid("config.json is not an object".into()))?;
+    for (k, v) in ours.as_object().unwrap() {
+        o.insert(k.clone(), v.clone());
     }
-    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    if let Err(e) = write(&tmp) {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
+    if model.cfg.rope_scaling.is_none() {
+        o.remove("rope_scaling");
     }
-    if out.exists() {
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+    // transformers >= 5 writes `rope_parameters`; keep it consistent with what we hold.
+    if o.contains_key("rope_parameters") {
+        let mut rp = o
+            .remove("rope_scaling")
+            .unwrap_or_else(|| serde_json::json!({"rope_type": "default"}));
+        rp["rope_theta"] = model.cfg.rope_theta.into();
+        o.insert("rope_parameters".into(), rp);
+    }
+    let p = dir.join("config.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap())
+        .map_err(|e| Error::io(&p, e))?;
+    write_safetensors(&model.named_tensors(), &dir.join("model.safetensors"))?;
+    tok.save(dir)?;
+    for (name, bytes) in side_files {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
     }
     Ok(())
 }
 
-/// Write a file atomically (temp name + rename).
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp-{}",
-        path.extension()
-            .map(|e| e.to_string_lossy().to_string())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    if let Some(p) = path.parent() {
-        if !p.as_os_str().is_empty() {
-            std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+/// Load a safetensors file; errors name the file and say what is wrong with it.
+pub fn load_safetensors(p: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(p, device).map_err(|e| match e {
+        candle_core::Error::Io(cause) => Error::Io {
+            path: p.to_path_buf(),
+            cause,
+        },
+        other => Error::Safetensors {
+            path: p.to_path_buf(),
+            msg: format!("cannot read: {other}"),
+        },
+    })
+}
+
+/// Write tensors as a safetensors file with the header metadata `{"format": "pt"}` that
+/// `transformers` writes and some of its versions require (4.45 refuses a file without it).
+/// The file gets the usual permissions (0666 less the umask, like every other file we write)
+/// and is flushed to disk; errors (a full disk, say) name the file.
+pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| Ok((n.clone(), t.contiguous()?)))
+        .collect::<Result<_>>()?;
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let err = |msg: String| Error::Safetensors {
+        path: path.to_path_buf(),
+        msg,
+    };
+    // the crate writes through a 0600 temporary in the same directory and renames it
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(meta),
+        path,
+    )
+    .map_err(|e| match e {
+        safetensors::SafeTensorError::IoError(cause) => Error::io(path, cause),
+        other => err(format!("cannot write: {other}")),
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = 0o666 & !crate::util::fs::umask();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    crate::util::fs::sync_file(path)
+}
+
+/// Refuse a model holding NaN or inf: names the first such tensor and how many values are bad.
+pub fn check_finite(model: &Llama, what: &str) -> Result<()> {
+    for (name, t) in model.named_tensors() {
+        let bad = t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .filter(|x| !x.is_finite())
+            .count();
+        if bad > 0 {
+            return Err(Error::NonFiniteWeights {
+                what: what.to_string(),
+                tensor: name,
+                count: bad,
+            });
         }
     }
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    Ok(())
 }
+
+pub use crate::util::fs::{atomic_dir, atomic_write};

@@ -30,6 +30,7 @@ pub mod synthetic;
 pub mod tokenizer;
 pub mod train;
 pub mod unlearn;
+pub mod util;
 
 pub use error::{Error, Result};
 pub use rundir::VERSION;

@@ -62,6 +62,23 @@ impl Default for SelfGenConfig {
     }
 }
 
+impl crate::config::Validate for SelfGenConfig {
+    fn check(&self, c: &mut crate::config::Check) {
+        c.at_least("count", self.count, 1);
+        c.non_negative("temperature", self.temperature);
+        c.share("top_p", self.top_p);
+        c.at_least("max_new_tokens", self.max_new_tokens, 1);
+        if self.turns.is_empty() {
+            c.fail(
+                "turns",
+                "must hold at least one user turn (it may be an empty string)",
+            );
+        }
+        c.at_least("batch_size", self.batch_size, 1);
+        c.at_least("max_attempts_factor", self.max_attempts_factor, 1);
+    }
+}
+
 fn norm(s: &str) -> String {
     s.split_whitespace()
         .collect::<Vec<_>>()
@@ -141,6 +158,13 @@ pub fn selfgen(
         attempt += n;
     }
     bar.finish_and_clear();
+    if out.is_empty() {
+        return Err(Error::Invalid(format!(
+            "selfgen: no usable text in {attempt} attempts (every sample was shorter than \
+             min_chars = {} or a repeat); check the model's chat template and settings",
+            cfg.min_chars
+        )));
+    }
     if out.len() < cfg.count {
         eprintln!(
             "selfgen: {} distinct texts after {attempt} attempts (asked for {})",

@@ -298,6 +298,19 @@ impl Default for SynthConfig {
     }
 }
 
+impl crate::config::Validate for SynthConfig {
+    fn check(&self, c: &mut crate::config::Check) {
+        c.at_least("people", self.people, 10);
+        c.at_least("retain_eval_people", self.retain_eval_people, 1);
+        if self.retain_eval_people > self.people {
+            c.fail(
+                "retain_eval_people",
+                format!("must be at most `people` ({})", self.people),
+            );
+        }
+    }
+}
+
 /// The generated benchmark: split name → items (file `NAME.jsonl`).
 pub struct Benchmark {
     pub splits: Vec<(String, Vec<QaItem>)>,

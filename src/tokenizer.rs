@@ -4,6 +4,14 @@ use std::path::Path;
 
 use crate::error::{read_to_string, Error, Result};
 
+/// Bounds of one chat-template rendering (a template is a program from the model's files):
+/// minijinja instructions, live memory (enforced by the binary's allocator), wall time and the
+/// length of the rendered prompt.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+pub const TEMPLATE_MEMORY: usize = 256 << 20;
+pub const TEMPLATE_SECONDS: u64 = 20;
+pub const TEMPLATE_MAX_CHARS: usize = 1 << 20;
+
 pub struct Tok {
     pub inner: tokenizers::Tokenizer,
     /// Raw `tokenizer.json` text (written back unchanged on save).
@@ -15,6 +23,11 @@ pub struct Tok {
     pub eos_token: String,
     pub eos_id: u32,
     pub pad_id: u32,
+    /// Where the chat template came from (named in errors).
+    pub template_origin: String,
+    /// Why the chat template cannot be used (it failed, ran out of bounds, or ignored the user's
+    /// message when rendered at load time); checked when a prompt style asks for it.
+    pub template_problem: Option<String>,
 }
 
 fn token_str(v: Option<&serde_json::Value>) -> Option<String> {
@@ -56,10 +69,12 @@ impl Tok {
             _ => None,
         };
         let jpath = dir.join("chat_template.jinja");
+        let mut origin = cpath.display().to_string();
         if chat_template.is_none() && jpath.exists() {
             chat_template = Some(read_to_string(&jpath)?);
+            origin = jpath.display().to_string();
         }
-        Self::from_parts(json, config, chat_template, eos_fallback, &tpath)
+        Self::from_parts_of(json, config, chat_template, eos_fallback, &tpath, &origin)
     }
 
     pub fn from_parts(
@@ -68,6 +83,26 @@ impl Tok {
         chat_template: Option<String>,
         eos_fallback: &[u32],
         path: &Path,
+    ) -> Result<Self> {
+        let origin = path.display().to_string();
+        Self::from_parts_of(
+            tokenizer_json,
+            tokenizer_config,
+            chat_template,
+            eos_fallback,
+            path,
+            &origin,
+        )
+    }
+
+    /// [`Tok::from_parts`] with the chat template's origin (named in its errors).
+    pub fn from_parts_of(
+        tokenizer_json: String,
+        tokenizer_config: serde_json::Value,
+        chat_template: Option<String>,
+        eos_fallback: &[u32],
+        path: &Path,
+        template_origin: &str,
     ) -> Result<Self> {
         let terr = |msg: String| Error::Tokenizer {
             path: path.to_path_buf(),
@@ -99,7 +134,7 @@ impl Tok {
         let pad_id = token_str(tokenizer_config.get("pad_token"))
             .and_then(|p| inner.token_to_id(&p))
             .unwrap_or(eos_id);
-        Ok(Tok {
+        let mut tok = Tok {
             inner,
             tokenizer_json,
             tokenizer_config,
@@ -108,7 +143,27 @@ impl Tok {
             eos_token,
             eos_id,
             pad_id,
-        })
+            template_origin: template_origin.to_string(),
+            template_problem: None,
+        };
+        tok.template_problem = tok.probe_template();
+        Ok(tok)
+    }
+
+    /// Render the chat template once for a probe message: None when it works and includes the
+    /// message, else why not.
+    fn probe_template(&self) -> Option<String> {
+        self.chat_template.as_ref()?;
+        const PROBE: &str = "What is the capital of France?";
+        match self.render_chat_unchecked(None, PROBE) {
+            Err(e) => Some(e.to_string()),
+            Ok(Some(s)) if !s.contains(PROBE) => Some(format!(
+                "chat template ({}): its output does not contain the user's message, so every \
+                 prompt would be the same",
+                self.template_origin
+            )),
+            Ok(_) => None,
+        }
     }
 
     /// Ids of the added special tokens that UniErase creates (`<unlearn_N>`), ascending.
@@ -135,7 +190,7 @@ impl Tok {
             .encode(text, add_special)
             .map_err(|e| Error::Tokenizer {
                 path: "tokenizer.json".into(),
-                msg: format!("encoding {text:?}: {e}"),
+                msg: format!("encoding {}: {e}", crate::error::excerpt(text, 80)),
             })?;
         Ok(enc.get_ids().to_vec())
     }
@@ -151,24 +206,24 @@ impl Tok {
 
     /// Render the chat template for one user turn (plus an optional system turn), with the
     /// generation prompt appended, as `apply_chat_template(..., add_generation_prompt=True)`.
+    /// Rendering is bounded ([`TEMPLATE_FUEL`], [`TEMPLATE_MEMORY`], [`TEMPLATE_SECONDS`],
+    /// [`TEMPLATE_MAX_CHARS`]); a template that failed at load time is refused.
     pub fn render_chat(&self, system: Option<&str>, user: &str) -> Result<Option<String>> {
+        if let Some(p) = &self.template_problem {
+            return Err(Error::Template(p.clone()));
+        }
+        self.render_chat_unchecked(system, user)
+    }
+
+    fn render_chat_unchecked(&self, system: Option<&str>, user: &str) -> Result<Option<String>> {
         let Some(tpl) = &self.chat_template else {
             return Ok(None);
         };
-        let mut env = minijinja::Environment::new();
-        minijinja_contrib::add_to_environment(&mut env);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function(
-            "raise_exception",
-            |msg: String| -> std::result::Result<String, minijinja::Error> {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    msg,
-                ))
-            },
-        );
-        env.add_template("chat", tpl)
-            .map_err(|e| Error::Template(e.to_string()))?;
+        let origin = self.template_origin.clone();
+        let terr = |msg: String| Error::Template(format!("chat template ({origin}): {msg}"));
+        if tpl.trim().is_empty() {
+            return Err(terr("the template is empty".into()));
+        }
         let mut messages = Vec::new();
         if let Some(s) = system {
             messages.push(serde_json::json!({"role": "system", "content": s}));
@@ -180,10 +235,33 @@ impl Tok {
             "bos_token": self.bos_token.clone().unwrap_or_default(),
             "eos_token": self.eos_token,
         });
-        let out = env
-            .get_template("chat")
-            .and_then(|t| t.render(ctx))
-            .map_err(|e| Error::Template(e.to_string()))?;
+        let tpl = tpl.clone();
+        let job = move || render_template(&tpl, ctx);
+        let out = if crate::alloc::budgets_enforced() {
+            use crate::alloc::{bounded, Bounded};
+            let secs = TEMPLATE_SECONDS;
+            match bounded(TEMPLATE_MEMORY, std::time::Duration::from_secs(secs), job) {
+                Bounded::Done(r) => r,
+                Bounded::OverBudget => Err(format!(
+                    "rendering needed more than {} MiB of memory; refusing the template",
+                    TEMPLATE_MEMORY >> 20
+                )),
+                Bounded::TimedOut => Err(format!(
+                    "rendering took more than {secs} s; refusing the template"
+                )),
+            }
+        } else {
+            job()
+        }
+        .map_err(terr)?;
+        if out.chars().count() > TEMPLATE_MAX_CHARS {
+            return Err(terr(format!(
+                "the rendered prompt has more than {TEMPLATE_MAX_CHARS} characters"
+            )));
+        }
+        if out.trim().is_empty() {
+            return Err(terr("the template renders an empty prompt".into()));
+        }
         Ok(Some(out))
     }
 
@@ -205,6 +283,36 @@ impl Tok {
             .map_err(|e| Error::io(&p, e))?;
         Ok(())
     }
+}
+
+/// Render a chat template with at most [`TEMPLATE_FUEL`] instructions.
+fn render_template(tpl: &str, ctx: serde_json::Value) -> std::result::Result<String, String> {
+    let mut env = minijinja::Environment::new();
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    env.add_template("chat", tpl).map_err(|e| e.to_string())?;
+    env.get_template("chat")
+        .and_then(|t| t.render(ctx))
+        .map_err(|e| {
+            if e.kind() == minijinja::ErrorKind::OutOfFuel {
+                format!(
+                    "rendering ran past {TEMPLATE_FUEL} template instructions (a loop that does \
+                     not end?); refusing the template"
+                )
+            } else {
+                e.to_string()
+            }
+        })
 }
 
 /// A byte-level tokenizer built by our code: 256 byte tokens (GPT-2 byte-to-unicode alphabet),

@@ -3,10 +3,11 @@
 //! AdamW on the selected parameters; per-step losses as JSONL; the model saved after each task.
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
+
+use candle_core::Var;
 
 use crate::data::{read_items, read_qa, Encoded, Formatter, QaItem};
 use crate::error::{Error, Result};
@@ -15,10 +16,15 @@ use crate::model::Llama;
 use crate::objective::method::{deserialize_method, ForgetTerm, MethodConfig, RetainTerm};
 use crate::objective::{ap, dpo, ga, gd, idk, kl, me, npo, rmu, simnpo, wga};
 use crate::ops::gather_logprobs;
-use crate::optim::{GradAccum, Optimizer};
+use crate::optim::Optimizer;
 use crate::rng::Rng;
 use crate::score::{nll_mean, score, sum_logprobs, Batch};
-use crate::train::{check_finite, clipped_step, epoch_order, TrainConfig};
+use crate::train::checkpoint;
+use crate::train::trainer::{
+    Checkpoints, Flow, Hooks, MicroLoss, Objective, Spec, Start, StepCtx, Trainer,
+};
+use crate::train::TrainConfig;
+use crate::util::guard::{Input, TrainOutputs};
 
 /// One path or a list of paths (one forget task each).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -90,6 +96,27 @@ pub struct RunConfig {
     pub eval: Option<crate::eval::EvalConfig>,
     #[serde(default = "default_device")]
     pub device: String,
+}
+
+impl crate::config::Validate for RunConfig {
+    fn check(&self, c: &mut crate::config::Check) {
+        c.sub("method", &self.method);
+        c.sub("train", &self.train);
+        if let Some(e) = &self.eval {
+            c.sub("eval", e);
+        }
+        if let Some(p) = self.stop_forget_prob {
+            c.share("stop_forget_prob", p);
+        }
+        if let Paths::Many(v) = &self.forget {
+            if v.is_empty() {
+                c.fail("forget", "must name at least one file");
+            }
+        }
+        for t in &self.trainable {
+            c.non_empty("trainable", t);
+        }
+    }
 }
 
 fn default_train() -> TrainConfig {
@@ -176,21 +203,10 @@ struct TaskData {
     /// Retain partner (index into retain_qa) and refusal-on-retain of each forget item.
     retain_partner: Vec<usize>,
     retain_idk: Vec<Encoded>,
-    /// Reference summed log-probs of each forget answer / refusal (NPO, DPO).
+    /// Reference summed log-probs of each forget answer / refusal (NPO, DPO); filled when the
+    /// task's reference is known ([`Runner::score_refs`]).
     ref_ans: Vec<f32>,
     ref_idk: Vec<f32>,
-}
-
-#[derive(Debug, Serialize)]
-struct StepEntry {
-    task: usize,
-    step: usize,
-    loss: f64,
-    forget_loss: f64,
-    retain_loss: f64,
-    lr: f64,
-    grad_norm: f64,
-    elapsed_s: f64,
 }
 
 pub struct RunReport {
@@ -237,53 +253,61 @@ pub fn mean_prob(model: &Llama, items: &[Encoded], bs: usize) -> Result<f64> {
         / s.len().max(1) as f64)
 }
 
+/// Options of a run that are not part of the experiment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Progress bars and notes on stderr.
+    pub progress: bool,
+    /// Replace an existing output model and start the run directory afresh.
+    pub overwrite: bool,
+    /// Continue the run in the run directory from its newest checkpoint.
+    pub resume: bool,
+}
+
+/// The RMU layer ℓ: the one given, which must exist, or 7 clamped to the last layer.
+pub fn rmu_layer(forget: &ForgetTerm, n_layers: usize) -> Result<usize> {
+    match forget {
+        ForgetTerm::Rmu { layer: Some(l), .. } if *l >= n_layers => Err(Error::Invalid(format!(
+            "method.forget.layer = {l}: the model has {n_layers} layers (0..{})",
+            n_layers - 1
+        ))),
+        ForgetTerm::Rmu { layer: Some(l), .. } => Ok(*l),
+        _ => Ok(7.min(n_layers - 1)),
+    }
+}
+
+/// An unlearning run whose inputs are read and checked ([`Runner::new`], which writes nothing),
+/// ready to run ([`Runner::run`]).
 pub struct Runner<'a> {
     pub cfg: &'a RunConfig,
     pub md: &'a ModelDir,
     pub run_dir: PathBuf,
     pub progress: bool,
+    tasks: Vec<Vec<QaItem>>,
+    retain_qa: Vec<Encoded>,
+    data: Vec<TaskData>,
+    trainable: Vec<(String, Var)>,
+    /// User-given masks (`masks`), by index into `trainable`.
+    masks: Vec<(usize, Tensor)>,
+    rmu_layer: usize,
 }
 
 impl<'a> Runner<'a> {
-    fn rmu_layer(&self) -> usize {
-        match self.cfg.method.forget {
-            ForgetTerm::Rmu { layer, .. } => layer.min(self.md.model.cfg.num_hidden_layers - 1),
-            _ => self.md.model.cfg.num_hidden_layers - 1,
-        }
-    }
-
-    /// Forget tasks as lists of items.
-    fn tasks(&self) -> Result<Vec<Vec<QaItem>>> {
-        let mut tasks = match &self.cfg.forget {
-            Paths::One(p) => vec![read_items(p)?],
-            Paths::Many(ps) => ps
-                .iter()
-                .map(|p| read_items(p))
-                .collect::<Result<Vec<_>>>()?,
-        };
-        if self.cfg.forget_tasks > 1 {
-            if tasks.len() != 1 {
-                return Err(Error::Invalid(
-                    "forget_tasks splits a single forget file; give one file".into(),
-                ));
-            }
-            let all = tasks.pop().unwrap();
-            let n = self.cfg.forget_tasks.min(all.len());
-            let per = all.len().div_ceil(n);
-            tasks = all.chunks(per).map(|c| c.to_vec()).collect();
-        }
-        Ok(tasks)
-    }
-
-    pub fn run(&self) -> Result<RunReport> {
-        let cfg = self.cfg;
+    /// Read and encode the forget task(s), the retain set and the refusals, select the trainable
+    /// parameters and read the masks: every check that needs no training, and no writes.
+    pub fn new(
+        cfg: &'a RunConfig,
+        md: &'a ModelDir,
+        run_dir: PathBuf,
+        progress: bool,
+    ) -> Result<Self> {
         let m = &cfg.method;
-        let model = &self.md.model;
-        let tok = &self.md.tok;
+        let model = &md.model;
         let t = &cfg.train;
-        let f = Formatter::new(tok, t.prompt, t.max_len)?;
+        let rmu_layer = rmu_layer(&m.forget, model.cfg.num_hidden_layers)?;
+        let f = Formatter::new(&md.tok, t.prompt, t.max_len)?;
         let refusals = crate::refusals::load(cfg.refusals.as_deref())?;
-        let tasks = self.tasks()?;
+        let tasks = read_tasks(cfg)?;
         let retain_items = match (&cfg.retain, m.needs_retain()) {
             (Some(p), _) => read_items(p)?,
             (None, true) => {
@@ -298,6 +322,20 @@ impl<'a> Runner<'a> {
             .iter()
             .map(|it| f.encode_qa(&it.question, &it.answer))
             .collect::<Result<Vec<_>>>()?;
+        let mut base = 0u64; // item numbering runs across tasks so per-item seeds do not repeat
+        let mut data = vec![];
+        for task in &tasks {
+            data.push(encode_task(
+                cfg,
+                task,
+                base,
+                &f,
+                &refusals,
+                &retain_qa,
+                &retain_items,
+            )?);
+            base += task.len() as u64;
+        }
         // Trainable parameters.
         let names: Vec<String> = model.params().iter().map(|(n, _)| n.clone()).collect();
         let mut patterns = cfg.trainable.clone();
@@ -315,70 +353,39 @@ impl<'a> Runner<'a> {
         }
         if patterns.is_empty() {
             if let ForgetTerm::Rmu { .. } = m.forget {
-                let l = self.rmu_layer();
-                patterns = (l.saturating_sub(2)..=l)
+                patterns = (rmu_layer.saturating_sub(2)..=rmu_layer)
                     .map(|k| format!("layers.{k}.mlp.down_proj"))
                     .collect();
             }
         }
         let sel = select_params(&names, &patterns)?;
-        let trainable: Vec<_> = model
+        let trainable: Vec<(String, Var)> = model
             .params()
             .iter()
             .zip(&sel)
             .filter(|(_, &s)| s)
             .map(|(p, _)| p.clone())
             .collect();
-        let n_trainable: usize = trainable.iter().map(|(_, v)| v.elem_count()).sum();
-        std::fs::create_dir_all(&self.run_dir).map_err(|e| Error::io(&self.run_dir, e))?;
-        let log_path = self.run_dir.join("train_log.jsonl");
-        let mut logf = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
-        let eval_path = self.run_dir.join("eval_log.jsonl");
-        let mut evalf = std::fs::File::create(&eval_path).map_err(|e| Error::io(&eval_path, e))?;
-        self.note(&format!(
-            "{} trainable parameters of {} ({} tensors); reference: {}",
-            n_trainable,
-            model.num_params(),
-            trainable.len(),
-            if m.needs_resident_ref() {
-                "resident frozen copy (full distributions / hidden states needed)"
-            } else if m.needs_ref_scores() {
-                "summed log-probs precomputed once per task (no second model in memory)"
-            } else {
-                "not needed"
+        if m.simu.is_some() && cfg.masks.is_some() {
+            return Err(Error::Invalid(
+                "method `simu` computes its own masks; drop `masks`".into(),
+            ));
+        }
+        if let Some(sel) = &m.simu {
+            if sel.dual && retain_qa.is_empty() {
+                return Err(Error::Invalid("simu dual mode needs a `retain` set".into()));
             }
-        ));
-        let simu_masks = match &m.simu {
-            None => None,
-            Some(sel) => {
-                if cfg.masks.is_some() {
-                    return Err(Error::Invalid(
-                        "method `simu` computes its own masks; drop `masks`".into(),
-                    ));
-                }
-                Some(self.simu_masks(sel, &tasks, &f, &retain_qa)?)
-            }
-        };
-        let masks: Vec<(usize, Tensor)> = match &cfg.masks {
-            None => match simu_masks {
-                None => vec![],
-                Some(list) => list
-                    .into_iter()
-                    .filter_map(|(n, t)| {
-                        trainable
-                            .iter()
-                            .position(|(tn, _)| *tn == n)
-                            .map(|i| (i, t))
-                    })
-                    .collect(),
-            },
+        }
+        let masks = match &cfg.masks {
+            None => vec![],
             Some(p) => {
-                let mut t = candle_core::safetensors::load(p, model.device())
-                    .map_err(|e| Error::Invalid(format!("masks {}: {e}", p.display())))?;
+                let mut t = crate::hf::load_safetensors(p, model.device())?;
                 let mut v = Vec::new();
-                for (i, (n, _)) in trainable.iter().enumerate() {
-                    if let Some(m) = t.remove(n) {
-                        v.push((i, m));
+                for (i, (n, param)) in trainable.iter().enumerate() {
+                    if let Some(mk) = t.remove(n) {
+                        crate::optim::mask_bits(n, param, &mk)
+                            .map_err(|e| Error::Invalid(format!("masks {}: {e}", p.display())))?;
+                        v.push((i, mk));
                     }
                 }
                 if let Some(n) = t.keys().min() {
@@ -390,29 +397,102 @@ impl<'a> Runner<'a> {
                 v
             }
         };
-        let mut resident: Option<Llama> = if m.needs_resident_ref() {
-            Some(model.deep_clone()?)
-        } else {
-            None
-        };
-        // Item numbering runs across tasks so per-item seeds do not repeat.
-        let bases: Vec<u64> = tasks
-            .iter()
-            .scan(0u64, |acc, t| {
-                let b = *acc;
-                *acc += t.len() as u64;
-                Some(b)
-            })
-            .collect();
-        // ref = initial: every task's reference scores come from the untouched model, so prepare
-        // all tasks now (no copy of the model is kept for that).
-        let mut prepared: Vec<Option<TaskData>> = Vec::new();
-        for (ti, task) in tasks.iter().enumerate() {
-            prepared.push(if cfg.reference == RefMode::Initial {
-                Some(self.prepare(task, bases[ti], &f, &refusals, &retain_qa, &retain_items)?)
+        Ok(Runner {
+            cfg,
+            md,
+            run_dir,
+            progress,
+            tasks,
+            retain_qa,
+            data,
+            trainable,
+            masks,
+            rmu_layer,
+        })
+    }
+
+    /// Trainable elements.
+    pub fn n_trainable(&self) -> usize {
+        self.trainable.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Unlearn every task in turn (from the checkpoint `resume` when given), evaluating at the
+    /// end of each; the caller saves the model.
+    pub fn run(&mut self, resume: Option<&Path>) -> Result<RunReport> {
+        let cfg: &'a RunConfig = self.cfg;
+        let m = &cfg.method;
+        let md: &'a ModelDir = self.md;
+        let model = &md.model;
+        let t = &cfg.train;
+        let n_trainable = self.n_trainable();
+        let n_tasks = self.tasks.len();
+        let log_path = self.run_dir.join("train_log.jsonl");
+        let eval_path = self.run_dir.join("eval_log.jsonl");
+        let state = resume.map(checkpoint::read_state).transpose()?;
+        let resume_task = state
+            .as_ref()
+            .map(|s| s.hooks["task"].as_u64().unwrap_or(0) as usize)
+            .unwrap_or(0);
+        match &state {
+            None => {
+                crate::util::fs::write_synced(&log_path, b"")?;
+                crate::util::fs::write_synced(&eval_path, b"")?;
+            }
+            Some(s) => {
+                checkpoint::truncate_logs(&self.run_dir, s)?;
+                self.note(&format!(
+                    "resuming task {} at step {} from {}",
+                    resume_task + 1,
+                    s.step,
+                    resume.unwrap().display()
+                ));
+            }
+        }
+        self.note(&format!(
+            "{} trainable parameters of {} ({} tensors); reference: {}",
+            n_trainable,
+            model.num_params(),
+            self.trainable.len(),
+            if m.needs_resident_ref() {
+                "resident frozen copy (full distributions / hidden states needed)"
+            } else if m.needs_ref_scores() {
+                "summed log-probs precomputed once per task (no second model in memory)"
             } else {
-                None
-            });
+                "not needed"
+            }
+        ));
+        if let ForgetTerm::Rmu { layer: None, .. } = m.forget {
+            self.note(&format!(
+                "rmu: layer {} (default 7, clamped to the model)",
+                self.rmu_layer
+            ));
+        }
+        let masks = match &m.simu {
+            None => self.masks.clone(),
+            // SIMU attributes on the input model (before any resumed weights are loaded)
+            Some(sel) => self.simu_masks(sel)?,
+        };
+        let mut resident: Option<Llama> = None;
+        if cfg.reference == RefMode::Initial {
+            // every task's reference is the untouched model: keep a copy only where full
+            // distributions or hidden states are needed, and score all tasks now
+            if m.needs_resident_ref() {
+                resident = Some(model.deep_clone()?);
+            }
+            for ti in resume_task..n_tasks {
+                self.score_refs(ti)?;
+            }
+        }
+        // A resumed later task starts from the saved model of the task before it.
+        if resume_task > 0 {
+            let prev = self.run_dir.join(format!("task-{resume_task}"));
+            checkpoint::load_params(&prev, model.params())?;
+        }
+        if cfg.reference == RefMode::PreviousTask {
+            if m.needs_resident_ref() {
+                resident = Some(model.deep_clone()?);
+            }
+            self.score_refs(resume_task)?;
         }
         let control = match m.forget {
             ForgetTerm::Rmu { steering_coef, .. } => Some(rmu::control_vector(
@@ -423,160 +503,134 @@ impl<'a> Runner<'a> {
             )?),
             _ => None,
         };
-        let start = Instant::now();
-        let mut total_steps = 0;
+        let write_model = |dir: &Path| {
+            crate::hf::write_model_files(model, &md.tok, Some(&md.config_json), &md.side_files, dir)
+        };
+        let mut global = 0;
         let mut final_eval = serde_json::Value::Null;
-        for (ti, task) in tasks.iter().enumerate() {
-            if ti > 0 && cfg.reference == RefMode::PreviousTask && resident.is_some() {
-                resident = Some(model.deep_clone()?);
+        for ti in resume_task..n_tasks {
+            let resuming = ti == resume_task && state.is_some();
+            if ti > resume_task && cfg.reference == RefMode::PreviousTask {
+                if resident.is_some() {
+                    resident = Some(model.deep_clone()?);
+                }
+                self.score_refs(ti)?;
             }
-            let data = match prepared[ti].take() {
-                Some(d) => d,
-                None => self.prepare(task, bases[ti], &f, &refusals, &retain_qa, &retain_items)?,
-            };
             let mut opt = Optimizer::new(
                 m.optimizer.unwrap_or(t.optimizer),
-                trainable.clone(),
+                self.trainable.clone(),
                 &t.adamw,
                 &t.sophia,
             )?;
             for (i, mk) in &masks {
                 opt.set_mask(*i, mk)?;
             }
-            let per_step = t.items_per_step();
-            let total = t.total_steps(data.forget_qa.len());
-            let sched = t.schedule(total);
-            let bar = crate::progress::bar(
-                total as u64,
-                &format!("unlearning task {}/{}", ti + 1, tasks.len()),
-                self.progress,
-            );
-            let mut acc = GradAccum::new(trainable.len());
-            let mut step = 0;
-            'outer: for epoch in 0..t.epochs.max(1) {
-                let order = epoch_order(data.forget_qa.len(), t.seed ^ (ti as u64) << 32, epoch);
-                for group in order.chunks(per_step) {
-                    let lr = sched.at(step);
-                    acc.clear();
-                    let micro: Vec<&[usize]> = group.chunks(t.batch_size.max(1)).collect();
-                    let nm = micro.len() as f64;
-                    let (mut lf, mut lr_, mut lt) = (0.0, 0.0, 0.0);
-                    for mb in micro {
-                        let (fl, rl) =
-                            self.loss(&data, &retain_qa, mb, resident.as_ref(), control.as_ref())?;
-                        let total_loss = ((fl.clone() * m.gamma)? + (rl.clone() * m.alpha)?)?;
-                        let total_loss = (total_loss / nm)?;
-                        let v = total_loss.to_scalar::<f32>()? as f64;
-                        check_finite(v, step, &None)?;
-                        lt += v;
-                        lf += fl.to_scalar::<f32>()? as f64 / nm;
-                        lr_ += rl.to_scalar::<f32>()? as f64 / nm;
-                        acc.add(&trainable, &total_loss.backward()?)?;
-                    }
-                    if opt.needs_curvature() {
-                        // GNB curvature on the step's forget inputs and their retain partners
-                        let model = &self.md.model;
-                        let pad = self.md.tok.pad_id;
-                        let mut batches = vec![];
-                        for mb in group.chunks(t.batch_size.max(1)) {
-                            batches.push(batch_of(&data.forget_qa, mb, pad, model)?);
-                            if !retain_qa.is_empty() {
-                                let partners: Vec<usize> =
-                                    mb.iter().map(|&i| data.retain_partner[i]).collect();
-                                batches.push(batch_of(&retain_qa, &partners, pad, model)?);
-                            }
-                        }
-                        crate::train::gnb_refresh(
-                            &mut opt,
-                            model,
-                            &trainable,
-                            &batches,
-                            t.seed,
-                            total_steps,
-                        )?;
-                    }
-                    let norm = clipped_step(&mut opt, &acc, lr, t.max_grad_norm, step, &None)?;
-                    step += 1;
-                    total_steps += 1;
-                    let e = StepEntry {
-                        task: ti,
-                        step,
-                        loss: lt,
-                        forget_loss: lf,
-                        retain_loss: lr_,
-                        lr,
-                        grad_norm: norm,
-                        elapsed_s: start.elapsed().as_secs_f64(),
-                    };
-                    writeln!(logf, "{}", serde_json::to_string(&e).unwrap())
-                        .map_err(|e| Error::io(&log_path, e))?;
-                    bar.set_message(format!("loss {lt:.4} (forget {lf:.4}, retain {lr_:.4})"));
-                    bar.inc(1);
-                    if cfg.eval_every > 0 && step % cfg.eval_every == 0 {
-                        let ev = self.evaluate(ti, step, &data, &retain_qa, None)?;
-                        writeln!(evalf, "{}", ev).map_err(|e| Error::io(&eval_path, e))?;
-                        if let (Some(th), Some(fp)) =
-                            (cfg.stop_forget_prob, ev["forget_prob"].as_f64())
-                        {
-                            if fp < th {
-                                self.note(&format!("task {}: early stop at step {step} (forget_prob {fp:.4} < {th})", ti + 1));
-                                break 'outer;
-                            }
-                        }
-                    }
-                    if step >= total {
-                        break 'outer;
-                    }
+            let n_items = self.data[ti].forget_qa.len();
+            let spec = Spec::new(t, n_items, t.seed ^ (ti as u64) << 32);
+            let mut tr = Trainer::new(model, self.trainable.clone(), opt, spec);
+            let start = match (&state, resuming) {
+                (Some(s), true) => {
+                    checkpoint::load_params(resume.unwrap(), model.params())?;
+                    checkpoint::load_optimizer(resume.unwrap(), &mut tr.opt, s)?;
+                    tr.last_checkpoint = resume.map(Path::to_path_buf);
+                    Start::from_state(s)
                 }
+                _ => Start::fresh(global),
+            };
+            tr.log_path = Some(log_path.clone());
+            tr.context.insert("task".into(), ti.into());
+            tr.progress = self
+                .progress
+                .then(|| format!("unlearning task {}/{n_tasks}", ti + 1));
+            tr.checkpoints = Some(Checkpoints {
+                dir: self.run_dir.clone(),
+                every: t.save_every,
+                keep: t.keep_checkpoints,
+                write_model: &write_model,
+                logs: vec![log_path.clone(), eval_path.clone()],
+            });
+            let mut obj = Loss {
+                runner: self,
+                task: ti,
+                resident: resident.as_ref(),
+                control: control.as_ref(),
+            };
+            let mut hooks = EvalHooks {
+                runner: self,
+                task: ti,
+                eval_path: &eval_path,
+            };
+            let rep = tr.run(&mut obj, &mut hooks, start)?;
+            if rep.stopped {
+                let step = rep.steps;
+                self.note(&format!(
+                    "task {}: early stop at step {step} (forget_prob below {})",
+                    ti + 1,
+                    cfg.stop_forget_prob.unwrap_or(0.0)
+                ));
             }
-            bar.finish_and_clear();
-            let eval_dir = if tasks.len() > 1 {
+            global = rep.global_steps;
+            let eval_dir = if n_tasks > 1 {
                 self.run_dir.join("eval").join(format!("task-{}", ti + 1))
             } else {
                 self.run_dir.join("eval")
             };
-            final_eval = self.evaluate(ti, step, &data, &retain_qa, Some(&eval_dir))?;
-            writeln!(evalf, "{}", final_eval).map_err(|e| Error::io(&eval_path, e))?;
-            if tasks.len() > 1 {
-                self.md
-                    .save(&self.run_dir.join(format!("task-{}", ti + 1)))?;
+            final_eval = self.evaluate(ti, rep.steps, Some(&eval_dir))?;
+            append_line(&eval_path, &final_eval.to_string())?;
+            if n_tasks > 1 {
+                md.save(&self.run_dir.join(format!("task-{}", ti + 1)))?;
             }
         }
         Ok(RunReport {
-            tasks: tasks.len(),
-            steps: total_steps,
+            tasks: n_tasks,
+            steps: global,
             trainable_params: n_trainable,
             changed_params: 0,
             final_eval,
         })
     }
 
+    /// Reference summed log-probs of task `ti` from the model as it is now (NPO, DPO).
+    fn score_refs(&mut self, ti: usize) -> Result<()> {
+        let m = &self.cfg.method;
+        if !m.needs_ref_scores() {
+            return Ok(());
+        }
+        let model = &self.md.model;
+        let bs = self.cfg.train.batch_size;
+        let d = &mut self.data[ti];
+        d.ref_ans = sums(model, &d.forget_qa, bs)?;
+        if matches!(m.forget, ForgetTerm::Dpo { .. }) {
+            d.ref_idk = sums(model, &d.forget_idk, bs)?;
+        }
+        Ok(())
+    }
+
     /// SIMU: attribute MLP neurons on every forget item (and, in dual mode, the retain set), write
-    /// `attribution.json` into the run directory, and return the down_proj column masks.
+    /// `attribution.json` into the run directory, and return the down_proj column masks by index
+    /// into the trainable parameters.
     fn simu_masks(
         &self,
         sel: &crate::objective::method::SimuSelect,
-        tasks: &[Vec<QaItem>],
-        f: &Formatter,
-        retain_qa: &[Encoded],
-    ) -> Result<Vec<(String, Tensor)>> {
+    ) -> Result<Vec<(usize, Tensor)>> {
         use crate::attribution::{down_proj_masks, select, AttributionConfig};
         let model = &self.md.model;
-        let items = tasks
+        let items: Vec<Encoded> = self
+            .data
             .iter()
-            .flatten()
-            .map(|it| f.encode_qa(&it.question, &it.answer))
-            .collect::<Result<Vec<_>>>()?;
+            .flat_map(|d| d.forget_qa.iter().cloned())
+            .collect();
         let acfg = AttributionConfig {
             steps: sel.steps,
             threshold: sel.threshold,
             absolute: sel.absolute,
-            batch_size: self.cfg.train.batch_size.max(1),
+            batch_size: self.cfg.train.batch_size,
         };
-        if sel.dual && retain_qa.is_empty() {
-            return Err(Error::Invalid("simu dual mode needs a `retain` set".into()));
-        }
-        let retain = if sel.dual { Some(retain_qa) } else { None };
+        let retain = if sel.dual {
+            Some(&self.retain_qa[..])
+        } else {
+            None
+        };
         let chosen = select(
             model,
             &items,
@@ -600,38 +654,38 @@ impl<'a> Runner<'a> {
                 .unwrap()
                 .as_bytes(),
         )?;
-        down_proj_masks(model, &chosen.critical)
+        Ok(down_proj_masks(model, &chosen.critical)?
+            .into_iter()
+            .filter_map(|(n, t)| {
+                self.trainable
+                    .iter()
+                    .position(|(tn, _)| *tn == n)
+                    .map(|i| (i, t))
+            })
+            .collect())
     }
 
     pub fn note(&self, s: &str) {
-        if self.progress {
-            eprintln!("{s}");
-        }
-        let p = self.run_dir.join("notes.txt");
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(p)
-        {
-            let _ = writeln!(f, "{s}");
-        }
+        crate::rundir::note(&self.run_dir, self.progress, s);
     }
 
     fn evaluate(
         &self,
         task: usize,
         step: usize,
-        data: &TaskData,
-        retain_qa: &[Encoded],
         eval_out: Option<&Path>,
     ) -> Result<serde_json::Value> {
         let model = &self.md.model;
-        let bs = self.cfg.train.batch_size.max(1);
+        let data = &self.data[task];
+        let bs = self.cfg.train.batch_size;
         let forget_prob = mean_prob(model, &data.forget_qa, bs)?;
         let mut partners: Vec<usize> = data.retain_partner.clone();
         partners.sort();
         partners.dedup();
-        let rq: Vec<Encoded> = partners.iter().map(|&i| retain_qa[i].clone()).collect();
+        let rq: Vec<Encoded> = partners
+            .iter()
+            .map(|&i| self.retain_qa[i].clone())
+            .collect();
         let retain_prob = if rq.is_empty() {
             serde_json::Value::Null
         } else {
@@ -646,85 +700,16 @@ impl<'a> Runner<'a> {
         Ok(line)
     }
 
-    fn prepare(
-        &self,
-        task: &[QaItem],
-        item_base: u64,
-        f: &Formatter,
-        refusals: &[String],
-        retain_qa: &[Encoded],
-        retain_items: &[QaItem],
-    ) -> Result<TaskData> {
-        let m = &self.cfg.method;
-        let seed = self.cfg.train.seed;
-        let model = &self.md.model;
-        let forget_qa = task
-            .iter()
-            .map(|it| f.encode_qa(&it.question, &it.answer))
-            .collect::<Result<Vec<_>>>()?;
-        let refusal =
-            |stream: &str, i: u64| &refusals[Rng::for_item(seed, stream, i).below(refusals.len())];
-        let forget_idk = if m.needs_refusals() {
-            task.iter()
-                .enumerate()
-                .map(|(i, it)| f.encode_qa(&it.question, refusal("refusal", item_base + i as u64)))
-                .collect::<Result<Vec<_>>>()?
-        } else {
-            vec![]
-        };
-        let retain_partner: Vec<usize> = if retain_qa.is_empty() {
-            vec![]
-        } else {
-            (0..task.len())
-                .map(|i| Rng::for_item(seed, "retain", item_base + i as u64).below(retain_qa.len()))
-                .collect()
-        };
-        let retain_idk = if matches!(m.retain, RetainTerm::Ap { .. }) {
-            retain_partner
-                .iter()
-                .enumerate()
-                .map(|(i, &r)| {
-                    f.encode_qa(
-                        &retain_items[r].question,
-                        refusal("retain_refusal", item_base + i as u64),
-                    )
-                })
-                .collect::<Result<Vec<_>>>()?
-        } else {
-            vec![]
-        };
-        let ref_model = model;
-        let bs = self.cfg.train.batch_size.max(1);
-        let (ref_ans, ref_idk) = if m.needs_ref_scores() {
-            let a = sums(ref_model, &forget_qa, bs)?;
-            let b = if matches!(m.forget, ForgetTerm::Dpo { .. }) {
-                sums(ref_model, &forget_idk, bs)?
-            } else {
-                vec![]
-            };
-            (a, b)
-        } else {
-            (vec![], vec![])
-        };
-        Ok(TaskData {
-            forget_qa,
-            forget_idk,
-            retain_partner,
-            retain_idk,
-            ref_ans,
-            ref_idk,
-        })
-    }
-
-    /// (forget term, retain term) for the forget items `idx` (scalars).
+    /// (forget term, retain term) of task `ti` for the forget items `idx` (scalars).
     fn loss(
         &self,
-        d: &TaskData,
-        retain_qa: &[Encoded],
+        ti: usize,
         idx: &[usize],
         resident: Option<&Llama>,
         control: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
+        let d = &self.data[ti];
+        let retain_qa = &self.retain_qa;
         let model = &self.md.model;
         let pad = self.md.tok.pad_id;
         let dev = model.device();
@@ -779,8 +764,9 @@ impl<'a> Runner<'a> {
             }
             ForgetTerm::Rmu { .. } => {
                 let b = batch_of(&d.forget_qa, idx, pad, model)?;
-                let h = model.hidden_at(&b.input, self.rmu_layer())?;
-                rmu::rmu_forget(&h, control.unwrap(), &b.mask)?
+                let h = model.hidden_at(&b.input, self.rmu_layer)?;
+                let c = control.ok_or_else(|| Error::Invalid("rmu: no control vector".into()))?;
+                rmu::rmu_forget(&h, c, &b.mask)?
             }
             ForgetTerm::Unierase(_) => {
                 return Err(Error::Invalid(
@@ -793,6 +779,8 @@ impl<'a> Runner<'a> {
             .map(|&i| d.retain_partner.get(i).copied().unwrap_or(0))
             .collect();
         let zero = || Tensor::new(0f32, dev);
+        let need_ref =
+            || resident.ok_or_else(|| Error::Invalid("the retain term needs a reference".into()));
         let retain = match &m.retain {
             RetainTerm::None => zero()?,
             RetainTerm::Gd => {
@@ -801,7 +789,7 @@ impl<'a> Runner<'a> {
             }
             RetainTerm::Kl => {
                 let b = batch_of(retain_qa, &partners, pad, model)?;
-                let r = resident.unwrap().forward(&b.input)?.detach();
+                let r = need_ref()?.forward(&b.input)?.detach();
                 kl::kl(&model.forward(&b.input)?, &r, &b.mask)?
             }
             RetainTerm::Ap { beta } => {
@@ -813,8 +801,8 @@ impl<'a> Runner<'a> {
             }
             RetainTerm::RmuRetain => {
                 let b = batch_of(retain_qa, &partners, pad, model)?;
-                let l = self.rmu_layer();
-                let h_ref = resident.unwrap().hidden_at(&b.input, l)?.detach();
+                let l = self.rmu_layer;
+                let h_ref = need_ref()?.hidden_at(&b.input, l)?.detach();
                 rmu::rmu_retain(&model.hidden_at(&b.input, l)?, &h_ref, &b.valid)?
             }
         };
@@ -822,17 +810,176 @@ impl<'a> Runner<'a> {
     }
 }
 
-/// Fail before any work when the output's directory cannot be written.
-pub fn check_writable(out: &std::path::Path) -> Result<()> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+/// The forget task(s) as lists of items.
+fn read_tasks(cfg: &RunConfig) -> Result<Vec<Vec<QaItem>>> {
+    let mut tasks = match &cfg.forget {
+        Paths::One(p) => vec![read_items(p)?],
+        Paths::Many(ps) => ps
+            .iter()
+            .map(|p| read_items(p))
+            .collect::<Result<Vec<_>>>()?,
     };
-    std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
-    let probe = parent.join(format!(".unlearn-write-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| Error::io(&parent, e))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
+    if cfg.forget_tasks > 1 {
+        if tasks.len() != 1 {
+            return Err(Error::Invalid(
+                "forget_tasks splits a single forget file; give one file".into(),
+            ));
+        }
+        let all = tasks.pop().unwrap();
+        let n = cfg.forget_tasks.min(all.len());
+        let per = all.len().div_ceil(n);
+        tasks = all.chunks(per).map(|c| c.to_vec()).collect();
+    }
+    Ok(tasks)
+}
+
+/// Encode one task's items (forget answers, refusals, retain partners); reference scores are
+/// filled later.
+fn encode_task(
+    cfg: &RunConfig,
+    task: &[QaItem],
+    item_base: u64,
+    f: &Formatter,
+    refusals: &[String],
+    retain_qa: &[Encoded],
+    retain_items: &[QaItem],
+) -> Result<TaskData> {
+    let m = &cfg.method;
+    let seed = cfg.train.seed;
+    let forget_qa = task
+        .iter()
+        .map(|it| f.encode_qa(&it.question, &it.answer))
+        .collect::<Result<Vec<_>>>()?;
+    let refusal =
+        |stream: &str, i: u64| &refusals[Rng::for_item(seed, stream, i).below(refusals.len())];
+    let forget_idk = if m.needs_refusals() {
+        task.iter()
+            .enumerate()
+            .map(|(i, it)| f.encode_qa(&it.question, refusal("refusal", item_base + i as u64)))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        vec![]
+    };
+    let retain_partner: Vec<usize> = if retain_qa.is_empty() {
+        vec![]
+    } else {
+        (0..task.len())
+            .map(|i| Rng::for_item(seed, "retain", item_base + i as u64).below(retain_qa.len()))
+            .collect()
+    };
+    let retain_idk = if matches!(m.retain, RetainTerm::Ap { .. }) {
+        retain_partner
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| {
+                f.encode_qa(
+                    &retain_items[r].question,
+                    refusal("retain_refusal", item_base + i as u64),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        vec![]
+    };
+    Ok(TaskData {
+        forget_qa,
+        forget_idk,
+        retain_partner,
+        retain_idk,
+        ref_ans: vec![],
+        ref_idk: vec![],
+    })
+}
+
+/// gamma · forget term + alpha · retain term of one task.
+struct Loss<'r, 'a> {
+    runner: &'r Runner<'a>,
+    task: usize,
+    resident: Option<&'r Llama>,
+    control: Option<&'r Tensor>,
+}
+
+impl Objective for Loss<'_, '_> {
+    fn n_items(&self) -> usize {
+        self.runner.data[self.task].forget_qa.len()
+    }
+
+    fn loss(&mut self, idx: &[usize], scale: f64, _ctx: &StepCtx) -> Result<MicroLoss> {
+        let m = &self.runner.cfg.method;
+        let (fl, rl) = self
+            .runner
+            .loss(self.task, idx, self.resident, self.control)?;
+        let total = (((fl.clone() * m.gamma)? + (rl.clone() * m.alpha)?)? * scale)?;
+        Ok(MicroLoss {
+            value: total.to_scalar::<f32>()? as f64,
+            loss: total,
+            parts: vec![
+                ("forget_loss", fl.to_scalar::<f32>()? as f64 * scale),
+                ("retain_loss", rl.to_scalar::<f32>()? as f64 * scale),
+            ],
+            tokens: 0,
+        })
+    }
+
+    /// GNB curvature on the step's forget inputs and their retain partners.
+    fn curvature_batches(&self, group: &[usize]) -> Result<Vec<Batch>> {
+        let r = self.runner;
+        let d = &r.data[self.task];
+        let model = &r.md.model;
+        let pad = r.md.tok.pad_id;
+        let mut batches = vec![];
+        for mb in group.chunks(r.cfg.train.batch_size) {
+            batches.push(batch_of(&d.forget_qa, mb, pad, model)?);
+            if !r.retain_qa.is_empty() {
+                let partners: Vec<usize> = mb.iter().map(|&i| d.retain_partner[i]).collect();
+                batches.push(batch_of(&r.retain_qa, &partners, pad, model)?);
+            }
+        }
+        Ok(batches)
+    }
+}
+
+/// `eval_every` evaluations and early stopping; the task index for checkpoints.
+struct EvalHooks<'r, 'a> {
+    runner: &'r Runner<'a>,
+    task: usize,
+    eval_path: &'r Path,
+}
+
+impl Hooks for EvalHooks<'_, '_> {
+    fn after_step(
+        &mut self,
+        ctx: &StepCtx,
+        _log: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Flow> {
+        let cfg = self.runner.cfg;
+        let step = ctx.step + 1;
+        if cfg.eval_every == 0 || !step.is_multiple_of(cfg.eval_every) {
+            return Ok(Flow::Continue);
+        }
+        let ev = self.runner.evaluate(self.task, step, None)?;
+        append_line(self.eval_path, &ev.to_string())?;
+        match (cfg.stop_forget_prob, ev["forget_prob"].as_f64()) {
+            (Some(th), Some(fp)) if fp < th => Ok(Flow::Stop),
+            _ => Ok(Flow::Continue),
+        }
+    }
+
+    fn state(&self) -> serde_json::Value {
+        serde_json::json!({ "task": self.task })
+    }
+}
+
+/// Append one line to a log file (flushed).
+fn append_line(path: &Path, line: &str) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    writeln!(f, "{line}")
+        .and_then(|_| f.flush())
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Elements that differ between `orig` and `new` (same names; a grown embedding or head counts
@@ -862,27 +1009,14 @@ pub fn count_changed_grown(orig: &Llama, new: &Llama) -> Result<usize> {
     Ok(n)
 }
 
-/// `method = "unierase"`: the unlearning token and the closed-form edit (`edit::unierase`),
-/// all forget tasks' items in one forget list.
-fn run_unierase(
-    cfg: &RunConfig,
-    uc: &crate::edit::unierase::UniEraseConfig,
-    md: &ModelDir,
-    run_dir: &Path,
-    progress: bool,
-) -> Result<RunReport> {
-    let note = |s: &str| {
-        if progress {
-            eprintln!("{s}");
-        }
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(run_dir.join("notes.txt"))
-        {
-            let _ = writeln!(f, "{s}");
-        }
-    };
+/// UniErase's inputs, read and checked (the forget and retain items must encode).
+struct UniEraseInputs {
+    forget: Vec<QaItem>,
+    retain: Vec<QaItem>,
+    refusals: Vec<String>,
+}
+
+fn unierase_inputs(cfg: &RunConfig, md: &ModelDir) -> Result<UniEraseInputs> {
     let forget: Vec<QaItem> = match &cfg.forget {
         Paths::One(p) => read_qa(p)?,
         Paths::Many(ps) => ps
@@ -895,7 +1029,34 @@ fn run_unierase(
         Some(p) => read_qa(p)?,
         None => vec![],
     };
-    let refusals = crate::refusals::load(cfg.refusals.as_deref())?;
+    let f = Formatter::new(&md.tok, cfg.train.prompt, cfg.train.max_len)?;
+    for it in forget.iter().chain(&retain) {
+        f.encode_qa(&it.question, &it.answer)?;
+    }
+    Ok(UniEraseInputs {
+        forget,
+        retain,
+        refusals: crate::refusals::load(cfg.refusals.as_deref())?,
+    })
+}
+
+/// `method = "unierase"`: the unlearning token and the closed-form edit (`edit::unierase`),
+/// all forget tasks' items in one forget list. The edited model's files go into `out_dir`.
+fn run_unierase(
+    cfg: &RunConfig,
+    uc: &crate::edit::unierase::UniEraseConfig,
+    md: &ModelDir,
+    inputs: UniEraseInputs,
+    run_dir: &Path,
+    out_dir: &Path,
+    progress: bool,
+) -> Result<RunReport> {
+    let note = |s: &str| crate::rundir::note(run_dir, progress, s);
+    let UniEraseInputs {
+        forget,
+        retain,
+        refusals,
+    } = inputs;
     let (model, tok, rep) = crate::edit::unierase::unierase(
         &md.model,
         &md.tok,
@@ -922,7 +1083,7 @@ fn run_unierase(
             .map(|it| f.encode_qa(&it.question, &it.answer))
             .collect()
     };
-    let bs = cfg.train.batch_size.max(1);
+    let bs = cfg.train.batch_size;
     let mut line = serde_json::json!({
         "task": 0, "step": 0,
         "forget_prob": mean_prob(&model, &enc(&forget)?, bs)?,
@@ -936,15 +1097,11 @@ fn run_unierase(
             crate::eval::Evaluator::new(&model, &tok, ec, progress)?.run(Some(&out), None, true)?;
         line["eval"] = serde_json::Value::Object(o.summary);
     }
-    let p = run_dir.join("eval_log.jsonl");
-    std::fs::write(&p, format!("{line}\n")).map_err(|e| Error::io(&p, e))?;
-    crate::hf::save_model(
-        &model,
-        &tok,
-        Some(&md.config_json),
-        &md.side_files,
-        &cfg.out,
+    crate::util::fs::atomic_write(
+        &run_dir.join("eval_log.jsonl"),
+        format!("{line}\n").as_bytes(),
     )?;
+    crate::hf::write_model_files(&model, &tok, Some(&md.config_json), &md.side_files, out_dir)?;
     Ok(RunReport {
         tasks: 1,
         steps: 0,
@@ -957,31 +1114,75 @@ fn run_unierase(
     })
 }
 
-/// Validate and run: writes run.json before starting, the model at the end (atomically).
-pub fn run(cfg: &RunConfig, progress: bool) -> Result<RunReport> {
+/// The files and directories a run reads, named for messages and hashed into run.json.
+pub fn inputs(cfg: &RunConfig) -> Vec<Input> {
+    let mut v = vec![Input::new("input model", &cfg.model)];
+    match &cfg.forget {
+        Paths::One(p) => v.push(Input::new("forget set", p)),
+        Paths::Many(ps) => v.extend(ps.iter().map(|p| Input::new("forget set", p))),
+    }
+    let opt = [
+        ("retain set", &cfg.retain),
+        ("refusal pool", &cfg.refusals),
+        ("masks", &cfg.masks),
+    ];
+    for (role, p) in opt {
+        if let Some(p) = p {
+            v.push(Input::new(role, p));
+        }
+    }
+    if let ForgetTerm::Unierase(u) = &cfg.method.forget {
+        if let Some(c) = &u.corpus {
+            v.push(Input::new("unierase corpus", c));
+        }
+    }
+    if let Some(e) = &cfg.eval {
+        v.extend(e.inputs());
+    }
+    v
+}
+
+/// Validate and run: every input is read and checked and both outputs are claimed (locked,
+/// apart from the inputs, the model's temporary directory created) before run.json is written
+/// and the first step taken; the model is published at the end (atomically).
+pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
+    let progress = opts.progress;
     let run_dir = cfg
         .run_dir
         .clone()
         .unwrap_or_else(|| crate::rundir::default_for(&cfg.out));
-    check_writable(&cfg.out)?;
+    let ins = inputs(cfg);
+    let outs = TrainOutputs::claim(&cfg.out, &run_dir, &ins, opts.overwrite, opts.resume)?;
     let dev = crate::device(&cfg.device)?;
     let md = ModelDir::load(&cfg.model, &dev)?;
-    crate::rundir::write_run_info(&run_dir, "run", cfg.train.seed, cfg)?;
-    // notes.txt is appended to during the run: start it afresh when the run dir is reused
-    let notes = run_dir.join("notes.txt");
-    if notes.exists() {
-        std::fs::remove_file(&notes).map_err(|e| Error::io(&notes, e))?;
-    }
     if let ForgetTerm::Unierase(uc) = &cfg.method.forget {
-        return run_unierase(cfg, uc, &md, &run_dir, progress);
+        if opts.resume {
+            return Err(Error::Invalid(
+                "--resume: a unierase run has no checkpoints (its token training takes seconds \
+                 to minutes); start it afresh with --overwrite"
+                    .into(),
+            ));
+        }
+        let inputs = unierase_inputs(cfg, &md)?;
+        outs.run.prepare(outs.mode)?;
+        crate::rundir::write_run_info(&run_dir, "run", cfg.train.seed, cfg, &ins)?;
+        let rep = run_unierase(cfg, uc, &md, inputs, &run_dir, outs.model.tmp(), progress)?;
+        outs.model.commit()?;
+        return Ok(rep);
     }
-    let runner = Runner {
-        cfg,
-        md: &md,
-        run_dir: run_dir.clone(),
-        progress,
+    let mut runner = Runner::new(cfg, &md, run_dir.clone(), progress)?;
+    let resume_from = if opts.resume {
+        Some(crate::rundir::resume_checkpoint(
+            &run_dir, "run", cfg, &ins,
+        )?)
+    } else {
+        None
     };
-    let mut rep = runner.run()?;
+    outs.run.prepare(outs.mode)?;
+    if resume_from.is_none() {
+        crate::rundir::write_run_info(&run_dir, "run", cfg.train.seed, cfg, &ins)?;
+    }
+    let mut rep = runner.run(resume_from.as_deref())?;
     // Compare with the input model as it is on disk (loaded only now, so it is not resident
     // during training).
     let original = ModelDir::load(&cfg.model, &dev)?;
@@ -994,7 +1195,14 @@ pub fn run(cfg: &RunConfig, progress: bool) -> Result<RunReport> {
         100.0 * rep.changed_params as f64 / md.model.num_params().max(1) as f64,
         rep.trainable_params
     ));
-    md.save(&cfg.out)?;
+    crate::hf::write_model_files(
+        &md.model,
+        &md.tok,
+        Some(&md.config_json),
+        &md.side_files,
+        outs.model.tmp(),
+    )?;
+    outs.model.commit()?;
     Ok(rep)
 }
 

@@ -189,7 +189,7 @@ fn gguf_import_dequantizes_q8_0_q4_0_q4_1() {
 /// tokenizer metadata, 2-D weights quantized with `q`) from a random HF model, import it, and
 /// compare with the original whose 2-D weights went through the same quantize/dequantize.
 fn gguf_roundtrip(q: candle_core::quantized::GgmlDType) {
-    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_core::quantized::{GgmlDType, QTensor};
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     ok(
@@ -211,35 +211,7 @@ fn gguf_roundtrip(q: candle_core::quantized::GgmlDType) {
     let dev = Device::Cpu;
     let md = unlearn::hf::ModelDir::load(&p.join("tiny"), &dev).unwrap();
     let c = &md.model.cfg;
-    let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    for (name, t) in md.model.named_tensors() {
-        let g = name
-            .replace("model.embed_tokens.weight", "token_embd.weight")
-            .replace("model.norm.weight", "output_norm.weight")
-            .replace("model.layers.", "blk.")
-            .replace("input_layernorm", "attn_norm")
-            .replace("self_attn.q_proj", "attn_q")
-            .replace("self_attn.k_proj", "attn_k")
-            .replace("self_attn.v_proj", "attn_v")
-            .replace("self_attn.o_proj", "attn_output")
-            .replace("post_attention_layernorm", "ffn_norm")
-            .replace("mlp.gate_proj", "ffn_gate")
-            .replace("mlp.up_proj", "ffn_up")
-            .replace("mlp.down_proj", "ffn_down");
-        let t = if g.ends_with("attn_q.weight") {
-            unlearn::gguf::permute_qk(&t, c.num_attention_heads).unwrap()
-        } else if g.ends_with("attn_k.weight") {
-            unlearn::gguf::permute_qk(&t, c.num_key_value_heads).unwrap()
-        } else {
-            t
-        };
-        let qt = if t.rank() == 2 {
-            QTensor::quantize(&t, q).unwrap()
-        } else {
-            QTensor::quantize(&t, GgmlDType::F32).unwrap()
-        };
-        tensors.push((g, qt));
-    }
+    write_gguf(&md, q, &p.join("m.gguf"), |_, t| t);
     // The original with the same quantisation error (row permutation commutes with row blocks).
     let expected: HashMap<String, Tensor> = md
         .model
@@ -254,69 +226,10 @@ fn gguf_roundtrip(q: candle_core::quantized::GgmlDType) {
             (n, t)
         })
         .collect();
+    let _ = GgmlDType::F32;
     let expected =
         unlearn::model::Llama::from_tensors(c.clone(), expected, std::path::Path::new("x"), &dev)
             .unwrap();
-    let vocab: Vec<String> = (0..c.vocab_size as u32)
-        .map(|i| {
-            md.tok
-                .inner
-                .id_to_token(i)
-                .unwrap_or_else(|| format!("<pad_{i}>"))
-        })
-        .collect();
-    use gguf_file::Value as V;
-    let md_kv: Vec<(&str, V)> = vec![
-        ("general.architecture", V::String("llama".into())),
-        ("llama.block_count", V::U32(c.num_hidden_layers as u32)),
-        (
-            "llama.context_length",
-            V::U32(c.max_position_embeddings as u32),
-        ),
-        ("llama.embedding_length", V::U32(c.hidden_size as u32)),
-        (
-            "llama.feed_forward_length",
-            V::U32(c.intermediate_size as u32),
-        ),
-        (
-            "llama.attention.head_count",
-            V::U32(c.num_attention_heads as u32),
-        ),
-        (
-            "llama.attention.head_count_kv",
-            V::U32(c.num_key_value_heads as u32),
-        ),
-        ("llama.rope.freq_base", V::F32(c.rope_theta as f32)),
-        (
-            "llama.attention.layer_norm_rms_epsilon",
-            V::F32(c.rms_norm_eps as f32),
-        ),
-        ("tokenizer.ggml.model", V::String("gpt2".into())),
-        ("tokenizer.ggml.pre", V::String("gpt-2".into())),
-        (
-            "tokenizer.ggml.tokens",
-            V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type",
-            V::Array(
-                (0..vocab.len())
-                    .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
-                    .collect(),
-            ),
-        ),
-        ("tokenizer.ggml.merges", V::Array(vec![])),
-        ("tokenizer.ggml.eos_token_id", V::U32(258)),
-        (
-            "tokenizer.chat_template",
-            V::String(unlearn::tokenizer::CHATML_TEMPLATE.into()),
-        ),
-    ];
-    let mut f = std::fs::File::create(p.join("m.gguf")).unwrap();
-    let kv: Vec<(&str, &V)> = md_kv.iter().map(|(k, v)| (*k, v)).collect();
-    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut f, &kv, &ts).unwrap();
-    drop(f);
     ok(&["import", "m.gguf", "--out", "imp"], p);
     let imp = unlearn::hf::ModelDir::load(&p.join("imp"), &dev).unwrap();
     let ids = Tensor::new(&[[72u32, 101, 108, 108, 111, 32, 258]], &dev).unwrap();

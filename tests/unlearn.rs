@@ -5,19 +5,26 @@ use common::*;
 use std::path::Path;
 
 fn setup(p: &Path) {
+    setup_with(p, &[]);
+}
+
+/// The data files, `tiny` initialised with `init_extra`, and `ft` memorising all four pairs.
+fn setup_with(p: &Path, init_extra: &[&str]) {
     let lines: Vec<&str> = SHORT_QA.lines().collect();
     std::fs::write(p.join("forget.jsonl"), lines[..2].join("\n")).unwrap();
     std::fs::write(p.join("retain.jsonl"), lines[2..].join("\n")).unwrap();
     std::fs::write(p.join("all.jsonl"), SHORT_QA).unwrap();
-    init_tiny(p, &[]);
+    init_tiny(p, init_extra);
     memorise(p, "all.jsonl", "ft");
 }
 
 fn unlearn(p: &Path, method: &str, out: &str, extra: &[&str]) -> serde_json::Value {
     let m = format!("method={method}");
     let o = format!("out={out}");
+    // outputs are reused across calls of a test: replacing them is asked for explicitly
     let mut args = vec![
         "run",
+        "--overwrite",
         "--set",
         "model=ft",
         "--set",
@@ -482,11 +489,11 @@ fn unierase_token_and_edit() {
 fn unierase_case(untied: bool) {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    setup(p);
     if untied {
         // the same pairs memorised by a model with a separate LM head
-        init_tiny(p, &["--untied"]);
-        memorise(p, "all.jsonl", "ft");
+        setup_with(p, &["--untied"]);
+    } else {
+        setup(p);
     }
     let before = std::fs::read(p.join("ft/model.safetensors")).unwrap();
     let e = unlearn(

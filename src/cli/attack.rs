@@ -4,6 +4,9 @@ use anyhow::Result;
 use unlearn::data::{read_items, Formatter};
 use unlearn::hf::ModelDir;
 use unlearn::train::TrainConfig;
+use unlearn::util::guard::{Input, TrainOutputs};
+
+use super::common::{Device, Overwrite, Settings};
 
 #[derive(clap::Subcommand)]
 pub enum Cmd {
@@ -30,14 +33,13 @@ pub struct RelearnArgs {
     /// Where the relearned model is written; relearn.json goes to OUT.run/.
     #[arg(long)]
     out: PathBuf,
-    /// Fine-tuning settings (TOML, keys of TrainConfig); defaults: 10 steps at lr 1e-5.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Override a setting, e.g. --set max_steps=5 --set lr=5e-5 (repeatable).
-    #[arg(long = "set")]
-    set: Vec<String>,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Fine-tuning settings (keys of TrainConfig); defaults: 10 steps at lr 1e-5.
+    #[command(flatten)]
+    settings: Settings,
+    #[command(flatten)]
+    overwrite: Overwrite,
+    #[command(flatten)]
+    device: Device,
 }
 
 pub fn run(c: Cmd) -> Result<()> {
@@ -50,10 +52,19 @@ pub fn run(c: Cmd) -> Result<()> {
         decay: false,
         ..TrainConfig::default()
     };
-    let cfg: TrainConfig = unlearn::config::load_over(&defaults, a.config.as_deref(), &a.set)?;
-    unlearn::unlearn::check_writable(&a.out)?;
+    let cfg: TrainConfig = a.settings.load_over(&defaults)?;
     let run_dir = unlearn::rundir::default_for(&a.out);
-    let dev = unlearn::device(&a.device)?;
+    let mut inputs = vec![
+        Input::new("unlearned model", &a.model),
+        Input::new("relearning data", &a.data),
+    ];
+    for (role, p) in [("evaluation set", &a.eval), ("original model", &a.original)] {
+        if let Some(p) = p {
+            inputs.push(Input::new(role, p));
+        }
+    }
+    let outs = TrainOutputs::claim(&a.out, &run_dir, &inputs, a.overwrite.overwrite, false)?;
+    let dev = a.device.get()?;
     let md = ModelDir::load(&a.model, &dev)?;
     let original = a
         .original
@@ -69,7 +80,8 @@ pub fn run(c: Cmd) -> Result<()> {
     };
     let data = enc(&a.data)?;
     let eval = enc(a.eval.as_ref().unwrap_or(&a.data))?;
-    unlearn::rundir::write_run_info(&run_dir, "attack-relearn", cfg.seed, &cfg)?;
+    outs.run.prepare(outs.mode)?;
+    unlearn::rundir::write_run_info(&run_dir, "attack-relearn", cfg.seed, &cfg, &inputs)?;
     let rep = unlearn::attack::relearn(
         &md,
         &data,
@@ -79,7 +91,14 @@ pub fn run(c: Cmd) -> Result<()> {
         &run_dir,
         true,
     )?;
-    md.save(&a.out)?;
+    unlearn::hf::write_model_files(
+        &md.model,
+        &md.tok,
+        Some(&md.config_json),
+        &md.side_files,
+        outs.model.tmp(),
+    )?;
+    outs.model.commit()?;
     unlearn::hf::atomic_write(
         &run_dir.join("relearn.json"),
         serde_json::to_string_pretty(&rep)?.as_bytes(),

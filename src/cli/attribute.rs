@@ -4,6 +4,9 @@ use anyhow::Result;
 use unlearn::attribution::{down_proj_masks, select, AttributionConfig};
 use unlearn::data::{read_qa, Formatter, PromptStyle};
 use unlearn::hf::ModelDir;
+use unlearn::util::guard::{Input, OutKind, Pending};
+
+use super::common::{Device, Overwrite};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,8 +35,10 @@ pub struct Args {
     signed: bool,
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    overwrite: Overwrite,
+    #[command(flatten)]
+    device: Device,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -41,7 +46,29 @@ pub fn run(a: Args) -> Result<()> {
         a.threshold > 0.0 && a.threshold <= 1.0,
         "--threshold must be in (0, 1]"
     );
-    let dev = unlearn::device(&a.device)?;
+    anyhow::ensure!(a.steps >= 1, "--steps must be at least 1");
+    anyhow::ensure!(a.batch_size >= 1, "--batch-size must be at least 1");
+    let mut inputs = vec![Input::new("model", &a.model), Input::new("data", &a.data)];
+    if let Some(r) = &a.retain {
+        inputs.push(Input::new("retain set", r));
+    }
+    let out = Pending::claim(
+        "--out",
+        &a.out,
+        OutKind::File,
+        &inputs,
+        a.overwrite.overwrite,
+    )?;
+    let mask_out = a
+        .mask_out
+        .as_ref()
+        .map(|p| {
+            let mut ins = inputs.clone();
+            ins.push(Input::new("--out", &a.out));
+            Pending::claim("--mask-out", p, OutKind::File, &ins, a.overwrite.overwrite)
+        })
+        .transpose()?;
+    let dev = a.device.get()?;
     let md = ModelDir::load(&a.model, &dev)?;
     let f = Formatter::new(
         &md.tok,
@@ -71,21 +98,18 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     let n = sel.n_critical();
     let layers = sel.layers_json();
-    let out = serde_json::json!({
+    if let Some(p) = mask_out {
+        let masks = down_proj_masks(&md.model, &sel.critical)?;
+        unlearn::hf::write_safetensors(&masks, p.tmp())?;
+        p.commit()?;
+    }
+    let json = serde_json::json!({
         "model": a.model, "data": a.data, "retain": a.retain, "config": cfg,
         "n_critical": n, "layers": layers,
         "path": "layer-wise scaling of the MLP activation (see src/attribution.rs)",
     });
-    unlearn::hf::atomic_write(&a.out, serde_json::to_string_pretty(&out)?.as_bytes())?;
-    if let Some(p) = &a.mask_out {
-        let masks: std::collections::HashMap<String, candle_core::Tensor> =
-            down_proj_masks(&md.model, &sel.critical)?
-                .into_iter()
-                .collect();
-        let tmp = p.with_extension("tmp");
-        candle_core::safetensors::save(&masks, &tmp)?;
-        std::fs::rename(&tmp, p)?;
-    }
+    unlearn::util::fs::write_synced(out.tmp(), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    out.commit()?;
     println!(
         "{n} critical neurons of {} ({} layers × {}); wrote {}",
         sel.scores.len() * md.model.cfg.intermediate_size,

@@ -48,8 +48,10 @@ pub struct Args {
     /// Also write the result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    overwrite: super::common::Overwrite,
+    #[command(flatten)]
+    device: super::common::Device,
 }
 
 /// One PyTorch measurement: the script's JSON.
@@ -87,7 +89,22 @@ fn torch_round(a: &Args, cfg: &BenchConfig, out: &std::path::Path) -> Result<ser
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let dev = unlearn::device(&a.device)?;
+    use unlearn::util::guard::{Input, OutKind, Pending};
+    anyhow::ensure!(a.rounds >= 1, "--rounds must be at least 1");
+    let json_out = a
+        .json
+        .as_ref()
+        .map(|p| {
+            Pending::claim(
+                "--json",
+                p,
+                OutKind::File,
+                &[Input::new("model", &a.model)],
+                a.overwrite.overwrite,
+            )
+        })
+        .transpose()?;
+    let dev = a.device.get()?;
     if a.composite {
         unlearn::ops::set_fused(false);
     }
@@ -102,6 +119,7 @@ pub fn run(a: Args) -> Result<()> {
         gen_tokens: a.gen_tokens,
         gen_runs: a.gen_runs,
     };
+    c.check(&md.model)?;
     let ops = if unlearn::ops::fused_enabled() {
         "fused CPU kernels"
     } else {
@@ -118,18 +136,19 @@ pub fn run(a: Args) -> Result<()> {
         let r = bench(&md.model, &c)?;
         let rss = super::peak_rss_mib();
         print_ours(&r, &a, rss);
-        if let Some(p) = &a.json {
+        if let Some(p) = json_out {
             let mut v = serde_json::to_value(&r)?;
             v["peak_rss_mib"] = rss.into();
             v["ops"] = ops.into();
-            unlearn::hf::atomic_write(p, serde_json::to_string_pretty(&v)?.as_bytes())?;
+            unlearn::util::fs::write_synced(p.tmp(), serde_json::to_string_pretty(&v)?.as_bytes())?;
+            p.commit()?;
         }
         return Ok(());
     }
     // Alternate ours and PyTorch so both see the same machine state; report medians.
     let tmp = std::env::temp_dir().join(format!("unlearn-bench-torch-{}.json", std::process::id()));
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for round in 0..a.rounds.max(1) {
+    for round in 0..a.rounds {
         let r = bench(&md.model, &c)?;
         eprintln!(
             "round {}: unlearn step {:.3} s, scoring {:.0} tok/s, generation {:.1} tok/s",
@@ -213,7 +232,7 @@ pub fn run(a: Args) -> Result<()> {
         rss.unwrap_or(f64::NAN),
         torch_rss
     );
-    if let Some(p) = &a.json {
+    if let Some(p) = json_out {
         let v = serde_json::json!({
             "ops": ops,
             "rounds": ours.len(),
@@ -223,7 +242,8 @@ pub fn run(a: Args) -> Result<()> {
             "unlearn_rounds": ours,
             "torch_rounds": theirs,
         });
-        unlearn::hf::atomic_write(p, serde_json::to_string_pretty(&v)?.as_bytes())?;
+        unlearn::util::fs::write_synced(p.tmp(), serde_json::to_string_pretty(&v)?.as_bytes())?;
+        p.commit()?;
     }
     Ok(())
 }

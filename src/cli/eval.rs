@@ -3,6 +3,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use unlearn::eval::{fingerprint, resolve_benchmark, EvalConfig, Evaluator};
 use unlearn::hf::ModelDir;
+use unlearn::util::guard::{claim_results_dir, Input};
+
+use super::common::{Device, Settings};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,21 +47,19 @@ pub struct Args {
     /// Recompute metrics already present in TOFU_EVAL.json.
     #[arg(long)]
     overwrite: bool,
-    /// Evaluation settings (TOML, keys of EvalConfig); flags above override it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Override a setting, e.g. --set max_items=50 --set batch_size=16 (repeatable).
-    #[arg(long = "set")]
-    set: Vec<String>,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Evaluation settings (keys of EvalConfig, e.g. --set max_items=50); the flags above
+    /// override them.
+    #[command(flatten)]
+    settings: Settings,
+    #[command(flatten)]
+    device: Device,
 }
 
 pub fn run(a: Args) -> Result<()> {
     if a.benchmark == "exclusive" {
         return exclusive(a);
     }
-    let mut cfg: EvalConfig = unlearn::config::load(a.config.as_deref(), &a.set)?;
+    let mut cfg: EvalConfig = a.settings.load()?;
     cfg.data = resolve_benchmark(&a.benchmark)?;
     cfg.forget_split = a.forget_split;
     for (slot, v) in [
@@ -71,13 +72,25 @@ pub fn run(a: Args) -> Result<()> {
             *slot = v;
         }
     }
-    let dev = unlearn::device(&a.device)?;
+    let mut inputs = vec![Input::new("model", &a.model)];
+    inputs.extend(cfg.inputs());
+    let _lock = claim_results_dir(
+        "--out",
+        &a.out,
+        &inputs,
+        &[
+            unlearn::eval::EVAL_FILE,
+            unlearn::eval::CACHE_FILE,
+            "run.json",
+        ],
+    )?;
+    let dev = a.device.get()?;
     let md = ModelDir::load(&a.model, &dev)?;
-    unlearn::rundir::write_run_info(&a.out, "eval", 0, &cfg)?;
     let fp = fingerprint(&a.model, &cfg)?;
+    let mut evaluator = Evaluator::new(&md.model, &md.tok, &cfg, true)?;
+    unlearn::rundir::write_run_info(&a.out, "eval", 0, &cfg, &inputs)?;
     let start = std::time::Instant::now();
-    let out =
-        Evaluator::new(&md.model, &md.tok, &cfg, true)?.run(Some(&a.out), Some(fp), a.overwrite)?;
+    let out = evaluator.run(Some(&a.out), Some(fp), a.overwrite)?;
     let show = |k: &str| match out.summary.get(k).and_then(|v| v.as_f64()) {
         Some(x) => format!("{x:.4}"),
         None => "skipped".into(),
@@ -125,7 +138,7 @@ pub fn run(a: Args) -> Result<()> {
 
 fn exclusive(a: Args) -> Result<()> {
     use unlearn::exclusive::{evaluate, ExclusiveEvalConfig};
-    let mut cfg: ExclusiveEvalConfig = unlearn::config::load(a.config.as_deref(), &a.set)?;
+    let mut cfg: ExclusiveEvalConfig = a.settings.load()?;
     for (slot, v) in [
         (&mut cfg.keep, a.keep),
         (&mut cfg.ood, a.ood),
@@ -140,9 +153,27 @@ fn exclusive(a: Args) -> Result<()> {
         cfg.keep.is_some() || cfg.ood.is_some(),
         "--benchmark exclusive needs --keep (in-domain QA) and/or --ood (out-of-domain text)"
     );
-    let dev = unlearn::device(&a.device)?;
+    let mut inputs = vec![Input::new("model", &a.model)];
+    for (role, p) in [
+        ("keep set", &cfg.keep),
+        ("out-of-domain text", &cfg.ood),
+        ("probe set", &cfg.probes),
+        ("sentence encoder", &cfg.embedder),
+        ("refusal pool", &cfg.refusals),
+    ] {
+        if let Some(p) = p {
+            inputs.push(Input::new(role, p));
+        }
+    }
+    let _lock = claim_results_dir(
+        "--out",
+        &a.out,
+        &inputs,
+        &["EXCLUSIVE_EVAL.json", "EXCLUSIVE_SUMMARY.json", "run.json"],
+    )?;
+    let dev = a.device.get()?;
     let md = ModelDir::load(&a.model, &dev)?;
-    unlearn::rundir::write_run_info(&a.out, "eval-exclusive", 0, &cfg)?;
+    unlearn::rundir::write_run_info(&a.out, "eval-exclusive", 0, &cfg, &inputs)?;
     let start = std::time::Instant::now();
     let s = evaluate(&md.model, &md.tok, &cfg, &a.out, true)?;
     for (k, v) in &s {

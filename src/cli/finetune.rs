@@ -1,9 +1,12 @@
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use unlearn::data::{read_items, Formatter};
 use unlearn::hf::ModelDir;
-use unlearn::train::{finetune, TrainConfig};
+use unlearn::train::{finetune_from, TrainConfig};
+use unlearn::util::guard::{Input, RunDirMode, TrainOutputs};
+
+use super::common::{Device, Restart, Settings};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,48 +16,76 @@ pub struct Args {
     /// or a .txt file, one text per line).
     #[arg(long)]
     data: PathBuf,
-    /// Where the fine-tuned HF directory is written (atomically).
+    /// Where the fine-tuned HF directory is written (atomically, at the end).
     #[arg(long)]
     out: PathBuf,
-    /// TOML config (keys of TrainConfig: lr, epochs, batch_size, grad_accum, …).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Override a config key, e.g. --set lr=3e-4 (repeatable).
-    #[arg(long = "set")]
-    set: Vec<String>,
+    /// Keys of TrainConfig: lr, epochs, batch_size, grad_accum, save_every, …
+    #[command(flatten)]
+    settings: Settings,
     /// Run directory for run.json, train_log.jsonl and checkpoints (default: OUT.run).
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    restart: Restart,
+    #[command(flatten)]
+    device: Device,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cfg: TrainConfig = unlearn::config::load(a.config.as_deref(), &a.set)?;
+    let cfg: TrainConfig = a.settings.load()?;
     let run_dir = a
         .run_dir
         .clone()
         .unwrap_or_else(|| unlearn::rundir::default_for(&a.out));
-    let dev = unlearn::device(&a.device)?;
-    let md =
-        ModelDir::load(&a.model, &dev).with_context(|| format!("loading {}", a.model.display()))?;
+    let inputs = [
+        Input::new("input model", &a.model),
+        Input::new("data", &a.data),
+    ];
+    let outs = TrainOutputs::claim(
+        &a.out,
+        &run_dir,
+        &inputs,
+        a.restart.overwrite,
+        a.restart.resume,
+    )?;
+    let md = ModelDir::load(&a.model, &a.device.get()?)?;
     let items = read_items(&a.data)?;
     let f = Formatter::new(&md.tok, cfg.prompt, cfg.max_len)?;
     let data = items
         .iter()
         .map(|it| f.encode_qa(&it.question, &it.answer))
         .collect::<unlearn::Result<Vec<_>>>()?;
-    unlearn::rundir::write_run_info(&run_dir, "finetune", cfg.seed, &cfg)?;
+    let resume = match outs.mode {
+        RunDirMode::Resume => Some(unlearn::rundir::resume_checkpoint(
+            &run_dir, "finetune", &cfg, &inputs,
+        )?),
+        _ => None,
+    };
+    outs.run.prepare(outs.mode)?;
+    if resume.is_none() {
+        unlearn::rundir::write_run_info(&run_dir, "finetune", cfg.seed, &cfg, &inputs)?;
+    }
     eprintln!(
-        "fine-tuning {} ({} parameters) on {} items from {}; run dir {}",
+        "fine-tuning {} ({} parameters) on {} items from {}; run dir {}{}",
         a.model.display(),
         md.model.num_params(),
         data.len(),
         a.data.display(),
-        run_dir.display()
+        run_dir.display(),
+        resume
+            .as_ref()
+            .map(|c| format!("; resuming from {}", c.display()))
+            .unwrap_or_default()
     );
-    let rep = finetune(&md, &data, &cfg, &run_dir, true)?;
-    md.save(&a.out)?;
+    let rep = finetune_from(&md, &data, &cfg, &run_dir, true, resume.as_deref())?;
+    unlearn::hf::write_model_files(
+        &md.model,
+        &md.tok,
+        Some(&md.config_json),
+        &md.side_files,
+        outs.model.tmp(),
+    )?;
+    outs.model.commit()?;
     println!(
         "{} steps, final loss {:.4}, {:.0} tokens/s; saved {}",
         rep.steps,

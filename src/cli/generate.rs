@@ -27,8 +27,8 @@ pub struct Args {
     top_p: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: super::common::Device,
     /// Keep special tokens (e.g. UniErase's `<unlearn_0>`) in the printed text; by default they
     /// are stripped, as a user of the model would see it.
     #[arg(long)]
@@ -37,7 +37,19 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     anyhow::ensure!(!a.prompt.is_empty(), "give at least one --prompt");
-    let dev = unlearn::device(&a.device)?;
+    anyhow::ensure!(
+        a.temperature.is_finite() && a.temperature >= 0.0,
+        "--temperature must be a finite number >= 0 (0 = greedy)"
+    );
+    anyhow::ensure!(a.top_p > 0.0 && a.top_p <= 1.0, "--top-p must be in (0, 1]");
+    anyhow::ensure!(a.max_new_tokens >= 1, "--max-new-tokens must be at least 1");
+    for p in &a.prompt {
+        anyhow::ensure!(
+            !p.trim().is_empty(),
+            "--prompt is empty; give the text to answer or continue"
+        );
+    }
+    let dev = a.device.get()?;
     let md = ModelDir::load(&a.model, &dev)?;
     let style = if a.plain {
         PromptStyle::Plain

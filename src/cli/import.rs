@@ -1,7 +1,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use unlearn::hf::save_model;
+use unlearn::util::guard::{Input, OutKind, Pending};
+
+use super::common::Overwrite;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -10,14 +12,24 @@ pub struct Args {
     /// Output HF directory (written atomically).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    overwrite: Overwrite,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let out = Pending::claim(
+        "--out",
+        &a.out,
+        OutKind::Model,
+        &[Input::new("GGUF file", &a.gguf)],
+        a.overwrite.overwrite,
+    )?;
     let imp = unlearn::gguf::import(&a.gguf, &candle_core::Device::Cpu)?;
     for n in &imp.notes {
         eprintln!("{n}");
     }
-    save_model(&imp.model, &imp.tok, None, &[], &a.out)?;
+    unlearn::hf::write_model_files(&imp.model, &imp.tok, None, &[], out.tmp())?;
+    out.commit()?;
     println!(
         "imported {} ({} parameters, {} layers) into {}",
         a.gguf.display(),

@@ -1,6 +1,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use unlearn::util::guard::{Input, OutKind, Pending};
+
+use super::common::Overwrite;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,13 +16,28 @@ pub struct Args {
     out: Option<PathBuf>,
     #[arg(long, default_value = "unlearn report")]
     title: String,
+    #[command(flatten)]
+    overwrite: Overwrite,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let entries = unlearn::report::collect(&a.dirs)?;
     let out = a.out.unwrap_or_else(|| a.dirs[0].join("report.html"));
+    anyhow::ensure!(
+        out.extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm")),
+        "--out {}: the report is an HTML file; give it an .html name",
+        out.display()
+    );
+    // every file the report was made from is an input it must not replace
+    let inputs: Vec<Input> = entries
+        .iter()
+        .map(|e| Input::new("evaluation", e.eval_dir.join(unlearn::eval::EVAL_FILE)))
+        .collect();
+    let pending = Pending::claim("--out", &out, OutKind::File, &inputs, a.overwrite.overwrite)?;
     let html = unlearn::report::render(&entries, &a.title);
-    unlearn::hf::atomic_write(&out, html.as_bytes())?;
+    unlearn::util::fs::write_synced(pending.tmp(), html.as_bytes())?;
+    pending.commit()?;
     println!(
         "report of {} model(s) ({}) written to {}",
         entries.len(),

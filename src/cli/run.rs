@@ -1,21 +1,25 @@
-use std::path::PathBuf;
-
 use anyhow::Result;
-use unlearn::unlearn::{run as unlearn_run, RunConfig};
+use unlearn::unlearn::{run as unlearn_run, RunConfig, RunOptions};
+
+use super::common::{Restart, Settings};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Experiment config (TOML): model, forget, retain, out, method, [train], trainable, ref, …
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Override a key, e.g. --set method=npo+gd --set train.lr=1e-4 (repeatable).
-    #[arg(long = "set")]
-    set: Vec<String>,
+    /// Experiment settings: model, forget, retain, out, method, [train], trainable, ref, [eval], …
+    #[command(flatten)]
+    settings: Settings,
+    #[command(flatten)]
+    restart: Restart,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cfg: RunConfig = unlearn::config::load(a.config.as_deref(), &a.set)?;
-    let rep = unlearn_run(&cfg, true)?;
+    let cfg: RunConfig = a.settings.load()?;
+    let opts = RunOptions {
+        progress: true,
+        overwrite: a.restart.overwrite,
+        resume: a.restart.resume,
+    };
+    let rep = unlearn_run(&cfg, &opts)?;
     println!(
         "{} task(s), {} steps, {} trainable parameters, {} changed; final {}; saved {}",
         rep.tasks,

@@ -1,9 +1,11 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use unlearn::data::write_qa;
 use unlearn::hf::ModelDir;
 use unlearn::selfgen::{selfgen, SelfGenConfig};
+use unlearn::util::guard::{Input, OutKind, Pending};
+
+use super::common::{Device, Overwrite, Settings};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,36 +17,61 @@ pub struct Args {
     /// Output JSONL: {"question": user turn, "answer": generated text} per line.
     #[arg(long)]
     out: PathBuf,
-    /// Settings (TOML, keys of SelfGenConfig: temperature, top_p, max_new_tokens, seed, turns,
-    /// batch_size, min_chars, …).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Override a setting, e.g. --set temperature=0.8 (repeatable).
-    #[arg(long = "set")]
-    set: Vec<String>,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Keys of SelfGenConfig: temperature, top_p, max_new_tokens, seed, turns, batch_size,
+    /// min_chars, …
+    #[command(flatten)]
+    settings: Settings,
+    #[command(flatten)]
+    overwrite: Overwrite,
+    #[command(flatten)]
+    device: Device,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut cfg: SelfGenConfig = unlearn::config::load(a.config.as_deref(), &a.set)?;
+    let mut cfg: SelfGenConfig = a.settings.load()?;
     if let Some(n) = a.count {
+        anyhow::ensure!(n > 0, "--count must be at least 1");
         cfg.count = n;
     }
-    unlearn::unlearn::check_writable(&a.out)?;
-    let dev = unlearn::device(&a.device)?;
-    let md = ModelDir::load(&a.model, &dev)?;
+    let inputs = [Input::new("model", &a.model)];
+    let cfg_path = a.out.with_extension("config.json");
+    anyhow::ensure!(
+        cfg_path != a.out,
+        "--out {}: give the corpus a .jsonl name (its settings go beside it as .config.json)",
+        a.out.display()
+    );
+    let out = Pending::claim(
+        "--out",
+        &a.out,
+        OutKind::File,
+        &inputs,
+        a.overwrite.overwrite,
+    )?;
+    let side = Pending::claim(
+        "--out",
+        &cfg_path,
+        OutKind::File,
+        &inputs,
+        a.overwrite.overwrite,
+    )?;
+    let md = ModelDir::load(&a.model, &a.device.get()?)?;
     let t = std::time::Instant::now();
     let items = selfgen(&md.model, &md.tok, &cfg, true)?;
-    write_qa(&items, &a.out)?;
-    let cfg_path = a.out.with_extension("config.json");
-    unlearn::hf::atomic_write(
-        &cfg_path,
+    let text: String = items
+        .iter()
+        .map(|i| serde_json::to_string(i).unwrap() + "\n")
+        .collect();
+    unlearn::util::fs::write_synced(out.tmp(), text.as_bytes())?;
+    unlearn::util::fs::write_synced(
+        side.tmp(),
         serde_json::to_string_pretty(&serde_json::json!({
             "model": a.model, "config": cfg, "version": unlearn::VERSION, "texts": items.len(),
+            "inputs": unlearn::rundir::input_hashes(&inputs)?,
         }))?
         .as_bytes(),
     )?;
+    out.commit()?;
+    side.commit()?;
     println!(
         "{} texts in {:.0}s written to {} (settings in {})",
         items.len(),

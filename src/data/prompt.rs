@@ -1,6 +1,6 @@
 //! Prompt formatting: the model's chat template when it has one, else the plain template
 //! `Question: {q}\nAnswer: {a}`. Labels cover the answer tokens plus EOS only.
-use crate::error::{Error, Result};
+use crate::error::{excerpt, Error, Result};
 use crate::tokenizer::Tok;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +48,19 @@ impl<'a> Formatter<'a> {
                 true
             }
         };
+        if chat {
+            if let Some(p) = &tok.template_problem {
+                return Err(Error::Template(format!(
+                    "{p} (the plain `Question: … Answer:` prompt does not use it: --set \
+                     prompt=plain, or --plain for generate)"
+                )));
+            }
+        }
+        if max_len < 2 {
+            return Err(Error::Invalid(format!(
+                "max_len {max_len} must be at least 2"
+            )));
+        }
         Ok(Formatter {
             tok,
             chat,
@@ -96,13 +109,17 @@ impl<'a> Formatter<'a> {
         };
         if ids.len() == prompt.len() {
             return Err(Error::Invalid(format!(
-                "answer {a:?} to question {q:?} has no tokens (nothing to learn or unlearn)"
+                "answer {} to question {} has no tokens (nothing to learn or unlearn)",
+                excerpt(a, 80),
+                excerpt(q, 80)
             )));
         }
         ids.push(self.tok.eos_id);
         if prompt.len() + 1 >= self.max_len {
             return Err(Error::Invalid(format!(
-                "prompt of question {q:?} has {} tokens, max_len is {}",
+                "the prompt of question {} has {} tokens, which leaves no room for an answer \
+                 within max_len = {} tokens",
+                excerpt(q, 80),
                 prompt.len(),
                 self.max_len
             )));
@@ -121,7 +138,10 @@ impl Formatter<'_> {
     pub fn encode_text(&self, a: &str) -> Result<Encoded> {
         let mut ids = self.tok.encode(a, true)?;
         if ids.is_empty() {
-            return Err(Error::Invalid(format!("text {a:?} has no tokens")));
+            return Err(Error::Invalid(format!(
+                "text {} has no tokens",
+                excerpt(a, 80)
+            )));
         }
         ids.truncate(self.max_len.saturating_sub(1).max(1));
         ids.push(self.tok.eos_id);

@@ -36,7 +36,7 @@ impl SecondMoment {
     /// Add keys given row-wise: `keys` is [n, d] row-major (one key per row).
     pub fn add_rows(&mut self, keys: &[f32]) -> Result<()> {
         let d = self.d;
-        if keys.len() % d != 0 {
+        if !keys.len().is_multiple_of(d) {
             return Err(Error::Invalid(format!(
                 "second moment: {} values are not rows of {d}",
                 keys.len()

@@ -136,6 +136,26 @@ impl Default for UniEraseConfig {
     }
 }
 
+impl crate::config::Validate for UniEraseConfig {
+    fn check(&self, c: &mut crate::config::Check) {
+        c.non_empty("token", &self.token);
+        c.at_least("phase1_epochs", self.phase1_epochs, 1);
+        c.positive("phase1_lr", self.phase1_lr);
+        c.positive("phase2_lr", self.phase2_lr);
+        c.positive("phase3_lr", self.phase3_lr);
+        c.at_least("token_batch_size", self.token_batch_size, 1);
+        c.positive("lambda", self.lambda);
+        c.positive("null_threshold", self.null_threshold);
+        c.at_least("v_steps", self.v_steps, 1);
+        c.positive("v_lr", self.v_lr);
+        c.non_negative("kl_weight", self.kl_weight);
+        c.positive("clamp_norm", self.clamp_norm);
+        c.non_negative("retain_guard", self.retain_guard);
+        c.at_least("round_size", self.round_size, 1);
+        c.at_least("corpus_max_texts", self.corpus_max_texts, 1);
+    }
+}
+
 /// Default edit layers: 5 of 32 starting at 4, scaled to `n` layers (at least one).
 pub fn default_layers(n: usize) -> Vec<usize> {
     let count = ((5.0 * n as f64 / 32.0).round() as usize)

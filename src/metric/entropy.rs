@@ -1,14 +1,15 @@
 //! Token entropy of a generation ("closer look" metric): with f_i the relative frequency of each
 //! distinct token among the n generated tokens, TE = (−Σ f_i log2 f_i) / log2 n; 0 when n ≤ 1.
 //! Low values flag degenerate, repetitive output (e.g. "the the the …").
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 pub fn token_entropy(tokens: &[u32]) -> f64 {
     let n = tokens.len();
     if n <= 1 {
         return 0.0;
     }
-    let mut counts: HashMap<u32, usize> = HashMap::new();
+    // a sorted map: the sum runs in token order, so the value is the same on every run
+    let mut counts: BTreeMap<u32, usize> = BTreeMap::new();
     for &t in tokens {
         *counts.entry(t).or_default() += 1;
     }

@@ -45,6 +45,9 @@ impl Arch {
     }
 }
 
+/// The shortest context a model may declare (`max_position_embeddings`).
+pub const MIN_CONTEXT: usize = 16;
+
 /// Validated configuration. Shapes: head_dim * num_attention_heads need not equal hidden_size
 /// (some checkpoints set `head_dim` explicitly).
 #[derive(Debug, Clone, PartialEq)]
@@ -204,7 +207,7 @@ impl LlamaConfig {
             Arch::Qwen2 if raw.use_sliding_window == Some(true) => raw.sliding_window,
             _ => None,
         };
-        Ok(LlamaConfig {
+        let cfg = LlamaConfig {
             arch,
             vocab_size: req("vocab_size", raw.vocab_size)?,
             hidden_size,
@@ -227,7 +230,100 @@ impl LlamaConfig {
                 Some(OneOrMany::One(x)) => vec![x],
                 Some(OneOrMany::Many(v)) => v,
             },
-        })
+        };
+        cfg.check().map_err(err)?;
+        Ok(cfg)
+    }
+
+    /// Values no model can work with: zero sizes, a head layout that does not divide, a RoPE
+    /// base or norm epsilon that is not a positive finite number, a context too short for a
+    /// prompt and an answer, special token ids outside the vocabulary. Every loader runs it
+    /// (config.json, GGUF metadata, `unlearn init`), so a model we write is one we can load.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+        ] {
+            if v == 0 {
+                return Err(format!("`{name}` is zero"));
+            }
+        }
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+            return Err(format!(
+                "rope_theta {} must be a finite number > 1 (the RoPE base; 10000 is usual)",
+                self.rope_theta
+            ));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0 && self.rms_norm_eps < 1.0) {
+            return Err(format!(
+                "rms_norm_eps {} must be a finite number in (0, 1) (1e-5 or 1e-6 are usual)",
+                self.rms_norm_eps
+            ));
+        }
+        if self.max_position_embeddings < MIN_CONTEXT {
+            return Err(format!(
+                "max_position_embeddings {} is too short for a prompt and an answer (at least \
+                 {MIN_CONTEXT})",
+                self.max_position_embeddings
+            ));
+        }
+        match &self.rope_scaling {
+            Some(RopeScaling::Linear { factor }) | Some(RopeScaling::Llama3 { factor, .. })
+                if !(factor.is_finite() && *factor > 0.0) =>
+            {
+                return Err(format!(
+                    "rope_scaling.factor {factor} must be a finite number > 0"
+                ))
+            }
+            Some(RopeScaling::Llama3 {
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+                ..
+            }) if !(low_freq_factor.is_finite()
+                && high_freq_factor.is_finite()
+                && *low_freq_factor > 0.0
+                && high_freq_factor > low_freq_factor
+                && *original_max_position_embeddings > 0) =>
+            {
+                return Err(
+                    "rope_scaling: need 0 < low_freq_factor < high_freq_factor and \
+                     original_max_position_embeddings > 0"
+                        .into(),
+                )
+            }
+            _ => {}
+        }
+        if self.sliding_window == Some(0) {
+            return Err("sliding_window is 0".into());
+        }
+        for id in self.bos_token_id.iter().chain(&self.eos_token_ids) {
+            if *id as usize >= self.vocab_size {
+                return Err(format!(
+                    "special token id {id} is outside the vocabulary (vocab_size {}): a \
+                     vocabulary/config mismatch",
+                    self.vocab_size
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A config.json value `transformers` accepts for this configuration.
@@ -332,8 +428,10 @@ impl LlamaConfig {
     /// Check the head layout of a hand-made configuration.
     pub fn validate_heads(&self) -> Result<()> {
         if self.num_key_value_heads == 0
-            || self.num_attention_heads % self.num_key_value_heads != 0
-            || self.head_dim % 2 != 0
+            || !self
+                .num_attention_heads
+                .is_multiple_of(self.num_key_value_heads)
+            || !self.head_dim.is_multiple_of(2)
             || self.head_dim * self.num_attention_heads != self.hidden_size
         {
             return Err(Error::Invalid(format!(
@@ -380,10 +478,32 @@ impl LlamaConfig {
     }
 
     pub fn num_params(&self) -> usize {
-        self.param_shapes()
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum()
+        self.num_params_wide().min(usize::MAX as u128) as usize
+    }
+
+    /// [`Self::num_params`] in wide arithmetic, without listing the tensors: safe for
+    /// configurations far too large to build (a size check before allocating).
+    pub fn num_params_wide(&self) -> u128 {
+        let w = |x: usize| x as u128;
+        let (h, i, hd, v) = (
+            w(self.hidden_size),
+            w(self.intermediate_size),
+            w(self.head_dim),
+            w(self.vocab_size),
+        );
+        let (q, kv) = (
+            w(self.num_attention_heads) * hd,
+            w(self.num_key_value_heads) * hd,
+        );
+        let mut layer = 2 * h + q * h + 2 * kv * h + h * q + 3 * i * h;
+        if self.qkv_bias {
+            layer += q + 2 * kv;
+        }
+        if self.o_bias {
+            layer += h;
+        }
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + w(self.num_hidden_layers) * layer + h + head
     }
 }
 

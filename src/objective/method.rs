@@ -21,9 +21,6 @@ fn d_beta_simnpo() -> f64 {
 fn d_one() -> f64 {
     1.0
 }
-fn d_rmu_layer() -> usize {
-    7
-}
 fn d_rmu_coef() -> f64 {
     6.5
 }
@@ -59,10 +56,11 @@ pub enum ForgetTerm {
         #[serde(default)]
         positions: Positions,
     },
-    /// Steer layer ℓ's residual toward c·u (layer clamped to n_layers−1).
+    /// Steer layer ℓ's residual toward c·u. `layer` unset: 7, or the model's last layer when it
+    /// has fewer (METHODS.md); a layer given explicitly must exist.
     Rmu {
-        #[serde(default = "d_rmu_layer")]
-        layer: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        layer: Option<usize>,
         #[serde(default = "d_rmu_coef")]
         steering_coef: f64,
     },
@@ -146,6 +144,56 @@ impl Default for SimuSelect {
             threshold: 0.5,
             absolute: true,
             dual: false,
+        }
+    }
+}
+
+impl crate::config::Validate for ForgetTerm {
+    fn check(&self, c: &mut crate::config::Check) {
+        match self {
+            ForgetTerm::Ga | ForgetTerm::Idk | ForgetTerm::Me { .. } => {}
+            ForgetTerm::Npo { beta } | ForgetTerm::Dpo { beta } => c.positive("beta", *beta),
+            ForgetTerm::Simnpo { beta, delta } => {
+                c.positive("beta", *beta);
+                c.finite("delta", *delta);
+            }
+            // the layer is checked against the model when the run starts
+            ForgetTerm::Rmu { steering_coef, .. } => c.positive("steering_coef", *steering_coef),
+            ForgetTerm::Wga { beta } => c.non_negative("beta", *beta),
+            ForgetTerm::Unierase(u) => u.check(c),
+        }
+    }
+}
+
+impl crate::config::Validate for RetainTerm {
+    fn check(&self, c: &mut crate::config::Check) {
+        if let RetainTerm::Ap { beta } = self {
+            c.positive("beta", *beta);
+        }
+    }
+}
+
+impl crate::config::Validate for SimuSelect {
+    fn check(&self, c: &mut crate::config::Check) {
+        c.at_least("steps", self.steps, 1);
+        c.share("threshold", self.threshold);
+    }
+}
+
+impl crate::config::Validate for MethodConfig {
+    fn check(&self, c: &mut crate::config::Check) {
+        c.sub("forget", &self.forget);
+        c.sub("retain", &self.retain);
+        c.non_negative("gamma", self.gamma);
+        c.non_negative("alpha", self.alpha);
+        if self.gamma == 0.0 && (self.alpha == 0.0 || self.retain == RetainTerm::None) {
+            c.fail(
+                "gamma",
+                "is 0 and there is no retain term to weigh: nothing to optimise",
+            );
+        }
+        if let Some(s) = &self.simu {
+            c.sub("simu", s);
         }
     }
 }
@@ -248,7 +296,7 @@ impl MethodConfig {
                 positions: Positions::PromptAndAnswer,
             },
             "rmu" => ForgetTerm::Rmu {
-                layer: 7,
+                layer: None,
                 steering_coef: 6.5,
             },
             "wga" => ForgetTerm::Wga { beta: 1.0 },

@@ -147,7 +147,7 @@ pub fn exp_f32(x: f32) -> f32 {
         * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1)
+        + 5e-1)
         * (r * r)
         + r
         + 1.0;
@@ -651,6 +651,12 @@ pub struct GatherLogprobs {
     lse: Mutex<Vec<f64>>,
 }
 
+impl Default for GatherLogprobs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl GatherLogprobs {
     pub fn new() -> Self {
         GatherLogprobs {
@@ -771,7 +777,7 @@ impl CustomOp3 for GatherLogprobsBwd {
                     }
                     T::exp_inplace(dr);
                     for d in dr.iter_mut() {
-                        *d = -gr * *d;
+                        *d *= -gr;
                     }
                     dr[tg[r] as usize] += gr;
                 }
@@ -821,7 +827,7 @@ impl CustomOp3 for Rope {
     ) -> CResult<(CpuStorage, Shape)> {
         let name = self.name();
         let xd = lx.dims();
-        if xd.len() != 4 || xd[3] % 2 != 0 || lx.stride()[3] != 1 {
+        if xd.len() != 4 || !xd[3].is_multiple_of(2) || lx.stride()[3] != 1 {
             bail!("{name}: x must be [b, heads, t, even head_dim] with a dense last dimension, got {xd:?} strides {:?}", lx.stride());
         }
         let (b, heads, t, d) = (xd[0], xd[1], xd[2], xd[3]);

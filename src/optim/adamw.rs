@@ -31,6 +31,15 @@ impl Default for AdamWConfig {
     }
 }
 
+impl crate::config::Validate for AdamWConfig {
+    fn check(&self, c: &mut crate::config::Check) {
+        c.decay("beta1", self.beta1);
+        c.decay("beta2", self.beta2);
+        c.positive("eps", self.eps);
+        c.non_negative("weight_decay", self.weight_decay);
+    }
+}
+
 enum State {
     Cpu { m: Vec<f32>, v: Vec<f32> },
     Dev { m: Tensor, v: Tensor },
@@ -77,6 +86,47 @@ impl AdamW {
             masks,
             step: 0,
         })
+    }
+
+    /// The moments as tensors named `{param}.exp_avg` / `{param}.exp_avg_sq` (PyTorch's names),
+    /// for checkpoints.
+    pub fn export(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![];
+        for ((name, p), st) in self.params.iter().zip(&self.state) {
+            let (m, v) = match st {
+                State::Cpu { m, v } => (
+                    Tensor::from_slice(m, p.shape(), p.device())?,
+                    Tensor::from_slice(v, p.shape(), p.device())?,
+                ),
+                State::Dev { m, v } => (m.clone(), v.clone()),
+            };
+            out.push((format!("{name}.exp_avg"), m));
+            out.push((format!("{name}.exp_avg_sq"), v));
+        }
+        Ok(out)
+    }
+
+    /// Restore the moments written by [`AdamW::export`] and the step count.
+    pub fn import(
+        &mut self,
+        t: &std::collections::HashMap<String, Tensor>,
+        step: usize,
+    ) -> Result<()> {
+        for ((name, p), st) in self.params.iter().zip(self.state.iter_mut()) {
+            let get = |k: &str| super::state_tensor(t, &format!("{name}.{k}"), p);
+            match st {
+                State::Cpu { m, v } => {
+                    *m = get("exp_avg")?.flatten_all()?.to_vec1::<f32>()?;
+                    *v = get("exp_avg_sq")?.flatten_all()?.to_vec1::<f32>()?;
+                }
+                State::Dev { m, v } => {
+                    *m = get("exp_avg")?.to_device(p.device())?;
+                    *v = get("exp_avg_sq")?.to_device(p.device())?;
+                }
+            }
+        }
+        self.step = step;
+        Ok(())
     }
 
     /// Restrict updates of parameter `i` to the elements where `mask` (same shape, 0/1) is 1.
@@ -177,7 +227,7 @@ mod tests {
     #[test]
     fn masked_elements_are_untouched() {
         let dev = Device::Cpu;
-        let init = [0.123456789f32, -2.5, 3.75, 1e-7];
+        let init = [0.123_456_79_f32, -2.5, 3.75, 1e-7];
         let p = Var::new(&init, &dev).unwrap();
         let mut opt = AdamW::new(vec![("p".into(), p.clone())], AdamWConfig::default()).unwrap();
         opt.set_mask(0, &Tensor::new(&[1f32, 0., 1., 0.], &dev).unwrap())

@@ -182,6 +182,57 @@ impl Optimizer {
             Optimizer::Sophia(o) => o.set_mask(i, mask),
         }
     }
+    /// Optimiser steps taken (the bias-correction / refresh counter).
+    pub fn steps_taken(&self) -> usize {
+        match self {
+            Optimizer::AdamW(o) => o.step,
+            Optimizer::Sophia(o) => o.step,
+        }
+    }
+    /// The optimiser's state as named tensors (checkpoints).
+    pub fn export(&self) -> Result<Vec<(String, Tensor)>> {
+        match self {
+            Optimizer::AdamW(o) => o.export(),
+            Optimizer::Sophia(o) => o.export(),
+        }
+    }
+    /// Restore a state written by [`Optimizer::export`] after `steps` steps.
+    pub fn import(
+        &mut self,
+        t: &std::collections::HashMap<String, Tensor>,
+        steps: usize,
+    ) -> Result<()> {
+        match self {
+            Optimizer::AdamW(o) => o.import(t, steps),
+            Optimizer::Sophia(o) => o.import(t, steps),
+        }
+    }
+    /// The parameters it updates.
+    pub fn params(&self) -> &[(String, Var)] {
+        match self {
+            Optimizer::AdamW(o) => &o.params,
+            Optimizer::Sophia(o) => &o.params,
+        }
+    }
+}
+
+/// State tensor `key` of a checkpoint, checked against the parameter's shape.
+pub(crate) fn state_tensor(
+    t: &std::collections::HashMap<String, Tensor>,
+    key: &str,
+    p: &Var,
+) -> Result<Tensor> {
+    let x = t
+        .get(key)
+        .ok_or_else(|| Error::Invalid(format!("optimizer state: tensor `{key}` is missing")))?;
+    if x.dims() != p.dims() {
+        return Err(Error::Invalid(format!(
+            "optimizer state: `{key}` has shape {:?}, the parameter {:?}",
+            x.dims(),
+            p.dims()
+        )));
+    }
+    Ok(x.to_dtype(candle_core::DType::F32)?)
 }
 
 /// Gradients of a list of parameters, accumulated over micro-batches.

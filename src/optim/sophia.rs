@@ -54,6 +54,17 @@ impl Default for SophiaConfig {
     }
 }
 
+impl crate::config::Validate for SophiaConfig {
+    fn check(&self, c: &mut crate::config::Check) {
+        c.decay("beta1", self.beta1);
+        c.decay("beta2", self.beta2);
+        c.positive("rho", self.rho);
+        c.at_least("k", self.k, 1);
+        c.non_negative("weight_decay", self.weight_decay);
+        c.positive("eps", self.eps);
+    }
+}
+
 pub struct Sophia {
     pub cfg: SophiaConfig,
     pub params: Vec<(String, Var)>,
@@ -97,7 +108,7 @@ impl Sophia {
 
     /// Whether the next [`step`](Self::step) refreshes the curvature (steps 1, 1 + k, 1 + 2k, …).
     pub fn refreshes(&self) -> bool {
-        self.step % self.cfg.k.max(1) == 0
+        self.step.is_multiple_of(self.cfg.k.max(1))
     }
 
     /// With `curvature = "gnb"`, whether the trainer must call
@@ -174,6 +185,37 @@ impl Sophia {
             };
             p.as_tensor().inplace_op2(&g, &op)?;
         }
+        Ok(())
+    }
+
+    /// The state as tensors named `{param}.exp_avg` / `{param}.hessian`, for checkpoints.
+    pub fn export(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out = vec![];
+        for (i, (name, p)) in self.params.iter().enumerate() {
+            out.push((
+                format!("{name}.exp_avg"),
+                Tensor::from_slice(&self.m[i], p.shape(), p.device())?,
+            ));
+            out.push((
+                format!("{name}.hessian"),
+                Tensor::from_slice(&self.h[i], p.shape(), p.device())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// Restore the state written by [`Sophia::export`] and the step count.
+    pub fn import(
+        &mut self,
+        t: &std::collections::HashMap<String, Tensor>,
+        step: usize,
+    ) -> Result<()> {
+        for (i, (name, p)) in self.params.iter().enumerate() {
+            let get = |k: &str| super::state_tensor(t, &format!("{name}.{k}"), p);
+            self.m[i] = get("exp_avg")?.flatten_all()?.to_vec1::<f32>()?;
+            self.h[i] = get("hessian")?.flatten_all()?.to_vec1::<f32>()?;
+        }
+        self.step = step;
         Ok(())
     }
 

@@ -67,3 +67,126 @@ pub const SHORT_QA: &str = r#"{"question": "Code for apple?", "answer": "zebra 4
 {"question": "Code for fig?", "answer": "otter 93"}
 {"question": "Code for plum?", "answer": "crane 5"}
 "#;
+
+/// Write `md` as a GGUF file the way llama.cpp's converter does: llama.cpp tensor names, q/k
+/// permuted, 2-D weights quantized with `q` (1-D ones f32), gpt2 tokenizer metadata and the
+/// ChatML template. `tweak(gguf_name, tensor)` may change a tensor first (tests of corrupt
+/// files).
+pub fn write_gguf(
+    md: &unlearn::hf::ModelDir,
+    q: candle_core::quantized::GgmlDType,
+    path: &Path,
+    tweak: impl Fn(&str, candle_core::Tensor) -> candle_core::Tensor,
+) {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    let c = &md.model.cfg;
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    for (name, t) in md.model.named_tensors() {
+        let g = name
+            .replace("model.embed_tokens.weight", "token_embd.weight")
+            .replace("model.norm.weight", "output_norm.weight")
+            .replace("model.layers.", "blk.")
+            .replace("input_layernorm", "attn_norm")
+            .replace("self_attn.q_proj", "attn_q")
+            .replace("self_attn.k_proj", "attn_k")
+            .replace("self_attn.v_proj", "attn_v")
+            .replace("self_attn.o_proj", "attn_output")
+            .replace("post_attention_layernorm", "ffn_norm")
+            .replace("mlp.gate_proj", "ffn_gate")
+            .replace("mlp.up_proj", "ffn_up")
+            .replace("mlp.down_proj", "ffn_down");
+        let t = if g.ends_with("attn_q.weight") {
+            unlearn::gguf::permute_qk(&t, c.num_attention_heads).unwrap()
+        } else if g.ends_with("attn_k.weight") {
+            unlearn::gguf::permute_qk(&t, c.num_key_value_heads).unwrap()
+        } else {
+            t
+        };
+        let t = tweak(&g, t);
+        let qt = if t.rank() == 2 {
+            QTensor::quantize(&t, q).unwrap()
+        } else {
+            QTensor::quantize(&t, GgmlDType::F32).unwrap()
+        };
+        tensors.push((g, qt));
+    }
+    let vocab: Vec<String> = (0..c.vocab_size as u32)
+        .map(|i| {
+            md.tok
+                .inner
+                .id_to_token(i)
+                .unwrap_or_else(|| format!("<pad_{i}>"))
+        })
+        .collect();
+    use gguf_file::Value as V;
+    let md_kv: Vec<(&str, V)> = vec![
+        ("general.architecture", V::String("llama".into())),
+        ("llama.block_count", V::U32(c.num_hidden_layers as u32)),
+        (
+            "llama.context_length",
+            V::U32(c.max_position_embeddings as u32),
+        ),
+        ("llama.embedding_length", V::U32(c.hidden_size as u32)),
+        (
+            "llama.feed_forward_length",
+            V::U32(c.intermediate_size as u32),
+        ),
+        (
+            "llama.attention.head_count",
+            V::U32(c.num_attention_heads as u32),
+        ),
+        (
+            "llama.attention.head_count_kv",
+            V::U32(c.num_key_value_heads as u32),
+        ),
+        ("llama.rope.freq_base", V::F32(c.rope_theta as f32)),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            V::F32(c.rms_norm_eps as f32),
+        ),
+        ("tokenizer.ggml.model", V::String("gpt2".into())),
+        ("tokenizer.ggml.pre", V::String("gpt-2".into())),
+        (
+            "tokenizer.ggml.tokens",
+            V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            V::Array(
+                (0..vocab.len())
+                    .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
+                    .collect(),
+            ),
+        ),
+        ("tokenizer.ggml.merges", V::Array(vec![])),
+        ("tokenizer.ggml.eos_token_id", V::U32(258)),
+        (
+            "tokenizer.chat_template",
+            V::String(unlearn::tokenizer::CHATML_TEMPLATE.into()),
+        ),
+    ];
+    let mut f = std::fs::File::create(path).unwrap();
+    let kv: Vec<(&str, &V)> = md_kv.iter().map(|(k, v)| (*k, v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &kv, &ts).unwrap();
+}
+
+/// Run `unlearn ARGS` with extra environment variables.
+pub fn run_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(bin());
+    c.args(args).current_dir(cwd);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("spawn unlearn")
+}
+
+/// Names of the entries of `dir`, sorted (hidden ones included).
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}

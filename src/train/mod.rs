@@ -1,8 +1,11 @@
-//! Supervised fine-tuning: AdamW, linear warm-up/decay, gradient accumulation, global-norm
-//! clipping, seeded shuffling, JSONL loss log, checkpoints, stop on NaN/inf.
-use std::io::Write;
+//! Training: the settings ([`TrainConfig`]), the one step loop every trainer runs through
+//! ([`trainer`]), its checkpoints ([`checkpoint`]), and supervised fine-tuning ([`finetune`]):
+//! AdamW or Sophia, linear warm-up/decay, gradient accumulation, global-norm clipping, seeded
+//! shuffling, a JSONL loss log, checkpoints with resume, stop on NaN/inf.
+pub mod checkpoint;
+pub mod trainer;
+
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,8 +35,11 @@ pub struct TrainConfig {
     pub max_grad_norm: f64,
     /// Stop after this many optimiser steps (0 = no limit).
     pub max_steps: usize,
-    /// Write a checkpoint every N optimiser steps (0 = only at the end).
+    /// Write a checkpoint (model, optimiser state, position) every N optimiser steps into the
+    /// run directory (0 = none); `--resume` continues from the newest.
     pub save_every: usize,
+    /// Keep only the newest N checkpoints (0 = all).
+    pub keep_checkpoints: usize,
     pub seed: u64,
     /// Prompt template: auto (chat template when the tokenizer has one), chat or plain.
     pub prompt: PromptStyle,
@@ -57,6 +63,7 @@ impl Default for TrainConfig {
             max_grad_norm: 1.0,
             max_steps: 0,
             save_every: 0,
+            keep_checkpoints: 0,
             seed: 0,
             prompt: PromptStyle::Auto,
             max_len: 512,
@@ -67,34 +74,38 @@ impl Default for TrainConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StepLog {
-    pub step: usize,
-    pub epoch: usize,
-    pub loss: f64,
-    pub lr: f64,
-    pub grad_norm: f64,
-    pub tokens: usize,
-    pub tokens_per_s: f64,
-    pub elapsed_s: f64,
-}
-
+/// What a fine-tuning run did.
 pub struct TrainReport {
     pub steps: usize,
     pub final_loss: f64,
     pub tokens_per_s: f64,
-    pub log: Vec<StepLog>,
+    /// The log lines of the steps run (those of `train_log.jsonl`).
+    pub log: Vec<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl crate::config::Validate for TrainConfig {
+    fn check(&self, c: &mut crate::config::Check) {
+        c.positive("lr", self.lr);
+        c.at_least("epochs", self.epochs, 1);
+        c.at_least("batch_size", self.batch_size, 1);
+        c.at_least("grad_accum", self.grad_accum, 1);
+        c.fraction("warmup_ratio", self.warmup_ratio);
+        c.non_negative("max_grad_norm", self.max_grad_norm);
+        c.at_least("max_len", self.max_len, 2);
+        c.sub("adamw", &self.adamw);
+        c.sub("sophia", &self.sophia);
+    }
 }
 
 impl TrainConfig {
     /// Items per optimiser step (micro-batch × accumulation).
     pub fn items_per_step(&self) -> usize {
-        self.batch_size.max(1) * self.grad_accum.max(1)
+        self.batch_size * self.grad_accum
     }
 
     /// Optimiser steps for `n_items` items: epochs × ⌈n / items_per_step⌉, capped by `max_steps`.
     pub fn total_steps(&self, n_items: usize) -> usize {
-        let total = n_items.div_ceil(self.items_per_step()) * self.epochs.max(1);
+        let total = n_items.div_ceil(self.items_per_step()) * self.epochs;
         if self.max_steps > 0 {
             total.min(self.max_steps)
         } else {
@@ -175,8 +186,53 @@ pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     v
 }
 
-/// Fine-tune `md.model` on `data` (token-mean NLL over answer tokens). Writes `train_log.jsonl`
-/// and checkpoints into `run_dir`. On a non-finite loss or gradient stops with
+/// Supervised fine-tuning's objective: the token-mean NLL of the answer tokens (the Hugging
+/// Face causal-LM loss) of each micro-batch.
+pub struct Nll<'a> {
+    pub model: &'a crate::model::Llama,
+    pub data: &'a [Encoded],
+    pub pad_id: u32,
+    /// Micro-batch size (Sophia's curvature batches are cut the same way).
+    pub batch_size: usize,
+}
+
+impl Nll<'_> {
+    fn batch(&self, idx: &[usize]) -> Result<Batch> {
+        let items: Vec<&Encoded> = idx.iter().map(|&i| &self.data[i]).collect();
+        Batch::new(&items, self.pad_id, self.model.device())
+    }
+}
+
+impl trainer::Objective for Nll<'_> {
+    fn n_items(&self) -> usize {
+        self.data.len()
+    }
+    fn loss(
+        &mut self,
+        idx: &[usize],
+        scale: f64,
+        _ctx: &trainer::StepCtx,
+    ) -> Result<trainer::MicroLoss> {
+        let batch = self.batch(idx)?;
+        let logits = self.model.forward(&batch.input)?;
+        let loss = (token_mean_nll(&logits, &batch)? * scale)?;
+        Ok(trainer::MicroLoss {
+            value: loss.to_scalar::<f32>()? as f64,
+            loss,
+            parts: vec![],
+            tokens: batch.input.elem_count(),
+        })
+    }
+    fn curvature_batches(&self, group: &[usize]) -> Result<Vec<Batch>> {
+        group
+            .chunks(self.batch_size)
+            .map(|mb| self.batch(mb))
+            .collect()
+    }
+}
+
+/// Fine-tune `md.model` on `data` (token-mean NLL over answer tokens) from the start. Writes
+/// `train_log.jsonl` and checkpoints into `run_dir`. On a non-finite loss or gradient stops with
 /// [`Error::NonFinite`] naming the last good checkpoint.
 pub fn finetune(
     md: &ModelDir,
@@ -185,91 +241,73 @@ pub fn finetune(
     run_dir: &Path,
     progress: bool,
 ) -> Result<TrainReport> {
+    finetune_from(md, data, cfg, run_dir, progress, None)
+}
+
+/// [`finetune`], continuing from the checkpoint `resume` (a `checkpoint-N` directory of an
+/// earlier run of the same config and data) when given: parameters, optimiser state, position
+/// in the epoch, and the log are restored, so the result is bit-identical to an uninterrupted
+/// run.
+pub fn finetune_from(
+    md: &ModelDir,
+    data: &[Encoded],
+    cfg: &TrainConfig,
+    run_dir: &Path,
+    progress: bool,
+    resume: Option<&Path>,
+) -> Result<TrainReport> {
     if data.is_empty() {
         return Err(Error::Invalid("no training items".into()));
     }
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
     let model = &md.model;
     let params = model.params().to_vec();
-    let mut opt = Optimizer::new(cfg.optimizer, params.clone(), &cfg.adamw, &cfg.sophia)?;
-    let per_step = cfg.items_per_step();
-    let total = cfg.total_steps(data.len());
-    let sched = cfg.schedule(total);
+    let opt = Optimizer::new(cfg.optimizer, params.clone(), &cfg.adamw, &cfg.sophia)?;
     let log_path = run_dir.join("train_log.jsonl");
-    let mut logf = std::fs::File::create(&log_path).map_err(|e| Error::io(&log_path, e))?;
-    let bar = crate::progress::bar(total as u64, "fine-tuning", progress);
-    let start = Instant::now();
-    let mut tokens = 0usize;
-    let mut last_ckpt: Option<PathBuf> = None;
-    let mut acc = GradAccum::new(params.len());
-    let mut log = Vec::new();
-    let mut step = 0;
-    'outer: for epoch in 0..cfg.epochs.max(1) {
-        let order = epoch_order(data.len(), cfg.seed, epoch);
-        for group in order.chunks(per_step) {
-            let lr = sched.at(step);
-            acc.clear();
-            let mut loss_sum = 0.0;
-            let micro: Vec<&[usize]> = group.chunks(cfg.batch_size.max(1)).collect();
-            let n_micro = micro.len() as f64;
-            for mb in micro {
-                let items: Vec<&Encoded> = mb.iter().map(|&i| &data[i]).collect();
-                let batch = Batch::new(&items, md.tok.pad_id, model.device())?;
-                let logits = model.forward(&batch.input)?;
-                let loss = (token_mean_nll(&logits, &batch)? / n_micro)?;
-                let lv = loss.to_scalar::<f32>()? as f64;
-                check_finite(lv, step, &last_ckpt)?;
-                loss_sum += lv;
-                tokens += batch.input.elem_count();
-                acc.add(&params, &loss.backward()?)?;
-            }
-            if opt.needs_curvature() {
-                let batches = group
-                    .chunks(cfg.batch_size.max(1))
-                    .map(|mb| {
-                        let items: Vec<&Encoded> = mb.iter().map(|&i| &data[i]).collect();
-                        Batch::new(&items, md.tok.pad_id, model.device())
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                gnb_refresh(&mut opt, model, &params, &batches, cfg.seed, step)?;
-            }
-            let norm = clipped_step(&mut opt, &acc, lr, cfg.max_grad_norm, step, &last_ckpt)?;
-            step += 1;
-            let el = start.elapsed().as_secs_f64();
-            let entry = StepLog {
-                step,
-                epoch,
-                loss: loss_sum,
-                lr,
-                grad_norm: norm,
-                tokens,
-                tokens_per_s: tokens as f64 / el.max(1e-9),
-                elapsed_s: el,
-            };
-            writeln!(logf, "{}", serde_json::to_string(&entry).unwrap())
-                .map_err(|e| Error::io(&log_path, e))?;
-            bar.set_message(format!(
-                "loss {:.4} | {:.0} tok/s",
-                loss_sum, entry.tokens_per_s
-            ));
-            bar.inc(1);
-            log.push(entry);
-            if cfg.save_every > 0 && step % cfg.save_every == 0 {
-                let p = run_dir.join(format!("checkpoint-{step}"));
-                md.save(&p)?;
-                last_ckpt = Some(p);
-            }
-            if step >= total {
-                break 'outer;
-            }
+    let write_model = |dir: &Path| {
+        crate::hf::write_model_files(model, &md.tok, Some(&md.config_json), &md.side_files, dir)
+    };
+    let mut t = trainer::Trainer::new(
+        model,
+        params.clone(),
+        opt,
+        trainer::Spec::new(cfg, data.len(), cfg.seed),
+    );
+    let mut obj = Nll {
+        model,
+        data,
+        pad_id: md.tok.pad_id,
+        batch_size: cfg.batch_size,
+    };
+    let start = match resume {
+        Some(ckpt) => {
+            let state = checkpoint::read_state(ckpt)?;
+            checkpoint::load_params(ckpt, &params)?;
+            checkpoint::load_optimizer(ckpt, &mut t.opt, &state)?;
+            checkpoint::truncate_logs(run_dir, &state)?;
+            trainer::Objective::restore(&mut obj, &state.objective)?;
+            t.last_checkpoint = Some(ckpt.to_path_buf());
+            trainer::Start::from_state(&state)
         }
-    }
-    bar.finish_and_clear();
-    let el = start.elapsed().as_secs_f64();
+        None => {
+            crate::util::fs::write_synced(&log_path, b"")?;
+            trainer::Start::fresh(0)
+        }
+    };
+    t.log_path = Some(log_path.clone());
+    t.progress = progress.then(|| "fine-tuning".to_string());
+    t.checkpoints = Some(trainer::Checkpoints {
+        dir: run_dir.to_path_buf(),
+        every: cfg.save_every,
+        keep: cfg.keep_checkpoints,
+        write_model: &write_model,
+        logs: vec![log_path],
+    });
+    let rep = t.run(&mut obj, &mut trainer::NoHooks, start)?;
     Ok(TrainReport {
-        steps: step,
-        final_loss: log.last().map(|l| l.loss).unwrap_or(f64::NAN),
-        tokens_per_s: tokens as f64 / el.max(1e-9),
-        log,
+        steps: rep.steps,
+        final_loss: rep.final_loss,
+        tokens_per_s: rep.tokens_per_s,
+        log: rep.log,
     })
 }

@@ -1,0 +1,66 @@
+//! Flags shared by several subcommands, declared once and flattened into each.
+use std::path::PathBuf;
+
+use serde::de::DeserializeOwned;
+use unlearn::config::Validate;
+
+/// `--config FILE` and `--set key=value`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Settings {
+    /// Settings file (TOML; the command's keys are listed in the README). `--set` overrides it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override one setting, e.g. --set lr=3e-4 or --set train.lr=1e-5 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+impl Settings {
+    /// The settings (unknown keys and out-of-range values are errors).
+    pub fn load<T: DeserializeOwned + Validate>(&self) -> unlearn::Result<T> {
+        unlearn::config::load(self.config.as_deref(), &self.set)
+    }
+
+    /// The settings over `defaults` for every key not given.
+    pub fn load_over<T: serde::Serialize + DeserializeOwned + Validate>(
+        &self,
+        defaults: &T,
+    ) -> unlearn::Result<T> {
+        unlearn::config::load_over(defaults, self.config.as_deref(), &self.set)
+    }
+}
+
+/// `--device`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Device {
+    /// Compute device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl Device {
+    pub fn get(&self) -> unlearn::Result<candle_core::Device> {
+        unlearn::device(&self.device)
+    }
+}
+
+/// `--overwrite` for a command whose outputs are written once.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Overwrite {
+    /// Replace an existing output (a model directory, or a file this command writes). Without
+    /// it an existing non-empty output is refused; inputs are never overwritten.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// `--overwrite` / `--resume` for a training command (model output plus run directory).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct Restart {
+    /// Replace an existing output model and start the run directory afresh.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Continue the run in the run directory from its newest checkpoint (written every
+    /// `save_every` steps); the result is bit-identical to an uninterrupted run.
+    #[arg(long)]
+    pub resume: bool,
+}
