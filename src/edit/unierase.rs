@@ -222,8 +222,9 @@ struct Phase<'a> {
 }
 
 /// Train the [UNL] embedding row for one phase: mean CE of the labelled tokens of the forget
-/// items plus `guard_weight` · [`guard_loss`] on as many retain items (taken in turn). Returns
-/// the last step's CE.
+/// items plus `guard_weight` · [`guard_loss`] on as many retain items (taken in turn), through
+/// the one training loop (`train::trainer`) with a constant learning rate and no clipping.
+/// Returns the last step's CE.
 fn train_token(
     model: &Llama,
     pad: u32,
@@ -232,14 +233,8 @@ fn train_token(
     batch_size: usize,
     seed: u64,
 ) -> Result<f64> {
-    let Phase {
-        items,
-        guard,
-        guard_weight,
-        epochs,
-        lr,
-        noise,
-    } = *ph;
+    use crate::optim::{Optimizer, Schedule};
+    use crate::train::trainer::{NoHooks, Spec, Start, Trainer};
     // the [UNL] row of the embedding and, for an untied head, of the LM head (so that the
     // closing [UNL] can be predicted); every other row is masked
     let mut names = vec!["model.embed_tokens.weight"];
@@ -270,56 +265,123 @@ fn train_token(
     }
     // gradients flow to the embedding (and head) only: no weight-gradient products elsewhere
     let view = model.frozen_except(&names)?;
-    let mut last = f64::NAN;
-    let mut next_guard = 0usize;
-    for epoch in 0..epochs {
-        let order = crate::train::epoch_order(items.len(), seed, epoch);
-        for (s, chunk) in order.chunks(batch_size.max(1)).enumerate() {
-            let saved = match noise {
-                Some(l) => {
-                    let w = model
-                        .param(&format!("model.layers.{l}.mlp.down_proj.weight"))
-                        .unwrap()
-                        .clone();
-                    let orig = w.as_tensor().copy()?;
-                    let std = orig.abs()?.mean_all()?.to_scalar::<f32>()? as f64;
-                    let mut rng =
-                        Rng::for_item(seed, "unierase-noise", (epoch * 100_000 + s) as u64);
-                    let n: Vec<f32> = (0..orig.elem_count())
-                        .map(|_| (rng.normal() * std).clamp(-std, std) as f32)
-                        .collect();
-                    let noise = Tensor::from_vec(n, orig.shape(), model.device())?;
-                    w.set(&(&orig + noise)?)?;
-                    Some((w, orig))
-                }
-                None => None,
-            };
-            let refs: Vec<&Encoded> = chunk.iter().map(|&i| &items[i]).collect();
-            let b = Batch::new(&refs, pad, model.device())?;
-            let mut loss = token_mean_nll(&view.forward(&b.input)?, &b)?;
-            last = loss.to_scalar::<f32>()? as f64;
-            if guard_weight > 0.0 && !guard.is_empty() {
-                let refs: Vec<&Encoded> = (0..chunk.len())
-                    .map(|k| &guard[(next_guard + k) % guard.len()])
-                    .collect();
-                next_guard = (next_guard + chunk.len()) % guard.len();
-                let gb = Batch::new(&refs, pad, model.device())?;
-                let gl = guard_loss(&view.forward(&gb.input)?, &gb, unl)?;
-                loss = (loss + (gl * guard_weight)?)?;
-            }
-            crate::train::check_finite(loss.to_scalar::<f32>()? as f64, s, &None)?;
-            let g = loss.backward()?;
-            let grads: Vec<_> = params
-                .iter()
-                .map(|(_, p)| g.get(p.as_tensor()).cloned())
-                .collect();
-            opt.step(&grads, lr, 1.0)?;
-            if let Some((w, orig)) = saved {
-                w.set(&orig)?;
-            }
-        }
+    let bs = batch_size.max(1);
+    let steps = ph.items.len().div_ceil(bs) * ph.epochs;
+    let spec = Spec {
+        epochs: ph.epochs,
+        batch_size: bs,
+        grad_accum: 1,
+        max_grad_norm: 0.0,
+        total: steps,
+        schedule: Schedule {
+            lr: ph.lr,
+            warmup: 0,
+            total: steps,
+            decay: false,
+        },
+        order_seed: seed,
+        curvature_seed: seed,
+    };
+    let mut obj = TokenLoss {
+        model,
+        view: &view,
+        pad,
+        unl,
+        ph,
+        seed,
+        next_guard: 0,
+        saved: None,
+        last: f64::NAN,
+    };
+    let mut t = Trainer::new(model, params, Optimizer::AdamW(opt), spec);
+    t.run(&mut obj, &mut NoHooks, Start::fresh(0))?;
+    Ok(obj.last)
+}
+
+/// The token-training loss of one phase (see [`train_token`]).
+struct TokenLoss<'a> {
+    model: &'a Llama,
+    view: &'a Llama,
+    pad: u32,
+    unl: u32,
+    ph: &'a Phase<'a>,
+    seed: u64,
+    /// The next retain item of the guard (taken in turn).
+    next_guard: usize,
+    /// The noised layer's weight and its original value, restored after the step.
+    saved: Option<(Var, Tensor)>,
+    /// The last step's CE.
+    last: f64,
+}
+
+impl crate::train::trainer::Objective for TokenLoss<'_> {
+    fn n_items(&self) -> usize {
+        self.ph.items.len()
     }
-    Ok(last)
+
+    /// Phase 3: clamped Gaussian noise on this phase's layer's down_proj for the step.
+    fn before_step(&mut self, ctx: &crate::train::trainer::StepCtx) -> Result<()> {
+        let Some(l) = self.ph.noise else {
+            return Ok(());
+        };
+        let w = self
+            .model
+            .param(&format!("model.layers.{l}.mlp.down_proj.weight"))
+            .ok_or_else(|| Error::Invalid(format!("unierase: no down_proj in layer {l}")))?
+            .clone();
+        let orig = w.as_tensor().copy()?;
+        let std = orig.abs()?.mean_all()?.to_scalar::<f32>()? as f64;
+        let mut rng = Rng::for_item(
+            self.seed,
+            "unierase-noise",
+            (ctx.epoch * 100_000 + ctx.group) as u64,
+        );
+        let n: Vec<f32> = (0..orig.elem_count())
+            .map(|_| (rng.normal() * std).clamp(-std, std) as f32)
+            .collect();
+        let noise = Tensor::from_vec(n, orig.shape(), self.model.device())?;
+        w.set(&(&orig + noise)?)?;
+        self.saved = Some((w, orig));
+        Ok(())
+    }
+
+    fn loss(
+        &mut self,
+        idx: &[usize],
+        scale: f64,
+        _ctx: &crate::train::trainer::StepCtx,
+    ) -> Result<crate::train::trainer::MicroLoss> {
+        let ph = self.ph;
+        let refs: Vec<&Encoded> = idx.iter().map(|&i| &ph.items[i]).collect();
+        let b = Batch::new(&refs, self.pad, self.model.device())?;
+        let mut loss = token_mean_nll(&self.view.forward(&b.input)?, &b)?;
+        self.last = loss.to_scalar::<f32>()? as f64;
+        if ph.guard_weight > 0.0 && !ph.guard.is_empty() {
+            let refs: Vec<&Encoded> = (0..idx.len())
+                .map(|k| &ph.guard[(self.next_guard + k) % ph.guard.len()])
+                .collect();
+            self.next_guard = (self.next_guard + idx.len()) % ph.guard.len();
+            let gb = Batch::new(&refs, self.pad, self.model.device())?;
+            let gl = guard_loss(&self.view.forward(&gb.input)?, &gb, self.unl)?;
+            loss = (loss + (gl * ph.guard_weight)?)?;
+        }
+        if scale != 1.0 {
+            loss = (loss * scale)?;
+        }
+        Ok(crate::train::trainer::MicroLoss {
+            value: loss.to_scalar::<f32>()? as f64,
+            loss,
+            parts: vec![],
+            tokens: b.input.elem_count(),
+        })
+    }
+
+    fn after_step(&mut self, _ctx: &crate::train::trainer::StepCtx) -> Result<()> {
+        if let Some((w, orig)) = self.saved.take() {
+            w.set(&orig)?;
+        }
+        Ok(())
+    }
 }
 
 /// One prompt of the edit: its ids, the position of the question's last token (where keys are

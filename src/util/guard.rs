@@ -350,6 +350,13 @@ impl TrainOutputs {
             v
         };
         // a resumed run's output does not exist yet; an earlier finished one needs --overwrite
+        if resume && entry_count(out) > 0 {
+            return Err(Error::Invalid(format!(
+                "--resume: {} exists, so that run finished; there is nothing to resume (use \
+                 --overwrite to run it again)",
+                out.display()
+            )));
+        }
         let model = Pending::claim(
             "--out",
             out,

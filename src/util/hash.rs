@@ -8,9 +8,33 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+/// Hashes already computed by this process, by (path, length, modification time, inode): a
+/// model is hashed for run.json and again for the evaluation's cache key, but read once.
+type Memo =
+    std::collections::HashMap<(std::path::PathBuf, u64, std::time::SystemTime, u64), String>;
+static MEMO: std::sync::Mutex<Option<Memo>> = std::sync::Mutex::new(None);
+
+fn memo_key(
+    path: &Path,
+    f: &std::fs::File,
+) -> Option<(std::path::PathBuf, u64, std::time::SystemTime, u64)> {
+    let m = f.metadata().ok()?;
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(&m);
+    #[cfg(not(unix))]
+    let ino = 0;
+    Some((path.canonicalize().ok()?, m.len(), m.modified().ok()?, ino))
+}
+
 /// SHA-256 of a file's bytes, as lowercase hex.
 pub fn file_sha256(path: &Path) -> Result<String> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let key = memo_key(path, &f);
+    if let (Some(k), Ok(m)) = (&key, MEMO.lock()) {
+        if let Some(h) = m.as_ref().and_then(|m| m.get(k)) {
+            return Ok(h.clone());
+        }
+    }
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -20,7 +44,12 @@ pub fn file_sha256(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(hex(&h.finalize()))
+    let out = hex(&h.finalize());
+    if let (Some(k), Ok(mut m)) = (key, MEMO.lock()) {
+        m.get_or_insert_with(Default::default)
+            .insert(k, out.clone());
+    }
+    Ok(out)
 }
 
 /// SHA-256 of bytes, as lowercase hex.
