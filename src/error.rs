@@ -73,7 +73,36 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("tensor op: {0}")]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
+}
+
+/// candle attaches a multi-line backtrace to its errors when RUST_BACKTRACE is set; an error
+/// message of ours is one line, so the backtrace is dropped.
+impl From<candle_core::Error> for Error {
+    fn from(e: candle_core::Error) -> Self {
+        Error::Candle(strip_backtrace(e))
+    }
+}
+
+/// `e` without candle's attached backtraces.
+pub fn strip_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => strip_backtrace(*inner),
+        candle_core::Error::Context { inner, context } => candle_core::Error::Context {
+            inner: Box::new(strip_backtrace(*inner)),
+            context,
+        },
+        candle_core::Error::WithPath { inner, path } => candle_core::Error::WithPath {
+            inner: Box::new(strip_backtrace(*inner)),
+            path,
+        },
+        other => other,
+    }
+}
+
+/// The first line of an error's text (the message without an attached backtrace).
+pub fn one_line(e: impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or("").to_string()
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

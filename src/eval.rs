@@ -540,8 +540,19 @@ impl<'a> Evaluator<'a> {
             cfg,
             sets,
             cache: Cache::default(),
-            embedder: None,
-            nli: None,
+            // a model given explicitly must load: an error now, not a skipped metric later
+            embedder: match &cfg.embedder {
+                Some(d) => Some(Ok(Bert::load(d, model.device()).map_err(|e| {
+                    Error::Invalid(format!("sentence encoder {}: {e}", d.display()))
+                })?)),
+                None => None,
+            },
+            nli: match &cfg.nli {
+                Some(d) => Some(Ok(Bert::load(d, model.device()).map_err(|e| {
+                    Error::Invalid(format!("NLI model {}: {e}", d.display()))
+                })?)),
+                None => None,
+            },
             refusal_emb: None,
             retain_logs,
             progress,

@@ -41,7 +41,8 @@ impl<'a> Meta<'a> {
                 v.to_u64()
                     .or_else(|_| v.to_u32().map(|x| x as u64))
                     .or_else(|_| v.to_i32().map(|x| x as u64))
-                    .map_err(|e| self.err(format!("{k}: {e}")))? as usize,
+                    .map_err(|e| self.err(format!("{k}: {}", crate::error::one_line(e))))?
+                    as usize,
             )),
         }
     }
@@ -56,7 +57,7 @@ impl<'a> Meta<'a> {
                 v.to_f32()
                     .map(|x| x as f64)
                     .or_else(|_| v.to_f64())
-                    .map_err(|e| self.err(format!("{k}: {e}")))?,
+                    .map_err(|e| self.err(format!("{k}: {}", crate::error::one_line(e))))?,
             )),
         }
     }
@@ -70,12 +71,12 @@ impl<'a> Meta<'a> {
             .get(k)
             .ok_or_else(|| self.err(format!("metadata key `{k}` is missing")))?;
         v.to_vec()
-            .map_err(|e| self.err(format!("{k}: {e}")))?
+            .map_err(|e| self.err(format!("{k}: {}", crate::error::one_line(e))))?
             .iter()
             .map(|x| {
                 x.to_string()
                     .cloned()
-                    .map_err(|e| self.err(format!("{k}: {e}")))
+                    .map_err(|e| self.err(format!("{k}: {}", crate::error::one_line(e))))
             })
             .collect()
     }
@@ -84,7 +85,7 @@ impl<'a> Meta<'a> {
             return Ok(vec![]);
         };
         v.to_vec()
-            .map_err(|e| self.err(format!("{k}: {e}")))?
+            .map_err(|e| self.err(format!("{k}: {}", crate::error::one_line(e))))?
             .iter()
             .map(|x| match x {
                 Value::I32(i) => Ok(*i as f64),
@@ -160,7 +161,7 @@ pub fn import(path: &Path, device: &Device) -> Result<Imported> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let content = Content::read(&mut f).map_err(|e| Error::Gguf {
         path: path.to_path_buf(),
-        msg: format!("not a readable GGUF file: {e}"),
+        msg: format!("not a readable GGUF file: {}", crate::error::one_line(e)),
     })?;
     let meta = Meta {
         md: &content.metadata,
@@ -317,10 +318,10 @@ pub fn import(path: &Path, device: &Device) -> Result<Imported> {
             .ok_or_else(|| meta.err(format!("tensor `{name}` has no Hugging Face counterpart")))?;
         let q = content
             .tensor(&mut f, name, device)
-            .map_err(|e| meta.err(format!("tensor `{name}`: {e}")))?;
+            .map_err(|e| meta.err(format!("tensor `{name}`: {}", crate::error::one_line(e))))?;
         let mut t = q
             .dequantize(device)
-            .map_err(|e| meta.err(format!("tensor `{name}`: {e}")))?;
+            .map_err(|e| meta.err(format!("tensor `{name}`: {}", crate::error::one_line(e))))?;
         if permute && (name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias")) {
             t = unpermute_qk(&t, heads)?;
         } else if permute && (name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias")) {

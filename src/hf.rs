@@ -184,7 +184,7 @@ pub fn load_safetensors(p: &Path, device: &Device) -> Result<HashMap<String, Ten
         },
         other => Error::Safetensors {
             path: p.to_path_buf(),
-            msg: format!("cannot read: {other}"),
+            msg: format!("cannot read: {}", crate::error::one_line(other)),
         },
     })
 }
@@ -211,7 +211,7 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()
     )
     .map_err(|e| match e {
         safetensors::SafeTensorError::IoError(cause) => Error::io(path, cause),
-        other => err(format!("cannot write: {other}")),
+        other => err(format!("cannot write: {}", crate::error::one_line(other))),
     })?;
     #[cfg(unix)]
     {

@@ -312,8 +312,8 @@ impl<'a> Runner<'a> {
             (Some(p), _) => read_items(p)?,
             (None, true) => {
                 return Err(Error::Invalid(format!(
-                    "method retain term {:?} needs a `retain` set",
-                    m.retain
+                    "the method's retain term ({}) needs a `retain` set",
+                    format!("{:?}", m.retain).to_lowercase()
                 )))
             }
             (None, false) => vec![],
