@@ -23,7 +23,7 @@ use crate::hf::atomic_write;
 use crate::metric::{entropy, ks, memorization, mia, rouge, similarity, tofu};
 use crate::model::bert::Bert;
 use crate::model::Llama;
-use crate::score::{score_stats, TokenStats};
+use crate::score::{score_stats_masked, TokenStats};
 use crate::tokenizer::Tok;
 use crate::util::guard::Input;
 
@@ -103,6 +103,29 @@ pub struct EvalConfig {
     pub refusals: Option<PathBuf>,
     /// Fraction k of Min-K% and Min-K%++.
     pub min_k: f64,
+    /// Label spans, attention masking and metric definitions: `none` (ours: labels = answer ⊕
+    /// EOS, only padding masked) or `open_unlearning` (theirs, to compare with numbers they
+    /// publish: see [`Compat`] and docs/evaluation.md).
+    pub compat: Compat,
+}
+
+/// Which conventions the evaluation follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compat {
+    /// Ours: labels are the answer and EOS; only padding is masked; every metric uses every
+    /// labelled token; zlib compresses the answer.
+    #[default]
+    None,
+    /// open-unlearning's evaluator: labels are everything after the prompt of the exchange
+    /// rendered with the assistant's turn closed, plus EOS when it does not end in EOS (a
+    /// second end-of-turn on ChatML models); every token equal to the pad token (= EOS when
+    /// the tokenizer has none) is masked out of attention, in scoring and in generation;
+    /// exact memorisation, extraction strength, Min-K% and Min-K%++ leave out the last
+    /// labelled token ("ignore EOS prediction"), extraction strength is 1/n rather than 0 when
+    /// no suffix is predicted (their loop's index), and zlib compresses the decoded labels
+    /// (answer ⊕ "\n" on ChatML).
+    OpenUnlearning,
 }
 
 impl Default for EvalConfig {
@@ -124,6 +147,7 @@ impl Default for EvalConfig {
             retain_logs: None,
             refusals: None,
             min_k: 0.4,
+            compat: Compat::None,
         }
     }
 }
@@ -579,14 +603,27 @@ impl<'a> Evaluator<'a> {
 
     /// Teacher-forced stats of (question, text) pairs.
     fn stats_of(&mut self, pairs: &[(&str, &str)], what: String) -> Result<Vec<TokenStats>> {
-        let enc = pairs
-            .iter()
-            .map(|(q, a)| self.fmt.encode_qa(q, a))
-            .collect::<Result<Vec<_>>>()?;
+        let enc = encode_pairs(&self.fmt, self.cfg.compat, pairs)?;
         let bar = self.bar(enc.len(), what);
-        let out = score_stats(self.model, &enc, self.cfg.batch_size, |n| bar.inc(n as u64))?;
+        let mask = self.mask_token(self.fmt.tok);
+        let out = score_stats_masked(self.model, &enc, self.cfg.batch_size, mask, |n| {
+            bar.inc(n as u64)
+        })?;
         bar.finish_and_clear();
         Ok(out)
+    }
+
+    /// The token masked out of attention in compat mode (the pad token).
+    fn mask_token(&self, tok: &Tok) -> Option<u32> {
+        (self.cfg.compat == Compat::OpenUnlearning).then_some(tok.pad_id)
+    }
+
+    /// Token stats as a metric sees them: in compat mode without the last labelled token.
+    fn metric_stats(&self, st: &[TokenStats]) -> Vec<TokenStats> {
+        match self.cfg.compat {
+            Compat::None => st.to_vec(),
+            Compat::OpenUnlearning => st.iter().map(drop_last).collect(),
+        }
     }
 
     fn answer(&mut self, s: SetName) -> Result<std::result::Result<&[TokenStats], String>> {
@@ -666,6 +703,7 @@ impl<'a> Evaluator<'a> {
             let stops = Stops::for_model(&self.model.cfg, self.fmt.tok);
             let gcfg = GenConfig {
                 max_new_tokens: self.cfg.max_new_tokens,
+                mask_token: self.mask_token(self.fmt.tok),
                 ..GenConfig::default()
             };
             let bar = self.bar(items.len(), format!("{} generation", s.prefix()));
@@ -931,25 +969,41 @@ impl<'a> Evaluator<'a> {
                 per_item_scores(&v)
             }
             ExactMem(s) => {
-                let st = get!(self.answer(s)?);
+                let st = get!(self.answer(s)?).to_vec();
                 per_item_scores(
-                    &st.iter()
+                    &self
+                        .metric_stats(&st)
+                        .iter()
                         .map(|t| memorization::exact_memorization(&t.hit))
                         .collect::<Vec<_>>(),
                 )
             }
             Extraction(s) => {
-                let st = get!(self.answer(s)?);
+                let st = get!(self.answer(s)?).to_vec();
+                let es = match self.cfg.compat {
+                    Compat::None => memorization::extraction_strength,
+                    Compat::OpenUnlearning => memorization::extraction_strength_open_unlearning,
+                };
                 per_item_scores(
-                    &st.iter()
-                        .map(|t| memorization::extraction_strength(&t.hit))
+                    &self
+                        .metric_stats(&st)
+                        .iter()
+                        .map(|t| es(&t.hit))
                         .collect::<Vec<_>>(),
                 )
             }
             Mia(a) => {
                 let k = self.cfg.min_k;
-                let f = get!(self.answer(SetName::Forget)?).to_vec();
-                let h = get!(self.answer(SetName::Holdout)?).to_vec();
+                let f_all = get!(self.answer(SetName::Forget)?).to_vec();
+                let h_all = get!(self.answer(SetName::Holdout)?).to_vec();
+                // Min-K% and Min-K%++ leave out the last label in compat mode; LOSS, zlib and
+                // the reference attack use every label (avg_loss) in both
+                let (f, h) = match a {
+                    Attack::MinK | Attack::MinKpp => {
+                        (self.metric_stats(&f_all), self.metric_stats(&h_all))
+                    }
+                    _ => (f_all.clone(), h_all.clone()),
+                };
                 let (fs, hs): (Vec<f64>, Vec<f64>) = match a {
                     Attack::Loss => (
                         f.iter().map(mia::loss_score).collect(),
@@ -964,16 +1018,16 @@ impl<'a> Evaluator<'a> {
                         h.iter().map(|t| mia::min_k_pp_score(t, k)).collect(),
                     ),
                     Attack::Zlib => {
-                        let fa = get!(self.items(SetName::Forget));
-                        let ha = get!(self.items(SetName::Holdout));
+                        let ft = get!(self.zlib_texts(SetName::Forget)?);
+                        let ht = get!(self.zlib_texts(SetName::Holdout)?);
                         (
                             f.iter()
-                                .zip(fa)
-                                .map(|(t, i)| mia::zlib_score(t, &i.answer))
+                                .zip(&ft)
+                                .map(|(t, x)| mia::zlib_score(t, x))
                                 .collect(),
                             h.iter()
-                                .zip(ha)
-                                .map(|(t, i)| mia::zlib_score(t, &i.answer))
+                                .zip(&ht)
+                                .map(|(t, x)| mia::zlib_score(t, x))
                                 .collect(),
                         )
                     }
@@ -1003,7 +1057,7 @@ impl<'a> Evaluator<'a> {
                     .and_then(|v| v["agg_value"].as_f64())
                     .ok_or("the retain log has no mia_min_k agg_value"));
                 json!({"agg_value": mia::privleak(model_auc, ret), "auc": model_auc, "retain_auc": ret,
-                       "sign": "positive: forget set more recognisable than under the retain model (under-unlearning); negative: less (over-unlearning)"})
+                       "sign": "MUSE / open-unlearning: ((1-auc) - (1-retain_auc)) / (1-retain_auc) * 100; negative: the forget set is more recognisable than under the retain model (under-unlearning); positive: less (over-unlearning); 0: like retraining"})
             }
             ForgetQuality => {
                 let ours: Vec<f64> = get!(done
@@ -1106,6 +1160,25 @@ impl<'a> Evaluator<'a> {
         })
     }
 
+    /// The texts zlib compresses: the answers, or in compat mode the labelled tokens decoded
+    /// without special tokens (open-unlearning's `extract_target_texts_from_processed_data`).
+    fn zlib_texts(&mut self, s: SetName) -> Result<std::result::Result<Vec<String>, String>> {
+        let items = match self.items(s) {
+            Ok(v) => v.to_vec(),
+            Err(e) => return Ok(Err(e)),
+        };
+        Ok(Ok(match self.cfg.compat {
+            Compat::None => items.into_iter().map(|i| i.answer).collect(),
+            Compat::OpenUnlearning => items
+                .iter()
+                .map(|i| {
+                    let e = self.fmt.encode_qa_compat(&i.question, &i.answer)?;
+                    self.fmt.tok.decode(&e.ids[e.n_prompt..], true)
+                })
+                .collect::<Result<_>>()?,
+        }))
+    }
+
     /// Answer stats of the forget and holdout sets under the reference model.
     fn reference(
         &mut self,
@@ -1125,12 +1198,16 @@ impl<'a> Evaluator<'a> {
                     Ok(v) => v.to_vec(),
                     Err(e) => return Ok(Err(e)),
                 };
-                let enc = items
+                let pairs: Vec<(&str, &str)> = items
                     .iter()
-                    .map(|i| f.encode_qa(&i.question, &i.answer))
-                    .collect::<Result<Vec<_>>>()?;
+                    .map(|i| (i.question.as_str(), i.answer.as_str()))
+                    .collect();
+                let enc = encode_pairs(&f, self.cfg.compat, &pairs)?;
                 let bar = self.bar(enc.len(), format!("{} reference", s.prefix()));
-                let st = score_stats(&md.model, &enc, self.cfg.batch_size, |n| bar.inc(n as u64))?;
+                let mask = self.mask_token(&md.tok);
+                let st = score_stats_masked(&md.model, &enc, self.cfg.batch_size, mask, |n| {
+                    bar.inc(n as u64)
+                })?;
                 bar.finish_and_clear();
                 self.slot(s).reference = Some(st);
             }
@@ -1230,6 +1307,33 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+/// Encode (question, answer) pairs for scoring, by the conventions of `compat`.
+fn encode_pairs(
+    f: &Formatter,
+    compat: Compat,
+    pairs: &[(&str, &str)],
+) -> Result<Vec<crate::data::Encoded>> {
+    pairs
+        .iter()
+        .map(|(q, a)| match compat {
+            Compat::None => f.encode_qa(q, a),
+            Compat::OpenUnlearning => f.encode_qa_compat(q, a),
+        })
+        .collect()
+}
+
+/// `t` without its last labelled token (open-unlearning's `tokenwise_logprobs`: "-1 to ignore
+/// eos prediction").
+fn drop_last(t: &TokenStats) -> TokenStats {
+    let n = t.logp.len().saturating_sub(1);
+    TokenStats {
+        logp: t.logp[..n].to_vec(),
+        hit: t.hit[..n].to_vec(),
+        mu: t.mu[..n].to_vec(),
+        var: t.var[..n].to_vec(),
+    }
+}
+
 /// Per-item `score` values of a metric entry.
 fn scores(v: &Value) -> Option<Vec<f64>> {
     let by = v.get("value_by_index")?.as_object()?;
@@ -1275,7 +1379,7 @@ pub fn fingerprint(model_dir: &Path, cfg: &EvalConfig) -> Result<EvalKeys> {
         "sets": sets,
         "reference_model": hash(&cfg.reference_model)?,
         "settings": [cfg.forget_split, cfg.holdout(), cfg.max_items, cfg.max_new_tokens,
-                     cfg.max_len, cfg.prompt, cfg.batch_size, cfg.gen_batch_size],
+                     cfg.max_len, cfg.prompt, cfg.batch_size, cfg.gen_batch_size, cfg.compat],
         "version": crate::VERSION,
     });
     let passes = crate::util::hash::sha256(passes.to_string().as_bytes());

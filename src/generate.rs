@@ -15,6 +15,11 @@ pub struct GenConfig {
     /// Nucleus sampling threshold (1.0 = off).
     pub top_p: f64,
     pub seed: u64,
+    /// Mask every prompt position holding this token out of attention and number positions
+    /// by the unmasked tokens, as `transformers`' `generate` does with open-unlearning's
+    /// attention mask (`input_ids != pad_token_id`; `eval.compat = "open_unlearning"`).
+    #[serde(skip)]
+    pub mask_token: Option<u32>,
 }
 
 impl Default for GenConfig {
@@ -24,6 +29,7 @@ impl Default for GenConfig {
             temperature: 0.0,
             top_p: 1.0,
             seed: 0,
+            mask_token: None,
         }
     }
 }
@@ -190,11 +196,30 @@ pub fn generate_with(
         }
     }
     let dev = model.device();
-    let lp = LeftPadded::new(prompts, pad_id);
+    let mut lp = LeftPadded::new(prompts, pad_id);
     let maxp = lp.width;
+    let mut unmasked: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
+    if let Some(m) = cfg.mask_token {
+        // positions = cumsum(mask) − 1 over the row, masked ones 1 (HF's generate)
+        for (r, n) in unmasked.iter_mut().enumerate() {
+            let mut c = 0u32;
+            for j in r * maxp..(r + 1) * maxp {
+                if lp.key_mask[j] == 1.0 && lp.ids[j] == m {
+                    lp.key_mask[j] = 0.0;
+                }
+                if lp.key_mask[j] == 1.0 {
+                    lp.positions[j] = c;
+                    c += 1;
+                } else {
+                    lp.positions[j] = 1;
+                }
+            }
+            *n = c;
+        }
+    }
     let max_total = model.cfg.max_position_embeddings;
     let budget = cfg.max_new_tokens.min(max_total.saturating_sub(maxp));
-    let mut next_pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
+    let mut next_pos: Vec<u32> = unmasked;
     let mut key_mask = lp.key_mask;
     // no autograd graph: activations are freed as they are consumed, and the cache holds
     // plain tensors

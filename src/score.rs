@@ -178,6 +178,19 @@ pub fn score_stats(
     model: &Llama,
     items: &[Encoded],
     batch_size: usize,
+    on_batch: impl FnMut(usize),
+) -> Result<Vec<TokenStats>> {
+    score_stats_masked(model, items, batch_size, None, on_batch)
+}
+
+/// [`score_stats`]; with `mask_token`, every position holding that token is masked out of
+/// attention as a key (open-unlearning's collator masks every token equal to the pad token,
+/// which on SmolLM2/Qwen chat models is the end-of-turn token; positions stay 0..t).
+pub fn score_stats_masked(
+    model: &Llama,
+    items: &[Encoded],
+    batch_size: usize,
+    mask_token: Option<u32>,
     mut on_batch: impl FnMut(usize),
 ) -> Result<Vec<TokenStats>> {
     let mut order: Vec<usize> = (0..items.len()).collect();
@@ -187,7 +200,17 @@ pub fn score_stats(
     for chunk in order.chunks(batch_size.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().map(|&i| &items[i]).collect();
         let batch = Batch::new(&refs, 0, model.device())?;
-        let logits = model.forward(&batch.input)?.to_dtype(DType::F32)?;
+        let logits = match mask_token {
+            None => model.forward(&batch.input)?,
+            Some(m) => {
+                let km = batch.input.ne(m)?.to_dtype(DType::F32)?;
+                model
+                    .forward_with(&batch.input, None, Some(&km), None, Default::default())?
+                    .logits
+                    .expect("logits are computed")
+            }
+        }
+        .to_dtype(DType::F32)?;
         // [b, t, 4]: log p(target), hit, μ, σ²
         let st = ops::token_stats(&logits, &batch.targets)?.to_vec3::<f32>()?;
         drop(logits);

@@ -124,6 +124,7 @@ pub fn selfgen(
         temperature: cfg.temperature,
         top_p: cfg.top_p,
         seed: cfg.seed,
+        mask_token: None,
     };
     let bar = crate::progress::bar(cfg.count as u64, "selfgen", progress);
     let mut seen = HashSet::new();

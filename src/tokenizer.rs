@@ -216,6 +216,32 @@ impl Tok {
     }
 
     fn render_chat_unchecked(&self, system: Option<&str>, user: &str) -> Result<Option<String>> {
+        self.render_messages(system, user, None)
+    }
+
+    /// The whole exchange (user turn and the assistant's `answer`, no generation prompt), as
+    /// `apply_chat_template(chat, add_generation_prompt=False)`: what open-unlearning tokenizes
+    /// as the labelled sequence (`eval.compat = "open_unlearning"`).
+    pub fn render_exchange(
+        &self,
+        system: Option<&str>,
+        user: &str,
+        answer: &str,
+    ) -> Result<Option<String>> {
+        if let Some(p) = &self.template_problem {
+            return Err(Error::Template(p.clone()));
+        }
+        self.render_messages(system, user, Some(answer))
+    }
+
+    /// Render the template for a user turn and, when `answer` is given, the assistant's reply
+    /// (then without the generation prompt).
+    fn render_messages(
+        &self,
+        system: Option<&str>,
+        user: &str,
+        answer: Option<&str>,
+    ) -> Result<Option<String>> {
         let Some(tpl) = &self.chat_template else {
             return Ok(None);
         };
@@ -229,9 +255,12 @@ impl Tok {
             messages.push(serde_json::json!({"role": "system", "content": s}));
         }
         messages.push(serde_json::json!({"role": "user", "content": user}));
+        if let Some(a) = answer {
+            messages.push(serde_json::json!({"role": "assistant", "content": a}));
+        }
         let ctx = serde_json::json!({
             "messages": messages,
-            "add_generation_prompt": true,
+            "add_generation_prompt": answer.is_none(),
             "bos_token": self.bos_token.clone().unwrap_or_default(),
             "eos_token": self.eos_token,
         });

@@ -73,6 +73,7 @@ pub fn run(a: Args) -> Result<()> {
         temperature: a.temperature,
         top_p: a.top_p,
         seed: a.seed,
+        mask_token: None,
     };
     let stops = Stops::for_model(&md.model.cfg, &md.tok);
     let ids: Vec<u64> = (0..prompts.len() as u64).collect();

@@ -133,6 +133,47 @@ impl<'a> Formatter<'a> {
 }
 
 impl Formatter<'_> {
+    /// Encode (q, a) as open-unlearning's `preprocess_chat_instance` does
+    /// (`eval.compat = "open_unlearning"`): with a chat template, the whole exchange rendered
+    /// with the assistant's turn closed (`apply_chat_template(add_generation_prompt=False)`)
+    /// plus EOS when it does not already end in EOS, so on ChatML models the labels are
+    /// a ⊕ <|im_end|> ⊕ "\n" ⊕ <|im_end|>; the prompt is the generation prompt as ours. Without
+    /// a template, `Question: {q}\nAnswer: ` (the tags of open-unlearning's Llama-2 and Phi
+    /// configs) followed by the answer, tokenised with the tokenizer's special tokens, plus EOS.
+    /// The labels are everything after the prompt's length, whether or not the prompt's tokens
+    /// are a prefix of the sequence's (open-unlearning does not check).
+    pub fn encode_qa_compat(&self, q: &str, a: &str) -> Result<Encoded> {
+        let (mut ids, prompt) = if self.chat {
+            let full = self
+                .tok
+                .render_exchange(self.system.as_deref(), q, a)?
+                .unwrap_or_default();
+            (self.tok.encode(&full, false)?, self.encode_prompt(q)?)
+        } else {
+            let wrapped = format!("Question: {q}\nAnswer: ");
+            (
+                self.tok.encode(&format!("{wrapped}{a}"), true)?,
+                self.tok.encode(&wrapped, true)?,
+            )
+        };
+        if ids.last() != Some(&self.tok.eos_id) {
+            ids.push(self.tok.eos_id);
+        }
+        if prompt.len() + 1 >= self.max_len || prompt.len() >= ids.len() {
+            return Err(Error::Invalid(format!(
+                "question {}: no answer tokens within max_len = {} after a prompt of {} tokens",
+                excerpt(q, 80),
+                self.max_len,
+                prompt.len()
+            )));
+        }
+        ids.truncate(self.max_len);
+        Ok(Encoded {
+            ids,
+            n_prompt: prompt.len(),
+        })
+    }
+
     /// Encode unprompted text (plain style, empty question): the tokenizer's own special tokens
     /// (BOS where the model uses one) ⊕ text ⊕ EOS, every token after the first a label.
     pub fn encode_text(&self, a: &str) -> Result<Encoded> {

@@ -21,6 +21,20 @@ pub fn extraction_strength(hits: &[bool]) -> f64 {
     1.0 - k as f64 / n as f64
 }
 
+/// Extraction strength as open-unlearning computes it: its loop over k leaves k at n − 1 when no
+/// suffix is predicted, so such an item scores 1/n instead of 0 (`eval.compat =
+/// "open_unlearning"`); otherwise as [`extraction_strength`].
+pub fn extraction_strength_open_unlearning(hits: &[bool]) -> f64 {
+    let n = hits.len();
+    if n == 0 {
+        return 0.0;
+    }
+    let k = (0..n)
+        .find(|&k| hits[k..].iter().all(|&h| h))
+        .unwrap_or(n - 1);
+    1.0 - k as f64 / n as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,5 +47,11 @@ mod tests {
         assert_eq!(extraction_strength(&[t, f, t, t]), 0.5);
         assert_eq!(extraction_strength(&[t, t, t, f]), 0.0);
         assert_eq!(extraction_strength(&[]), 0.0);
+        // open-unlearning's: the same where a suffix is predicted, 1/n where none is
+        let ou = extraction_strength_open_unlearning;
+        assert_eq!(ou(&[t, f, t, t]), 0.5);
+        assert_eq!(ou(&[t, t, t, t]), 1.0);
+        assert_eq!(ou(&[t, t, t, f]), 0.25);
+        assert_eq!(ou(&[]), 0.0);
     }
 }

@@ -85,11 +85,16 @@ pub fn auc(forget: &[f64], holdout: &[f64]) -> f64 {
     (rank_sum_pos - np * (np + 1.0) / 2.0) / (np * nn)
 }
 
-/// PrivLeak = (AUC_model − AUC_retain) / AUC_retain · 100 (METHODS.md). Sign: positive = the
-/// forget set is easier to tell from unseen data than under the retain model (under-unlearning);
-/// negative = harder, i.e. it looks *less* seen than truly unseen data (over-unlearning); 0 ideal.
+/// PrivLeak as MUSE and open-unlearning define it, on their AUC convention (MUSE reports
+/// 1 − AUC): ((1 − AUC_model) − (1 − AUC_retain)) / (1 − AUC_retain + 1e-10) · 100, with AUC
+/// the ROC-AUC of [`auc`] (≈ 1 when the forget set is recognisably seen). 0 = like the retrained
+/// model. Negative = the forget set is still easier to tell from unseen data than under the
+/// retain model (under-unlearning, a privacy leak; −100 when the model separates them
+/// perfectly); positive = harder, it looks *less* seen than truly unseen data
+/// (over-unlearning).
 pub fn privleak(auc_model: f64, auc_retain: f64) -> f64 {
-    (auc_model - auc_retain) / auc_retain * 100.0
+    let (score, reference) = (1.0 - auc_model, 1.0 - auc_retain);
+    (score - reference) / (reference + 1e-10) * 100.0
 }
 
 #[cfg(test)]
@@ -119,6 +124,22 @@ mod tests {
         assert!((reference_score(&s, &r) - 0.32).abs() < 1e-6);
     }
 
+    /// Issue #18: the AUCs behind the reported +112.05 (our old formula) give −97.98 in MUSE's
+    /// and open-unlearning's: AUC_retain = 0.4665, AUC = 0.98922.
+    #[test]
+    fn privleak_has_muse_sign_and_scale() {
+        let (a, r): (f64, f64) = (0.98922, 0.4665);
+        assert!(((a - r) / r * 100.0 - 112.05).abs() < 0.01, "the old value");
+        // ((1 − a) − (1 − r)) / (1 − r) · 100 = (r − a)/(1 − r) · 100
+        let want = (r - a) / (1.0 - r) * 100.0;
+        assert!((privleak(a, r) - want).abs() < 1e-6);
+        assert!((privleak(a, r) + 97.98).abs() < 0.01, "{}", privleak(a, r));
+        assert_eq!(privleak(0.5, 0.5), 0.0);
+        // perfectly separated forget set: −100; less recognisable than unseen data: positive
+        assert!((privleak(1.0, 0.5) + 100.0).abs() < 1e-6);
+        assert!(privleak(0.3, 0.5) > 0.0);
+    }
+
     #[test]
     fn zlib_lengths_match_python() {
         // python3 -c "import zlib; print([len(zlib.compress(s.encode())) for s in
@@ -145,6 +166,7 @@ mod tests {
         assert_eq!(auc(&[0.0, 0.1], &[0.5, 0.6]), 1.0);
         assert_eq!(auc(&[0.5, 0.6], &[0.0, 0.1]), 0.0);
         assert_eq!(auc(&[1.0, 1.0], &[1.0]), 0.5);
-        assert!((privleak(0.9, 0.5) - 80.0).abs() < 1e-9);
+        // MUSE's sign (issue #18): ((1 − .9) − (1 − .5)) / (1 − .5) · 100 = −80
+        assert!((privleak(0.9, 0.5) + 80.0).abs() < 1e-6);
     }
 }
