@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::generate::{generate_with, GenConfig, Stops};
 use crate::hf::atomic_write;
 use crate::metric::{entropy, ks, memorization, mia, rouge, similarity, tofu};
-use crate::model::bert::Bert;
+use crate::model::bert::{Bert, Classifier};
 use crate::model::Llama;
 use crate::score::{score_stats_masked, TokenStats};
 use crate::tokenizer::Tok;
@@ -93,7 +93,8 @@ pub struct EvalConfig {
     /// Sentence encoder (all-MiniLM-L6-v2 directory). Default: $UNLEARN_MINILM_DIR, then
     /// `.cache/models/all-MiniLM-L6-v2` (scripts/fetch_assets.sh downloads it).
     pub embedder: Option<PathBuf>,
-    /// NLI classifier directory (BERT/RoBERTa sequence classifier with an "entailment" label).
+    /// NLI classifier directory (BERT, RoBERTa or DeBERTa-v2/v3 sequence classifier with an
+    /// "entailment" label).
     pub nli: Option<PathBuf>,
     /// Reference model for the Reference MIA (for TOFU: the retain model).
     pub reference_model: Option<PathBuf>,
@@ -523,7 +524,7 @@ pub struct Evaluator<'a> {
     sets: BTreeMap<SetName, std::result::Result<Vec<QaItem>, String>>,
     cache: Cache,
     embedder: Lazy<Bert>,
-    nli: Lazy<Bert>,
+    nli: Lazy<Classifier>,
     refusal_emb: Option<Vec<Vec<f32>>>,
     /// The retain model's evaluation, read and checked when the evaluator is made.
     retain_logs: Option<Map<String, Value>>,
@@ -572,7 +573,7 @@ impl<'a> Evaluator<'a> {
                 None => None,
             },
             nli: match &cfg.nli {
-                Some(d) => Some(Ok(Bert::load(d, model.device()).map_err(|e| {
+                Some(d) => Some(Ok(Classifier::load(d, model.device()).map_err(|e| {
                     Error::Invalid(format!("NLI model {}: {e}", d.display()))
                 })?)),
                 None => None,
@@ -939,11 +940,11 @@ impl<'a> Evaluator<'a> {
                     .collect();
                 if self.nli.is_none() {
                     self.nli = Some(match &self.cfg.nli {
-                        None => Err(
-                            "no NLI model (--nli DIR: a BERT/RoBERTa MNLI sequence classifier)"
-                                .into(),
-                        ),
-                        Some(d) => Bert::load(d, self.model.device())
+                        None => Err("no NLI model (--nli DIR: a BERT, RoBERTa or DeBERTa-v2/v3 \
+                             sequence classifier with an entailment label, e.g. \
+                             sileod/deberta-v3-base-tasksource-nli)"
+                            .into()),
+                        Some(d) => Classifier::load(d, self.model.device())
                             .map_err(|e| format!("NLI model: {e}")),
                     });
                 }

@@ -1,8 +1,9 @@
-//! BERT / RoBERTa encoders against transformers (reference values from scripts/make_bert_ref.py).
+//! BERT / RoBERTa encoders and DeBERTa-v2/v3 classifiers against transformers (reference values
+//! from scripts/make_bert_ref.py and scripts/make_deberta_ref.py).
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use unlearn::model::bert::{cosine, Bert};
+use unlearn::model::bert::{cosine, Bert, Classifier};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -72,4 +73,52 @@ fn minilm_embeddings_match_transformers() {
             assert!((cosine(&e[0], &e[i]) - cos[i]).abs() < 1e-4, "cos {i}");
         }
     }
+}
+
+/// Issue #18: DeBERTa-v3 (buckets, shared keys, p2c|c2p, LayerNorm-ed relative embeddings, no
+/// absolute positions or token types, a Unigram/Metaspace tokenizer) and DeBERTa-v2's other
+/// options (position projections, absolute positions, token types, embedding projection,
+/// convolution, unbucketed relative positions): logits of a padded batch, one pair at a time,
+/// and a pair long enough for the log buckets, against transformers.
+fn check_deberta(kind: &str) {
+    let dir = fixtures().join(format!("tiny_nli_deberta_{kind}"));
+    let m = Classifier::load(&dir, &Device::Cpu).unwrap();
+    assert!(matches!(m, Classifier::Deberta(_)));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ref.json")).unwrap()).unwrap();
+    let pairs: Vec<(String, String)> = serde_json::from_value(r["pairs"].clone()).unwrap();
+    let refs: Vec<Vec<f32>> = serde_json::from_value(r["logits"].clone()).unwrap();
+    let p: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    if let Classifier::Deberta(d) = &m {
+        // the tokenizer from tokenizer.json gives transformers' ids
+        let want: Vec<u32> = serde_json::from_value(r["ids_first"].clone()).unwrap();
+        let got = d.tokenizer.encode((p[0].0, p[0].1), true).unwrap();
+        assert_eq!(got.get_ids(), &want[..]);
+    }
+    for bs in [1, 4] {
+        let got = m.classify(&p, bs).unwrap();
+        for (i, (g, r)) in got.iter().zip(&refs).enumerate() {
+            for (x, y) in g.iter().zip(r) {
+                // weights of std 0.5 make logits of a few units: f32 noise is ~1e-5 there
+                assert!(
+                    (x - y).abs() < 1e-4,
+                    "{kind} bs={bs} pair {i}: {g:?} vs {r:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(m.entailment_label(), Some(0));
+}
+
+#[test]
+fn tiny_deberta_v3_classifier_matches_transformers() {
+    check_deberta("v3");
+}
+
+#[test]
+fn tiny_deberta_v2_classifier_matches_transformers() {
+    check_deberta("v2");
 }

@@ -116,7 +116,7 @@ impl Bert {
         if cfg.model_type != "bert" && cfg.model_type != "roberta" {
             return Err(Error::Invalid(format!(
                 "{}: model_type {:?} is not supported (bert and roberta encoders are; \
-                 DeBERTa-v2/v3 is not implemented yet)",
+                 deberta-v2 classifiers load as NLI models)",
                 dir.display(),
                 cfg.model_type
             )));
@@ -154,14 +154,12 @@ impl Bert {
                 ..Default::default()
             }))
             .map_err(tok_err)?;
-        let l = Loader {
-            t: &tensors,
+        let l = Loader::new(
+            &tensors,
             path,
-            prefix: ["bert.", "roberta.", ""]
-                .into_iter()
-                .find(|p| tensors.contains_key(&format!("{p}embeddings.word_embeddings.weight")))
-                .unwrap_or(""),
-        };
+            &["bert.", "roberta.", ""],
+            "embeddings.word_embeddings.weight",
+        );
         let h = cfg.hidden_size;
         let ln = |name: &str| -> Result<LayerNorm> {
             Ok(LayerNorm {
@@ -388,17 +386,35 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
-struct Loader<'a> {
+/// Named tensors of a checkpoint, checked for shape, with the base model's prefix (`bert.`,
+/// `deberta.`, …) found once.
+pub(crate) struct Loader<'a> {
     t: &'a HashMap<String, Tensor>,
     path: PathBuf,
     prefix: &'a str,
 }
 
-impl Loader<'_> {
-    fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+impl<'a> Loader<'a> {
+    /// The first of `prefixes` under which `probe` exists (else the last).
+    pub(crate) fn new(
+        t: &'a HashMap<String, Tensor>,
+        path: PathBuf,
+        prefixes: &[&'a str],
+        probe: &str,
+    ) -> Self {
+        let prefix = prefixes
+            .iter()
+            .copied()
+            .find(|p| t.contains_key(&format!("{p}{probe}")))
+            .unwrap_or(prefixes.last().copied().unwrap_or(""));
+        Loader { t, path, prefix }
+    }
+    /// `name` under the base model's prefix.
+    pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.top(&format!("{}{name}", self.prefix), shape)
     }
-    fn top(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+    /// `name` as it is (head tensors).
+    pub(crate) fn top(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.t.get(name).ok_or_else(|| Error::MissingTensor {
             path: self.path.clone(),
             name: name.to_string(),
@@ -413,5 +429,39 @@ impl Loader<'_> {
             });
         }
         Ok(t.to_dtype(DType::F32)?)
+    }
+}
+
+/// A sequence-pair classifier for NLI metrics: BERT, RoBERTa or DeBERTa-v2/v3, chosen by
+/// `model_type`.
+pub enum Classifier {
+    Bert(Bert),
+    Deberta(super::deberta::Deberta),
+}
+
+impl Classifier {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let v: serde_json::Value = read_json(&dir.join("config.json"))?;
+        match v.get("model_type").and_then(|m| m.as_str()) {
+            Some("deberta-v2") => Ok(Classifier::Deberta(super::deberta::Deberta::load(
+                dir, device,
+            )?)),
+            _ => Ok(Classifier::Bert(Bert::load(dir, device)?)),
+        }
+    }
+
+    /// Logits [n, labels] for (premise, hypothesis) pairs.
+    pub fn classify(&self, pairs: &[(&str, &str)], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+        match self {
+            Classifier::Bert(m) => m.classify(pairs, batch_size),
+            Classifier::Deberta(m) => m.classify(pairs, batch_size),
+        }
+    }
+
+    pub fn entailment_label(&self) -> Option<usize> {
+        match self {
+            Classifier::Bert(m) => m.entailment_label(),
+            Classifier::Deberta(m) => m.entailment_label(),
+        }
     }
 }
