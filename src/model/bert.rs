@@ -436,16 +436,16 @@ impl<'a> Loader<'a> {
 /// `model_type`.
 pub enum Classifier {
     Bert(Bert),
-    Deberta(super::deberta::Deberta),
+    Deberta(Box<super::deberta::Deberta>),
 }
 
 impl Classifier {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let v: serde_json::Value = read_json(&dir.join("config.json"))?;
         match v.get("model_type").and_then(|m| m.as_str()) {
-            Some("deberta-v2") => Ok(Classifier::Deberta(super::deberta::Deberta::load(
-                dir, device,
-            )?)),
+            Some("deberta-v2") => Ok(Classifier::Deberta(Box::new(
+                super::deberta::Deberta::load(dir, device)?,
+            ))),
             _ => Ok(Classifier::Bert(Bert::load(dir, device)?)),
         }
     }
