@@ -952,12 +952,20 @@ impl<'a> Evaluator<'a> {
                 let label = get!(nli
                     .entailment_label()
                     .ok_or("the NLI model's id2label has no entailment label"));
-                // premise = the generation, hypothesis = the ground-truth answer: does what the
-                // model said imply the fact?
+                // as the closer-look code pairs them: on the forget set premise = the generation,
+                // hypothesis = the answer (does what the model said still imply the fact?); on
+                // the other sets premise = the answer, hypothesis = the generation (is what the
+                // model said supported by the fact?)
                 let pairs: Vec<(&str, &str)> = gens
                     .iter()
                     .zip(&items)
-                    .map(|(g, i)| (g.as_str(), i.answer.as_str()))
+                    .map(|(g, i)| {
+                        if s == SetName::Forget {
+                            (g.as_str(), i.answer.as_str())
+                        } else {
+                            (i.answer.as_str(), g.as_str())
+                        }
+                    })
                     .collect();
                 let logits = nli.classify(&pairs, self.cfg.batch_size.max(8))?;
                 let v: Vec<f64> = logits
