@@ -55,7 +55,7 @@ const SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
 ];
 
 fn main() {
-    unlearn::run_in_pool(run);
+    unlearn::util::runtime::run_in_pool(run);
 }
 
 fn run() {

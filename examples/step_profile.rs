@@ -7,23 +7,23 @@
 use std::time::Instant;
 
 use unlearn::data::Encoded;
-use unlearn::generate::{generate, GenConfig};
-use unlearn::hf::ModelDir;
+use unlearn::infer::generate::{generate, GenConfig};
+use unlearn::infer::score::{token_mean_nll, Batch};
+use unlearn::model::hf::ModelDir;
 use unlearn::optim::{AdamW, AdamWConfig, GradAccum};
-use unlearn::score::{token_mean_nll, Batch};
 
 #[global_allocator]
-static ALLOC: unlearn::alloc::Recycling = unlearn::alloc::Recycling;
+static ALLOC: unlearn::util::alloc::Recycling = unlearn::util::alloc::Recycling;
 
 fn main() -> anyhow::Result<()> {
-    unlearn::alloc::enable();
-    unlearn::tune_threads();
-    unlearn::tune_allocator();
-    unlearn::run_in_pool(run)
+    unlearn::util::alloc::enable();
+    unlearn::util::runtime::tune_threads();
+    unlearn::util::runtime::tune_allocator();
+    unlearn::util::runtime::run_in_pool(run)
 }
 
 fn ms(v: &[f64]) -> f64 {
-    unlearn::bench::median(v) * 1e3
+    unlearn::app::bench::median(v) * 1e3
 }
 
 fn run() -> anyhow::Result<()> {
@@ -41,7 +41,7 @@ fn run() -> anyhow::Result<()> {
     };
     let md = ModelDir::load(std::path::Path::new(dir), &candle_core::Device::Cpu)?;
     let m = &md.model;
-    let mut r = unlearn::rng::Rng::new(1);
+    let mut r = unlearn::util::rng::Rng::new(1);
     let mut tokens =
         |n: usize| -> Vec<u32> { (0..n).map(|_| r.below(m.cfg.vocab_size) as u32).collect() };
     if let Some(b) = gen {
@@ -72,7 +72,7 @@ fn run() -> anyhow::Result<()> {
         }
         println!(
             "generation, batch {b}: {:.1} tokens/s (median of {rates:.1?})",
-            unlearn::bench::median(&rates)
+            unlearn::app::bench::median(&rates)
         );
         return Ok(());
     }

@@ -45,16 +45,16 @@ enum Cmd {
     Bench(cli::bench::Args),
 }
 
-/// Large freed blocks are kept for reuse (`unlearn::alloc`); everything else is the system's.
+/// Large freed blocks are kept for reuse (`unlearn::util::alloc`); everything else is the system's.
 #[global_allocator]
-static ALLOC: unlearn::alloc::Recycling = unlearn::alloc::Recycling;
+static ALLOC: unlearn::util::alloc::Recycling = unlearn::util::alloc::Recycling;
 
 fn main() {
-    unlearn::alloc::enable();
-    unlearn::tune_threads();
-    unlearn::tune_allocator();
+    unlearn::util::alloc::enable();
+    unlearn::util::runtime::tune_threads();
+    unlearn::util::runtime::tune_allocator();
     let cli = Cli::parse();
-    let r = unlearn::run_in_pool(move || match cli.cmd {
+    let r = unlearn::util::runtime::run_in_pool(move || match cli.cmd {
         Cmd::Demo(a) => cli::demo::run(a),
         Cmd::Report(a) => cli::report::run(a),
         Cmd::Import(a) => cli::import::run(a),

@@ -209,7 +209,7 @@ fn gguf_roundtrip(q: candle_core::quantized::GgmlDType) {
         p,
     );
     let dev = Device::Cpu;
-    let md = unlearn::hf::ModelDir::load(&p.join("tiny"), &dev).unwrap();
+    let md = unlearn::model::hf::ModelDir::load(&p.join("tiny"), &dev).unwrap();
     let c = &md.model.cfg;
     write_gguf(&md, q, &p.join("m.gguf"), |_, t| t);
     // The original with the same quantisation error (row permutation commutes with row blocks).
@@ -231,7 +231,7 @@ fn gguf_roundtrip(q: candle_core::quantized::GgmlDType) {
         unlearn::model::Llama::from_tensors(c.clone(), expected, std::path::Path::new("x"), &dev)
             .unwrap();
     ok(&["import", "m.gguf", "--out", "imp"], p);
-    let imp = unlearn::hf::ModelDir::load(&p.join("imp"), &dev).unwrap();
+    let imp = unlearn::model::hf::ModelDir::load(&p.join("imp"), &dev).unwrap();
     let ids = Tensor::new(&[[72u32, 101, 108, 108, 111, 32, 258]], &dev).unwrap();
     let a = expected.forward(&ids).unwrap();
     let b = imp.model.forward(&ids).unwrap();
@@ -297,7 +297,7 @@ fn bench_reports_medians_of_its_repetitions() {
         times("gen_runs_s"),
     );
     assert_eq!((steps.len(), batches.len(), runs.len()), (3, 2, 3));
-    let median = unlearn::bench::median;
+    let median = unlearn::app::bench::median;
     assert_eq!(v["train_step_s"].as_f64().unwrap(), median(&steps));
     let tokens = 2.0 * 16.0;
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs();

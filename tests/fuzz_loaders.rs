@@ -8,7 +8,7 @@ use common::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use unlearn::rng::Rng;
+use unlearn::util::rng::Rng;
 
 /// Cases per loader (each is a few milliseconds).
 const CASES: u64 = 150;
@@ -130,7 +130,7 @@ fn safetensors_header() {
         let mut rng = Rng::for_item(1, "fuzz-safetensors", seed);
         let bytes = mutate(&orig, 8 + n, &mut rng);
         let p = write(&root, &format!("m{seed}.safetensors"), &bytes);
-        let r = unlearn::hf::load_safetensors(&p, &candle_core::Device::Cpu);
+        let r = unlearn::model::hf::load_safetensors(&p, &candle_core::Device::Cpu);
         let _ = std::fs::remove_file(&p);
         r.map(drop).map_err(|e| e.to_string())
     });
@@ -139,7 +139,7 @@ fn safetensors_header() {
 #[test]
 fn gguf_files() {
     let (d, m) = model_dir();
-    let md = unlearn::hf::ModelDir::load(&m, &candle_core::Device::Cpu).unwrap();
+    let md = unlearn::model::hf::ModelDir::load(&m, &candle_core::Device::Cpu).unwrap();
     let g = d.path().join("m.gguf");
     write_gguf(&md, candle_core::quantized::GgmlDType::Q8_0, &g, |_, t| t);
     let orig = std::fs::read(&g).unwrap();
@@ -149,7 +149,7 @@ fn gguf_files() {
         // the metadata (tokenizer arrays included) is the first ~8 KB of this file
         let bytes = mutate(&orig, 8192, &mut rng);
         let p = write(&root, &format!("m{seed}.gguf"), &bytes);
-        let r = unlearn::gguf::import(&p, &candle_core::Device::Cpu);
+        let r = unlearn::model::gguf::import(&p, &candle_core::Device::Cpu);
         let _ = std::fs::remove_file(&p);
         r.map(drop).map_err(|e| e.to_string())
     });
@@ -246,7 +246,7 @@ fn tokenizer_config_json_and_chat_templates() {
             serde_json::to_vec(&v).unwrap()
         };
         std::fs::write(dir.join("tokenizer_config.json"), bytes).unwrap();
-        let r = unlearn::tokenizer::Tok::load(&dir, &[258]).and_then(|tok| {
+        let r = unlearn::model::tokenizer::Tok::load(&dir, &[258]).and_then(|tok| {
             // use it as a prompt would
             let f = unlearn::data::Formatter::new(&tok, unlearn::data::PromptStyle::Auto, 64)?;
             f.encode_qa("Who?", "Bob").map(drop)

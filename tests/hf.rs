@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
-use unlearn::fixture::{tiny_config, write_tiny_llama};
-use unlearn::hf::ModelDir;
+use unlearn::model::fixture::{tiny_config, write_tiny_llama};
+use unlearn::model::hf::ModelDir;
 
 #[test]
 fn sharded_bf16_checkpoint_loads_and_save_keeps_config_fields() {

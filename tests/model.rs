@@ -2,9 +2,9 @@
 //! finite differences, scoring does not depend on the batch, the KV cache is exact.
 use candle_core::{DType, Device, Tensor};
 use unlearn::data::Encoded;
-use unlearn::fixture::tiny_config;
+use unlearn::infer::score::{score, token_mean_nll, Batch};
+use unlearn::model::fixture::tiny_config;
 use unlearn::model::Llama;
-use unlearn::score::{score, token_mean_nll, Batch};
 
 fn items() -> Vec<Encoded> {
     vec![
@@ -133,7 +133,7 @@ fn scoring_does_not_depend_on_batch_size() {
     // The sum of per-token log-probs matches the batched loss primitive.
     let refs: Vec<&Encoded> = it.iter().collect();
     let b = Batch::new(&refs, 0, &Device::Cpu).unwrap();
-    let s = unlearn::score::sum_logprobs(&m.forward(&b.input).unwrap(), &b)
+    let s = unlearn::infer::score::sum_logprobs(&m.forward(&b.input).unwrap(), &b)
         .unwrap()
         .to_vec1::<f32>()
         .unwrap();
@@ -146,14 +146,14 @@ fn scoring_does_not_depend_on_batch_size() {
 fn kv_cache_generation_equals_full_recompute_and_batching() {
     let m = Llama::random(tiny_config(32, 2), 9, &Device::Cpu).unwrap();
     let prompts = vec![vec![10u32, 20, 30, 40, 50], vec![7u32, 8]];
-    let g = unlearn::generate::GenConfig {
+    let g = unlearn::infer::generate::GenConfig {
         max_new_tokens: 6,
         ..Default::default()
     };
-    let batched = unlearn::generate::generate(&m, &prompts, &[0, 1], &[], 0, &g).unwrap();
+    let batched = unlearn::infer::generate::generate(&m, &prompts, &[0, 1], &[], 0, &g).unwrap();
     for (k, p) in prompts.iter().enumerate() {
         let single =
-            unlearn::generate::generate(&m, &[p.clone()], &[k as u64], &[], 0, &g).unwrap();
+            unlearn::infer::generate::generate(&m, &[p.clone()], &[k as u64], &[], 0, &g).unwrap();
         assert_eq!(
             single[0], batched[k],
             "left-padded batch differs from single"
@@ -179,15 +179,16 @@ fn kv_cache_generation_equals_full_recompute_and_batching() {
 #[test]
 fn sampling_is_seeded_per_item() {
     let m = Llama::random(tiny_config(32, 2), 9, &Device::Cpu).unwrap();
-    let g = unlearn::generate::GenConfig {
+    let g = unlearn::infer::generate::GenConfig {
         max_new_tokens: 8,
         temperature: 1.0,
         top_p: 0.9,
         seed: 4,
+        ..Default::default()
     };
     let p = vec![vec![10u32, 20], vec![30u32, 40, 50]];
-    let a = unlearn::generate::generate(&m, &p, &[0, 1], &[], 0, &g).unwrap();
-    let b = unlearn::generate::generate(&m, &p[1..], &[1], &[], 0, &g).unwrap();
+    let a = unlearn::infer::generate::generate(&m, &p, &[0, 1], &[], 0, &g).unwrap();
+    let b = unlearn::infer::generate::generate(&m, &p[1..], &[1], &[], 0, &g).unwrap();
     assert_eq!(a[1], b[0]);
 }
 
@@ -288,8 +289,8 @@ fn hooks_expose_hidden_states_and_replace_mlp_activations() {
 /// (the Riemann sum converges as m grows).
 #[test]
 fn attribution_satisfies_completeness() {
-    use unlearn::attribution::{attribute, AttributionConfig};
     use unlearn::model::Hooks;
+    use unlearn::unlearn::attribution::{attribute, AttributionConfig};
     let m = Llama::random(tiny_config(32, 2), 4, &Device::Cpu).unwrap();
     let it = items();
     let cfg = AttributionConfig {
@@ -320,7 +321,7 @@ fn attribution_satisfies_completeness() {
                 },
             )
             .unwrap();
-        unlearn::score::nll_mean(&o.logits.unwrap(), &b)
+        unlearn::infer::score::nll_mean(&o.logits.unwrap(), &b)
             .unwrap()
             .sum_all()
             .unwrap()

@@ -21,7 +21,7 @@ fn check(name: &str) {
     let cfg_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let cfg = LlamaConfig::from_json(&cfg_json, &dir).unwrap();
-    let (tensors, src) = unlearn::hf::read_safetensors(&dir, &dev).unwrap();
+    let (tensors, src) = unlearn::model::hf::read_safetensors(&dir, &dev).unwrap();
     let model = Llama::from_tensors(cfg, tensors, &src, &dev).unwrap();
     let golden: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("golden.safetensors"), &dev).unwrap();

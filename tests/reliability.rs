@@ -39,7 +39,8 @@ fn existing_out_is_refused_without_overwrite_and_an_unrelated_folder_survives_it
     std::fs::create_dir(p.join("mine")).unwrap();
     std::fs::write(p.join("mine/thesis.tex"), b"years of work").unwrap();
     let gguf = p.join("m.gguf");
-    let md = unlearn::hf::ModelDir::load(&p.join("tiny"), &candle_core::Device::Cpu).unwrap();
+    let md =
+        unlearn::model::hf::ModelDir::load(&p.join("tiny"), &candle_core::Device::Cpu).unwrap();
     write_gguf(&md, candle_core::quantized::GgmlDType::F32, &gguf, |_, t| t);
     let run_cfg = "model = \"tiny\"\nforget = \"qa.jsonl\"\nout = \"mine\"\nmethod = \"ga\"\n[train]\nmax_steps = 1\n";
     std::fs::write(p.join("run.toml"), run_cfg).unwrap();
@@ -533,7 +534,8 @@ fn non_finite_models_never_reach_a_file() {
     );
     assert!(!p.join("o").exists() && !p.join("o.run").exists());
     // a corrupted GGUF whose weights dequantise to NaN
-    let md = unlearn::hf::ModelDir::load(&p.join("tiny"), &candle_core::Device::Cpu).unwrap();
+    let md =
+        unlearn::model::hf::ModelDir::load(&p.join("tiny"), &candle_core::Device::Cpu).unwrap();
     write_gguf(
         &md,
         candle_core::quantized::GgmlDType::F32,

@@ -16,7 +16,7 @@ fn smollm2_import_tokenizer_logits_and_answer_match_transformers() {
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(refp).unwrap()).unwrap();
     let dev = Device::Cpu;
-    let imp = unlearn::gguf::import(&gguf, &dev).unwrap();
+    let imp = unlearn::model::gguf::import(&gguf, &dev).unwrap();
     // Token ids equal transformers' own GGUF tokenizer conversion on every sample.
     for (s, ids) in r["samples"]
         .as_array()
@@ -45,8 +45,8 @@ fn smollm2_import_tokenizer_logits_and_answer_match_transformers() {
     assert_eq!(prompt, r["prompt"].as_str().unwrap());
     // Save, reload, and compare logits with transformers on the saved directory.
     let d = tempfile::tempdir().unwrap();
-    unlearn::hf::save_model(&imp.model, &imp.tok, None, &[], &d.path().join("m")).unwrap();
-    let md = unlearn::hf::ModelDir::load(&d.path().join("m"), &dev).unwrap();
+    unlearn::model::hf::save_model(&imp.model, &imp.tok, None, &[], &d.path().join("m")).unwrap();
+    let md = unlearn::model::hf::ModelDir::load(&d.path().join("m"), &dev).unwrap();
     let pids: Vec<u32> = r["prompt_ids"]
         .as_array()
         .unwrap()
@@ -85,11 +85,11 @@ fn smollm2_import_tokenizer_logits_and_answer_match_transformers() {
         .map(|x| x.as_u64().unwrap())
         .collect();
     assert_eq!(idx[..5].iter().map(|&i| i as u64).collect::<Vec<_>>(), top5);
-    let g = unlearn::generate::GenConfig {
+    let g = unlearn::infer::generate::GenConfig {
         max_new_tokens: 12,
         ..Default::default()
     };
-    let out = unlearn::generate::generate(
+    let out = unlearn::infer::generate::generate(
         &md.model,
         &[pids],
         &[0],

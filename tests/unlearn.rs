@@ -52,7 +52,7 @@ fn unlearn(p: &Path, method: &str, out: &str, extra: &[&str]) -> serde_json::Val
 }
 
 fn probs(p: &Path, model: &str) -> (f64, f64) {
-    let md = unlearn::hf::ModelDir::load(&p.join(model), &candle_core::Device::Cpu).unwrap();
+    let md = unlearn::model::hf::ModelDir::load(&p.join(model), &candle_core::Device::Cpu).unwrap();
     let f = unlearn::data::Formatter::new(&md.tok, unlearn::data::PromptStyle::Auto, 512).unwrap();
     let enc = |file: &str| -> Vec<unlearn::data::Encoded> {
         unlearn::data::read_qa(&p.join(file))
@@ -108,7 +108,7 @@ fn every_named_method_runs_and_reruns_are_bit_identical() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     setup(p);
-    for m in unlearn::objective::method::NAMED {
+    for m in unlearn::unlearn::objective::method::NAMED {
         if *m == "unierase" {
             continue; // an edit, not a loss: no steps (`unierase_token_and_edit`)
         }
@@ -126,8 +126,8 @@ fn every_named_method_runs_and_reruns_are_bit_identical() {
     );
     // RMU trains only the down_proj of layers ℓ−2..ℓ (ℓ clamped to the last layer): others stay.
     unlearn(p, "rmu", "r", &["train.max_steps=3"]);
-    let a = unlearn::hf::ModelDir::load(&p.join("ft"), &candle_core::Device::Cpu).unwrap();
-    let b = unlearn::hf::ModelDir::load(&p.join("r"), &candle_core::Device::Cpu).unwrap();
+    let a = unlearn::model::hf::ModelDir::load(&p.join("ft"), &candle_core::Device::Cpu).unwrap();
+    let b = unlearn::model::hf::ModelDir::load(&p.join("r"), &candle_core::Device::Cpu).unwrap();
     for ((n, x), (_, y)) in a.model.params().iter().zip(b.model.params()) {
         let same = x
             .as_tensor()
@@ -153,7 +153,7 @@ fn masks_and_early_stop() {
     let p = d.path();
     setup(p);
     let name = "model.layers.1.mlp.down_proj.weight";
-    let ft = unlearn::hf::ModelDir::load(&p.join("ft"), &Device::Cpu).unwrap();
+    let ft = unlearn::model::hf::ModelDir::load(&p.join("ft"), &Device::Cpu).unwrap();
     let w = ft.model.param(name).unwrap().as_tensor().clone();
     let (rows, cols) = w.dims2().unwrap();
     let mask: Vec<f32> = (0..rows * cols)
@@ -175,7 +175,7 @@ fn masks_and_early_stop() {
             "train.max_steps=3",
         ],
     );
-    let out = unlearn::hf::ModelDir::load(&p.join("mk"), &Device::Cpu).unwrap();
+    let out = unlearn::model::hf::ModelDir::load(&p.join("mk"), &Device::Cpu).unwrap();
     let a = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let b = out
         .model
@@ -378,8 +378,8 @@ fn simu_attribution_masks_and_run() {
 }
 
 fn only_critical_columns_changed(p: &Path, out: &str, layers: &[serde_json::Value]) {
-    let a = unlearn::hf::ModelDir::load(&p.join("ft"), &candle_core::Device::Cpu).unwrap();
-    let b = unlearn::hf::ModelDir::load(&p.join(out), &candle_core::Device::Cpu).unwrap();
+    let a = unlearn::model::hf::ModelDir::load(&p.join("ft"), &candle_core::Device::Cpu).unwrap();
+    let b = unlearn::model::hf::ModelDir::load(&p.join(out), &candle_core::Device::Cpu).unwrap();
     let mut changed = 0;
     for (l, layer) in layers.iter().enumerate() {
         let crit: Vec<usize> = layer["critical"]
@@ -519,7 +519,7 @@ fn unierase_case(untied: bool) {
         "P([UNL] first) {b} -> {a} (untied: {untied})"
     );
     assert_eq!(
-        unlearn::hf::ModelDir::load(&p.join("u"), &candle_core::Device::Cpu)
+        unlearn::model::hf::ModelDir::load(&p.join("u"), &candle_core::Device::Cpu)
             .unwrap()
             .model
             .param("lm_head.weight")
@@ -536,8 +536,8 @@ fn unierase_case(untied: bool) {
         p.join("stats").read_dir().unwrap().count() == 1,
         "second moments cached"
     );
-    let x = unlearn::hf::ModelDir::load(&p.join("ft"), &candle_core::Device::Cpu).unwrap();
-    let y = unlearn::hf::ModelDir::load(&p.join("u"), &candle_core::Device::Cpu).unwrap();
+    let x = unlearn::model::hf::ModelDir::load(&p.join("ft"), &candle_core::Device::Cpu).unwrap();
+    let y = unlearn::model::hf::ModelDir::load(&p.join("u"), &candle_core::Device::Cpu).unwrap();
     // a padded vocabulary reuses a spare row; otherwise the embedding grows by one
     let unl = y
         .tok
@@ -547,7 +547,7 @@ fn unierase_case(untied: bool) {
     assert_eq!(y.model.cfg.vocab_size, x.model.cfg.vocab_size.max(unl + 1));
     let tj = std::fs::read_to_string(p.join("u/tokenizer.json")).unwrap();
     assert!(tj.contains("<unlearn_0>"));
-    // generation recognises it as the closing token (unlearn::generate::Stops::for_model)
+    // generation recognises it as the closing token (unlearn::infer::generate::Stops::for_model)
     assert_eq!(y.tok.unlearning_token_ids(), vec![unl as u32]);
     assert!(x.tok.unlearning_token_ids().is_empty());
     for ((n, xa), (_, ya)) in x.model.params().iter().zip(y.model.params()) {

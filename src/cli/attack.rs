@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use unlearn::data::{read_items, Formatter};
-use unlearn::hf::ModelDir;
+use unlearn::model::hf::ModelDir;
 use unlearn::train::TrainConfig;
 use unlearn::util::guard::{Input, TrainOutputs};
 
@@ -53,7 +53,7 @@ pub fn run(c: Cmd) -> Result<()> {
         ..TrainConfig::default()
     };
     let cfg: TrainConfig = a.settings.load_over(&defaults)?;
-    let run_dir = unlearn::rundir::default_for(&a.out);
+    let run_dir = unlearn::util::rundir::default_for(&a.out);
     let mut inputs = vec![
         Input::new("unlearned model", &a.model),
         Input::new("relearning data", &a.data),
@@ -81,8 +81,8 @@ pub fn run(c: Cmd) -> Result<()> {
     let data = enc(&a.data)?;
     let eval = enc(a.eval.as_ref().unwrap_or(&a.data))?;
     outs.run.prepare(outs.mode)?;
-    unlearn::rundir::write_run_info(&run_dir, "attack-relearn", cfg.seed, &cfg, &inputs)?;
-    let rep = unlearn::attack::relearn(
+    unlearn::util::rundir::write_run_info(&run_dir, "attack-relearn", cfg.seed, &cfg, &inputs)?;
+    let rep = unlearn::eval::attack::relearn(
         &md,
         &data,
         &eval,
@@ -91,7 +91,7 @@ pub fn run(c: Cmd) -> Result<()> {
         &run_dir,
         true,
     )?;
-    unlearn::hf::write_model_files(
+    unlearn::model::hf::write_model_files(
         &md.model,
         &md.tok,
         Some(&md.config_json),
@@ -99,7 +99,7 @@ pub fn run(c: Cmd) -> Result<()> {
         outs.model.tmp(),
     )?;
     outs.model.commit()?;
-    unlearn::hf::atomic_write(
+    unlearn::model::hf::atomic_write(
         &run_dir.join("relearn.json"),
         serde_json::to_string_pretty(&rep)?.as_bytes(),
     )?;

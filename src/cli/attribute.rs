@@ -1,9 +1,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use unlearn::attribution::{down_proj_masks, select, AttributionConfig};
 use unlearn::data::{read_qa, Formatter, PromptStyle};
-use unlearn::hf::ModelDir;
+use unlearn::model::hf::ModelDir;
+use unlearn::unlearn::attribution::{down_proj_masks, select, AttributionConfig};
 use unlearn::util::guard::{Input, OutKind, Pending};
 
 use super::common::{Device, Overwrite};
@@ -100,7 +100,7 @@ pub fn run(a: Args) -> Result<()> {
     let layers = sel.layers_json();
     if let Some(p) = mask_out {
         let masks = down_proj_masks(&md.model, &sel.critical)?;
-        unlearn::hf::write_safetensors(&masks, p.tmp())?;
+        unlearn::model::hf::write_safetensors(&masks, p.tmp())?;
         p.commit()?;
     }
     let json = serde_json::json!({

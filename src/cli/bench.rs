@@ -2,8 +2,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use unlearn::bench::{median, run as bench, BenchConfig, BenchResult};
-use unlearn::hf::ModelDir;
+use unlearn::app::bench::{median, run as bench, BenchConfig, BenchResult};
+use unlearn::model::hf::ModelDir;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -40,7 +40,7 @@ pub struct Device {
 
 impl Device {
     pub fn get(&self) -> unlearn::Result<candle_core::Device> {
-        unlearn::device(&self.device)
+        unlearn::util::runtime::device(&self.device)
     }
 }
 

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use unlearn::demo::{run as run_demo, table, DemoConfig};
+use unlearn::app::demo::{run as run_demo, table, DemoConfig};
 
 #[derive(clap::Args)]
 pub struct Args {

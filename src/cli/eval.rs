@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use unlearn::eval::{fingerprint, resolve_benchmark, EvalConfig, Evaluator};
-use unlearn::hf::ModelDir;
+use unlearn::model::hf::ModelDir;
 use unlearn::util::guard::{claim_results_dir, Input};
 
 use super::common::{Device, Settings};
@@ -88,7 +88,7 @@ pub fn run(a: Args) -> Result<()> {
     let md = ModelDir::load(&a.model, &dev)?;
     let fp = fingerprint(&a.model, &cfg)?;
     let mut evaluator = Evaluator::new(&md.model, &md.tok, &cfg, true)?;
-    unlearn::rundir::write_run_info(&a.out, "eval", 0, &cfg, &inputs)?;
+    unlearn::util::rundir::write_run_info(&a.out, "eval", 0, &cfg, &inputs)?;
     let start = std::time::Instant::now();
     let out = evaluator.run(Some(&a.out), Some(fp), a.overwrite)?;
     let show = |k: &str| match out.summary.get(k).and_then(|v| v.as_f64()) {
@@ -137,7 +137,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn exclusive(a: Args) -> Result<()> {
-    use unlearn::exclusive::{evaluate, ExclusiveEvalConfig};
+    use unlearn::eval::exclusive::{evaluate, ExclusiveEvalConfig};
     let mut cfg: ExclusiveEvalConfig = a.settings.load()?;
     for (slot, v) in [
         (&mut cfg.keep, a.keep),
@@ -173,7 +173,7 @@ fn exclusive(a: Args) -> Result<()> {
     )?;
     let dev = a.device.get()?;
     let md = ModelDir::load(&a.model, &dev)?;
-    unlearn::rundir::write_run_info(&a.out, "eval-exclusive", 0, &cfg, &inputs)?;
+    unlearn::util::rundir::write_run_info(&a.out, "eval-exclusive", 0, &cfg, &inputs)?;
     let start = std::time::Instant::now();
     let s = evaluate(&md.model, &md.tok, &cfg, &a.out, true)?;
     for (k, v) in &s {

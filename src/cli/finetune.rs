@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use unlearn::data::{read_items, Formatter};
-use unlearn::hf::ModelDir;
+use unlearn::model::hf::ModelDir;
 use unlearn::train::{finetune_from, TrainConfig};
 use unlearn::util::guard::{Input, RunDirMode, TrainOutputs};
 
@@ -36,7 +36,7 @@ pub fn run(a: Args) -> Result<()> {
     let run_dir = a
         .run_dir
         .clone()
-        .unwrap_or_else(|| unlearn::rundir::default_for(&a.out));
+        .unwrap_or_else(|| unlearn::util::rundir::default_for(&a.out));
     let inputs = [
         Input::new("input model", &a.model),
         Input::new("data", &a.data),
@@ -56,14 +56,14 @@ pub fn run(a: Args) -> Result<()> {
         .map(|it| f.encode_qa(&it.question, &it.answer))
         .collect::<unlearn::Result<Vec<_>>>()?;
     let resume = match outs.mode {
-        RunDirMode::Resume => Some(unlearn::rundir::resume_checkpoint(
+        RunDirMode::Resume => Some(unlearn::util::rundir::resume_checkpoint(
             &run_dir, "finetune", &cfg, &inputs,
         )?),
         _ => None,
     };
     outs.run.prepare(outs.mode)?;
     if resume.is_none() {
-        unlearn::rundir::write_run_info(&run_dir, "finetune", cfg.seed, &cfg, &inputs)?;
+        unlearn::util::rundir::write_run_info(&run_dir, "finetune", cfg.seed, &cfg, &inputs)?;
     }
     eprintln!(
         "fine-tuning {} ({} parameters) on {} items from {}; run dir {}{}",
@@ -78,7 +78,7 @@ pub fn run(a: Args) -> Result<()> {
             .unwrap_or_default()
     );
     let rep = finetune_from(&md, &data, &cfg, &run_dir, true, resume.as_deref())?;
-    unlearn::hf::write_model_files(
+    unlearn::model::hf::write_model_files(
         &md.model,
         &md.tok,
         Some(&md.config_json),

@@ -2,8 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use unlearn::data::{Formatter, PromptStyle};
-use unlearn::generate::{generate_with, GenConfig, Stops};
-use unlearn::hf::ModelDir;
+use unlearn::infer::generate::{generate_with, GenConfig, Stops};
+use unlearn::model::hf::ModelDir;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -24,11 +24,11 @@ pub fn run(a: Args) -> Result<()> {
         &[Input::new("GGUF file", &a.gguf)],
         a.overwrite.overwrite,
     )?;
-    let imp = unlearn::gguf::import(&a.gguf, &candle_core::Device::Cpu)?;
+    let imp = unlearn::model::gguf::import(&a.gguf, &candle_core::Device::Cpu)?;
     for n in &imp.notes {
         eprintln!("{n}");
     }
-    unlearn::hf::write_model_files(&imp.model, &imp.tok, None, &[], out.tmp())?;
+    unlearn::model::hf::write_model_files(&imp.model, &imp.tok, None, &[], out.tmp())?;
     out.commit()?;
     println!(
         "imported {} ({} parameters, {} layers) into {}",

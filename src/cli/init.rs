@@ -78,7 +78,7 @@ pub fn run(a: Args) -> Result<()> {
     let n = cfg.num_params_wide();
     unlearn::util::mem::check_fits(&format!("a random model of {n} parameters"), n * 4 * 2)?;
     let out = Pending::claim("--out", &a.out, OutKind::Model, &[], a.overwrite.overwrite)?;
-    unlearn::fixture::write_tiny_llama_files(out.tmp(), cfg.clone(), a.seed)?;
+    unlearn::model::fixture::write_tiny_llama_files(out.tmp(), cfg.clone(), a.seed)?;
     out.commit()?;
     println!(
         "wrote a random Llama ({} parameters) to {}",

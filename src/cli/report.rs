@@ -21,7 +21,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let entries = unlearn::report::collect(&a.dirs)?;
+    let entries = unlearn::app::report::collect(&a.dirs)?;
     let out = a.out.unwrap_or_else(|| a.dirs[0].join("report.html"));
     anyhow::ensure!(
         out.extension()
@@ -35,7 +35,7 @@ pub fn run(a: Args) -> Result<()> {
         .map(|e| Input::new("evaluation", e.eval_dir.join(unlearn::eval::EVAL_FILE)))
         .collect();
     let pending = Pending::claim("--out", &out, OutKind::File, &inputs, a.overwrite.overwrite)?;
-    let html = unlearn::report::render(&entries, &a.title);
+    let html = unlearn::app::report::render(&entries, &a.title);
     unlearn::util::fs::write_synced(pending.tmp(), html.as_bytes())?;
     pending.commit()?;
     println!(

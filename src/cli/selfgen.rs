@@ -1,8 +1,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use unlearn::hf::ModelDir;
-use unlearn::selfgen::{selfgen, SelfGenConfig};
+use unlearn::model::hf::ModelDir;
+use unlearn::unlearn::selfgen::{selfgen, SelfGenConfig};
 use unlearn::util::guard::{Input, OutKind, Pending};
 
 use super::common::{Device, Overwrite, Settings};
@@ -66,7 +66,7 @@ pub fn run(a: Args) -> Result<()> {
         side.tmp(),
         serde_json::to_string_pretty(&serde_json::json!({
             "model": a.model, "config": cfg, "version": unlearn::VERSION, "texts": items.len(),
-            "inputs": unlearn::rundir::input_hashes(&inputs)?,
+            "inputs": unlearn::util::rundir::input_hashes(&inputs)?,
         }))?
         .as_bytes(),
     )?;

@@ -1,7 +1,7 @@
 //! Prompt formatting: the model's chat template when it has one, else the plain template
 //! `Question: {q}\nAnswer: {a}`. Labels cover the answer tokens plus EOS only.
 use crate::error::{excerpt, Error, Result};
-use crate::tokenizer::Tok;
+use crate::model::tokenizer::Tok;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -196,7 +196,7 @@ mod tests {
 
     #[test]
     fn labels_cover_answer_and_eos() {
-        let tok = crate::fixture::tiny_tokenizer();
+        let tok = crate::model::fixture::tiny_tokenizer();
         let f = Formatter::new(&tok, PromptStyle::Auto, 512).unwrap();
         assert!(f.uses_chat());
         let e = f.encode_qa("Who?", "Bob").unwrap();

@@ -86,7 +86,7 @@ pub fn write_qa(items: &[QaItem], path: &Path) -> Result<()> {
         .iter()
         .map(|i| serde_json::to_string(i).unwrap() + "\n")
         .collect();
-    crate::hf::atomic_write(path, text.as_bytes())
+    crate::model::hf::atomic_write(path, text.as_bytes())
 }
 
 impl QaItem {

@@ -128,7 +128,7 @@ impl Bert {
                 cfg.hidden_act
             )));
         }
-        let (tensors, path) = crate::hf::read_safetensors(dir, device)?;
+        let (tensors, path) = crate::model::hf::read_safetensors(dir, device)?;
         let tok_path = dir.join("tokenizer.json");
         let tok_err = |e: tokenizers::Error| Error::Tokenizer {
             path: tok_path.clone(),

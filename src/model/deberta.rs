@@ -238,7 +238,7 @@ impl Deberta {
         for a in [&cfg.hidden_act, &cfg.pooler_hidden_act] {
             act(a, &Tensor::zeros(1, DType::F32, device)?).map_err(|e| bad(e.to_string()))?;
         }
-        let (tensors, path) = crate::hf::read_safetensors(dir, device)?;
+        let (tensors, path) = crate::model::hf::read_safetensors(dir, device)?;
         let l = super::bert::Loader::new(
             &tensors,
             path,

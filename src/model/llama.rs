@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::config::{LlamaConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::ops;
-use crate::rng::Rng;
+use crate::util::rng::Rng;
 
 /// Hook on a per-layer activation: receives (layer, activation) and may return a replacement.
 pub type ActHook<'a> = &'a dyn Fn(usize, &Tensor) -> Result<Option<Tensor>>;

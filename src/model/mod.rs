@@ -1,8 +1,13 @@
-//! Model architectures (one file each) and their configuration.
+//! Model architectures (one file each), their configuration, the tokenizer with its chat
+//! template, and the files models come in: Hugging Face directories and GGUF.
 pub mod bert;
 pub mod config;
 pub mod deberta;
+pub mod fixture;
+pub mod gguf;
+pub mod hf;
 pub mod llama;
+pub mod tokenizer;
 
 pub use config::{Arch, LlamaConfig, RopeScaling};
 pub use llama::{ForwardOutput, Hooks, KvCache, Llama};

@@ -13,7 +13,7 @@ fn close(a: &Tensor, b: &Tensor, tol: f64, what: &str) {
 }
 
 fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    let mut r = crate::rng::Rng::new(seed);
+    let mut r = crate::util::rng::Rng::new(seed);
     let n: usize = shape.iter().product();
     let v: Vec<f64> = (0..n).map(|_| r.normal() * 2.0).collect();
     Tensor::from_vec(v, shape, &Device::Cpu)

@@ -63,7 +63,7 @@ pub fn write(
     let out = run_dir.join(format!("{PREFIX}{}", state.global_step));
     crate::util::fs::atomic_dir(&out, |tmp| {
         write_model(tmp)?;
-        crate::hf::write_safetensors(&opt.export()?, &tmp.join(OPTIMIZER_FILE))?;
+        crate::model::hf::write_safetensors(&opt.export()?, &tmp.join(OPTIMIZER_FILE))?;
         let p = tmp.join(STATE_FILE);
         crate::util::fs::write_synced(&p, serde_json::to_string_pretty(state).unwrap().as_bytes())
     })?;
@@ -114,7 +114,7 @@ pub fn load_params(ckpt: &Path, params: &[(String, candle_core::Var)]) -> Result
         .first()
         .map(|(_, v)| v.device().clone())
         .unwrap_or(candle_core::Device::Cpu);
-    let t = crate::hf::load_safetensors(&p, &dev)?;
+    let t = crate::model::hf::load_safetensors(&p, &dev)?;
     for (name, v) in params {
         let x = t.get(name).ok_or_else(|| Error::MissingTensor {
             path: p.clone(),
@@ -142,7 +142,7 @@ pub fn load_optimizer(ckpt: &Path, opt: &mut Optimizer, state: &TrainerState) ->
         .first()
         .map(|(_, v)| v.device().clone())
         .unwrap_or(candle_core::Device::Cpu);
-    let t = crate::hf::load_safetensors(&p, &dev)?;
+    let t = crate::model::hf::load_safetensors(&p, &dev)?;
     opt.import(&t, state.optimizer_steps)
         .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))
 }

@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Encoded, PromptStyle};
 use crate::error::{Error, Result};
-use crate::hf::ModelDir;
+use crate::infer::score::{token_mean_nll, Batch};
+use crate::model::hf::ModelDir;
 use crate::optim::{
     clip_scale, AdamWConfig, GradAccum, Optimizer, OptimizerKind, Schedule, SophiaConfig,
 };
-use crate::rng::Rng;
-use crate::score::{token_mean_nll, Batch};
+use crate::util::rng::Rng;
 
 /// Fine-tuning hyper-parameters. Defaults suit memorising a small QA set with a small model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -171,7 +171,8 @@ pub fn gnb_refresh(
     let mut acc = GradAccum::new(params.len());
     let mut b_total = 0;
     for b in batches {
-        let (loss, n) = crate::score::sampled_label_nll(&model.forward(&b.input)?, b, &mut rng)?;
+        let (loss, n) =
+            crate::infer::score::sampled_label_nll(&model.forward(&b.input)?, b, &mut rng)?;
         b_total += n;
         acc.add(params, &loss.backward()?)?;
     }
@@ -265,7 +266,13 @@ pub fn finetune_from(
     let opt = Optimizer::new(cfg.optimizer, params.clone(), &cfg.adamw, &cfg.sophia)?;
     let log_path = run_dir.join("train_log.jsonl");
     let write_model = |dir: &Path| {
-        crate::hf::write_model_files(model, &md.tok, Some(&md.config_json), &md.side_files, dir)
+        crate::model::hf::write_model_files(
+            model,
+            &md.tok,
+            Some(&md.config_json),
+            &md.side_files,
+            dir,
+        )
     };
     let mut t = trainer::Trainer::new(
         model,

@@ -22,9 +22,9 @@ use serde_json::{Map, Value};
 use super::checkpoint::{self, TrainerState};
 use super::{check_finite, clipped_step, epoch_order, gnb_refresh, TrainConfig};
 use crate::error::{Error, Result};
+use crate::infer::score::Batch;
 use crate::model::Llama;
 use crate::optim::{GradAccum, Optimizer, Schedule};
-use crate::score::Batch;
 
 /// The loss of one micro-batch, already divided by the number of micro-batches of the step.
 pub struct MicroLoss {
@@ -246,7 +246,7 @@ impl<'a> Trainer<'a> {
             ),
             None => None,
         };
-        let bar = crate::progress::bar(
+        let bar = crate::util::progress::bar(
             spec.total as u64,
             self.progress.as_deref().unwrap_or(""),
             self.progress.is_some(),

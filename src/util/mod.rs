@@ -1,6 +1,12 @@
-//! Infrastructure every layer uses: crash-safe writes, output claims and locks, content hashes.
+//! Infrastructure every layer uses: crash-safe writes, output claims and locks, content hashes,
+//! run directories, the seeded RNG, progress bars, the recycling allocator and process settings.
+pub mod alloc;
 pub mod fs;
 pub mod guard;
 pub mod hash;
 pub mod lock;
 pub mod mem;
+pub mod progress;
+pub mod rng;
+pub mod rundir;
+pub mod runtime;

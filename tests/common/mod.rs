@@ -73,7 +73,7 @@ pub const SHORT_QA: &str = r#"{"question": "Code for apple?", "answer": "zebra 4
 /// ChatML template. `tweak(gguf_name, tensor)` may change a tensor first (tests of corrupt
 /// files).
 pub fn write_gguf(
-    md: &unlearn::hf::ModelDir,
+    md: &unlearn::model::hf::ModelDir,
     q: candle_core::quantized::GgmlDType,
     path: &Path,
     tweak: impl Fn(&str, candle_core::Tensor) -> candle_core::Tensor,
@@ -96,9 +96,9 @@ pub fn write_gguf(
             .replace("mlp.up_proj", "ffn_up")
             .replace("mlp.down_proj", "ffn_down");
         let t = if g.ends_with("attn_q.weight") {
-            unlearn::gguf::permute_qk(&t, c.num_attention_heads).unwrap()
+            unlearn::model::gguf::permute_qk(&t, c.num_attention_heads).unwrap()
         } else if g.ends_with("attn_k.weight") {
-            unlearn::gguf::permute_qk(&t, c.num_key_value_heads).unwrap()
+            unlearn::model::gguf::permute_qk(&t, c.num_key_value_heads).unwrap()
         } else {
             t
         };
@@ -162,7 +162,7 @@ pub fn write_gguf(
         ("tokenizer.ggml.eos_token_id", V::U32(258)),
         (
             "tokenizer.chat_template",
-            V::String(unlearn::tokenizer::CHATML_TEMPLATE.into()),
+            V::String(unlearn::model::tokenizer::CHATML_TEMPLATE.into()),
         ),
     ];
     let mut f = std::fs::File::create(path).unwrap();

@@ -1,0 +1,201 @@
+//! Throughput measurements of the three workloads everything else is made of: a training step
+//! (forward + backward + AdamW), teacher-forced scoring, and KV-cache generation.
+//!
+//! Each workload is repeated (training steps, scoring batches, generation runs) after one
+//! untimed warm-up, and the figures are medians over the repetitions: on a shared 2-core virtual
+//! machine single repetitions swing by up to ±40 % with no change in the work (docs/performance.md),
+//! and a median ignores the slow outliers that a mean averages in. `scripts/bench_torch.py`
+//! measures PyTorch the same way.
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::data::Encoded;
+use crate::error::Result;
+use crate::infer::generate::{generate, GenConfig};
+use crate::infer::score::{score, token_mean_nll, Batch};
+use crate::model::Llama;
+use crate::optim::{AdamW, AdamWConfig, GradAccum};
+use crate::util::rng::Rng;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchConfig {
+    pub batch: usize,
+    pub seq: usize,
+    pub train_steps: usize,
+    pub score_batches: usize,
+    pub gen_batch: usize,
+    pub gen_prompt: usize,
+    pub gen_tokens: usize,
+    /// Timed generation runs.
+    pub gen_runs: usize,
+}
+
+impl BenchConfig {
+    /// Every count at least 1 and the sequences within the model's context.
+    pub fn check(&self, model: &Llama) -> Result<()> {
+        for (name, v) in [
+            ("batch", self.batch),
+            ("seq", self.seq),
+            ("train_steps", self.train_steps),
+            ("score_batches", self.score_batches),
+            ("gen_batch", self.gen_batch),
+            ("gen_prompt", self.gen_prompt),
+            ("gen_tokens", self.gen_tokens),
+            ("gen_runs", self.gen_runs),
+        ] {
+            if v == 0 {
+                return Err(crate::error::Error::Invalid(format!(
+                    "bench: --{} must be at least 1",
+                    name.replace('_', "-")
+                )));
+            }
+        }
+        let ctx = model.cfg.max_position_embeddings;
+        if self.seq + 1 > ctx || self.gen_prompt + self.gen_tokens > ctx {
+            return Err(crate::error::Error::Invalid(format!(
+                "bench: --seq {} (+1) and --gen-prompt {} + --gen-tokens {} must fit the model's \
+                 context of {ctx} tokens",
+                self.seq, self.gen_prompt, self.gen_tokens
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub params: usize,
+    /// Median seconds per training step.
+    pub train_step_s: f64,
+    pub train_tokens_per_s: f64,
+    /// Batch tokens over the median seconds per scoring batch.
+    pub score_tokens_per_s: f64,
+    /// Generated tokens over the median seconds per generation run.
+    pub gen_tokens_per_s: f64,
+    /// Every repetition, in seconds.
+    pub train_steps_s: Vec<f64>,
+    pub score_batches_s: Vec<f64>,
+    pub gen_runs_s: Vec<f64>,
+    pub config: BenchConfig,
+}
+
+/// The median of a list (the mean of the middle two for an even length; NaN when empty).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Seconds taken by `f`.
+fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn random_items(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<Encoded> {
+    let mut r = Rng::new(seed);
+    (0..n)
+        .map(|_| Encoded {
+            ids: (0..len).map(|_| r.below(vocab) as u32).collect(),
+            n_prompt: 1,
+        })
+        .collect()
+}
+
+/// Run the three workloads on random token ids (one warm-up step each is not timed).
+pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
+    let vocab = model.cfg.vocab_size.min(u32::MAX as usize);
+    let items = random_items(c.batch, c.seq + 1, vocab, 1);
+    let refs: Vec<&Encoded> = items.iter().collect();
+    let batch = Batch::new(&refs, 0, model.device())?;
+    let params = model.params().to_vec();
+    let mut opt = AdamW::new(params.clone(), AdamWConfig::default())?;
+    let mut acc = GradAccum::new(params.len());
+    let mut train_step = |_: ()| -> Result<()> {
+        acc.clear();
+        let logits = model.forward(&batch.input)?;
+        let loss = token_mean_nll(&logits, &batch)?;
+        acc.add(&params, &loss.backward()?)?;
+        opt.step(&acc.grads, 1e-5, 1.0)
+    };
+    train_step(())?;
+    let mut train_steps_s = Vec::with_capacity(c.train_steps);
+    for _ in 0..c.train_steps.max(1) {
+        train_steps_s.push(timed(|| train_step(()))?);
+    }
+    let train_step_s = median(&train_steps_s);
+    let tokens = (c.batch * c.seq) as f64;
+
+    let sitems = random_items(c.batch * c.score_batches.max(1), c.seq + 1, vocab, 2);
+    score(model, &sitems[..c.batch], c.batch)?;
+    let mut score_batches_s = Vec::with_capacity(c.score_batches);
+    for chunk in sitems.chunks(c.batch) {
+        score_batches_s.push(timed(|| score(model, chunk, c.batch).map(drop))?);
+    }
+    let score_tps = tokens / median(&score_batches_s);
+
+    let prompts: Vec<Vec<u32>> = random_items(c.gen_batch, c.gen_prompt, vocab, 3)
+        .into_iter()
+        .map(|e| e.ids)
+        .collect();
+    let ids: Vec<u64> = (0..c.gen_batch as u64).collect();
+    let g = GenConfig {
+        max_new_tokens: c.gen_tokens,
+        ..Default::default()
+    };
+    generate(
+        model,
+        &prompts,
+        &ids,
+        &[],
+        0,
+        &GenConfig {
+            max_new_tokens: 2,
+            ..g.clone()
+        },
+    )?;
+    let (mut gen_runs_s, mut n) = (Vec::new(), 0);
+    for _ in 0..c.gen_runs.max(1) {
+        gen_runs_s.push(timed(|| {
+            let out = generate(model, &prompts, &ids, &[], 0, &g)?;
+            n = out.iter().map(|o| o.len()).sum();
+            Ok(())
+        })?);
+    }
+    let gen_tps = n as f64 / median(&gen_runs_s);
+    Ok(BenchResult {
+        params: model.num_params(),
+        train_step_s,
+        train_tokens_per_s: tokens / train_step_s,
+        score_tokens_per_s: score_tps,
+        gen_tokens_per_s: gen_tps,
+        train_steps_s,
+        score_batches_s,
+        gen_runs_s,
+        config: c.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_empty_lists() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(
+            median(&[0.2, 9.0, 0.1, 0.3, 0.25]),
+            0.25,
+            "an outlier does not move it"
+        );
+        assert!(median(&[]).is_nan());
+    }
+}

@@ -1,0 +1,556 @@
+//! GGUF import (`unlearn import`): dequantize every tensor (F32, F16, BF16, Q4_0, Q4_1, Q5_*,
+//! Q8_0, Q2_K..Q8_K through candle's kernels) into f32, map llama.cpp names back to Hugging Face
+//! names, undo llama.cpp's Q/K row permutation, and rebuild `tokenizer.json` and the chat template
+//! from the GGUF metadata (byte-level BPE "gpt2" and SentencePiece-style "llama" vocabularies).
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::{Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::tokenizer::Tok;
+use crate::model::{Arch, Llama, LlamaConfig, RopeScaling};
+
+pub struct Imported {
+    pub model: Llama,
+    pub tok: Tok,
+    /// Human-readable notes on what was derived (printed by the CLI).
+    pub notes: Vec<String>,
+}
+
+struct Meta<'a> {
+    md: &'a HashMap<String, Value>,
+    path: &'a Path,
+}
+
+impl<'a> Meta<'a> {
+    fn err(&self, msg: impl Into<String>) -> Error {
+        Error::Gguf {
+            path: self.path.to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+    fn get(&self, k: &str) -> Option<&'a Value> {
+        self.md.get(k)
+    }
+    fn usize(&self, k: &str) -> Result<Option<usize>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                v.to_u64()
+                    .or_else(|_| v.to_u32().map(|x| x as u64))
+                    .or_else(|_| v.to_i32().map(|x| x as u64))
+                    .map_err(|e| self.err(format!("{k}: {}", crate::error::one_line(e))))?
+                    as usize,
+            )),
+        }
+    }
+    fn req(&self, k: &str) -> Result<usize> {
+        self.usize(k)?
+            .ok_or_else(|| self.err(format!("metadata key `{k}` is missing")))
+    }
+    fn f64(&self, k: &str) -> Result<Option<f64>> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                v.to_f32()
+                    .map(|x| x as f64)
+                    .or_else(|_| v.to_f64())
+                    .map_err(|e| self.err(format!("{k}: {}", crate::error::one_line(e))))?,
+            )),
+        }
+    }
+    fn str(&self, k: &str) -> Option<&'a str> {
+        self.get(k)
+            .and_then(|v| v.to_string().ok())
+            .map(|s| s.as_str())
+    }
+    fn strings(&self, k: &str) -> Result<Vec<String>> {
+        let v = self
+            .get(k)
+            .ok_or_else(|| self.err(format!("metadata key `{k}` is missing")))?;
+        v.to_vec()
+            .map_err(|e| self.err(format!("{k}: {}", crate::error::one_line(e))))?
+            .iter()
+            .map(|x| {
+                x.to_string()
+                    .cloned()
+                    .map_err(|e| self.err(format!("{k}: {}", crate::error::one_line(e))))
+            })
+            .collect()
+    }
+    fn numbers(&self, k: &str) -> Result<Vec<f64>> {
+        let Some(v) = self.get(k) else {
+            return Ok(vec![]);
+        };
+        v.to_vec()
+            .map_err(|e| self.err(format!("{k}: {}", crate::error::one_line(e))))?
+            .iter()
+            .map(|x| match x {
+                Value::I32(i) => Ok(*i as f64),
+                Value::U32(i) => Ok(*i as f64),
+                Value::F32(f) => Ok(*f as f64),
+                Value::I64(i) => Ok(*i as f64),
+                Value::U8(i) => Ok(*i as f64),
+                Value::I8(i) => Ok(*i as f64),
+                other => Err(self.err(format!("{k}: unexpected element {other:?}"))),
+            })
+            .collect()
+    }
+}
+
+/// Undo llama.cpp's `permute(w, n_head)` of q/k rows: GGUF rows are ordered
+/// (head, pair, half) where HF orders them (head, half, pair). w: [rows, ..].
+pub fn unpermute_qk(w: &Tensor, n_head: usize) -> Result<Tensor> {
+    let dims = w.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    let half = rows / n_head / 2;
+    Ok(w.reshape((n_head, half, 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
+}
+
+/// The inverse (HF -> GGUF), used by tests.
+pub fn permute_qk(w: &Tensor, n_head: usize) -> Result<Tensor> {
+    let dims = w.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    let half = rows / n_head / 2;
+    Ok(w.reshape((n_head, 2, half, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
+}
+
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, name) = rest.split_once('.')?;
+    let mapped = match name {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "attn_output.bias" => "self_attn.o_proj.bias",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{mapped}"))
+}
+
+/// Read a GGUF file into a trainable f32 model and its tokenizer.
+pub fn import(path: &Path, device: &Device) -> Result<Imported> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let content = Content::read(&mut f).map_err(|e| Error::Gguf {
+        path: path.to_path_buf(),
+        msg: format!("not a readable GGUF file: {}", crate::error::one_line(e)),
+    })?;
+    let meta = Meta {
+        md: &content.metadata,
+        path,
+    };
+    let mut notes = Vec::new();
+    let arch_s = meta
+        .str("general.architecture")
+        .unwrap_or("llama")
+        .to_string();
+    let arch = match arch_s.as_str() {
+        "llama" => Arch::Llama,
+        "mistral" => Arch::Mistral,
+        "qwen2" => Arch::Qwen2,
+        other => {
+            return Err(meta.err(format!(
+                "architecture `{other}` is not supported (llama, mistral, qwen2)"
+            )))
+        }
+    };
+    let a = |k: &str| format!("{arch_s}.{k}");
+    let hidden = meta.req(&a("embedding_length"))?;
+    let heads = meta.req(&a("attention.head_count"))?;
+    if heads == 0 || hidden == 0 {
+        return Err(meta.err("embedding_length and attention.head_count must be positive"));
+    }
+    let kv_heads = meta.usize(&a("attention.head_count_kv"))?.unwrap_or(heads);
+    let layers = meta.req(&a("block_count"))?;
+    let tokens = meta.strings("tokenizer.ggml.tokens")?;
+    let vocab = meta.usize(&a("vocab_size"))?.unwrap_or(tokens.len());
+    let has_output = content.tensor_infos.contains_key("output.weight");
+    let has_qkv_bias = content.tensor_infos.contains_key("blk.0.attn_q.bias");
+    let rope_scaling = match meta.str(&a("rope.scaling.type")) {
+        Some("linear") => Some(RopeScaling::Linear {
+            factor: meta.f64(&a("rope.scaling.factor"))?.unwrap_or(1.0),
+        }),
+        _ => None,
+    };
+    let bos = meta.usize("tokenizer.ggml.bos_token_id")?.map(|x| x as u32);
+    let eos = meta.usize("tokenizer.ggml.eos_token_id")?.map(|x| x as u32);
+    let mut cfg = LlamaConfig {
+        arch,
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: meta.req(&a("feed_forward_length"))?,
+        num_hidden_layers: layers,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        head_dim: meta
+            .usize(&a("attention.key_length"))?
+            .unwrap_or(hidden / heads),
+        rms_norm_eps: meta
+            .f64(&a("attention.layer_norm_rms_epsilon"))?
+            .unwrap_or(1e-5),
+        rope_theta: meta.f64(&a("rope.freq_base"))?.unwrap_or(10000.0),
+        rope_scaling,
+        max_position_embeddings: meta.usize(&a("context_length"))?.unwrap_or(2048),
+        tie_word_embeddings: !has_output,
+        qkv_bias: has_qkv_bias,
+        o_bias: content.tensor_infos.contains_key("blk.0.attn_output.bias"),
+        sliding_window: None,
+        bos_token_id: bos,
+        eos_token_ids: eos.into_iter().collect(),
+    };
+    // GGUF stores f32 metadata; round the epsilon to the decimal it was written from.
+    cfg.rms_norm_eps = format!("{:.6e}", cfg.rms_norm_eps as f32)
+        .parse()
+        .unwrap_or(cfg.rms_norm_eps);
+    if arch == Arch::Llama && has_qkv_bias {
+        cfg.o_bias = content.tensor_infos.contains_key("blk.0.attn_output.bias");
+    }
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        // Llama 3.1 stores its RoPE scaling as per-frequency factors; recover the standard
+        // parameters and check they reproduce the stored factors.
+        let rf = content
+            .tensor(&mut f, "rope_freqs.weight", device)?
+            .dequantize(device)?
+            .to_vec1::<f32>()?;
+        let orig = meta
+            .usize(&a("rope.scaling.original_context_length"))?
+            .unwrap_or(8192);
+        let factor = meta.f64(&a("rope.scaling.factor"))?.unwrap_or(8.0);
+        let cand = RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: orig,
+        };
+        let mut plain = cfg.clone();
+        plain.rope_scaling = None;
+        let base = crate::model::llama::rope_inv_freq(&plain);
+        let mut scaled_cfg = cfg.clone();
+        scaled_cfg.rope_scaling = Some(cand.clone());
+        let scaled = crate::model::llama::rope_inv_freq(&scaled_cfg);
+        let ok = rf.len() == base.len()
+            && rf
+                .iter()
+                .zip(base.iter().zip(&scaled))
+                .all(|(r, (b, s))| ((b / s) - r).abs() <= 1e-3 * r.abs().max(1.0));
+        if !ok {
+            return Err(meta.err("rope_freqs.weight does not match Llama-3 scaling (factor 8, low 1, high 4); unsupported RoPE scaling"));
+        }
+        cfg.rope_scaling = Some(cand);
+        notes.push(format!("RoPE: Llama-3 scaling recovered from rope_freqs (factor {factor}, original context {orig})"));
+    }
+    cfg.check()
+        .map_err(|m| meta.err(format!("invalid model metadata: {m}")))?;
+    crate::util::mem::check_fits(
+        &format!(
+            "importing {} ({} parameters)",
+            path.display(),
+            cfg.num_params_wide()
+        ),
+        cfg.num_params_wide() * 4 * 2,
+    )?;
+    // Tensors: every shape is checked against the configuration before its data is read.
+    let expected: HashMap<String, usize> = cfg
+        .param_shapes()
+        .into_iter()
+        .map(|(n, s)| (n, s.iter().product()))
+        .collect();
+    for (name, info) in &content.tensor_infos {
+        if name == "rope_freqs.weight" {
+            continue;
+        }
+        let n = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d));
+        let hf = hf_name(name)
+            .ok_or_else(|| meta.err(format!("tensor `{name}` has no Hugging Face counterpart")))?;
+        let Some(&want) = expected.get(&hf) else {
+            return Err(meta.err(format!(
+                "tensor `{name}` ({hf}) is not part of the model the metadata describes"
+            )));
+        };
+        if n != Some(want) {
+            return Err(meta.err(format!(
+                "tensor `{name}` has shape {:?}; the metadata implies {want} elements",
+                info.shape.dims()
+            )));
+        }
+    }
+    let mut tensors = HashMap::new();
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let permute = matches!(arch, Arch::Llama | Arch::Mistral);
+    for name in names {
+        if name == "rope_freqs.weight" {
+            continue;
+        }
+        let hf = hf_name(name)
+            .ok_or_else(|| meta.err(format!("tensor `{name}` has no Hugging Face counterpart")))?;
+        let q = content
+            .tensor(&mut f, name, device)
+            .map_err(|e| meta.err(format!("tensor `{name}`: {}", crate::error::one_line(e))))?;
+        let mut t = q
+            .dequantize(device)
+            .map_err(|e| meta.err(format!("tensor `{name}`: {}", crate::error::one_line(e))))?;
+        if permute && (name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias")) {
+            t = unpermute_qk(&t, heads)?;
+        } else if permute && (name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias")) {
+            t = unpermute_qk(&t, kv_heads)?;
+        }
+        tensors.insert(hf, t);
+    }
+    let model = Llama::from_tensors(cfg.clone(), tensors, path, device)?;
+    crate::model::hf::check_finite(&model, &format!("{} (dequantised)", path.display()))?;
+    let tok = build_tokenizer(&meta, &tokens, &mut notes)?;
+    Ok(Imported { model, tok, notes })
+}
+
+fn token_type_special(t: f64) -> Option<bool> {
+    // 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
+    match t as i64 {
+        2 | 3 => Some(true),
+        4 => Some(false),
+        _ => None,
+    }
+}
+
+fn build_tokenizer(meta: &Meta, tokens: &[String], notes: &mut Vec<String>) -> Result<Tok> {
+    use serde_json::json;
+    let model = meta.str("tokenizer.ggml.model").unwrap_or("gpt2");
+    let types = meta.numbers("tokenizer.ggml.token_type")?;
+    let id = |k: &str| -> Result<Option<u32>> { Ok(meta.usize(k)?.map(|x| x as u32)) };
+    let bos = id("tokenizer.ggml.bos_token_id")?;
+    let eos = id("tokenizer.ggml.eos_token_id")?;
+    let unk = id("tokenizer.ggml.unknown_token_id")?;
+    let pad = id("tokenizer.ggml.padding_token_id")?;
+    let tokname = |i: Option<u32>| i.and_then(|i| tokens.get(i as usize)).cloned();
+    let mut added = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if let Some(special) = types.get(i).and_then(|&x| token_type_special(x)) {
+            added.push(
+                json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": !special, "special": special}),
+            );
+        }
+    }
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let add_bos = meta
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.to_bool().ok())
+        .unwrap_or(model == "llama");
+    let bos_post = |inner: Option<serde_json::Value>| -> serde_json::Value {
+        let mut procs = vec![];
+        if let Some(p) = inner {
+            procs.push(p);
+        }
+        if let (true, Some(b), Some(bn)) = (add_bos, bos, tokname(bos)) {
+            procs.push(json!({"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bn, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bn, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": bn, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bn.clone(): {"id": bn, "ids": [b], "tokens": [bn]}}}));
+        }
+        match procs.len() {
+            0 => serde_json::Value::Null,
+            1 => procs.pop().unwrap(),
+            _ => json!({"type": "Sequence", "processors": procs}),
+        }
+    };
+    let tj = match model {
+        "gpt2" => {
+            let merges = meta.strings("tokenizer.ggml.merges")?;
+            let pre = meta.str("tokenizer.ggml.pre").unwrap_or("default");
+            let bytelevel = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+            let split = |re: &str| {
+                json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
+                bytelevel(false)]})
+            };
+            let pre_tok = match pre {
+                "smollm" => json!({"type": "Sequence", "pretokenizers": [
+                    {"type": "Digits", "individual_digits": true}, bytelevel(true)]}),
+                "llama-bpe" | "llama3" => split(
+                    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+                ),
+                "qwen2" => split(
+                    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+                ),
+                "gpt-2" | "default" => bytelevel(true),
+                other => {
+                    notes.push(format!("tokenizer: pre-tokenizer `{other}` unknown, using GPT-2's; check token ids"));
+                    bytelevel(true)
+                }
+            };
+            notes.push(format!(
+                "tokenizer: byte-level BPE, {} tokens, {} merges, pre-tokenizer `{pre}`",
+                tokens.len(),
+                merges.len()
+            ));
+            json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+                "normalizer": null, "pre_tokenizer": pre_tok,
+                "post_processor": bos_post(Some(json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true}))),
+                "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+                "model": {"type": "BPE", "dropout": null, "unk_token": tokname(unk), "continuing_subword_prefix": null,
+                    "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": pre == "llama-bpe",
+                    "vocab": vocab, "merges": merges}})
+        }
+        "llama" => {
+            let scores = meta.numbers("tokenizer.ggml.scores")?;
+            let merges = sentencepiece_merges(tokens, &scores, &types);
+            notes.push(format!("tokenizer: SentencePiece-style BPE with byte fallback, {} tokens, {} merges derived from scores", tokens.len(), merges.len()));
+            json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+                "normalizer": null,
+                "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false},
+                "post_processor": bos_post(None),
+                "decoder": {"type": "Sequence", "decoders": [
+                    {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                    {"type": "ByteFallback"}, {"type": "Fuse"},
+                    {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+                "model": {"type": "BPE", "dropout": null, "unk_token": tokname(unk), "continuing_subword_prefix": null,
+                    "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                    "vocab": vocab, "merges": merges}})
+        }
+        other => {
+            return Err(meta.err(format!(
+                "tokenizer model `{other}` is not supported (gpt2, llama)"
+            )))
+        }
+    };
+    let chat_template = meta.str("tokenizer.chat_template").map(String::from);
+    let mut cfg = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": 131072,
+        "clean_up_tokenization_spaces": false,
+        "add_bos_token": add_bos,
+    });
+    for (k, v) in [
+        ("bos_token", bos),
+        ("eos_token", eos),
+        ("unk_token", unk),
+        ("pad_token", pad),
+    ] {
+        if let Some(n) = tokname(v) {
+            cfg[k] = n.into();
+        }
+    }
+    if let Some(t) = &chat_template {
+        cfg["chat_template"] = t.clone().into();
+    }
+    Tok::from_parts(
+        serde_json::to_string(&tj).unwrap(),
+        cfg,
+        chat_template,
+        &eos.into_iter().collect::<Vec<_>>(),
+        meta.path,
+    )
+}
+
+/// Merges of a SentencePiece BPE vocabulary, as `transformers`' SentencePieceExtractor derives
+/// them: every split of a piece into two pieces of the vocabulary is a merge, ranked by the
+/// merged piece's score (higher first), ties by the ids of the parts.
+fn sentencepiece_merges(tokens: &[String], scores: &[f64], types: &[f64]) -> Vec<String> {
+    let ids: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut merges: Vec<(f64, usize, usize, String)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate() {
+        if types.get(i).map(|&t| t as i64 != 1).unwrap_or(false) {
+            continue;
+        }
+        let score = scores.get(i).copied().unwrap_or(0.0);
+        let idx: Vec<usize> = piece.char_indices().map(|(k, _)| k).skip(1).collect();
+        for k in idx {
+            let (l, r) = piece.split_at(k);
+            if let (Some(&li), Some(&ri)) = (ids.get(l), ids.get(r)) {
+                merges.push((score, li, ri, format!("{l} {r}")));
+            }
+        }
+    }
+    merges.sort_by(|a, b| {
+        b.0.partial_cmp(&a.0)
+            .unwrap()
+            .then(a.1.cmp(&b.1))
+            .then(a.2.cmp(&b.2))
+    });
+    merges.into_iter().map(|m| m.3).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn permute_roundtrip_and_known_order() {
+        let dev = Device::Cpu;
+        // 2 heads, head_dim 4 (rows 8), 1 column: HF rows [h0: a0 a1 b0 b1 | h1: ...] where a
+        // is the first half and b the second; llama.cpp interleaves to [a0 b0 a1 b1].
+        let w = Tensor::arange(0f32, 8., &dev)
+            .unwrap()
+            .reshape((8, 1))
+            .unwrap();
+        let p = permute_qk(&w, 2).unwrap();
+        assert_eq!(
+            p.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![0., 2., 1., 3., 4., 6., 5., 7.]
+        );
+        let back = unpermute_qk(&p, 2).unwrap();
+        assert_eq!(
+            back.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            (0..8).map(|x| x as f32).collect::<Vec<_>>()
+        );
+    }
+    #[test]
+    fn names_map() {
+        assert_eq!(
+            hf_name("blk.12.ffn_down.weight").unwrap(),
+            "model.layers.12.mlp.down_proj.weight"
+        );
+        assert_eq!(hf_name("output.weight").unwrap(), "lm_head.weight");
+        assert!(hf_name("blk.1.weird").is_none());
+    }
+    #[test]
+    fn sentencepiece_merges_rank_by_score() {
+        let toks: Vec<String> = ["a", "b", "c", "ab", "abc", "bc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let scores = [0.0, 0.0, 0.0, -1.0, -3.0, -2.0];
+        let m = sentencepiece_merges(&toks, &scores, &[1.0; 6]);
+        assert_eq!(m, vec!["a b", "b c", "a bc", "ab c"]);
+    }
+}

@@ -1,0 +1,34 @@
+//! AP (answer preservation) retain term, no reference model, β = 0.1:
+//! L = mean_i −(1/β)·log σ(−β·(logπθ(y_idk | q_r) − logπθ(a_r | q_r))), summed log-probs.
+use candle_core::Tensor;
+
+use super::log_sigmoid;
+use crate::error::Result;
+
+/// `lp_idk`, `lp_ans`: [b] summed log-probabilities on retain questions. Scalar.
+pub fn ap(lp_idk: &Tensor, lp_ans: &Tensor, beta: f64) -> Result<Tensor> {
+    let x = ((lp_idk - lp_ans)? * -beta)?;
+    Ok((log_sigmoid(&x)?.mean_all()? * (-1.0 / beta))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unlearn::objective::testutil::*;
+    /// By hand: lp_idk − lp_ans = [−10, 10], β = 0.1 → −10·(logsigmoid(1) + logsigmoid(−1))/2
+    /// = 10·(0.31326168751822286 + 1.3132616875182228)/2.
+    #[test]
+    fn values_and_gradient() {
+        let v = ap(&t(&[-12.0, -5.0]), &t(&[-2.0, -15.0]), 0.1)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(
+            (v - 5.0 * (0.31326168751822286 + 1.3132616875182228)).abs() < 1e-9,
+            "{v}"
+        );
+        check_grad(&[-3.0, -8.0, -1.0], |x| {
+            ap(x, &t(&[-4.0, -2.0, -9.0]), 0.1).unwrap()
+        });
+    }
+}
