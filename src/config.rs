@@ -32,6 +32,12 @@ pub trait Validate {
     }
 }
 
+impl<T: Validate> Validate for Box<T> {
+    fn check(&self, c: &mut Check) {
+        (**self).check(c)
+    }
+}
+
 /// Collects range violations under dotted key names.
 #[derive(Default)]
 pub struct Check {

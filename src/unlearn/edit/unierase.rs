@@ -156,6 +156,21 @@ impl crate::config::Validate for UniEraseConfig {
     }
 }
 
+/// UniErase is not a loss: `method = "unierase"` runs the token training and the edit
+/// (`unlearn::run`) instead of the loss loop.
+impl crate::unlearn::objective::Term for Box<UniEraseConfig> {
+    const FORMULA: &'static str =
+        "an edit, not a loss: [UNL] token + null-space-constrained MEMIT (docs/unierase.md)";
+    fn needs(&self) -> crate::unlearn::objective::Needs {
+        Default::default()
+    }
+    fn loss(&self, _c: &crate::unlearn::objective::Ctx) -> Result<Tensor> {
+        Err(Error::Invalid(
+            "unierase is an edit, not a loss: run it with `unlearn run` alone".into(),
+        ))
+    }
+}
+
 /// Default edit layers: 5 of 32 starting at 4, scaled to `n` layers (at least one).
 pub fn default_layers(n: usize) -> Vec<usize> {
     let count = ((5.0 * n as f64 / 32.0).round() as usize)

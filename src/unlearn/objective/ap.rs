@@ -4,11 +4,54 @@ use candle_core::Tensor;
 
 use super::log_sigmoid;
 use crate::error::Result;
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, Needs, Term};
+use crate::config::{Check, Validate};
 
 /// `lp_idk`, `lp_ans`: [b] summed log-probabilities on retain questions. Scalar.
 pub fn ap(lp_idk: &Tensor, lp_ans: &Tensor, beta: f64) -> Result<Tensor> {
     let x = ((lp_idk - lp_ans)? * -beta)?;
     Ok((log_sigmoid(&x)?.mean_all()? * (-1.0 / beta))?)
+}
+
+/// Answer preservation on the retain partners.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ap {
+    pub beta: f64,
+}
+
+impl Default for Ap {
+    fn default() -> Self {
+        Ap { beta: 0.1 }
+    }
+}
+
+impl Validate for Ap {
+    fn check(&self, c: &mut Check) {
+        c.positive("beta", self.beta);
+    }
+}
+
+impl Term for Ap {
+    const FORMULA: &'static str =
+        "mean_i -(1/beta) log sigmoid(-beta (log p(y_idk | q_r) - log p(a_r | q_r)))";
+    fn needs(&self) -> Needs {
+        Needs {
+            retain_set: true,
+            retain_refusals: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, c: &Ctx) -> Result<Tensor> {
+        use crate::infer::score::sum_logprobs;
+        let bi = c.retain_refusals()?;
+        let ba = c.retain()?;
+        let li = sum_logprobs(&c.model.forward(&bi.input)?, &bi)?;
+        let la = sum_logprobs(&c.model.forward(&ba.input)?, &ba)?;
+        ap(&li, &la, self.beta)
+    }
 }
 
 #[cfg(test)]

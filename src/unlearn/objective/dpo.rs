@@ -4,6 +4,10 @@ use candle_core::Tensor;
 
 use super::log_sigmoid;
 use crate::error::Result;
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, Needs, Term};
+use crate::config::{Check, Validate};
 
 /// All inputs [b] summed log-probabilities: `lp_idk`/`ref_lp_idk` of the refusal, `lp_ans`/
 /// `ref_lp_ans` of the forget answer, under θ and the reference. Scalar.
@@ -18,6 +22,45 @@ pub fn dpo(
     let lose = (lp_ans - ref_lp_ans)?;
     let x = ((win - lose)? * beta)?;
     Ok((log_sigmoid(&x)?.mean_all()? * (-2.0 / beta))?)
+}
+
+/// DPO with the refusal preferred over the forget answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dpo {
+    pub beta: f64,
+}
+
+impl Default for Dpo {
+    fn default() -> Self {
+        Dpo { beta: 0.1 }
+    }
+}
+
+impl Validate for Dpo {
+    fn check(&self, c: &mut Check) {
+        c.positive("beta", self.beta);
+    }
+}
+
+impl Term for Dpo {
+    const FORMULA: &'static str = "mean_i -(2/beta) log sigmoid(beta ((log p(y_idk) - log p_ref(y_idk)) - (log p(a) - log p_ref(a))))";
+    fn needs(&self) -> Needs {
+        Needs {
+            forget_refusals: true,
+            ref_answer_scores: true,
+            ref_refusal_scores: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, c: &Ctx) -> Result<Tensor> {
+        use crate::infer::score::sum_logprobs;
+        let bw = c.forget_refusals()?;
+        let bl = c.forget()?;
+        let lw = sum_logprobs(&c.model.forward(&bw.input)?, &bw)?;
+        let ll = sum_logprobs(&c.model.forward(&bl.input)?, &bl)?;
+        dpo(&lw, &c.ref_refusals()?, &ll, &c.ref_answers()?, self.beta)
+    }
 }
 
 #[cfg(test)]

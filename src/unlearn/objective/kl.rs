@@ -4,6 +4,10 @@ use candle_core::{Tensor, D};
 
 use crate::error::Result;
 use crate::ops::log_softmax_last_dim;
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, Needs, Term};
+use crate::config::{Check, Validate};
 
 /// `logits`, `ref_logits`: [b, t, V]; `mask`: [b, t]. Scalar.
 pub fn kl(logits: &Tensor, ref_logits: &Tensor, mask: &Tensor) -> Result<Tensor> {
@@ -16,6 +20,31 @@ pub fn kl(logits: &Tensor, ref_logits: &Tensor, mask: &Tensor) -> Result<Tensor>
         .to_scalar::<f64>()?
         .max(1.0);
     Ok(((per * mask)?.sum_all()? / n)?)
+}
+
+/// KL to the frozen reference on the retain partners' answer positions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kl {}
+
+impl Validate for Kl {
+    fn check(&self, _c: &mut Check) {}
+}
+
+impl Term for Kl {
+    const FORMULA: &'static str = "mean_t KL(p_ref || p_theta) on retain answer positions";
+    fn needs(&self) -> Needs {
+        Needs {
+            retain_set: true,
+            reference_model: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, c: &Ctx) -> Result<Tensor> {
+        let b = c.retain()?;
+        let r = c.reference()?.forward(&b.input)?.detach();
+        kl(&c.model.forward(&b.input)?, &r, &b.mask)
+    }
 }
 
 #[cfg(test)]

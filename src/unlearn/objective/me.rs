@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::ops::log_softmax_last_dim;
 
+use super::{Ctx, Needs, Term};
+use crate::config::{Check, Validate};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Divergence {
@@ -45,6 +48,35 @@ pub fn me(logits: &Tensor, mask: &Tensor, div: Divergence) -> Result<Tensor> {
         .to_scalar::<f64>()?
         .max(1.0);
     Ok(((d * mask)?.sum_all()? / n)?)
+}
+
+/// Maximise entropy on the forget items (ME+GD: γ = 0.1).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Me {
+    pub divergence: Divergence,
+    pub positions: Positions,
+}
+
+impl Validate for Me {
+    fn check(&self, _c: &mut Check) {}
+}
+
+impl Term for Me {
+    const FORMULA: &'static str =
+        "mean_t KL(U || p) (uniform_ce) or KL(p || U) (entropy) over forget positions";
+    const WEIGHT: f64 = 0.1;
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+    fn loss(&self, c: &Ctx) -> Result<Tensor> {
+        let b = c.forget()?;
+        let mask = match self.positions {
+            Positions::Answer => &b.mask,
+            Positions::PromptAndAnswer => &b.valid,
+        };
+        me(&c.model.forward(&b.input)?, mask, self.divergence)
+    }
 }
 
 #[cfg(test)]

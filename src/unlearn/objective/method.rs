@@ -7,89 +7,15 @@
 //! gamma = 1.0
 //! alpha = 1.0
 //! ```
-//! Unknown names and keys fail when the config loads.
+//! Any registered forget term combines with any retain term by name (`x+y`, `x` alone = no
+//! retain term), with the terms' own defaults and γ = the forget term's default weight; the
+//! [`PRESETS`] name the combinations the literature uses under other names or with other
+//! weights. Unknown names and keys fail when the config loads.
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::me::{Divergence, Positions};
-
-fn d_beta_npo() -> f64 {
-    0.1
-}
-fn d_beta_simnpo() -> f64 {
-    2.5
-}
-fn d_one() -> f64 {
-    1.0
-}
-fn d_rmu_coef() -> f64 {
-    6.5
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ForgetTerm {
-    /// −nll_mean on D_f.
-    Ga,
-    /// −(2/β)·log σ(β·(nll_sum(θ) − nll_sum(ref))).
-    Npo {
-        #[serde(default = "d_beta_npo")]
-        beta: f64,
-    },
-    /// −(2/β)·log σ(β·nll_mean(θ) − δ).
-    Simnpo {
-        #[serde(default = "d_beta_simnpo")]
-        beta: f64,
-        #[serde(default)]
-        delta: f64,
-    },
-    /// nll_mean of a refusal given the forget question.
-    Idk,
-    /// DPO with the refusal preferred over the forget answer.
-    Dpo {
-        #[serde(default = "d_beta_npo")]
-        beta: f64,
-    },
-    /// Divergence of the predictive distribution from uniform.
-    Me {
-        #[serde(default)]
-        divergence: Divergence,
-        #[serde(default)]
-        positions: Positions,
-    },
-    /// Steer layer ℓ's residual toward c·u. `layer` unset: 7, or the model's last layer when it
-    /// has fewer (METHODS.md); a layer given explicitly must exist.
-    Rmu {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        layer: Option<usize>,
-        #[serde(default = "d_rmu_coef")]
-        steering_coef: f64,
-    },
-    /// Token-weighted GA, −mean_t(p_t^β·CE_t).
-    Wga {
-        #[serde(default = "d_one")]
-        beta: f64,
-    },
-    /// UniErase: not a loss but an unlearning token plus a closed-form edit
-    /// (`edit::unierase`); its settings are the keys of `UniEraseConfig`.
-    Unierase(Box<crate::unlearn::edit::unierase::UniEraseConfig>),
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RetainTerm {
-    None,
-    /// nll_mean on D_r.
-    Gd,
-    /// KL(p_ref ‖ p_θ) on retain answer positions (resident reference copy).
-    Kl,
-    /// −(1/β)·log σ(−β·(logπθ(y_idk|q_r) − logπθ(a_r|q_r))).
-    Ap {
-        #[serde(default = "d_beta_npo")]
-        beta: f64,
-    },
-    /// ‖h_ℓ^θ − h_ℓ^ref‖²/d on retain inputs (layer of the RMU forget term).
-    RmuRetain,
-}
+use super::{ForgetTerm, RetainTerm};
+use crate::optim::OptimizerKind;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -103,37 +29,32 @@ pub struct MethodConfig {
     pub alpha: f64,
     /// Overrides `train.optimizer` (set by the FO-/SO-GradDiff and SIMU presets).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub optimizer: Option<crate::optim::OptimizerKind>,
+    pub optimizer: Option<OptimizerKind>,
     /// SIMU neuron selection: attribute MLP neurons on the forget set before training, then
     /// train attention projections in full and only the critical `down_proj` columns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simu: Option<SimuSelect>,
 }
 
-fn d_steps() -> usize {
-    8
-}
-fn d_half() -> f64 {
-    0.5
-}
-fn d_true() -> bool {
-    true
+fn d_one() -> f64 {
+    1.0
 }
 
+fn no_retain() -> RetainTerm {
+    RetainTerm::None(Default::default())
+}
+
+/// SIMU's neuron selection (METHODS.md, SIMU steps 1-2); its defaults are declared here once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct SimuSelect {
     /// Integration steps m.
-    #[serde(default = "d_steps")]
     pub steps: usize,
     /// Critical iff score > threshold · layer max.
-    #[serde(default = "d_half")]
     pub threshold: f64,
     /// Rank by |Att| (default) or the signed attribution.
-    #[serde(default = "d_true")]
     pub absolute: bool,
     /// Leave out neurons that are critical for the retain set too.
-    #[serde(default)]
     pub dual: bool,
 }
 
@@ -144,31 +65,6 @@ impl Default for SimuSelect {
             threshold: 0.5,
             absolute: true,
             dual: false,
-        }
-    }
-}
-
-impl crate::config::Validate for ForgetTerm {
-    fn check(&self, c: &mut crate::config::Check) {
-        match self {
-            ForgetTerm::Ga | ForgetTerm::Idk | ForgetTerm::Me { .. } => {}
-            ForgetTerm::Npo { beta } | ForgetTerm::Dpo { beta } => c.positive("beta", *beta),
-            ForgetTerm::Simnpo { beta, delta } => {
-                c.positive("beta", *beta);
-                c.finite("delta", *delta);
-            }
-            // the layer is checked against the model when the run starts
-            ForgetTerm::Rmu { steering_coef, .. } => c.positive("steering_coef", *steering_coef),
-            ForgetTerm::Wga { beta } => c.non_negative("beta", *beta),
-            ForgetTerm::Unierase(u) => u.check(c),
-        }
-    }
-}
-
-impl crate::config::Validate for RetainTerm {
-    fn check(&self, c: &mut crate::config::Check) {
-        if let RetainTerm::Ap { beta } = self {
-            c.positive("beta", *beta);
         }
     }
 }
@@ -186,7 +82,8 @@ impl crate::config::Validate for MethodConfig {
         c.sub("retain", &self.retain);
         c.non_negative("gamma", self.gamma);
         c.non_negative("alpha", self.alpha);
-        if self.gamma == 0.0 && (self.alpha == 0.0 || self.retain == RetainTerm::None) {
+        let no_retain = matches!(self.retain, RetainTerm::None(_));
+        if self.gamma == 0.0 && (self.alpha == 0.0 || no_retain) {
             c.fail(
                 "gamma",
                 "is 0 and there is no retain term to weigh: nothing to optimise",
@@ -198,11 +95,113 @@ impl crate::config::Validate for MethodConfig {
     }
 }
 
-fn no_retain() -> RetainTerm {
-    RetainTerm::None
+/// A named method that is not just `forget+retain` with the terms' defaults.
+pub struct Preset {
+    pub name: &'static str,
+    /// What it is, for `unlearn methods`.
+    pub about: &'static str,
+    pub build: fn() -> MethodConfig,
 }
 
-/// Named combinations and their defaults.
+fn with(forget: ForgetTerm, retain: RetainTerm, gamma: f64, alpha: f64) -> MethodConfig {
+    MethodConfig {
+        forget,
+        retain,
+        gamma,
+        alpha,
+        optimizer: None,
+        simu: None,
+    }
+}
+
+fn term(name: &str) -> ForgetTerm {
+    ForgetTerm::named(name).expect("a registered forget term")
+}
+
+fn keep(name: &str) -> RetainTerm {
+    RetainTerm::named(name).expect("a registered retain term")
+}
+
+/// SIMU and its two baselines: GradDiff with γ = 1, α = 2 (METHODS.md, SIMU step 3).
+fn graddiff2(optimizer: OptimizerKind, simu: Option<SimuSelect>) -> MethodConfig {
+    MethodConfig {
+        optimizer: Some(optimizer),
+        simu,
+        ..with(term("ga"), keep("gd"), 1.0, 2.0)
+    }
+}
+
+/// Exclusive Unlearning: λ·nll_mean(keep) + (1−λ)·uniform_ce(self-generated), λ = 0.6; the forget
+/// set is the self-generated corpus, the retain set the keep corpus, so λ is α and 1−λ is γ.
+fn exclusive(forget: ForgetTerm) -> MethodConfig {
+    with(forget, keep("gd"), 0.4, 0.6)
+}
+
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "graddiff",
+        about: "GA + GD",
+        build: || with(term("ga"), keep("gd"), 1.0, 1.0),
+    },
+    Preset {
+        name: "rmu",
+        about: "RMU's forget and retain terms",
+        build: || with(term("rmu"), keep("rmu_retain"), 1.0, 1.0),
+    },
+    Preset {
+        name: "fo-graddiff",
+        about: "GradDiff, gamma 1, alpha 2, AdamW (SIMU's first-order baseline)",
+        build: || graddiff2(OptimizerKind::Adamw, None),
+    },
+    Preset {
+        name: "so-graddiff",
+        about: "GradDiff, gamma 1, alpha 2, Sophia (SIMU's second-order baseline)",
+        build: || graddiff2(OptimizerKind::Sophia, None),
+    },
+    Preset {
+        name: "simu",
+        about: "SO-GradDiff on the attention projections and the critical down_proj columns",
+        build: || graddiff2(OptimizerKind::Sophia, Some(SimuSelect::default())),
+    },
+    Preset {
+        name: "satimp",
+        about: "SatImp + GD, gamma 0.1, alpha 1 (open-unlearning's defaults)",
+        build: || with(term("satimp"), keep("gd"), 0.1, 1.0),
+    },
+    Preset {
+        name: "undial",
+        about: "UNDIAL alone (open-unlearning's alpha = 0)",
+        build: || with(term("undial"), keep("none"), 1.0, 1.0),
+    },
+    Preset {
+        name: "ceu",
+        about: "CE-U alone",
+        build: || with(term("ceu"), keep("none"), 1.0, 1.0),
+    },
+    Preset {
+        name: "unierase",
+        about: "the unlearning token and the null-space edit (docs/unierase.md)",
+        build: || with(term("unierase"), keep("none"), 1.0, 1.0),
+    },
+    Preset {
+        name: "exclusive",
+        about: "Exclusive Unlearning: ME (uniform CE over every token) on the self-generated corpus + GD on the keep set",
+        build: || {
+            exclusive(ForgetTerm::Me(super::me::Me {
+                divergence: Divergence::UniformCe,
+                positions: Positions::PromptAndAnswer,
+            }))
+        },
+    },
+    Preset {
+        name: "exclusive-negce",
+        about: "Exclusive Unlearning's ablation: gradient ascent instead of ME",
+        build: || exclusive(term("ga")),
+    },
+];
+
+/// The names `unlearn methods` lists and the tests run: every preset and the common
+/// combinations (any other `forget+retain` of registered terms works too).
 pub const NAMED: &[&str] = &[
     "ga",
     "ga+gd",
@@ -221,6 +220,9 @@ pub const NAMED: &[&str] = &[
     "rmu",
     "wga",
     "wga+gd",
+    "satimp",
+    "undial",
+    "ceu",
     "fo-graddiff",
     "so-graddiff",
     "simu",
@@ -230,131 +232,32 @@ pub const NAMED: &[&str] = &[
 ];
 
 impl MethodConfig {
-    /// A named combination ("npo+gd", "GA+KL", "GradDiff", …) with documented defaults.
+    /// A named method ("npo+gd", "GA+KL", "GradDiff", a preset, …) with its defaults.
     pub fn named(name: &str) -> Result<Self, String> {
         let n = name.trim().to_ascii_lowercase().replace(' ', "");
-        // SIMU and its two baselines: GradDiff with gamma 1, alpha 2 (METHODS.md, SIMU step 3).
-        let graddiff2 = |optimizer, simu| MethodConfig {
-            forget: ForgetTerm::Ga,
-            retain: RetainTerm::Gd,
-            gamma: 1.0,
-            alpha: 2.0,
-            optimizer: Some(optimizer),
-            simu,
-        };
-        use crate::optim::OptimizerKind;
-        match n.as_str() {
-            "fo-graddiff" => return Ok(graddiff2(OptimizerKind::Adamw, None)),
-            "so-graddiff" => return Ok(graddiff2(OptimizerKind::Sophia, None)),
-            "simu" => {
-                return Ok(graddiff2(
-                    OptimizerKind::Sophia,
-                    Some(SimuSelect::default()),
-                ))
-            }
-            // Exclusive Unlearning: λ·nll_mean(keep) + (1−λ)·uniform_ce(self-generated), λ = 0.6;
-            // the forget set is the self-generated corpus, the retain set the keep corpus, so
-            // λ is `alpha` and 1−λ is `gamma`. The Neg-CE ablation ascends the NLL instead.
-            "exclusive" | "exclusive-negce" => {
-                return Ok(MethodConfig {
-                    forget: if n == "exclusive" {
-                        ForgetTerm::Me {
-                            divergence: Divergence::UniformCe,
-                            positions: Positions::PromptAndAnswer,
-                        }
-                    } else {
-                        ForgetTerm::Ga
-                    },
-                    retain: RetainTerm::Gd,
-                    gamma: 0.4,
-                    alpha: 0.6,
-                    optimizer: None,
-                    simu: None,
-                })
-            }
-            _ => {}
+        if let Some(p) = PRESETS.iter().find(|p| p.name == n) {
+            return Ok((p.build)());
         }
-        let (f, r) = match n.as_str() {
-            "graddiff" => ("ga", "gd"),
-            "rmu" => ("rmu", "rmu_retain"),
-            _ => match n.split_once('+') {
-                Some((f, r)) => (f, r),
-                None => (n.as_str(), "none"),
-            },
-        };
-        let forget = match f {
-            "ga" => ForgetTerm::Ga,
-            "npo" => ForgetTerm::Npo { beta: 0.1 },
-            "simnpo" => ForgetTerm::Simnpo {
-                beta: 2.5,
-                delta: 0.0,
-            },
-            "idk" => ForgetTerm::Idk,
-            "dpo" => ForgetTerm::Dpo { beta: 0.1 },
-            "me" => ForgetTerm::Me {
-                divergence: Divergence::UniformCe,
-                positions: Positions::PromptAndAnswer,
-            },
-            "rmu" => ForgetTerm::Rmu {
-                layer: None,
-                steering_coef: 6.5,
-            },
-            "wga" => ForgetTerm::Wga { beta: 1.0 },
-            "unierase" => ForgetTerm::Unierase(Box::default()),
-            _ => {
-                return Err(format!(
-                    "unknown method `{name}` (known: {})",
-                    NAMED.join(", ")
-                ))
-            }
-        };
-        let retain = match r {
-            "none" => RetainTerm::None,
-            "gd" => RetainTerm::Gd,
-            "kl" => RetainTerm::Kl,
-            "ap" => RetainTerm::Ap { beta: 0.1 },
-            "rmu_retain" => RetainTerm::RmuRetain,
-            _ => {
-                return Err(format!(
-                    "unknown method `{name}` (known: {})",
-                    NAMED.join(", ")
-                ))
-            }
-        };
-        // ME+GD: gamma = 0.1, alpha = 1 (METHODS.md); the others 1, 1.
-        let gamma = if matches!(forget, ForgetTerm::Me { .. }) {
-            0.1
-        } else {
-            1.0
-        };
-        Ok(MethodConfig {
-            forget,
-            retain,
-            gamma,
-            alpha: 1.0,
-            optimizer: None,
-            simu: None,
-        })
+        let unknown = || format!("unknown method `{name}` (known: {})", NAMED.join(", "));
+        let (f, r) = n.split_once('+').unwrap_or((n.as_str(), "none"));
+        let forget = ForgetTerm::named(f).ok_or_else(unknown)?;
+        if matches!(forget, ForgetTerm::Unierase(_)) && r != "none" {
+            return Err(unknown());
+        }
+        let retain = RetainTerm::named(r).ok_or_else(unknown)?;
+        let gamma = forget.default_weight();
+        Ok(with(forget, retain, gamma, retain_weight(r)))
     }
 
-    /// Whether the forget term needs reference summed log-probs (precomputed once).
-    pub fn needs_ref_scores(&self) -> bool {
-        matches!(self.forget, ForgetTerm::Npo { .. } | ForgetTerm::Dpo { .. })
+    pub fn needs(&self) -> super::Needs {
+        self.forget.needs().union(self.retain.needs())
     }
+}
 
-    /// Whether a resident frozen reference model is needed (full distributions / hidden states).
-    pub fn needs_resident_ref(&self) -> bool {
-        matches!(self.retain, RetainTerm::Kl | RetainTerm::RmuRetain)
-    }
-
-    pub fn needs_refusals(&self) -> bool {
-        matches!(self.forget, ForgetTerm::Idk | ForgetTerm::Dpo { .. })
-            || matches!(self.retain, RetainTerm::Ap { .. })
-    }
-
-    pub fn needs_retain(&self) -> bool {
-        !matches!(self.retain, RetainTerm::None)
-    }
+fn retain_weight(name: &str) -> f64 {
+    RetainTerm::named(name)
+        .map(|r| r.default_weight())
+        .unwrap_or(1.0)
 }
 
 /// Accepts a method name string or a table.
@@ -417,22 +320,29 @@ mod tests {
             MethodConfig::named(n).unwrap();
         }
         let w: W = toml::from_str("method = \"NPO+KL\"").unwrap();
-        assert_eq!(w.method.forget, ForgetTerm::Npo { beta: 0.1 });
-        assert_eq!(w.method.retain, RetainTerm::Kl);
+        assert_eq!(
+            w.method.forget,
+            ForgetTerm::Npo(super::super::npo::Npo { beta: 0.1 })
+        );
+        assert_eq!(w.method.retain, RetainTerm::Kl(Default::default()));
         assert_eq!(MethodConfig::named("me+gd").unwrap().gamma, 0.1);
         let w: W = toml::from_str("[method]\nforget = { name = \"simnpo\", beta = 4.0 }\nretain = { name = \"ap\" }\nalpha = 2.0").unwrap();
         assert_eq!(
             w.method.forget,
-            ForgetTerm::Simnpo {
+            ForgetTerm::Simnpo(super::super::simnpo::Simnpo {
                 beta: 4.0,
                 delta: 0.0
-            }
+            })
         );
         assert_eq!(w.method.alpha, 2.0);
         let w: W = toml::from_str("[method]\nname = \"GradDiff\"\nalpha = 2.0").unwrap();
         assert_eq!(
             (w.method.forget, w.method.retain, w.method.alpha),
-            (ForgetTerm::Ga, RetainTerm::Gd, 2.0)
+            (
+                ForgetTerm::Ga(Default::default()),
+                RetainTerm::Gd(Default::default()),
+                2.0
+            )
         );
         let e = toml::from_str::<W>("[method]\nname = \"ga+gd\"\nalpah = 2.0")
             .unwrap_err()

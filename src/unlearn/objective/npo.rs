@@ -4,11 +4,50 @@ use candle_core::Tensor;
 
 use super::log_sigmoid;
 use crate::error::Result;
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, Needs, Term};
+use crate::config::{Check, Validate};
 
 /// `nll_sum`, `ref_nll_sum`: [b] summed answer NLL under θ and under the reference. Scalar.
 pub fn npo(nll_sum: &Tensor, ref_nll_sum: &Tensor, beta: f64) -> Result<Tensor> {
     let x = ((nll_sum - ref_nll_sum)? * beta)?;
     Ok((log_sigmoid(&x)?.mean_all()? * (-2.0 / beta))?)
+}
+
+/// Negative preference optimisation against the input model's answer scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Npo {
+    pub beta: f64,
+}
+
+impl Default for Npo {
+    fn default() -> Self {
+        Npo { beta: 0.1 }
+    }
+}
+
+impl Validate for Npo {
+    fn check(&self, c: &mut Check) {
+        c.positive("beta", self.beta);
+    }
+}
+
+impl Term for Npo {
+    const FORMULA: &'static str =
+        "mean_i -(2/beta) log sigmoid(beta (nll_sum(a_i; theta) - nll_sum(a_i; ref)))";
+    fn needs(&self) -> Needs {
+        Needs {
+            ref_answer_scores: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, c: &Ctx) -> Result<Tensor> {
+        let b = c.forget()?;
+        let nll = crate::infer::score::sum_logprobs(&c.model.forward(&b.input)?, &b)?.neg()?;
+        npo(&nll, &c.ref_answers()?.neg()?, self.beta)
+    }
 }
 
 #[cfg(test)]

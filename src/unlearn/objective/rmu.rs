@@ -6,6 +6,10 @@ use candle_core::{Device, Tensor, D};
 
 use crate::error::Result;
 use crate::util::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, Needs, Term};
+use crate::config::{Check, Validate};
 
 /// The control vector c·u: u uniform on [0,1)^d normalised to unit length (as the RMU reference
 /// code does), seeded. [d]
@@ -36,6 +40,76 @@ pub fn rmu_forget(h: &Tensor, control: &Tensor, mask: &Tensor) -> Result<Tensor>
 /// `h`, `h_ref`: [b, t, d], `mask`: [b, t]. Scalar.
 pub fn rmu_retain(h: &Tensor, h_ref: &Tensor, mask: &Tensor) -> Result<Tensor> {
     masked_mse(&(h - h_ref.detach())?, mask)
+}
+
+/// RMU's forget term: steer layer ℓ's residual toward c·u on the forget answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rmu {
+    /// ℓ; unset: 7, or the model's last layer when it has fewer (METHODS.md); a layer given
+    /// explicitly must exist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    pub steering_coef: f64,
+}
+
+impl Default for Rmu {
+    fn default() -> Self {
+        Rmu {
+            layer: None,
+            steering_coef: 6.5,
+        }
+    }
+}
+
+impl Validate for Rmu {
+    fn check(&self, c: &mut Check) {
+        // the layer is checked against the model when the run starts
+        c.positive("steering_coef", self.steering_coef);
+    }
+}
+
+impl Term for Rmu {
+    const FORMULA: &'static str = "mean_t ||h_l(x) - c u||^2 / d on forget answer tokens";
+    fn needs(&self) -> Needs {
+        Needs {
+            rmu: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, c: &Ctx) -> Result<Tensor> {
+        let b = c.forget()?;
+        let (layer, control) = c.rmu()?;
+        let h = c.model.hidden_at(&b.input, layer)?;
+        rmu_forget(&h, control, &b.mask)
+    }
+}
+
+/// RMU's retain term: keep layer ℓ's residual on the retain partners.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RmuRetain {}
+
+impl Validate for RmuRetain {
+    fn check(&self, _c: &mut Check) {}
+}
+
+impl Term for RmuRetain {
+    const FORMULA: &'static str = "mean_t ||h_l^theta(x_r) - h_l^ref(x_r)||^2 / d on retain tokens";
+    fn needs(&self) -> Needs {
+        Needs {
+            retain_set: true,
+            reference_model: true,
+            rmu: true,
+            ..Needs::default()
+        }
+    }
+    fn loss(&self, c: &Ctx) -> Result<Tensor> {
+        let b = c.retain()?;
+        let (l, _) = c.rmu()?;
+        let h_ref = c.reference()?.hidden_at(&b.input, l)?.detach();
+        rmu_retain(&c.model.hidden_at(&b.input, l)?, &h_ref, &b.valid)
+    }
 }
 
 #[cfg(test)]

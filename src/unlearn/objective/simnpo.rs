@@ -4,11 +4,51 @@ use candle_core::Tensor;
 
 use super::log_sigmoid;
 use crate::error::Result;
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, Needs, Term};
+use crate::config::{Check, Validate};
 
 /// `nll_mean`: [b] per-item length-normalised NLL under θ. Scalar.
 pub fn simnpo(nll_mean: &Tensor, beta: f64, delta: f64) -> Result<Tensor> {
     let x = ((nll_mean * beta)? - delta)?;
     Ok((log_sigmoid(&x)?.mean_all()? * (-2.0 / beta))?)
+}
+
+/// Reference-free, length-normalised NPO.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Simnpo {
+    pub beta: f64,
+    pub delta: f64,
+}
+
+impl Default for Simnpo {
+    fn default() -> Self {
+        Simnpo {
+            beta: 2.5,
+            delta: 0.0,
+        }
+    }
+}
+
+impl Validate for Simnpo {
+    fn check(&self, c: &mut Check) {
+        c.positive("beta", self.beta);
+        c.finite("delta", self.delta);
+    }
+}
+
+impl Term for Simnpo {
+    const FORMULA: &'static str = "mean_i -(2/beta) log sigmoid(beta nll_mean(a_i; theta) - delta)";
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+    fn loss(&self, c: &Ctx) -> Result<Tensor> {
+        let b = c.forget()?;
+        let nll = crate::infer::score::nll_mean(&c.model.forward(&b.input)?, &b)?;
+        simnpo(&nll, self.beta, self.delta)
+    }
 }
 
 #[cfg(test)]

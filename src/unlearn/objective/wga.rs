@@ -3,6 +3,10 @@
 use candle_core::Tensor;
 
 use crate::error::Result;
+use serde::{Deserialize, Serialize};
+
+use super::{Ctx, Needs, Term};
+use crate::config::{Check, Validate};
 
 /// `token_lp`: [b, t] log p of each target (any value off-mask), `mask`: [b, t]. Scalar.
 pub fn wga(token_lp: &Tensor, mask: &Tensor, beta: f64) -> Result<Tensor> {
@@ -14,6 +18,37 @@ pub fn wga(token_lp: &Tensor, mask: &Tensor, beta: f64) -> Result<Tensor> {
         .to_scalar::<f64>()?
         .max(1.0);
     Ok(((w * ce)?.mul(mask)?.sum_all()? / -n)?)
+}
+
+/// Token-weighted gradient ascent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Wga {
+    pub beta: f64,
+}
+
+impl Default for Wga {
+    fn default() -> Self {
+        Wga { beta: 1.0 }
+    }
+}
+
+impl Validate for Wga {
+    fn check(&self, c: &mut Check) {
+        c.non_negative("beta", self.beta);
+    }
+}
+
+impl Term for Wga {
+    const FORMULA: &'static str = "-mean_t (p_t^beta CE_t), weights detached";
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+    fn loss(&self, c: &Ctx) -> Result<Tensor> {
+        let b = c.forget()?;
+        let lp = crate::ops::gather_logprobs(&c.model.forward(&b.input)?, &b.targets)?;
+        wga(&lp, &b.mask, self.beta)
+    }
 }
 
 #[cfg(test)]
