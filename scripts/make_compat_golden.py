@@ -27,6 +27,9 @@ def main():
     ap.add_argument("fixture")
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument(
+        "--revision", help="open-unlearning's commit, when the checkout is not a git repository"
+    )
     a = ap.parse_args()
     src = os.path.join(a.open_unlearning, "src")
     sys.path.insert(0, src)
@@ -53,6 +56,7 @@ def main():
     from evals.metrics.mia.zlib import ZLIBAttack
     from evals.metrics.mia.min_k import MinKProbAttack
     from evals.metrics.mia.min_k_plus_plus import MinKPlusPlusAttack
+    from evals.metrics.mia.gradnorm import GradNormAttack
     import transformers
 
     torch.manual_seed(0)
@@ -100,7 +104,8 @@ def main():
         "versions": {
             "transformers": transformers.__version__,
             "torch": torch.__version__,
-            "open_unlearning": "locuslab/open-unlearning " + git_head(a.open_unlearning),
+            "open_unlearning": "locuslab/open-unlearning "
+            + (a.revision or git_head(a.open_unlearning)),
         },
         "max_new_tokens": a.max_new_tokens,
     }
@@ -153,6 +158,9 @@ def main():
         out[name] = mia_auc(
             cls, model, mia_data, right, bs, k=0.4, tokenizer=tok
         )
+    # mia_gradnorm's configuration: batch size 1, p = 2 (it backpropagates each item alone
+    # whatever the batch size; it leaves the model in eval mode)
+    out["mia_gradnorm"] = mia_auc(GradNormAttack, model, mia_data, right, 1, p=2)
     with open(os.path.join(a.fixture, "golden.json"), "w") as f:
         json.dump(out, f, indent=1, default=float)
     print("wrote", os.path.join(a.fixture, "golden.json"))

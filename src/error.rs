@@ -70,11 +70,44 @@ pub enum Error {
         loss: f64,
         checkpoint: Option<PathBuf>,
     },
+    /// An output that exists and is not replaced without `--overwrite` (or `--resume`): the
+    /// caller may pass it, or choose another output.
+    #[error("{what} {} {detail}", path.display())]
+    OutputExists {
+        what: String,
+        path: PathBuf,
+        detail: String,
+    },
+    /// Another process holds the output's lock: the caller may wait and retry.
+    #[error(
+        "{} is being written by {holder} (lock {}); wait for it to finish or choose another output",
+        target.display(),
+        lock.display()
+    )]
+    Busy {
+        target: PathBuf,
+        lock: PathBuf,
+        holder: String,
+    },
+    /// The work needs more memory than the machine has: the caller may shrink it (batch size,
+    /// sequence length, model).
+    #[error("{what} needs about {:.1} GiB of memory; {}", *need as f64 / GIB, match available {
+        Some(a) => format!("{:.1} GiB are available", *a as f64 / GIB),
+        None => "more than can be addressed".into(),
+    })]
+    OutOfMemory {
+        what: String,
+        need: u128,
+        /// None: beyond what any allocation can ask for.
+        available: Option<u128>,
+    },
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("tensor op: {0}")]
     Candle(candle_core::Error),
 }
+
+const GIB: f64 = (1u64 << 30) as f64;
 
 /// candle attaches a multi-line backtrace to its errors when RUST_BACKTRACE is set; an error
 /// message of ours is one line, so the backtrace is dropped.

@@ -43,6 +43,10 @@ enum Cmd {
     Init(cli::init::Args),
     /// Measure training, scoring and generation throughput and peak memory.
     Bench(cli::bench::Args),
+    /// List every unlearning method and loss term: formula, parameters and defaults, needs.
+    Methods(cli::catalog::Args),
+    /// List every evaluation metric: formula, what it needs, its reference implementation.
+    Metrics(cli::catalog::Args),
 }
 
 /// Large freed blocks are kept for reuse (`unlearn::util::alloc`); everything else is the system's.
@@ -51,6 +55,7 @@ static ALLOC: unlearn::util::alloc::Recycling = unlearn::util::alloc::Recycling;
 
 fn main() {
     unlearn::util::alloc::enable();
+    unlearn::util::runtime::default_sigpipe();
     unlearn::util::runtime::tune_threads();
     unlearn::util::runtime::tune_allocator();
     let cli = Cli::parse();
@@ -67,6 +72,8 @@ fn main() {
         Cmd::Attribute(a) => cli::attribute::run(a),
         Cmd::Init(a) => cli::init::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
+        Cmd::Methods(a) => cli::catalog::methods(a),
+        Cmd::Metrics(a) => cli::catalog::metrics(a),
     });
     if let Err(e) = r {
         eprintln!("error: {e:#}");

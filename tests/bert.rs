@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use unlearn::model::bert::{cosine, Bert, Classifier};
+use unlearn::model::bert::{cosine, Bert};
+use unlearn::model::nli::Classifier;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

@@ -17,6 +17,10 @@ fn fixture() -> PathBuf {
 }
 
 fn eval(out: &Path, compat: bool) -> Value {
+    eval_with(out, compat, &[])
+}
+
+fn eval_with(out: &Path, compat: bool, extra: &[&str]) -> Value {
     let fx = fixture();
     let (m, b) = (fx.join("model"), fx.clone());
     let mut args = vec![
@@ -37,6 +41,7 @@ fn eval(out: &Path, compat: bool) -> Value {
     if compat {
         args.extend(["--set", "compat=open_unlearning"]);
     }
+    args.extend(extra);
     ok(&args, out.parent().unwrap());
     serde_json::from_str(&std::fs::read_to_string(out.join("TOFU_EVAL.json")).unwrap()).unwrap()
 }
@@ -115,6 +120,8 @@ fn compat_mode_matches_open_unlearning_per_item() {
         assert!(diff < TOL, "{m}: max per-item difference {diff}");
         assert_eq!(g[m]["auc"], o[m]["auc"], "{m} AUC");
     }
+    // the opt-in GradNorm attack is left out unless asked for
+    assert!(o["mia_gradnorm"]["skipped"].is_string());
     // greedy generations are the same text
     let (gr, or) = (
         &g["forget_Q_A_ROUGE"]["value_by_index"],
@@ -142,4 +149,39 @@ fn without_compat_mode_the_definitions_differ() {
         );
     }
     assert!(mia_diff(&g, &o, "mia_min_k") > 1e-2);
+}
+
+/// Largest relative |ours − theirs| / theirs of the GradNorm scores.
+fn gradnorm_rel_diff(g: &Value, o: &Value) -> f64 {
+    let mut d: f64 = 0.0;
+    for part in ["forget", "holdout"] {
+        let gv = g["mia_gradnorm"][part]["value_by_index"]
+            .as_object()
+            .unwrap();
+        assert!(!gv.is_empty());
+        for (i, x) in gv {
+            let theirs = x["score"].as_f64().unwrap();
+            let ours = o["mia_gradnorm"][part]["value_by_index"][i]["score"]
+                .as_f64()
+                .unwrap();
+            d = d.max((ours - theirs).abs() / theirs);
+        }
+    }
+    d
+}
+
+/// Issue #19's new metric: the per-item gradient norms of open-unlearning's GradNormAttack
+/// (p = 2), backpropagated through the fixture model, and their AUC.
+#[test]
+fn gradnorm_attack_matches_open_unlearning() {
+    let d = tempfile::tempdir().unwrap();
+    let gn = ["--set", "extra_metrics=[\"mia_gradnorm\"]"];
+    let o = eval_with(&d.path().join("ev"), true, &gn);
+    let g = golden();
+    let diff = gradnorm_rel_diff(&g, &o);
+    assert!(diff < 1e-4, "mia_gradnorm: max relative difference {diff}");
+    assert_eq!(g["mia_gradnorm"]["auc"], o["mia_gradnorm"]["auc"]);
+    // our conventions (every label, end-of-turn tokens attended to) give other norms
+    let o = eval_with(&d.path().join("ours"), false, &gn);
+    assert!(gradnorm_rel_diff(&g, &o) > 1e-2);
 }

@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use crate::data::synthetic::{self, SynthConfig};
 use crate::data::{read_qa, Encoded, Formatter};
 use crate::error::{Error, Result};
-use crate::eval::{fingerprint, EvalConfig, Evaluator};
+use crate::eval::{fingerprint, names, EvalConfig, Evaluator};
 use crate::model::hf::{atomic_write, save_model, ModelDir};
 use crate::model::{Llama, LlamaConfig};
 use crate::train::{finetune, TrainConfig};
@@ -263,10 +263,7 @@ pub fn dir_name(method: &str) -> String {
 
 fn encode(md: &ModelDir, cfg: &TrainConfig, items: &[crate::data::QaItem]) -> Result<Vec<Encoded>> {
     let f = Formatter::new(&md.tok, cfg.prompt, cfg.max_len)?;
-    items
-        .iter()
-        .map(|it| f.encode_qa(&it.question, &it.answer))
-        .collect()
+    f.encode_items(items)
 }
 
 /// Train (or load from the cache) the target and the retain model. Returns their directories
@@ -368,11 +365,11 @@ fn row(name: &str, role: &str, s: &serde_json::Map<String, Value>, seconds: f64)
     Row {
         name: name.into(),
         role: role.into(),
-        forget_quality: f(s, "forget_quality"),
-        model_utility: f(s, "model_utility"),
-        forget_rouge: f(s, "forget_Q_A_ROUGE"),
-        forget_prob: f(s, "forget_Q_A_Prob"),
-        retain_rouge: f(s, "retain_Q_A_ROUGE"),
+        forget_quality: f(s, names::FORGET_QUALITY),
+        model_utility: f(s, names::MODEL_UTILITY),
+        forget_rouge: f(s, names::FORGET_ROUGE),
+        forget_prob: f(s, names::FORGET_PROB),
+        retain_rouge: f(s, names::RETAIN_ROUGE),
         trainable_params: None,
         changed_params: None,
         seconds,
@@ -471,27 +468,7 @@ pub fn run(cfg: &DemoConfig, out: &Path, progress: bool) -> Result<DemoReport> {
     for m in &cfg.methods {
         let t = Instant::now();
         let d = out.join(dir_name(m));
-        let mut rc: crate::unlearn::RunConfig = crate::config::load(
-            None,
-            &[
-                format!("model={}", toml_str(&target)),
-                format!(
-                    "forget={}",
-                    toml_str(&bench_dir.join(format!("{}.jsonl", cfg.forget_split)))
-                ),
-                format!(
-                    "retain={}",
-                    toml_str(&bench_dir.join(format!("{}.jsonl", cfg.retain_split()?)))
-                ),
-                format!("out={}", toml_str(&d.join("model"))),
-                format!("run_dir={}", toml_str(&d.join("run"))),
-                format!("method={}", toml_str(Path::new(m))),
-            ]
-            .into_iter()
-            .chain(cfg.method_set.get(m).cloned().unwrap_or_default())
-            .collect::<Vec<_>>(),
-        )?;
-        rc.train = cfg.unlearn.clone();
+        let rc = run_config(cfg, m, &target, &bench_dir, &d)?;
         eprintln!("unlearning with {m}");
         // the method's model and run directory are the demo's own: an earlier demo's are replaced
         let opts = crate::unlearn::RunOptions {
@@ -537,6 +514,26 @@ pub fn run(cfg: &DemoConfig, out: &Path, progress: bool) -> Result<DemoReport> {
 }
 
 /// A TOML string literal for a `--set` value (so paths with odd characters stay strings).
-fn toml_str(p: &Path) -> String {
-    toml::Value::String(p.to_string_lossy().into_owned()).to_string()
+/// The `unlearn run` configuration of method `m`: the demo's training settings, then the
+/// method's `method_set` overrides.
+fn run_config(
+    cfg: &DemoConfig,
+    m: &str,
+    target: &Path,
+    bench_dir: &Path,
+    d: &Path,
+) -> Result<crate::unlearn::RunConfig> {
+    let method = crate::unlearn::objective::method::MethodConfig::named(m)
+        .map_err(|e| Error::Invalid(format!("demo config: {e}")))?;
+    let mut rc = crate::unlearn::RunConfig::new(
+        target.to_path_buf(),
+        bench_dir.join(format!("{}.jsonl", cfg.forget_split)),
+        Some(bench_dir.join(format!("{}.jsonl", cfg.retain_split()?))),
+        d.join("model"),
+        method,
+    );
+    rc.run_dir = Some(d.join("run"));
+    rc.train = cfg.unlearn.clone();
+    let sets = cfg.method_set.get(m).cloned().unwrap_or_default();
+    crate::config::load_over(&rc, None, &sets)
 }

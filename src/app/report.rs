@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::error::{read_json, Error, Result};
+use crate::eval::names;
 
 /// One evaluated model.
 pub struct Entry {
@@ -171,42 +172,45 @@ fn color(i: usize) -> &'static str {
 /// Metrics of the table, in order, with a short explanation.
 const TABLE: [(&str, &str); 12] = [
     (
-        "forget_quality",
+        names::FORGET_QUALITY,
         "KS p-value of forget truth ratios vs the retain model (higher: closer to retraining)",
     ),
     (
-        "model_utility",
+        names::MODEL_UTILITY,
         "harmonic mean of retain / real-authors / world-facts probability, ROUGE, truth ratio",
     ),
     (
-        "forget_Q_A_ROUGE",
+        names::FORGET_ROUGE,
         "ROUGE-L recall of greedy answers to forget questions",
     ),
-    ("forget_Q_A_Prob", "P(answer | question) on the forget set"),
-    ("forget_truth_ratio", "truth ratio on the forget set"),
-    ("retain_Q_A_ROUGE", "ROUGE-L recall on the retain set"),
-    ("retain_Q_A_Prob", "P(answer | question) on the retain set"),
+    (names::FORGET_PROB, "P(answer | question) on the forget set"),
+    (names::FORGET_TRUTH_RATIO, "truth ratio on the forget set"),
+    (names::RETAIN_ROUGE, "ROUGE-L recall on the retain set"),
+    (names::RETAIN_PROB, "P(answer | question) on the retain set"),
     (
-        "extraction_strength",
+        names::EXTRACTION_STRENGTH,
         "forget set: fraction of answer suffix recoverable",
     ),
     (
-        "privleak",
+        names::PRIVLEAK,
         "PrivLeak (Min-K% AUC vs the retain model's, in %; 0 = like retraining)",
     ),
-    ("mia_min_k", "Min-K% ROC-AUC, forget vs holdout"),
+    (names::MIA_MIN_K, "Min-K% ROC-AUC, forget vs holdout"),
     (
-        "forget_token_entropy",
+        names::FORGET_TOKEN_ENTROPY,
         "mean token entropy of forget generations",
     ),
-    ("forget_refusal_rate", "forget generations judged refusals"),
+    (
+        names::FORGET_REFUSAL_RATE,
+        "forget generations judged refusals",
+    ),
 ];
 
 fn fmt(metric: &str, v: Option<f64>) -> String {
     match v {
         None => "–".into(),
-        Some(x) if metric == "forget_quality" => format!("{x:.2e}"),
-        Some(x) if metric == "privleak" => format!("{x:.1}"),
+        Some(x) if metric == names::FORGET_QUALITY => format!("{x:.2e}"),
+        Some(x) if metric == names::PRIVLEAK => format!("{x:.1}"),
         Some(x) => format!("{x:.3}"),
     }
 }
@@ -218,8 +222,8 @@ pub fn scatter_svg(entries: &[Entry]) -> String {
         .iter()
         .enumerate()
         .filter_map(|(i, e)| {
-            let fq = e.agg("forget_quality")?;
-            let mu = e.agg("model_utility")?;
+            let fq = e.agg(names::FORGET_QUALITY)?;
+            let mu = e.agg(names::MODEL_UTILITY)?;
             (fq > 0.0 && fq.is_finite() && mu.is_finite()).then(|| (i, mu, fq.log10()))
         })
         .collect();
@@ -473,7 +477,7 @@ forget-set truth ratios of a model with those of the retain model (trained witho
     s += &scatter_svg(entries);
     let not_plotted: Vec<&str> = entries
         .iter()
-        .filter(|e| e.agg("forget_quality").is_none() || e.agg("model_utility").is_none())
+        .filter(|e| e.agg(names::FORGET_QUALITY).is_none() || e.agg(names::MODEL_UTILITY).is_none())
         .map(|e| e.name.as_str())
         .collect();
     if !not_plotted.is_empty() {
@@ -536,9 +540,9 @@ forget-set truth ratios of a model with those of the retain model (trained witho
         s += "<p>no train logs found</p>";
     }
     s += "</div><h2>Example generations: forget set</h2>";
-    s += &generations_html(entries, "forget_Q_A_ROUGE", 3);
+    s += &generations_html(entries, names::FORGET_ROUGE, 3);
     s += "<h2>Example generations: retain set</h2>";
-    s += &generations_html(entries, "retain_Q_A_ROUGE", 3);
+    s += &generations_html(entries, names::RETAIN_ROUGE, 3);
     s += "</body></html>\n";
     s
 }

@@ -73,10 +73,7 @@ pub fn run(c: Cmd) -> Result<()> {
         .transpose()?;
     let f = Formatter::new(&md.tok, cfg.prompt, cfg.max_len)?;
     let enc = |p: &PathBuf| -> unlearn::Result<Vec<unlearn::data::Encoded>> {
-        read_items(p)?
-            .iter()
-            .map(|it| f.encode_qa(&it.question, &it.answer))
-            .collect()
+        f.encode_items(&read_items(p)?)
     };
     let data = enc(&a.data)?;
     let eval = enc(a.eval.as_ref().unwrap_or(&a.data))?;

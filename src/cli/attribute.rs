@@ -75,12 +75,7 @@ pub fn run(a: Args) -> Result<()> {
         PromptStyle::Auto,
         md.model.cfg.max_position_embeddings.min(512),
     )?;
-    let enc = |p: &PathBuf| -> unlearn::Result<Vec<_>> {
-        read_qa(p)?
-            .iter()
-            .map(|it| f.encode_qa(&it.question, &it.answer))
-            .collect()
-    };
+    let enc = |p: &PathBuf| -> unlearn::Result<Vec<_>> { f.encode_items(&read_qa(p)?) };
     let cfg = AttributionConfig {
         steps: a.steps,
         threshold: a.threshold,

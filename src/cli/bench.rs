@@ -88,68 +88,16 @@ fn torch_round(a: &Args, cfg: &BenchConfig, out: &std::path::Path) -> Result<ser
     Ok(serde_json::from_str(&text)?)
 }
 
-pub fn run(a: Args) -> Result<()> {
-    use unlearn::util::guard::{Input, OutKind, Pending};
-    anyhow::ensure!(a.rounds >= 1, "--rounds must be at least 1");
-    let json_out = a
-        .json
-        .as_ref()
-        .map(|p| {
-            Pending::claim(
-                "--json",
-                p,
-                OutKind::File,
-                &[Input::new("model", &a.model)],
-                a.overwrite.overwrite,
-            )
-        })
-        .transpose()?;
-    let dev = a.device.get()?;
-    if a.composite {
-        unlearn::ops::set_fused(false);
-    }
-    let md = ModelDir::load(&a.model, &dev)?;
-    let c = BenchConfig {
-        batch: a.batch,
-        seq: a.seq,
-        train_steps: a.train_steps,
-        score_batches: a.score_batches,
-        gen_batch: a.gen_batch,
-        gen_prompt: a.gen_prompt,
-        gen_tokens: a.gen_tokens,
-        gen_runs: a.gen_runs,
-    };
-    c.check(&md.model)?;
-    let ops = if unlearn::ops::fused_enabled() {
-        "fused CPU kernels"
-    } else {
-        "composite candle ops"
-    };
-    println!(
-        "model            {} ({} parameters)",
-        a.model.display(),
-        md.model.num_params()
-    );
-    println!("threads          {}", rayon::current_num_threads());
-    println!("ops              {ops}");
-    if !a.compare_torch {
-        let r = bench(&md.model, &c)?;
-        let rss = super::peak_rss_mib();
-        print_ours(&r, &a, rss);
-        if let Some(p) = json_out {
-            let mut v = serde_json::to_value(&r)?;
-            v["peak_rss_mib"] = rss.into();
-            v["ops"] = ops.into();
-            unlearn::util::fs::write_synced(p.tmp(), serde_json::to_string_pretty(&v)?.as_bytes())?;
-            p.commit()?;
-        }
-        return Ok(());
-    }
-    // Alternate ours and PyTorch so both see the same machine state; report medians.
+/// Alternate ours and PyTorch so both see the same machine state.
+fn alternate(
+    a: &Args,
+    model: &unlearn::model::Llama,
+    c: &BenchConfig,
+) -> Result<(Vec<BenchResult>, Vec<serde_json::Value>)> {
     let tmp = std::env::temp_dir().join(format!("unlearn-bench-torch-{}.json", std::process::id()));
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for round in 0..a.rounds {
-        let r = bench(&md.model, &c)?;
+        let r = bench(model, c)?;
         eprintln!(
             "round {}: unlearn step {:.3} s, scoring {:.0} tok/s, generation {:.1} tok/s",
             round + 1,
@@ -158,7 +106,7 @@ pub fn run(a: Args) -> Result<()> {
             r.gen_tokens_per_s
         );
         ours.push(r);
-        let t = torch_round(&a, &c, &tmp)?;
+        let t = torch_round(a, c, &tmp)?;
         eprintln!(
             "round {}: torch   step {:.3} s, scoring {:.0} tok/s, generation {:.1} tok/s",
             round + 1,
@@ -169,6 +117,17 @@ pub fn run(a: Args) -> Result<()> {
         theirs.push(t);
     }
     let _ = std::fs::remove_file(&tmp);
+    Ok((ours, theirs))
+}
+
+/// The medians of the alternating rounds, as a table and (with --json) a file.
+fn report_comparison(
+    ours: &[BenchResult],
+    theirs: &[serde_json::Value],
+    c: &BenchConfig,
+    ops: &str,
+    json_out: Option<unlearn::util::guard::Pending>,
+) -> Result<()> {
     let rss = super::peak_rss_mib();
     let om = |f: fn(&BenchResult) -> f64| median(&ours.iter().map(f).collect::<Vec<_>>());
     let tm = |k: &str| {
@@ -245,6 +204,68 @@ pub fn run(a: Args) -> Result<()> {
         unlearn::util::fs::write_synced(p.tmp(), serde_json::to_string_pretty(&v)?.as_bytes())?;
         p.commit()?;
     }
+    Ok(())
+}
+
+pub fn run(a: Args) -> Result<()> {
+    use unlearn::util::guard::{Input, OutKind, Pending};
+    anyhow::ensure!(a.rounds >= 1, "--rounds must be at least 1");
+    let json_out = a
+        .json
+        .as_ref()
+        .map(|p| {
+            Pending::claim(
+                "--json",
+                p,
+                OutKind::File,
+                &[Input::new("model", &a.model)],
+                a.overwrite.overwrite,
+            )
+        })
+        .transpose()?;
+    let dev = a.device.get()?;
+    if a.composite {
+        unlearn::ops::set_fused(false);
+    }
+    let md = ModelDir::load(&a.model, &dev)?;
+    let c = BenchConfig {
+        batch: a.batch,
+        seq: a.seq,
+        train_steps: a.train_steps,
+        score_batches: a.score_batches,
+        gen_batch: a.gen_batch,
+        gen_prompt: a.gen_prompt,
+        gen_tokens: a.gen_tokens,
+        gen_runs: a.gen_runs,
+    };
+    c.check(&md.model)?;
+    let ops = if unlearn::ops::fused_enabled() {
+        "fused CPU kernels"
+    } else {
+        "composite candle ops"
+    };
+    println!(
+        "model            {} ({} parameters)",
+        a.model.display(),
+        md.model.num_params()
+    );
+    println!("threads          {}", rayon::current_num_threads());
+    println!("ops              {ops}");
+    if !a.compare_torch {
+        let r = bench(&md.model, &c)?;
+        let rss = super::peak_rss_mib();
+        print_ours(&r, &a, rss);
+        if let Some(p) = json_out {
+            let mut v = serde_json::to_value(&r)?;
+            v["peak_rss_mib"] = rss.into();
+            v["ops"] = ops.into();
+            unlearn::util::fs::write_synced(p.tmp(), serde_json::to_string_pretty(&v)?.as_bytes())?;
+            p.commit()?;
+        }
+        return Ok(());
+    }
+    let (ours, theirs) = alternate(&a, &md.model, &c)?;
+    report_comparison(&ours, &theirs, &c, ops, json_out)?;
     Ok(())
 }
 

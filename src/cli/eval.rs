@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use unlearn::eval::{fingerprint, resolve_benchmark, EvalConfig, Evaluator};
+use unlearn::eval::{fingerprint, names, resolve_benchmark, EvalConfig, Evaluator};
 use unlearn::model::hf::ModelDir;
 use unlearn::util::guard::{claim_results_dir, Input};
 
@@ -96,15 +96,15 @@ pub fn run(a: Args) -> Result<()> {
         None => "skipped".into(),
     };
     for k in [
-        "forget_quality",
-        "model_utility",
-        "forget_Q_A_Prob",
-        "forget_Q_A_ROUGE",
-        "forget_truth_ratio",
-        "retain_Q_A_Prob",
-        "retain_Q_A_ROUGE",
-        "extraction_strength",
-        "privleak",
+        names::FORGET_QUALITY,
+        names::MODEL_UTILITY,
+        names::FORGET_PROB,
+        names::FORGET_ROUGE,
+        names::FORGET_TRUTH_RATIO,
+        names::RETAIN_PROB,
+        names::RETAIN_ROUGE,
+        names::EXTRACTION_STRENGTH,
+        names::PRIVLEAK,
     ] {
         println!("{k:<22} {}", show(k));
     }

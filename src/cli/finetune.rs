@@ -51,10 +51,7 @@ pub fn run(a: Args) -> Result<()> {
     let md = ModelDir::load(&a.model, &a.device.get()?)?;
     let items = read_items(&a.data)?;
     let f = Formatter::new(&md.tok, cfg.prompt, cfg.max_len)?;
-    let data = items
-        .iter()
-        .map(|it| f.encode_qa(&it.question, &it.answer))
-        .collect::<unlearn::Result<Vec<_>>>()?;
+    let data = f.encode_items(&items)?;
     let resume = match outs.mode {
         RunDirMode::Resume => Some(unlearn::util::rundir::resume_checkpoint(
             &run_dir, "finetune", &cfg, &inputs,

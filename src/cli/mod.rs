@@ -1,6 +1,7 @@
 pub mod attack;
 pub mod attribute;
 pub mod bench;
+pub mod catalog;
 pub mod common;
 pub mod demo;
 pub mod eval;

@@ -92,6 +92,14 @@ impl<'a> Formatter<'a> {
     /// Encode (q, a): prompt ⊕ answer ⊕ EOS, truncated to `max_len`. The answer is tokenised
     /// jointly with the prompt when that keeps the prompt's tokens unchanged (so the answer's
     /// first token is the one the model would produce), else separately.
+    /// [`Formatter::encode_qa`] of every item.
+    pub fn encode_items(&self, items: &[crate::data::QaItem]) -> Result<Vec<Encoded>> {
+        items
+            .iter()
+            .map(|it| self.encode_qa(&it.question, &it.answer))
+            .collect()
+    }
+
     pub fn encode_qa(&self, q: &str, a: &str) -> Result<Encoded> {
         if q.is_empty() && !self.chat {
             return self.encode_text(a);

@@ -26,6 +26,7 @@ use crate::data::{read_items, read_qa, Formatter, PromptStyle, QaItem};
 use crate::error::{Error, Result};
 use crate::eval::formula::rouge::rouge_l;
 use crate::eval::formula::similarity::refusal_score;
+use crate::eval::value::{by_index, mean, skipped};
 use crate::infer::generate::{generate_with, GenConfig, Stops};
 use crate::infer::score::score_stats;
 use crate::model::bert::{cosine, Bert};
@@ -198,25 +199,37 @@ impl Default for ExclusiveEvalConfig {
     }
 }
 
+/// The metrics this evaluation writes, for `unlearn metrics`.
+pub const METRICS: &[(&str, &str)] = &[
+    (
+        "ood_loss",
+        "mean NLL per token of held-out out-of-domain text (`ood`)",
+    ),
+    (
+        "ood_loss_over_chance",
+        "ood_loss / ln V (1.0 = the uniform distribution over V tokens)",
+    ),
+    (
+        "keep_Q_A_Prob",
+        "exp(−mean_t NLL) of the keep set's answers",
+    ),
+    (
+        "keep_Q_A_ROUGE",
+        "ROUGE-L recall of greedy answers to the keep set",
+    ),
+    (
+        "probe_{wrapper}_on_topic",
+        "share of probes answered on topic (not a refusal, content recall ≥ on_topic_recall)",
+    ),
+    (
+        "probe_{wrapper}_refusal_rate",
+        "mean refusal score of the probe answers (needs the sentence encoder)",
+    ),
+    ("probe_on_topic", "on-topic share over every wrapper"),
+];
+
 pub const EVAL_FILE: &str = "EXCLUSIVE_EVAL.json";
 pub const SUMMARY_FILE: &str = "EXCLUSIVE_SUMMARY.json";
-
-fn skipped(reason: impl Into<String>) -> Value {
-    json!({"agg_value": null, "skipped": reason.into()})
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
-}
-
-fn per_item(vals: Vec<Value>, agg: f64) -> Value {
-    let m: Map<String, Value> = vals
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| (i.to_string(), v))
-        .collect();
-    json!({"agg_value": agg, "value_by_index": m})
-}
 
 /// Share of the reference's words (rouge_score tokens, stemmed) absent from the question that
 /// occur in the generation; None when the reference adds no word to the question.
@@ -289,6 +302,182 @@ pub fn probes(cfg: &ExclusiveEvalConfig) -> Result<Vec<QaItem>> {
     })
 }
 
+/// Out-of-domain loss: `ood_loss` (mean NLL per item) and `ood_loss_over_chance` (/ ln V).
+fn ood_loss(
+    model: &Llama,
+    f: &Formatter,
+    cfg: &ExclusiveEvalConfig,
+    progress: bool,
+    res: &mut Map<String, Value>,
+) -> Result<()> {
+    let Some(p) = &cfg.ood else {
+        res.insert("ood_loss".into(), skipped("no out-of-domain text (`ood`)"));
+        res.insert(
+            "ood_loss_over_chance".into(),
+            skipped("no out-of-domain text (`ood`)"),
+        );
+        return Ok(());
+    };
+    let vocab = model.cfg.vocab_size as f64;
+    let items = take(read_items(p)?, cfg.max_items);
+    let enc = f.encode_items(&items)?;
+    let bar = crate::util::progress::bar(enc.len() as u64, "ood loss", progress);
+    let stats = score_stats(model, &enc, cfg.batch_size, |n| bar.inc(n as u64))?;
+    bar.finish_and_clear();
+    let losses: Vec<f64> = stats.iter().map(|s| s.avg_loss()).collect();
+    let m = mean(&losses);
+    res.insert(
+        "ood_loss".into(),
+        by_index(losses.iter().map(|&l| json!(l)).collect(), m),
+    );
+    res.insert(
+        "ood_loss_over_chance".into(),
+        json!({"agg_value": m / vocab.ln(), "chance": vocab.ln()}),
+    );
+    Ok(())
+}
+
+/// In-domain QA: `keep_Q_A_Prob` and `keep_Q_A_ROUGE` (ROUGE-L recall of greedy answers).
+fn keep_qa(
+    model: &Llama,
+    f: &Formatter,
+    cfg: &ExclusiveEvalConfig,
+    progress: bool,
+    res: &mut Map<String, Value>,
+) -> Result<()> {
+    let Some(p) = &cfg.keep else {
+        res.insert("keep_Q_A_Prob".into(), skipped("no keep set (`keep`)"));
+        res.insert("keep_Q_A_ROUGE".into(), skipped("no keep set (`keep`)"));
+        return Ok(());
+    };
+    let items = take(read_qa(p)?, cfg.max_items);
+    let enc = f.encode_items(&items)?;
+    let stats = score_stats(model, &enc, cfg.batch_size, |_| {})?;
+    let probs: Vec<f64> = stats.iter().map(|s| s.prob()).collect();
+    res.insert(
+        "keep_Q_A_Prob".into(),
+        by_index(
+            probs.iter().map(|&x| json!({"prob": x})).collect(),
+            mean(&probs),
+        ),
+    );
+    let qs: Vec<String> = items.iter().map(|i| i.question.clone()).collect();
+    let gens = answers(model, f, &qs, cfg, "keep generation", progress)?;
+    let rouge: Vec<f64> = items
+        .iter()
+        .zip(&gens)
+        .map(|(it, g)| rouge_l(&it.answer, g).recall)
+        .collect();
+    let rows = items
+        .iter()
+        .zip(&gens)
+        .zip(&rouge)
+        .map(|((it, g), r)| {
+            json!({"input": it.question, "ground_truth": it.answer,
+                   "generation": g, "rougeL_recall": r})
+        })
+        .collect();
+    res.insert("keep_Q_A_ROUGE".into(), by_index(rows, mean(&rouge)));
+    Ok(())
+}
+
+/// Embeddings the probe metrics compare with: the sentence encoder, the refusal pool's and the
+/// probe answers' embeddings; the encoder's absence is kept as the reason.
+struct ProbeEmbeddings {
+    emb: std::result::Result<Bert, String>,
+    pool: Vec<Vec<f32>>,
+    answers: Vec<Vec<f32>>,
+}
+
+impl ProbeEmbeddings {
+    fn new(model: &Llama, cfg: &ExclusiveEvalConfig, probes: &[QaItem]) -> Result<Self> {
+        let emb = match crate::eval::embedder_dir(cfg.embedder.as_ref()) {
+            None => {
+                Err("no sentence encoder: pass `embedder` or set UNLEARN_MINILM_DIR".to_string())
+            }
+            Some(d) => Bert::load(&d, model.device()).map_err(|e| format!("{}: {e}", d.display())),
+        };
+        let pool = crate::data::refusals::load(cfg.refusals.as_deref())?;
+        let (pool, answers) = match &emb {
+            Ok(b) => (
+                b.embed(&pool.iter().map(|s| s.as_str()).collect::<Vec<_>>(), 16)?,
+                b.embed(
+                    &probes.iter().map(|i| i.answer.as_str()).collect::<Vec<_>>(),
+                    16,
+                )?,
+            ),
+            Err(_) => (vec![], vec![]),
+        };
+        Ok(ProbeEmbeddings { emb, pool, answers })
+    }
+}
+
+/// Probes under each wrapper: `probe_{w}_on_topic`, `probe_{w}_refusal_rate`, and
+/// `probe_on_topic` over every wrapper.
+fn probe_wrappers(
+    model: &Llama,
+    f: &Formatter,
+    cfg: &ExclusiveEvalConfig,
+    progress: bool,
+    res: &mut Map<String, Value>,
+) -> Result<()> {
+    let probe_items = take(probes(cfg)?, cfg.max_items);
+    let pe = ProbeEmbeddings::new(model, cfg, &probe_items)?;
+    let mut all_on = vec![];
+    for w in &cfg.wrappers {
+        let tpl = WRAPPERS.iter().find(|(n, _)| n == w).unwrap().1;
+        let qs: Vec<String> = probe_items
+            .iter()
+            .map(|i| tpl.replace("{q}", &i.question))
+            .collect();
+        let gens = answers(model, f, &qs, cfg, &format!("probes {w}"), progress)?;
+        let gen_emb = match &pe.emb {
+            Ok(b) => Some(b.embed(&gens.iter().map(|s| s.as_str()).collect::<Vec<_>>(), 16)?),
+            Err(_) => None,
+        };
+        let mut on = vec![];
+        let mut refused = vec![];
+        let mut rows = vec![];
+        for (i, (it, g)) in probe_items.iter().zip(&gens).enumerate() {
+            let rouge = rouge_l(&it.answer, g).recall;
+            let cos = gen_emb
+                .as_ref()
+                .map(|e| cosine(&e[i], &pe.answers[i]).max(0.0));
+            let refusal = gen_emb.as_ref().map(|e| refusal_score(&e[i], &pe.pool));
+            let is_refusal = refusal.is_some_and(|r| r > 0.5);
+            let content = content_recall(&it.question, &it.answer, g);
+            let close = match content {
+                Some(c) => c >= cfg.on_topic_recall,
+                None => rouge >= cfg.on_topic_recall,
+            };
+            let on_topic = !g.is_empty() && !is_refusal && close;
+            on.push(f64::from(u8::from(on_topic)));
+            refused.push(refusal.unwrap_or(0.0));
+            rows.push(
+                json!({"input": qs[i], "ground_truth": it.answer, "generation": g,
+                       "rougeL_recall": rouge, "content_recall": content,
+                       "cosine_similarity": cos,
+                       "refusal_score": refusal, "on_topic": on_topic}),
+            );
+        }
+        all_on.extend(on.iter().copied());
+        res.insert(format!("probe_{w}_on_topic"), by_index(rows, mean(&on)));
+        res.insert(
+            format!("probe_{w}_refusal_rate"),
+            match &pe.emb {
+                Ok(_) => by_index(refused.iter().map(|&r| json!(r)).collect(), mean(&refused)),
+                Err(e) => skipped(e),
+            },
+        );
+    }
+    let mut note = json!({"agg_value": mean(&all_on)});
+    if let Err(e) = &pe.emb {
+        note["note"] = json!(format!("on-topic by ROUGE alone: {e}"));
+    }
+    res.insert("probe_on_topic".into(), note);
+    Ok(())
+}
+
 /// Run the evaluation; writes EXCLUSIVE_EVAL.json and EXCLUSIVE_SUMMARY.json into `out`.
 pub fn evaluate(
     model: &Llama,
@@ -311,161 +500,9 @@ pub fn evaluate(
     }
     let f = Formatter::new(tok, cfg.prompt, cfg.max_len)?;
     let mut res = Map::new();
-    let vocab = model.cfg.vocab_size as f64;
-
-    // out-of-domain loss
-    match &cfg.ood {
-        None => {
-            res.insert("ood_loss".into(), skipped("no out-of-domain text (`ood`)"));
-            res.insert(
-                "ood_loss_over_chance".into(),
-                skipped("no out-of-domain text (`ood`)"),
-            );
-        }
-        Some(p) => {
-            let items = take(read_items(p)?, cfg.max_items);
-            let enc = items
-                .iter()
-                .map(|it| f.encode_qa(&it.question, &it.answer))
-                .collect::<Result<Vec<_>>>()?;
-            let bar = crate::util::progress::bar(enc.len() as u64, "ood loss", progress);
-            let stats = score_stats(model, &enc, cfg.batch_size, |n| bar.inc(n as u64))?;
-            bar.finish_and_clear();
-            let losses: Vec<f64> = stats.iter().map(|s| s.avg_loss()).collect();
-            let m = mean(&losses);
-            res.insert(
-                "ood_loss".into(),
-                per_item(losses.iter().map(|&l| json!(l)).collect(), m),
-            );
-            res.insert(
-                "ood_loss_over_chance".into(),
-                json!({"agg_value": m / vocab.ln(), "chance": vocab.ln()}),
-            );
-        }
-    }
-
-    // in-domain QA
-    match &cfg.keep {
-        None => {
-            res.insert("keep_Q_A_Prob".into(), skipped("no keep set (`keep`)"));
-            res.insert("keep_Q_A_ROUGE".into(), skipped("no keep set (`keep`)"));
-        }
-        Some(p) => {
-            let items = take(read_qa(p)?, cfg.max_items);
-            let enc = items
-                .iter()
-                .map(|it| f.encode_qa(&it.question, &it.answer))
-                .collect::<Result<Vec<_>>>()?;
-            let stats = score_stats(model, &enc, cfg.batch_size, |_| {})?;
-            let probs: Vec<f64> = stats.iter().map(|s| s.prob()).collect();
-            res.insert(
-                "keep_Q_A_Prob".into(),
-                per_item(
-                    probs.iter().map(|&x| json!({"prob": x})).collect(),
-                    mean(&probs),
-                ),
-            );
-            let qs: Vec<String> = items.iter().map(|i| i.question.clone()).collect();
-            let gens = answers(model, &f, &qs, cfg, "keep generation", progress)?;
-            let rouge: Vec<f64> = items
-                .iter()
-                .zip(&gens)
-                .map(|(it, g)| rouge_l(&it.answer, g).recall)
-                .collect();
-            res.insert(
-                "keep_Q_A_ROUGE".into(),
-                per_item(
-                    items
-                        .iter()
-                        .zip(&gens)
-                        .zip(&rouge)
-                        .map(|((it, g), r)| {
-                            json!({"input": it.question, "ground_truth": it.answer,
-                                   "generation": g, "rougeL_recall": r})
-                        })
-                        .collect(),
-                    mean(&rouge),
-                ),
-            );
-        }
-    }
-
-    // probes under each wrapper
-    let probe_items = take(probes(cfg)?, cfg.max_items);
-    let emb = match crate::eval::embedder_dir(cfg.embedder.as_ref()) {
-        None => Err("no sentence encoder: pass `embedder` or set UNLEARN_MINILM_DIR".to_string()),
-        Some(d) => Bert::load(&d, model.device()).map_err(|e| format!("{}: {e}", d.display())),
-    };
-    let pool = crate::data::refusals::load(cfg.refusals.as_deref())?;
-    let (pool_emb, ref_emb) = match &emb {
-        Ok(b) => (
-            Some(b.embed(&pool.iter().map(|s| s.as_str()).collect::<Vec<_>>(), 16)?),
-            Some(
-                b.embed(
-                    &probe_items
-                        .iter()
-                        .map(|i| i.answer.as_str())
-                        .collect::<Vec<_>>(),
-                    16,
-                )?,
-            ),
-        ),
-        Err(_) => (None, None),
-    };
-    let mut all_on = vec![];
-    for w in &cfg.wrappers {
-        let tpl = WRAPPERS.iter().find(|(n, _)| n == w).unwrap().1;
-        let qs: Vec<String> = probe_items
-            .iter()
-            .map(|i| tpl.replace("{q}", &i.question))
-            .collect();
-        let gens = answers(model, &f, &qs, cfg, &format!("probes {w}"), progress)?;
-        let gen_emb = match &emb {
-            Ok(b) => Some(b.embed(&gens.iter().map(|s| s.as_str()).collect::<Vec<_>>(), 16)?),
-            Err(_) => None,
-        };
-        let mut on = vec![];
-        let mut refused = vec![];
-        let mut rows = vec![];
-        for (i, (it, g)) in probe_items.iter().zip(&gens).enumerate() {
-            let rouge = rouge_l(&it.answer, g).recall;
-            let cos = gen_emb
-                .as_ref()
-                .map(|e| cosine(&e[i], &ref_emb.as_ref().unwrap()[i]).max(0.0));
-            let refusal = gen_emb
-                .as_ref()
-                .map(|e| refusal_score(&e[i], pool_emb.as_ref().unwrap()));
-            let is_refusal = refusal.is_some_and(|r| r > 0.5);
-            let content = content_recall(&it.question, &it.answer, g);
-            let close = match content {
-                Some(c) => c >= cfg.on_topic_recall,
-                None => rouge >= cfg.on_topic_recall,
-            };
-            let on_topic = !g.is_empty() && !is_refusal && close;
-            on.push(f64::from(u8::from(on_topic)));
-            refused.push(refusal.unwrap_or(0.0));
-            rows.push(
-                json!({"input": qs[i], "ground_truth": it.answer, "generation": g,
-                             "rougeL_recall": rouge, "content_recall": content,
-                             "cosine_similarity": cos,
-                             "refusal_score": refusal, "on_topic": on_topic}),
-            );
-        }
-        all_on.extend(on.iter().copied());
-        res.insert(format!("probe_{w}_on_topic"), per_item(rows, mean(&on)));
-        res.insert(
-            format!("probe_{w}_refusal_rate"),
-            match &emb {
-                Ok(_) => per_item(refused.iter().map(|&r| json!(r)).collect(), mean(&refused)),
-                Err(e) => skipped(e.clone()),
-            },
-        );
-    }
-    let mut note = json!({"agg_value": mean(&all_on)});
-    if let Err(e) = &emb {
-        note["note"] = json!(format!("on-topic by ROUGE alone: {e}"));
-    }
-    res.insert("probe_on_topic".into(), note);
+    ood_loss(model, &f, cfg, progress, &mut res)?;
+    keep_qa(model, &f, cfg, progress, &mut res)?;
+    probe_wrappers(model, &f, cfg, progress, &mut res)?;
 
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     crate::model::hf::atomic_write(

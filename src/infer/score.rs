@@ -183,6 +183,21 @@ pub fn score_stats(
     score_stats_masked(model, items, batch_size, None, on_batch)
 }
 
+/// Logits of `input` [b, t]; with `mask_token`, every position holding that token is masked
+/// out of attention as a key (positions stay 0..t).
+pub fn logits_masked(model: &Llama, input: &Tensor, mask_token: Option<u32>) -> Result<Tensor> {
+    Ok(match mask_token {
+        None => model.forward(input)?,
+        Some(m) => {
+            let km = input.ne(m)?.to_dtype(DType::F32)?;
+            model
+                .forward_with(input, None, Some(&km), None, Default::default())?
+                .logits
+                .expect("logits are computed")
+        }
+    })
+}
+
 /// [`score_stats`]; with `mask_token`, every position holding that token is masked out of
 /// attention as a key (open-unlearning's collator masks every token equal to the pad token,
 /// which on SmolLM2/Qwen chat models is the end-of-turn token; positions stay 0..t).
@@ -200,17 +215,7 @@ pub fn score_stats_masked(
     for chunk in order.chunks(batch_size.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().map(|&i| &items[i]).collect();
         let batch = Batch::new(&refs, 0, model.device())?;
-        let logits = match mask_token {
-            None => model.forward(&batch.input)?,
-            Some(m) => {
-                let km = batch.input.ne(m)?.to_dtype(DType::F32)?;
-                model
-                    .forward_with(&batch.input, None, Some(&km), None, Default::default())?
-                    .logits
-                    .expect("logits are computed")
-            }
-        }
-        .to_dtype(DType::F32)?;
+        let logits = logits_masked(model, &batch.input, mask_token)?.to_dtype(DType::F32)?;
         // [b, t, 4]: log p(target), hit, μ, σ²
         let st = ops::token_stats(&logits, &batch.targets)?.to_vec3::<f32>()?;
         drop(logits);

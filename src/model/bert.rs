@@ -154,7 +154,7 @@ impl Bert {
                 ..Default::default()
             }))
             .map_err(tok_err)?;
-        let l = Loader::new(
+        let l = crate::model::hf::Loader::new(
             &tensors,
             path,
             &["bert.", "roberta.", ""],
@@ -383,85 +383,5 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
         0.0
     } else {
         ab / (aa.sqrt() * bb.sqrt())
-    }
-}
-
-/// Named tensors of a checkpoint, checked for shape, with the base model's prefix (`bert.`,
-/// `deberta.`, …) found once.
-pub(crate) struct Loader<'a> {
-    t: &'a HashMap<String, Tensor>,
-    path: PathBuf,
-    prefix: &'a str,
-}
-
-impl<'a> Loader<'a> {
-    /// The first of `prefixes` under which `probe` exists (else the last).
-    pub(crate) fn new(
-        t: &'a HashMap<String, Tensor>,
-        path: PathBuf,
-        prefixes: &[&'a str],
-        probe: &str,
-    ) -> Self {
-        let prefix = prefixes
-            .iter()
-            .copied()
-            .find(|p| t.contains_key(&format!("{p}{probe}")))
-            .unwrap_or(prefixes.last().copied().unwrap_or(""));
-        Loader { t, path, prefix }
-    }
-    /// `name` under the base model's prefix.
-    pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.top(&format!("{}{name}", self.prefix), shape)
-    }
-    /// `name` as it is (head tensors).
-    pub(crate) fn top(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.t.get(name).ok_or_else(|| Error::MissingTensor {
-            path: self.path.clone(),
-            name: name.to_string(),
-            expected: shape.to_vec(),
-        })?;
-        if t.dims() != shape {
-            return Err(Error::ShapeMismatch {
-                path: self.path.clone(),
-                name: name.to_string(),
-                expected: shape.to_vec(),
-                actual: t.dims().to_vec(),
-            });
-        }
-        Ok(t.to_dtype(DType::F32)?)
-    }
-}
-
-/// A sequence-pair classifier for NLI metrics: BERT, RoBERTa or DeBERTa-v2/v3, chosen by
-/// `model_type`.
-pub enum Classifier {
-    Bert(Bert),
-    Deberta(Box<super::deberta::Deberta>),
-}
-
-impl Classifier {
-    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let v: serde_json::Value = read_json(&dir.join("config.json"))?;
-        match v.get("model_type").and_then(|m| m.as_str()) {
-            Some("deberta-v2") => Ok(Classifier::Deberta(Box::new(
-                super::deberta::Deberta::load(dir, device)?,
-            ))),
-            _ => Ok(Classifier::Bert(Bert::load(dir, device)?)),
-        }
-    }
-
-    /// Logits [n, labels] for (premise, hypothesis) pairs.
-    pub fn classify(&self, pairs: &[(&str, &str)], batch_size: usize) -> Result<Vec<Vec<f32>>> {
-        match self {
-            Classifier::Bert(m) => m.classify(pairs, batch_size),
-            Classifier::Deberta(m) => m.classify(pairs, batch_size),
-        }
-    }
-
-    pub fn entailment_label(&self) -> Option<usize> {
-        match self {
-            Classifier::Bert(m) => m.entailment_label(),
-            Classifier::Deberta(m) => m.entailment_label(),
-        }
     }
 }

@@ -219,6 +219,93 @@ pub fn bucket(r: i64, buckets: i64, max_position: i64) -> i64 {
     (log_pos as i64) * r.signum()
 }
 
+/// Shape-checked weights of a checkpoint, read by the names of `DebertaV2Model`.
+struct Weights<'a> {
+    l: &'a crate::model::hf::Loader<'a>,
+    cfg: &'a DebertaConfig,
+}
+
+impl Weights<'_> {
+    fn ln(&self, name: &str) -> Result<Ln> {
+        let h = self.cfg.hidden_size;
+        Ok(Ln {
+            w: self.l.get(&format!("{name}.weight"), &[h])?,
+            b: self.l.get(&format!("{name}.bias"), &[h])?,
+            eps: self.cfg.layer_norm_eps,
+        })
+    }
+
+    /// A linear layer; `top`: a head tensor, outside the base model's prefix.
+    fn dense(&self, name: &str, out: usize, inp: usize, top: bool) -> Result<Dense> {
+        let g = |n: String, s: &[usize]| {
+            if top {
+                self.l.top(&n, s)
+            } else {
+                self.l.get(&n, s)
+            }
+        };
+        Ok(Dense {
+            w: g(format!("{name}.weight"), &[out, inp])?,
+            b: Some(g(format!("{name}.bias"), &[out])?),
+        })
+    }
+
+    /// Encoder layer `i`; `all` = heads × head size.
+    fn layer(&self, i: usize, all: usize, c2p: bool, p2c: bool) -> Result<Layer> {
+        let cfg = self.cfg;
+        let h = cfg.hidden_size;
+        let ln = |name: &str| self.ln(name);
+        let dense = |name: &str, out: usize, inp: usize, top: bool| self.dense(name, out, inp, top);
+        let p = format!("encoder.layer.{i}");
+        let sep = cfg.relative_attention && !cfg.share_att_key;
+        Ok(Layer {
+            q: dense(&format!("{p}.attention.self.query_proj"), all, h, false)?,
+            k: dense(&format!("{p}.attention.self.key_proj"), all, h, false)?,
+            v: dense(&format!("{p}.attention.self.value_proj"), all, h, false)?,
+            pos_k: (sep && c2p)
+                .then(|| dense(&format!("{p}.attention.self.pos_key_proj"), all, h, false))
+                .transpose()?,
+            pos_q: (sep && p2c)
+                .then(|| dense(&format!("{p}.attention.self.pos_query_proj"), all, h, false))
+                .transpose()?,
+            o: dense(&format!("{p}.attention.output.dense"), h, all, false)?,
+            ln1: ln(&format!("{p}.attention.output.LayerNorm"))?,
+            up: dense(
+                &format!("{p}.intermediate.dense"),
+                cfg.intermediate_size,
+                h,
+                false,
+            )?,
+            down: dense(
+                &format!("{p}.output.dense"),
+                h,
+                cfg.intermediate_size,
+                false,
+            )?,
+            ln2: ln(&format!("{p}.output.LayerNorm"))?,
+        })
+    }
+}
+
+/// `tokenizer.json`, unpadded, truncated at `max_len`.
+fn load_tokenizer(dir: &Path, max_len: usize) -> Result<tokenizers::Tokenizer> {
+    let tok_path = dir.join("tokenizer.json");
+    let tok_err = |e: tokenizers::Error| Error::Tokenizer {
+        path: tok_path.clone(),
+        msg: e.to_string(),
+    };
+    let mut tokenizer: tokenizers::Tokenizer =
+        read_to_string(&tok_path)?.parse().map_err(tok_err)?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(tokenizers::TruncationParams {
+            max_length: max_len,
+            ..Default::default()
+        }))
+        .map_err(tok_err)?;
+    Ok(tokenizer)
+}
+
 impl Deberta {
     /// Load a `DebertaV2ForSequenceClassification` directory.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
@@ -239,7 +326,7 @@ impl Deberta {
             act(a, &Tensor::zeros(1, DType::F32, device)?).map_err(|e| bad(e.to_string()))?;
         }
         let (tensors, path) = crate::model::hf::read_safetensors(dir, device)?;
-        let l = super::bert::Loader::new(
+        let l = crate::model::hf::Loader::new(
             &tensors,
             path,
             &["deberta.", ""],
@@ -250,20 +337,9 @@ impl Deberta {
         let nh = cfg.num_attention_heads;
         let hs = cfg.attention_head_size.unwrap_or(h / nh);
         let all = nh * hs;
-        let ln = |name: &str| -> Result<Ln> {
-            Ok(Ln {
-                w: l.get(&format!("{name}.weight"), &[h])?,
-                b: l.get(&format!("{name}.bias"), &[h])?,
-                eps: cfg.layer_norm_eps,
-            })
-        };
-        let dense = |name: &str, out: usize, inp: usize, top: bool| -> Result<Dense> {
-            let g = |n: String, s: &[usize]| if top { l.top(&n, s) } else { l.get(&n, s) };
-            Ok(Dense {
-                w: g(format!("{name}.weight"), &[out, inp])?,
-                b: Some(g(format!("{name}.bias"), &[out])?),
-            })
-        };
+        let w = Weights { l: &l, cfg: &cfg };
+        let ln = |name: &str| w.ln(name);
+        let dense = |name: &str, out: usize, inp: usize, top: bool| w.dense(name, out, inp, top);
         let c2p = cfg.pos_att_type.has("c2p");
         let p2c = cfg.pos_att_type.has("p2c");
         let max_rel = if cfg.max_relative_positions < 1 {
@@ -276,37 +352,9 @@ impl Deberta {
         } else {
             max_rel
         };
-        let mut layers = Vec::new();
-        for i in 0..cfg.num_hidden_layers {
-            let p = format!("encoder.layer.{i}");
-            let sep = cfg.relative_attention && !cfg.share_att_key;
-            layers.push(Layer {
-                q: dense(&format!("{p}.attention.self.query_proj"), all, h, false)?,
-                k: dense(&format!("{p}.attention.self.key_proj"), all, h, false)?,
-                v: dense(&format!("{p}.attention.self.value_proj"), all, h, false)?,
-                pos_k: (sep && c2p)
-                    .then(|| dense(&format!("{p}.attention.self.pos_key_proj"), all, h, false))
-                    .transpose()?,
-                pos_q: (sep && p2c)
-                    .then(|| dense(&format!("{p}.attention.self.pos_query_proj"), all, h, false))
-                    .transpose()?,
-                o: dense(&format!("{p}.attention.output.dense"), h, all, false)?,
-                ln1: ln(&format!("{p}.attention.output.LayerNorm"))?,
-                up: dense(
-                    &format!("{p}.intermediate.dense"),
-                    cfg.intermediate_size,
-                    h,
-                    false,
-                )?,
-                down: dense(
-                    &format!("{p}.output.dense"),
-                    h,
-                    cfg.intermediate_size,
-                    false,
-                )?,
-                ln2: ln(&format!("{p}.output.LayerNorm"))?,
-            });
-        }
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| w.layer(i, all, c2p, p2c))
+            .collect::<Result<Vec<_>>>()?;
         let conv = if cfg.conv_kernel_size > 0 {
             let groups = cfg.conv_groups.unwrap_or(1).max(1);
             Some(Conv {
@@ -323,21 +371,8 @@ impl Deberta {
         };
         let ph = cfg.pooler_hidden_size.unwrap_or(h);
         let n_labels = cfg.id2label.len().max(1);
-        let tok_path = dir.join("tokenizer.json");
-        let tok_err = |e: tokenizers::Error| Error::Tokenizer {
-            path: tok_path.clone(),
-            msg: e.to_string(),
-        };
-        let mut tokenizer: tokenizers::Tokenizer =
-            read_to_string(&tok_path)?.parse().map_err(tok_err)?;
-        tokenizer.with_padding(None);
         let max_len = cfg.max_position_embeddings;
-        tokenizer
-            .with_truncation(Some(tokenizers::TruncationParams {
-                max_length: max_len,
-                ..Default::default()
-            }))
-            .map_err(tok_err)?;
+        let tokenizer = load_tokenizer(dir, max_len)?;
         Ok(Deberta {
             word: l.get("embeddings.word_embeddings.weight", &[cfg.vocab_size, e])?,
             pos: cfg

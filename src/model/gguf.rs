@@ -156,18 +156,8 @@ fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{mapped}"))
 }
 
-/// Read a GGUF file into a trainable f32 model and its tokenizer.
-pub fn import(path: &Path, device: &Device) -> Result<Imported> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let content = Content::read(&mut f).map_err(|e| Error::Gguf {
-        path: path.to_path_buf(),
-        msg: format!("not a readable GGUF file: {}", crate::error::one_line(e)),
-    })?;
-    let meta = Meta {
-        md: &content.metadata,
-        path,
-    };
-    let mut notes = Vec::new();
+/// The model configuration the metadata describes (architecture, sizes, RoPE, special ids).
+fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaConfig> {
     let arch_s = meta
         .str("general.architecture")
         .unwrap_or("llama")
@@ -190,8 +180,7 @@ pub fn import(path: &Path, device: &Device) -> Result<Imported> {
     }
     let kv_heads = meta.usize(&a("attention.head_count_kv"))?.unwrap_or(heads);
     let layers = meta.req(&a("block_count"))?;
-    let tokens = meta.strings("tokenizer.ggml.tokens")?;
-    let vocab = meta.usize(&a("vocab_size"))?.unwrap_or(tokens.len());
+    let vocab = meta.usize(&a("vocab_size"))?.unwrap_or(n_tokens);
     let has_output = content.tensor_infos.contains_key("output.weight");
     let has_qkv_bias = content.tensor_infos.contains_key("blk.0.attn_q.bias");
     let rope_scaling = match meta.str(&a("rope.scaling.type")) {
@@ -233,51 +222,60 @@ pub fn import(path: &Path, device: &Device) -> Result<Imported> {
     if arch == Arch::Llama && has_qkv_bias {
         cfg.o_bias = content.tensor_infos.contains_key("blk.0.attn_output.bias");
     }
-    if content.tensor_infos.contains_key("rope_freqs.weight") {
-        // Llama 3.1 stores its RoPE scaling as per-frequency factors; recover the standard
-        // parameters and check they reproduce the stored factors.
-        let rf = content
-            .tensor(&mut f, "rope_freqs.weight", device)?
-            .dequantize(device)?
-            .to_vec1::<f32>()?;
-        let orig = meta
-            .usize(&a("rope.scaling.original_context_length"))?
-            .unwrap_or(8192);
-        let factor = meta.f64(&a("rope.scaling.factor"))?.unwrap_or(8.0);
-        let cand = RopeScaling::Llama3 {
-            factor,
-            low_freq_factor: 1.0,
-            high_freq_factor: 4.0,
-            original_max_position_embeddings: orig,
-        };
-        let mut plain = cfg.clone();
-        plain.rope_scaling = None;
-        let base = crate::model::llama::rope_inv_freq(&plain);
-        let mut scaled_cfg = cfg.clone();
-        scaled_cfg.rope_scaling = Some(cand.clone());
-        let scaled = crate::model::llama::rope_inv_freq(&scaled_cfg);
-        let ok = rf.len() == base.len()
-            && rf
-                .iter()
-                .zip(base.iter().zip(&scaled))
-                .all(|(r, (b, s))| ((b / s) - r).abs() <= 1e-3 * r.abs().max(1.0));
-        if !ok {
-            return Err(meta.err("rope_freqs.weight does not match Llama-3 scaling (factor 8, low 1, high 4); unsupported RoPE scaling"));
-        }
-        cfg.rope_scaling = Some(cand);
-        notes.push(format!("RoPE: Llama-3 scaling recovered from rope_freqs (factor {factor}, original context {orig})"));
+    Ok(cfg)
+}
+
+/// Llama 3.1 stores its RoPE scaling as per-frequency factors (`rope_freqs.weight`); recover the
+/// standard parameters and check they reproduce the stored factors.
+fn recover_llama3_rope(
+    meta: &Meta,
+    content: &Content,
+    f: &mut std::fs::File,
+    device: &Device,
+    cfg: &mut LlamaConfig,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    if !content.tensor_infos.contains_key("rope_freqs.weight") {
+        return Ok(());
     }
-    cfg.check()
-        .map_err(|m| meta.err(format!("invalid model metadata: {m}")))?;
-    crate::util::mem::check_fits(
-        &format!(
-            "importing {} ({} parameters)",
-            path.display(),
-            cfg.num_params_wide()
-        ),
-        cfg.num_params_wide() * 4 * 2,
-    )?;
-    // Tensors: every shape is checked against the configuration before its data is read.
+    let arch_s = meta.str("general.architecture").unwrap_or("llama");
+    let a = |k: &str| format!("{arch_s}.{k}");
+    let rf = content
+        .tensor(f, "rope_freqs.weight", device)?
+        .dequantize(device)?
+        .to_vec1::<f32>()?;
+    let orig = meta
+        .usize(&a("rope.scaling.original_context_length"))?
+        .unwrap_or(8192);
+    let factor = meta.f64(&a("rope.scaling.factor"))?.unwrap_or(8.0);
+    let cand = RopeScaling::Llama3 {
+        factor,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: orig,
+    };
+    let mut plain = cfg.clone();
+    plain.rope_scaling = None;
+    let base = crate::model::llama::rope_inv_freq(&plain);
+    let mut scaled_cfg = cfg.clone();
+    scaled_cfg.rope_scaling = Some(cand.clone());
+    let scaled = crate::model::llama::rope_inv_freq(&scaled_cfg);
+    let ok = rf.len() == base.len()
+        && rf
+            .iter()
+            .zip(base.iter().zip(&scaled))
+            .all(|(r, (b, s))| ((b / s) - r).abs() <= 1e-3 * r.abs().max(1.0));
+    if !ok {
+        return Err(meta.err("rope_freqs.weight does not match Llama-3 scaling (factor 8, low 1, high 4); unsupported RoPE scaling"));
+    }
+    cfg.rope_scaling = Some(cand);
+    notes.push(format!("RoPE: Llama-3 scaling recovered from rope_freqs (factor {factor}, original context {orig})"));
+    Ok(())
+}
+
+/// Every tensor has a Hugging Face counterpart of the size the configuration implies: checked
+/// before any tensor data is read.
+fn check_shapes(meta: &Meta, content: &Content, cfg: &LlamaConfig) -> Result<()> {
     let expected: HashMap<String, usize> = cfg
         .param_shapes()
         .into_iter()
@@ -306,10 +304,23 @@ pub fn import(path: &Path, device: &Device) -> Result<Imported> {
             )));
         }
     }
+    Ok(())
+}
+
+/// Every tensor, dequantised to f32 under its Hugging Face name (Q and K un-permuted for
+/// llama.cpp's Llama/Mistral rotary layout).
+fn read_tensors(
+    meta: &Meta,
+    content: &Content,
+    f: &mut std::fs::File,
+    device: &Device,
+    cfg: &LlamaConfig,
+) -> Result<HashMap<String, Tensor>> {
+    let (heads, kv_heads) = (cfg.num_attention_heads, cfg.num_key_value_heads);
     let mut tensors = HashMap::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
-    let permute = matches!(arch, Arch::Llama | Arch::Mistral);
+    let permute = matches!(cfg.arch, Arch::Llama | Arch::Mistral);
     for name in names {
         if name == "rope_freqs.weight" {
             continue;
@@ -317,7 +328,7 @@ pub fn import(path: &Path, device: &Device) -> Result<Imported> {
         let hf = hf_name(name)
             .ok_or_else(|| meta.err(format!("tensor `{name}` has no Hugging Face counterpart")))?;
         let q = content
-            .tensor(&mut f, name, device)
+            .tensor(f, name, device)
             .map_err(|e| meta.err(format!("tensor `{name}`: {}", crate::error::one_line(e))))?;
         let mut t = q
             .dequantize(device)
@@ -329,6 +340,36 @@ pub fn import(path: &Path, device: &Device) -> Result<Imported> {
         }
         tensors.insert(hf, t);
     }
+    Ok(tensors)
+}
+
+/// Read a GGUF file into a trainable f32 model and its tokenizer.
+pub fn import(path: &Path, device: &Device) -> Result<Imported> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let content = Content::read(&mut f).map_err(|e| Error::Gguf {
+        path: path.to_path_buf(),
+        msg: format!("not a readable GGUF file: {}", crate::error::one_line(e)),
+    })?;
+    let meta = Meta {
+        md: &content.metadata,
+        path,
+    };
+    let mut notes = Vec::new();
+    let tokens = meta.strings("tokenizer.ggml.tokens")?;
+    let mut cfg = read_config(&meta, &content, tokens.len())?;
+    recover_llama3_rope(&meta, &content, &mut f, device, &mut cfg, &mut notes)?;
+    cfg.check()
+        .map_err(|m| meta.err(format!("invalid model metadata: {m}")))?;
+    crate::util::mem::check_fits(
+        &format!(
+            "importing {} ({} parameters)",
+            path.display(),
+            cfg.num_params_wide()
+        ),
+        cfg.num_params_wide() * 4 * 2,
+    )?;
+    check_shapes(&meta, &content, &cfg)?;
+    let tensors = read_tensors(&meta, &content, &mut f, device, &cfg)?;
     let model = Llama::from_tensors(cfg.clone(), tensors, path, device)?;
     crate::model::hf::check_finite(&model, &format!("{} (dequantised)", path.display()))?;
     let tok = build_tokenizer(&meta, &tokens, &mut notes)?;
@@ -341,6 +382,34 @@ fn token_type_special(t: f64) -> Option<bool> {
         2 | 3 => Some(true),
         4 => Some(false),
         _ => None,
+    }
+}
+
+/// The pre-tokenizer of a byte-level BPE tokenizer, by llama.cpp's `tokenizer.ggml.pre` name.
+fn gpt2_pre_tokenizer(pre: &str, notes: &mut Vec<String>) -> serde_json::Value {
+    use serde_json::json;
+    let bytelevel = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let split = |re: &str| {
+        json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
+        bytelevel(false)]})
+    };
+    match pre {
+        "smollm" => json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true}, bytelevel(true)]}),
+        "llama-bpe" | "llama3" => split(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ),
+        "qwen2" => split(
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ),
+        "gpt-2" | "default" => bytelevel(true),
+        other => {
+            notes.push(format!(
+                "tokenizer: pre-tokenizer `{other}` unknown, using GPT-2's; check token ids"
+            ));
+            bytelevel(true)
+        }
     }
 }
 
@@ -394,27 +463,7 @@ fn build_tokenizer(meta: &Meta, tokens: &[String], notes: &mut Vec<String>) -> R
         "gpt2" => {
             let merges = meta.strings("tokenizer.ggml.merges")?;
             let pre = meta.str("tokenizer.ggml.pre").unwrap_or("default");
-            let bytelevel = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
-            let split = |re: &str| {
-                json!({"type": "Sequence", "pretokenizers": [
-                {"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false},
-                bytelevel(false)]})
-            };
-            let pre_tok = match pre {
-                "smollm" => json!({"type": "Sequence", "pretokenizers": [
-                    {"type": "Digits", "individual_digits": true}, bytelevel(true)]}),
-                "llama-bpe" | "llama3" => split(
-                    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-                ),
-                "qwen2" => split(
-                    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
-                ),
-                "gpt-2" | "default" => bytelevel(true),
-                other => {
-                    notes.push(format!("tokenizer: pre-tokenizer `{other}` unknown, using GPT-2's; check token ids"));
-                    bytelevel(true)
-                }
-            };
+            let pre_tok = gpt2_pre_tokenizer(pre, notes);
             notes.push(format!(
                 "tokenizer: byte-level BPE, {} tokens, {} merges, pre-tokenizer `{pre}`",
                 tokens.len(),

@@ -245,3 +245,49 @@ pub fn check_finite(model: &Llama, what: &str) -> Result<()> {
 }
 
 pub use crate::util::fs::{atomic_dir, atomic_write};
+
+/// Named tensors of a checkpoint, checked for shape, with the base model's prefix (`bert.`,
+/// `deberta.`, …) found once.
+pub struct Loader<'a> {
+    t: &'a HashMap<String, Tensor>,
+    path: PathBuf,
+    prefix: &'a str,
+}
+
+impl<'a> Loader<'a> {
+    /// The first of `prefixes` under which `probe` exists (else the last).
+    pub fn new(
+        t: &'a HashMap<String, Tensor>,
+        path: PathBuf,
+        prefixes: &[&'a str],
+        probe: &str,
+    ) -> Self {
+        let prefix = prefixes
+            .iter()
+            .copied()
+            .find(|p| t.contains_key(&format!("{p}{probe}")))
+            .unwrap_or(prefixes.last().copied().unwrap_or(""));
+        Loader { t, path, prefix }
+    }
+    /// `name` under the base model's prefix.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.top(&format!("{}{name}", self.prefix), shape)
+    }
+    /// `name` as it is (head tensors).
+    pub fn top(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.t.get(name).ok_or_else(|| Error::MissingTensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+            expected: shape.to_vec(),
+        })?;
+        if t.dims() != shape {
+            return Err(Error::ShapeMismatch {
+                path: self.path.clone(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                actual: t.dims().to_vec(),
+            });
+        }
+        Ok(t.to_dtype(candle_core::DType::F32)?)
+    }
+}

@@ -128,6 +128,8 @@ pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
                 let scaled = if wl > low_wl { *f / factor } else { *f };
                 let smooth = (old / wl - lo) / (hi - lo);
                 let smoothed = (1.0 - smooth) * scaled / factor + smooth * scaled;
+                // as transformers writes it (`~(wl < high) * ~(wl > low)`)
+                #[allow(clippy::neg_cmp_op_on_partial_ord)]
                 let medium = !(wl < high_wl) && !(wl > low_wl);
                 *f = if medium { smoothed } else { scaled };
             }

@@ -7,6 +7,7 @@ pub mod fixture;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
+pub mod nli;
 pub mod tokenizer;
 
 pub use config::{Arch, LlamaConfig, RopeScaling};

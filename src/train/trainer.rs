@@ -274,63 +274,15 @@ impl<'a> Trainer<'a> {
                 };
                 let lr = spec.schedule.at(step);
                 obj.before_step(&ctx)?;
-                acc.clear();
-                let micro: Vec<&[usize]> = group.chunks(spec.batch_size).collect();
-                let scale = 1.0 / micro.len() as f64;
-                let mut loss_sum = 0.0;
-                let mut parts: Vec<(&'static str, f64)> = vec![];
-                for mb in micro {
-                    let ml = obj.loss(mb, scale, &ctx)?;
-                    check_finite(ml.value, step, &self.last_checkpoint)?;
-                    loss_sum += ml.value;
-                    tokens += ml.tokens;
-                    for (k, v) in ml.parts {
-                        match parts.iter_mut().find(|(pk, _)| *pk == k) {
-                            Some(slot) => slot.1 += v,
-                            None => parts.push((k, v)),
-                        }
-                    }
-                    acc.add(&self.params, &ml.loss.backward()?)?;
-                }
-                if self.opt.needs_curvature() {
-                    let batches = obj.curvature_batches(group)?;
-                    gnb_refresh(
-                        &mut self.opt,
-                        self.model,
-                        &self.params,
-                        &batches,
-                        spec.curvature_seed,
-                        global,
-                    )?;
-                }
-                let norm = clipped_step(
-                    &mut self.opt,
-                    &acc,
-                    lr,
-                    spec.max_grad_norm,
-                    step,
-                    &self.last_checkpoint,
-                )?;
+                let done = self.step(obj, group, &ctx, lr, &mut acc)?;
+                tokens += done.tokens;
+                let (loss_sum, parts, norm) = (done.loss, done.parts, done.grad_norm);
                 obj.after_step(&ctx)?;
                 step += 1;
                 global += 1;
                 final_loss = loss_sum;
                 let elapsed = start.elapsed_s + t0.elapsed().as_secs_f64();
-                let mut line = self.context.clone();
-                line.insert("step".into(), step.into());
-                line.insert("epoch".into(), epoch.into());
-                line.insert("loss".into(), loss_sum.into());
-                for (k, v) in &parts {
-                    line.insert((*k).into(), (*v).into());
-                }
-                line.insert("lr".into(), lr.into());
-                line.insert("grad_norm".into(), norm.into());
-                line.insert("tokens".into(), tokens.into());
-                line.insert(
-                    "tokens_per_s".into(),
-                    (tokens as f64 / elapsed.max(1e-9)).into(),
-                );
-                line.insert("elapsed_s".into(), elapsed.into());
+                let line = self.log_line(step, epoch, loss_sum, &parts, lr, norm, tokens, elapsed);
                 if let (Some(f), Some(p)) = (logf.as_mut(), &self.log_path) {
                     writeln!(f, "{}", Value::Object(line.clone()))
                         .and_then(|_| f.flush())
@@ -346,25 +298,25 @@ impl<'a> Trainer<'a> {
                 } else {
                     (epoch, gi + 1)
                 };
-                if let Some(c) = &self.checkpoints {
-                    if c.every > 0 && step.is_multiple_of(c.every) {
-                        let state = TrainerState {
-                            global_step: global,
-                            step,
-                            epoch: next_epoch,
-                            next_group,
-                            optimizer_steps: self.opt.steps_taken(),
-                            tokens,
-                            elapsed_s: elapsed,
-                            log_bytes: checkpoint::log_lengths(&c.logs),
-                            objective: obj.state(),
-                            hooks: hooks.state(),
-                            version: crate::VERSION.into(),
-                        };
-                        let p = checkpoint::write(&c.dir, &state, &self.opt, c.write_model)?;
-                        checkpoint::prune(&c.dir, c.keep)?;
-                        self.last_checkpoint = Some(p);
-                    }
+                if self
+                    .checkpoints
+                    .as_ref()
+                    .is_some_and(|c| c.every > 0 && step.is_multiple_of(c.every))
+                {
+                    let state = TrainerState {
+                        global_step: global,
+                        step,
+                        epoch: next_epoch,
+                        next_group,
+                        optimizer_steps: self.opt.steps_taken(),
+                        tokens,
+                        elapsed_s: elapsed,
+                        log_bytes: Default::default(),
+                        objective: obj.state(),
+                        hooks: hooks.state(),
+                        version: crate::VERSION.into(),
+                    };
+                    self.checkpoint(state)?;
                 }
                 if flow == Flow::Stop {
                     stopped = true;
@@ -388,4 +340,109 @@ impl<'a> Trainer<'a> {
             stopped,
         })
     }
+
+    /// One optimiser step over `group`: the micro-batches' losses and gradients (accumulated,
+    /// each scaled by 1/micro-batches), the NaN stop, Sophia's curvature refresh, clipping.
+    fn step(
+        &mut self,
+        obj: &mut dyn Objective,
+        group: &[usize],
+        ctx: &StepCtx,
+        lr: f64,
+        acc: &mut GradAccum,
+    ) -> Result<StepDone> {
+        acc.clear();
+        let micro: Vec<&[usize]> = group.chunks(self.spec.batch_size).collect();
+        let scale = 1.0 / micro.len() as f64;
+        let mut done = StepDone {
+            loss: 0.0,
+            parts: vec![],
+            tokens: 0,
+            grad_norm: 0.0,
+        };
+        for mb in micro {
+            let ml = obj.loss(mb, scale, ctx)?;
+            check_finite(ml.value, ctx.step, &self.last_checkpoint)?;
+            done.loss += ml.value;
+            done.tokens += ml.tokens;
+            for (k, v) in ml.parts {
+                match done.parts.iter_mut().find(|(pk, _)| *pk == k) {
+                    Some(slot) => slot.1 += v,
+                    None => done.parts.push((k, v)),
+                }
+            }
+            acc.add(&self.params, &ml.loss.backward()?)?;
+        }
+        if self.opt.needs_curvature() {
+            let batches = obj.curvature_batches(group)?;
+            gnb_refresh(
+                &mut self.opt,
+                self.model,
+                &self.params,
+                &batches,
+                self.spec.curvature_seed,
+                ctx.global_step,
+            )?;
+        }
+        done.grad_norm = clipped_step(
+            &mut self.opt,
+            acc,
+            lr,
+            self.spec.max_grad_norm,
+            ctx.step,
+            &self.last_checkpoint,
+        )?;
+        Ok(done)
+    }
+
+    /// The train_log.jsonl line of a step: the context fields, then the step's numbers.
+    #[allow(clippy::too_many_arguments)]
+    fn log_line(
+        &self,
+        step: usize,
+        epoch: usize,
+        loss: f64,
+        parts: &[(&'static str, f64)],
+        lr: f64,
+        norm: f64,
+        tokens: usize,
+        elapsed: f64,
+    ) -> Map<String, Value> {
+        let mut line = self.context.clone();
+        line.insert("step".into(), step.into());
+        line.insert("epoch".into(), epoch.into());
+        line.insert("loss".into(), loss.into());
+        for (k, v) in parts {
+            line.insert((*k).into(), (*v).into());
+        }
+        line.insert("lr".into(), lr.into());
+        line.insert("grad_norm".into(), norm.into());
+        line.insert("tokens".into(), tokens.into());
+        line.insert(
+            "tokens_per_s".into(),
+            (tokens as f64 / elapsed.max(1e-9)).into(),
+        );
+        line.insert("elapsed_s".into(), elapsed.into());
+        line
+    }
+
+    /// Write a checkpoint of `state` (its log lengths filled in here) and prune old ones.
+    fn checkpoint(&mut self, mut state: TrainerState) -> Result<()> {
+        let c = self.checkpoints.as_ref().expect("checkpoints configured");
+        state.log_bytes = checkpoint::log_lengths(&c.logs);
+        let p = checkpoint::write(&c.dir, &state, &self.opt, c.write_model)?;
+        checkpoint::prune(&c.dir, c.keep)?;
+        self.last_checkpoint = Some(p);
+        Ok(())
+    }
+}
+
+/// What one optimiser step did.
+struct StepDone {
+    /// Σ of the micro-batches' losses.
+    loss: f64,
+    /// Σ of each named loss part.
+    parts: Vec<(&'static str, f64)>,
+    tokens: usize,
+    grad_norm: f64,
 }

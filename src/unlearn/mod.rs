@@ -141,6 +141,37 @@ fn default_device() -> String {
     "cpu".into()
 }
 
+impl RunConfig {
+    /// Unlearn `forget` (with `retain`) from `model` by `method` into `out`, every other key at
+    /// its default.
+    pub fn new(
+        model: PathBuf,
+        forget: PathBuf,
+        retain: Option<PathBuf>,
+        out: PathBuf,
+        method: MethodConfig,
+    ) -> Self {
+        RunConfig {
+            model,
+            forget: Paths::One(forget),
+            forget_tasks: 0,
+            retain,
+            refusals: None,
+            out,
+            run_dir: None,
+            method,
+            train: default_train(),
+            trainable: vec![],
+            reference: RefMode::default(),
+            masks: None,
+            eval_every: 0,
+            stop_forget_prob: None,
+            eval: None,
+            device: default_device(),
+        }
+    }
+}
+
 /// Expand `{a,b}` sets: "l.{1,2}.x" -> ["l.1.x", "l.2.x"].
 pub fn expand_braces(p: &str) -> Vec<String> {
     if let (Some(a), Some(b)) = (p.find('{'), p.find('}')) {
@@ -331,12 +362,7 @@ fn run_unierase(
     ));
     // the same line as other methods' evaluations, plus the token probabilities
     let f = Formatter::new(&tok, cfg.train.prompt, cfg.train.max_len)?;
-    let enc = |items: &[QaItem]| -> Result<Vec<Encoded>> {
-        items
-            .iter()
-            .map(|it| f.encode_qa(&it.question, &it.answer))
-            .collect()
-    };
+    let enc = |items: &[QaItem]| -> Result<Vec<Encoded>> { f.encode_items(items) };
     let bs = cfg.train.batch_size;
     let mut line = serde_json::json!({
         "task": 0, "step": 0,

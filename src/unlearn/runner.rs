@@ -90,10 +90,7 @@ impl<'a> Runner<'a> {
             }
             (None, false) => vec![],
         };
-        let retain_qa = retain_items
-            .iter()
-            .map(|it| f.encode_qa(&it.question, &it.answer))
-            .collect::<Result<Vec<_>>>()?;
+        let retain_qa = f.encode_items(&retain_items)?;
         let mut base = 0u64; // item numbering runs across tasks so per-item seeds do not repeat
         let mut tasks = vec![];
         for items in read_tasks(cfg)? {
@@ -590,10 +587,7 @@ impl Encoder<'_> {
 
     fn task(&self, items: &[QaItem], base: u64) -> Result<Task> {
         let f = self.f;
-        let forget = items
-            .iter()
-            .map(|it| f.encode_qa(&it.question, &it.answer))
-            .collect::<Result<Vec<_>>>()?;
+        let forget = f.encode_items(items)?;
         let forget_refusals = if self.needs.forget_refusals {
             items
                 .iter()

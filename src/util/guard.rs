@@ -220,9 +220,11 @@ fn check_replaceable(what: &str, path: &Path, kind: OutKind, overwrite: bool) ->
                 return Ok(());
             }
             if !overwrite {
-                return Err(Error::Invalid(format!(
-                    "{what} {shown} exists and is not empty; pass --overwrite to replace it"
-                )));
+                return Err(Error::OutputExists {
+                    what: what.into(),
+                    path: path.to_path_buf(),
+                    detail: "exists and is not empty; pass --overwrite to replace it".into(),
+                });
             }
             if !path.join("config.json").exists() {
                 return Err(Error::Invalid(format!(
@@ -239,9 +241,11 @@ fn check_replaceable(what: &str, path: &Path, kind: OutKind, overwrite: bool) ->
                 )));
             }
             if !overwrite {
-                return Err(Error::Invalid(format!(
-                    "{what} {shown} exists; pass --overwrite to replace it"
-                )));
+                return Err(Error::OutputExists {
+                    what: what.into(),
+                    path: path.to_path_buf(),
+                    detail: "exists; pass --overwrite to replace it".into(),
+                });
             }
         }
     }
@@ -284,10 +288,11 @@ impl RunDir {
             let empty = entry_count(path) == 0;
             match mode {
                 RunDirMode::Fresh if !empty => {
-                    return Err(Error::Invalid(format!(
-                        "{what} {shown} holds an earlier run; pass --resume to continue it or \
-                         --overwrite to start afresh"
-                    )))
+                    return Err(Error::OutputExists {
+                        what: what.into(),
+                        path: path.to_path_buf(),
+                        detail: "holds an earlier run; pass --resume to continue it or --overwrite to start afresh".into(),
+                    })
                 }
                 RunDirMode::Overwrite | RunDirMode::Resume if !empty && !ours => {
                     return Err(Error::Invalid(format!(

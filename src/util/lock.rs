@@ -39,12 +39,11 @@ impl Lock {
                     .parse::<u32>()
                     .map(|p| format!("process {p}"))
                     .unwrap_or_else(|_| "another process".into());
-                return Err(Error::Invalid(format!(
-                    "{} is being written by {who} (lock {}); wait for it to finish or choose \
-                     another output",
-                    target.display(),
-                    path.display()
-                )));
+                return Err(Error::Busy {
+                    target: target.to_path_buf(),
+                    lock: path.clone(),
+                    holder: who,
+                });
             }
             if !same_file(&file, &path) {
                 continue;

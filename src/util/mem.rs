@@ -12,22 +12,46 @@ pub fn available_bytes() -> Option<u128> {
 
 /// Refuse `what` when it needs more than the memory available.
 pub fn check_fits(what: &str, bytes: u128) -> Result<()> {
-    let gib = |b: u128| b as f64 / (1u128 << 30) as f64;
+    let err = |available| Error::OutOfMemory {
+        what: what.into(),
+        need: bytes,
+        available,
+    };
     if let Some(avail) = available_bytes() {
         if bytes > avail {
-            return Err(Error::Invalid(format!(
-                "{what} needs about {:.1} GiB of memory; {:.1} GiB are available",
-                gib(bytes),
-                gib(avail)
-            )));
+            return Err(err(Some(avail)));
         }
     }
     // beyond what any allocation can ask for
     if bytes > isize::MAX as u128 {
-        return Err(Error::Invalid(format!(
-            "{what} needs about {:.1} GiB of memory, more than can be addressed",
-            gib(bytes)
-        )));
+        return Err(err(None));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller can tell "too big for this machine" from other errors and shrink the work.
+    #[test]
+    fn too_much_memory_is_a_typed_error_with_a_one_line_message() {
+        let e = check_fits("a test", u128::MAX).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::OutOfMemory {
+                    need: u128::MAX,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("a test needs about") && !msg.contains('\n'),
+            "{msg}"
+        );
+        assert!(check_fits("a little", 1).is_ok());
+    }
 }

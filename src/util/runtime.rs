@@ -24,6 +24,16 @@ pub fn tune_allocator() -> bool {
     }
 }
 
+/// Restore the default SIGPIPE action (Rust ignores it, so `println!` to a closed pipe, as in
+/// `unlearn metrics | head`, panics): the process ends quietly, as command-line tools do.
+pub fn default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: resets one signal's disposition to the default, before any thread writes output.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Let candle's element-wise thread pool sleep as soon as an op is done. By default its worker
 /// spins for 25 000 pause instructions after every element-wise op (a few hundred µs), waiting
 /// for the next one; between ops the matrix products run on rayon's threads, so on a 2-core

@@ -21,7 +21,7 @@ use faer::Mat;
 use serde::{Deserialize, Serialize};
 
 use super::keys;
-use super::nullspace::{alphaedit_update, null_space_projector};
+use super::nullspace::{alphaedit_update, null_space_projector, SecondMoment};
 use crate::data::{Encoded, Formatter, PromptStyle, QaItem};
 use crate::error::{Error, Result};
 use crate::infer::score::{token_mean_nll, Batch};
@@ -153,21 +153,6 @@ impl crate::config::Validate for UniEraseConfig {
         c.non_negative("retain_guard", self.retain_guard);
         c.at_least("round_size", self.round_size, 1);
         c.at_least("corpus_max_texts", self.corpus_max_texts, 1);
-    }
-}
-
-/// UniErase is not a loss: `method = "unierase"` runs the token training and the edit
-/// (`unlearn::run`) instead of the loss loop.
-impl crate::unlearn::objective::Term for Box<UniEraseConfig> {
-    const FORMULA: &'static str =
-        "an edit, not a loss: [UNL] token + null-space-constrained MEMIT (docs/unierase.md)";
-    fn needs(&self) -> crate::unlearn::objective::Needs {
-        Default::default()
-    }
-    fn loss(&self, _c: &crate::unlearn::objective::Ctx) -> Result<Tensor> {
-        Err(Error::Invalid(
-            "unierase is an edit, not a loss: run it with `unlearn run` alone".into(),
-        ))
     }
 }
 
@@ -647,21 +632,13 @@ fn p_first(model: &Llama, prompts: &[EditPrompt], unl: u32, pad: u32) -> Result<
     Ok(s / prompts.len() as f64)
 }
 
-/// Run UniErase on `model`/`tok` (the model already holds no [UNL]): returns the edited model,
-/// its tokenizer and a report. `forget` and `retain` are QA items; `refusals` the pool.
-#[allow(clippy::too_many_arguments)]
-pub fn unierase(
+/// The edit layers (`layers`, else [`default_layers`]), after checking the inputs.
+fn check_inputs(
     model: &Llama,
-    tok: &Tok,
-    model_dir: &Path,
     forget: &[QaItem],
-    retain: &[QaItem],
     refusals: &[String],
     cfg: &UniEraseConfig,
-    max_len: usize,
-    seed: u64,
-    note: &dyn Fn(&str),
-) -> Result<(Llama, Tok, UniEraseReport)> {
+) -> Result<Vec<usize>> {
     if forget.is_empty() {
         return Err(Error::Invalid("unierase: empty forget set".into()));
     }
@@ -676,23 +653,34 @@ pub fn unierase(
         )));
     }
     let n_layers = model.cfg.num_hidden_layers;
-    let layers = if cfg.layers.is_empty() {
-        default_layers(n_layers)
-    } else {
-        let mut l = cfg.layers.clone();
-        l.sort();
-        l.dedup();
-        if let Some(&bad) = l.iter().find(|&&x| x >= n_layers) {
-            return Err(Error::Invalid(format!(
-                "unierase: edit layer {bad} does not exist (the model has {n_layers} layers)"
-            )));
-        }
-        l
-    };
-    let last = *layers.last().unwrap();
+    if cfg.layers.is_empty() {
+        return Ok(default_layers(n_layers));
+    }
+    let mut l = cfg.layers.clone();
+    l.sort();
+    l.dedup();
+    if let Some(&bad) = l.iter().find(|&&x| x >= n_layers) {
+        return Err(Error::Invalid(format!(
+            "unierase: edit layer {bad} does not exist (the model has {n_layers} layers)"
+        )));
+    }
+    Ok(l)
+}
 
-    // second moments of the general corpus on the original model (the new token never occurs
-    // in it, so they are the same for the model with the token)
+/// Second moments of the general corpus (`corpus`, else the retain set) at the edit layers on
+/// the original model (the new token never occurs in it, so they are the same for the model
+/// with the token), cached under `stats_dir` by the model's and the corpus's content.
+#[allow(clippy::too_many_arguments)]
+fn corpus_moments(
+    model: &Llama,
+    tok: &Tok,
+    model_dir: &Path,
+    retain: &[QaItem],
+    cfg: &UniEraseConfig,
+    layers: &[usize],
+    max_len: usize,
+    note: &dyn Fn(&str),
+) -> Result<Vec<SecondMoment>> {
     let plain = Formatter::new(tok, PromptStyle::Plain, max_len)?;
     let corpus: Vec<Vec<u32>> = match &cfg.corpus {
         Some(p) => crate::error::read_to_string(p)?
@@ -731,14 +719,39 @@ pub fn unierase(
     });
     let key = format!("{:016x}", hash_bytes(provenance.to_string().as_bytes()));
     let stats_dir = cfg.stats_dir.join(key);
-    let moments = keys::cached(&stats_dir, &provenance, &layers, || {
+    keys::cached(&stats_dir, &provenance, layers, || {
         note(&format!(
             "unierase: second moments of {} corpus texts at layers {layers:?}",
             corpus.len()
         ));
-        keys::second_moments(model, &corpus, &layers, 8, tok.pad_id)
-    })?;
-    // 1. the token
+        keys::second_moments(model, &corpus, layers, 8, tok.pad_id)
+    })
+}
+
+/// The model and tokenizer with the trained unlearning token.
+struct WithToken {
+    model: Llama,
+    tok: Tok,
+    unl: u32,
+    /// The token-training items of phases 2–3 (chat-templated and plain q ⊕ [UNL] ⊕ r).
+    phase2: Vec<Encoded>,
+    token_loss: Vec<f64>,
+}
+
+/// Step 1: add the token and train its embedding in phases (plain prompts; chat-templated
+/// and plain; then with noise at each edit layer), with the retain guard.
+#[allow(clippy::too_many_arguments)]
+fn train_unlearning_token(
+    model: &Llama,
+    tok: &Tok,
+    forget: &[QaItem],
+    retain: &[QaItem],
+    refusals: &[String],
+    cfg: &UniEraseConfig,
+    layers: &[usize],
+    max_len: usize,
+    seed: u64,
+) -> Result<WithToken> {
     let w = super::tokens::add_special_tokens(model, tok, &[cfg.token.as_str()])?;
     let (model, tok, unl) = (w.model, w.tok, w.ids[0]);
     let plain = Formatter::new(&tok, PromptStyle::Plain, max_len)?;
@@ -765,7 +778,6 @@ pub fn unierase(
         }
         guard2.extend(guard1.iter().cloned());
     }
-    let bs = cfg.token_batch_size;
     let base = Phase {
         items: &phase2,
         guard: &guard2,
@@ -784,7 +796,7 @@ pub fn unierase(
         },
         base,
     ];
-    for &l in &layers {
+    for &l in layers {
         phases.push(Phase {
             epochs: cfg.phase3_epochs,
             lr: cfg.phase3_lr,
@@ -794,19 +806,32 @@ pub fn unierase(
     }
     let mut token_loss = vec![];
     for ph in &phases {
+        let bs = cfg.token_batch_size;
         token_loss.push(train_token(&model, tok.pad_id, unl, ph, bs, seed)?);
     }
-    note(&format!(
-        "unierase: token {} = id {unl}; training loss per phase {token_loss:?}",
-        cfg.token
-    ));
-    // what the token alone does: greedy continuations of two forget prompts ⊕ [UNL]
+    Ok(WithToken {
+        model,
+        tok,
+        unl,
+        phase2,
+        token_loss,
+    })
+}
+
+/// What the token alone does: greedy continuations of two forget prompts ⊕ [UNL], as notes.
+fn show_token(
+    t: &WithToken,
+    auto: &Formatter,
+    forget: &[QaItem],
+    cfg: &UniEraseConfig,
+    note: &dyn Fn(&str),
+) -> Result<()> {
     let probe: Vec<Vec<u32>> = forget
         .iter()
         .take(2)
         .map(|it| {
             let mut ids = auto.encode_prompt(&it.question)?;
-            ids.push(unl);
+            ids.push(t.unl);
             Ok(ids)
         })
         .collect::<Result<_>>()?;
@@ -814,49 +839,64 @@ pub fn unierase(
         max_new_tokens: 24,
         ..Default::default()
     };
-    let stops = crate::infer::generate::Stops::for_model(&model.cfg, &tok);
+    let stops = crate::infer::generate::Stops::for_model(&t.model.cfg, &t.tok);
     let ids: Vec<u64> = (0..probe.len() as u64).collect();
     for (it, g) in forget.iter().zip(crate::infer::generate::generate_with(
-        &model, &probe, &ids, &stops, tok.pad_id, &gc,
+        &t.model,
+        &probe,
+        &ids,
+        &stops,
+        t.tok.pad_id,
+        &gc,
     )?) {
         note(&format!(
             "unierase: {:?} ⊕ {} -> {:?}",
             it.question,
             cfg.token,
-            tok.decode(&g, false)?
+            t.tok.decode(&g, false)?
         ));
     }
+    Ok(())
+}
 
-    // Null-space projectors. Protected: the general corpus; with `protect_token`, what the
-    // token training established (keys from the [UNL] position on of q ⊕ [UNL] ⊕ r ⊕ [UNL]),
-    // so that the edit does not also fire after [UNL] and repeat it. P projects onto the
-    // eigenvectors of mean(C_corpus) + mean(C_token) below the threshold, i.e. directions small
-    // under both.
+/// Null-space projectors per edit layer, and their dimensions. Protected: the general corpus;
+/// with `protect_token`, what the token training established (keys from the [UNL] position on
+/// of q ⊕ [UNL] ⊕ r ⊕ [UNL]), so that the edit does not also fire after [UNL] and repeat it;
+/// with `protect_retain_prompts`, the keys at the retain questions' key positions (read where
+/// the edit reads its keys, `key_token`), so retain questions keep their first token. P
+/// projects onto the eigenvectors of the summed mean second moments below the threshold, i.e.
+/// directions small under all of them.
+fn null_spaces(
+    t: &WithToken,
+    auto: &Formatter,
+    retain: &[QaItem],
+    moments: &[SecondMoment],
+    cfg: &UniEraseConfig,
+    layers: &[usize],
+) -> Result<(Vec<Mat<f64>>, Vec<usize>)> {
+    let pad = t.tok.pad_id;
     let tok_moments = if cfg.protect_token {
-        let texts: Vec<Vec<u32>> = phase2.iter().map(|e| e.ids.clone()).collect();
-        let starts: Vec<usize> = phase2.iter().map(|e| e.n_prompt - 1).collect();
+        let texts: Vec<Vec<u32>> = t.phase2.iter().map(|e| e.ids.clone()).collect();
+        let starts: Vec<usize> = t.phase2.iter().map(|e| e.n_prompt - 1).collect();
         Some(keys::second_moments_from(
-            &model, &texts, &starts, &layers, 8, tok.pad_id,
+            &t.model, &texts, &starts, layers, 8, pad,
         )?)
     } else {
         None
     };
-    // with `protect_retain_prompts`: the keys at the last token of the retain questions'
-    // prompts (the position the edit acts on), so retain questions keep their first token
-    // (read where the edit reads its keys, `key_token`)
     let retain_moments = if cfg.protect_retain_prompts && !retain.is_empty() {
         let texts: Vec<Vec<u32>> = retain
             .iter()
             .take(cfg.corpus_max_texts)
             .map(|it| {
                 let ids = auto.encode_prompt(&it.question)?;
-                let k = key_pos(cfg.key_token, &auto, &it.question, &ids)?;
+                let k = key_pos(cfg.key_token, auto, &it.question, &ids)?;
                 Ok(ids[..=k].to_vec())
             })
             .collect::<Result<_>>()?;
         let starts: Vec<usize> = texts.iter().map(|t| t.len() - 1).collect();
         Some(keys::second_moments_from(
-            &model, &texts, &starts, &layers, 8, tok.pad_id,
+            &t.model, &texts, &starts, layers, 8, pad,
         )?)
     } else {
         None
@@ -872,44 +912,36 @@ pub fn unierase(
         projectors.push(p);
         null_dims.push(k);
     }
-    note(&format!(
-        "unierase: edit layers {layers:?}; null-space dimensions {null_dims:?} of {} (threshold {})",
-        model.cfg.intermediate_size, cfg.null_threshold
-    ));
+    Ok((projectors, null_dims))
+}
 
-    // 2. the edit: prompts as users will see them (chat template when there is one)
-    let prompts: Vec<EditPrompt> = forget
-        .iter()
-        .map(|it| {
-            let ids = auto.encode_prompt(&it.question)?;
-            Ok(EditPrompt {
-                qpos: key_pos(cfg.key_token, &auto, &it.question, &ids)?,
-                ids,
-                neutral: tok.encode(&it.question, true)?,
-            })
-        })
-        .collect::<Result<_>>()?;
-    // the weights enter the δ optimisation detached (gradients for δ only); the view shares
-    // their storage, so it sees every edit
-    let fz = model.frozen_except(&[])?;
-    let p_before = p_first(&fz, &prompts, unl, tok.pad_id)?;
-    let groups: Vec<Vec<usize>> = match cfg.mode {
-        EditMode::Batch => vec![(0..prompts.len()).collect()],
-        EditMode::Sequential => (0..prompts.len())
-            .collect::<Vec<_>>()
-            .chunks(cfg.round_size.max(1))
-            .map(|c| c.to_vec())
-            .collect(),
-        EditMode::Precise => (0..prompts.len()).map(|i| vec![i]).collect(),
-    };
-    let d = model.cfg.intermediate_size;
-    let mut c_prev: Vec<Mat<f64>> = layers.iter().map(|_| Mat::zeros(d, d)).collect();
-    for g in &groups {
+/// The state of step 2 across edit groups.
+struct Editor<'a> {
+    /// The model whose `down_proj` weights are edited.
+    model: &'a Llama,
+    /// A frozen view of it (shares the weights' storage, so it sees every edit).
+    fz: Llama,
+    prompts: Vec<EditPrompt>,
+    layers: &'a [usize],
+    projectors: Vec<Mat<f64>>,
+    /// Σ k kᵀ of the keys of earlier edits, per layer.
+    c_prev: Vec<Mat<f64>>,
+    unl: u32,
+    pad: u32,
+    cfg: &'a UniEraseConfig,
+}
+
+impl Editor<'_> {
+    /// Edit the prompts of group `g`: target vectors at the last edit layer, then at each edit
+    /// layer the AlphaEdit update that moves the residual 1/(layers left) of the way.
+    fn edit(&mut self, g: &[usize], note: &dyn Fn(&str)) -> Result<()> {
+        let last = *self.layers.last().unwrap();
+        let d = self.model.cfg.intermediate_size;
         let mut z = vec![];
         let mut reached = vec![];
         for part in g.chunks(32) {
-            let ps: Vec<&EditPrompt> = part.iter().map(|&i| &prompts[i]).collect();
-            let (zp, rp) = target_vectors(&fz, &ps, last, unl, tok.pad_id, cfg)?;
+            let ps: Vec<&EditPrompt> = part.iter().map(|&i| &self.prompts[i]).collect();
+            let (zp, rp) = target_vectors(&self.fz, &ps, last, self.unl, self.pad, self.cfg)?;
             z.extend(zp.to_vec2::<f32>()?);
             reached.extend(rp);
         }
@@ -920,75 +952,167 @@ pub fn unierase(
             .iter()
             .map(|&i| Encoded {
                 // causal model: the key at qpos only depends on the tokens up to it
-                ids: prompts[i].ids[..=prompts[i].qpos].to_vec(),
-                n_prompt: prompts[i].qpos + 1,
+                ids: self.prompts[i].ids[..=self.prompts[i].qpos].to_vec(),
+                n_prompt: self.prompts[i].qpos + 1,
             })
             .collect();
-        for (li, &l) in layers.iter().enumerate() {
-            let k = &keys::last_token_keys(&fz, &enc, &[l])?[0];
+        for (li, &l) in self.layers.iter().enumerate() {
+            let k = &keys::last_token_keys(&self.fz, &enc, &[l])?[0];
             let kmat = to_mat(k, g.len(), d); // [d, n]
                                               // share of the keys' energy in the null space: what the edit may act on
-            let pk = &projectors[li] * &kmat;
+            let pk = &self.projectors[li] * &kmat;
             in_null.push(pk.norm_l2().powi(2) / kmat.norm_l2().powi(2).max(1e-30));
             pk_sq.push(pk.norm_l2().powi(2) / g.len() as f64);
-            let hsz = model.cfg.hidden_size;
-            let left = (layers.len() - li) as f64;
-            let mut r = Mat::<f64>::zeros(hsz, g.len());
-            let mut j = 0;
-            for part in g.chunks(32) {
-                let ids: Vec<&[u32]> = part.iter().map(|&i| &prompts[i].ids[..]).collect();
-                let at: Vec<usize> = part.iter().map(|&i| prompts[i].qpos).collect();
-                let b = LeftPadded::new(&ids, tok.pad_id, model.device())?;
-                for cur in residuals_at(&fz, &b, &at, last)?.to_vec2::<f32>()? {
-                    for a in 0..hsz {
-                        r[(a, j)] = (z[j][a] as f64 - cur[a] as f64) / left;
-                    }
-                    j += 1;
-                }
-            }
-            let delta = alphaedit_update(&r, &kmat, &projectors[li], &c_prev[li], cfg.lambda)?;
-            let name = format!("model.layers.{l}.mlp.down_proj.weight");
-            let wv = model.param(&name).unwrap().clone();
-            let dt: Vec<f32> = (0..hsz)
-                .flat_map(|a| (0..d).map(move |b| (a, b)))
-                .map(|(a, b)| delta[(a, b)] as f32)
-                .collect();
-            let dt = Tensor::from_vec(dt, (hsz, d), model.device())?;
-            wv.set(&(wv.as_tensor() + dt)?)?;
-            c_prev[li] = &c_prev[li] + &kmat * kmat.transpose();
+            let left = (self.layers.len() - li) as f64;
+            let r = self.residuals(g, &z, last, left)?;
+            let delta = alphaedit_update(
+                &r,
+                &kmat,
+                &self.projectors[li],
+                &self.c_prev[li],
+                self.cfg.lambda,
+            )?;
+            self.apply(l, &delta)?;
+            self.c_prev[li] = &self.c_prev[li] + &kmat * kmat.transpose();
         }
         note(&format!(
             "unierase: edit of {} prompt(s): target vectors reach mean P({} first) {mean_p:.4}; \
              share of key energy in the null space per layer {:?}, mean ‖P k‖² {:?} (λ = {})",
             g.len(),
-            cfg.token,
+            self.cfg.token,
             in_null
                 .iter()
                 .map(|x| (x * 1000.0).round() / 1000.0)
                 .collect::<Vec<_>>(),
             pk_sq.iter().map(|x| format!("{x:.3e}")).collect::<Vec<_>>(),
-            cfg.lambda
+            self.cfg.lambda
         ));
+        Ok(())
     }
-    let p_after = p_first(&fz, &prompts, unl, tok.pad_id)?;
+
+    /// (z − h_last) / left at each prompt's key position: [hidden, n].
+    fn residuals(&self, g: &[usize], z: &[Vec<f32>], last: usize, left: f64) -> Result<Mat<f64>> {
+        let hsz = self.model.cfg.hidden_size;
+        let mut r = Mat::<f64>::zeros(hsz, g.len());
+        let mut j = 0;
+        for part in g.chunks(32) {
+            let ids: Vec<&[u32]> = part.iter().map(|&i| &self.prompts[i].ids[..]).collect();
+            let at: Vec<usize> = part.iter().map(|&i| self.prompts[i].qpos).collect();
+            let b = LeftPadded::new(&ids, self.pad, self.model.device())?;
+            for cur in residuals_at(&self.fz, &b, &at, last)?.to_vec2::<f32>()? {
+                for a in 0..hsz {
+                    r[(a, j)] = (z[j][a] as f64 - cur[a] as f64) / left;
+                }
+                j += 1;
+            }
+        }
+        Ok(r)
+    }
+
+    /// W_down(l) += Δ.
+    fn apply(&self, l: usize, delta: &Mat<f64>) -> Result<()> {
+        let (hsz, d) = (self.model.cfg.hidden_size, self.model.cfg.intermediate_size);
+        let name = format!("model.layers.{l}.mlp.down_proj.weight");
+        let wv = self.model.param(&name).unwrap().clone();
+        let dt: Vec<f32> = (0..hsz)
+            .flat_map(|a| (0..d).map(move |b| (a, b)))
+            .map(|(a, b)| delta[(a, b)] as f32)
+            .collect();
+        let dt = Tensor::from_vec(dt, (hsz, d), self.model.device())?;
+        wv.set(&(wv.as_tensor() + dt)?)?;
+        Ok(())
+    }
+}
+
+/// Run UniErase on `model`/`tok` (the model already holds no [UNL]): returns the edited model,
+/// its tokenizer and a report. `forget` and `retain` are QA items; `refusals` the pool.
+#[allow(clippy::too_many_arguments)]
+pub fn unierase(
+    model: &Llama,
+    tok: &Tok,
+    model_dir: &Path,
+    forget: &[QaItem],
+    retain: &[QaItem],
+    refusals: &[String],
+    cfg: &UniEraseConfig,
+    max_len: usize,
+    seed: u64,
+    note: &dyn Fn(&str),
+) -> Result<(Llama, Tok, UniEraseReport)> {
+    let layers = check_inputs(model, forget, refusals, cfg)?;
+    let moments = corpus_moments(model, tok, model_dir, retain, cfg, &layers, max_len, note)?;
+    // 1. the token
+    let t = train_unlearning_token(
+        model, tok, forget, retain, refusals, cfg, &layers, max_len, seed,
+    )?;
+    note(&format!(
+        "unierase: token {} = id {}; training loss per phase {:?}",
+        cfg.token, t.unl, t.token_loss
+    ));
+    let auto = Formatter::new(&t.tok, PromptStyle::Auto, max_len)?;
+    show_token(&t, &auto, forget, cfg, note)?;
+    let (projectors, null_dims) = null_spaces(&t, &auto, retain, &moments, cfg, &layers)?;
+    note(&format!(
+        "unierase: edit layers {layers:?}; null-space dimensions {null_dims:?} of {} (threshold {})",
+        t.model.cfg.intermediate_size, cfg.null_threshold
+    ));
+
+    // 2. the edit: prompts as users will see them (chat template when there is one)
+    let prompts: Vec<EditPrompt> = forget
+        .iter()
+        .map(|it| {
+            let ids = auto.encode_prompt(&it.question)?;
+            Ok(EditPrompt {
+                qpos: key_pos(cfg.key_token, &auto, &it.question, &ids)?,
+                ids,
+                neutral: t.tok.encode(&it.question, true)?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let n = prompts.len();
+    let groups: Vec<Vec<usize>> = match cfg.mode {
+        EditMode::Batch => vec![(0..n).collect()],
+        EditMode::Sequential => (0..n)
+            .collect::<Vec<_>>()
+            .chunks(cfg.round_size.max(1))
+            .map(|c| c.to_vec())
+            .collect(),
+        EditMode::Precise => (0..n).map(|i| vec![i]).collect(),
+    };
+    let d = t.model.cfg.intermediate_size;
+    let mut ed = Editor {
+        model: &t.model,
+        // the weights enter the δ optimisation detached (gradients for δ only); the view
+        // shares their storage, so it sees every edit
+        fz: t.model.frozen_except(&[])?,
+        prompts,
+        layers: &layers,
+        projectors,
+        c_prev: layers.iter().map(|_| Mat::zeros(d, d)).collect(),
+        unl: t.unl,
+        pad: t.tok.pad_id,
+        cfg,
+    };
+    let p_before = p_first(&ed.fz, &ed.prompts, t.unl, t.tok.pad_id)?;
+    for g in &groups {
+        ed.edit(g, note)?;
+    }
+    let p_after = p_first(&ed.fz, &ed.prompts, t.unl, t.tok.pad_id)?;
     note(&format!(
         "unierase: mean P({} first | forget prompt) {p_before:.4} -> {p_after:.4} ({} edit(s), mode {:?})",
         cfg.token,
         groups.len(),
         cfg.mode
     ));
-    Ok((
-        model,
-        tok,
-        UniEraseReport {
-            token_id: unl,
-            layers,
-            p_unl_before: p_before,
-            p_unl_after: p_after,
-            null_dims,
-            token_loss,
-        },
-    ))
+    let report = UniEraseReport {
+        token_id: t.unl,
+        layers,
+        p_unl_before: p_before,
+        p_unl_after: p_after,
+        null_dims,
+        token_loss: t.token_loss,
+    };
+    Ok((t.model, t.tok, report))
 }
 
 #[cfg(test)]

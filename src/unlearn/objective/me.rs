@@ -2,6 +2,7 @@
 //! uniform distribution U over the K-token vocabulary:
 //! - `uniform_ce` (default): KL(U ‖ p) = −log K − (1/K)·Σ_v log p(v | x_<t)
 //! - `entropy`: KL(p ‖ U) = log K − H(p) = log K + Σ_v p(v) log p(v)
+//!
 //! Positions: `prompt_and_answer` (default, every real token of the forget item, padding
 //! excluded) or `answer` (label positions only); the caller passes the matching mask.
 use candle_core::{Tensor, D};

@@ -20,6 +20,7 @@ pub mod rmu;
 pub mod satimp;
 pub mod simnpo;
 pub mod undial;
+mod unierase;
 pub mod wga;
 
 use candle_core::Tensor;
