@@ -11,4 +11,9 @@ fi
 if [ -f .cache/models/all-MiniLM-L6-v2/model.safetensors ]; then
   export UNLEARN_MINILM_DIR="$PWD/.cache/models/all-MiniLM-L6-v2"
 fi
+# TOFU for the tests that read it: the workplace's copy beside the checkout, unless the caller
+# points UNLEARN_TOFU_DIR elsewhere (without it, `--benchmark tofu` means the Hub's locuslab/TOFU).
+if [ -z "${UNLEARN_TOFU_DIR:-}" ] && [ -d ../shared/data/tofu ]; then
+  export UNLEARN_TOFU_DIR="$(cd ../shared/data/tofu && pwd)"
+fi
 cargo test --release "$@"

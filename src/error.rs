@@ -101,10 +101,33 @@ pub enum Error {
         /// None: beyond what any allocation can ask for.
         available: Option<u128>,
     },
+    /// A Hub request that failed; `kind` says what the caller may do about it.
+    #[error("{repo}: {msg}")]
+    Hub {
+        repo: String,
+        kind: HubKind,
+        msg: String,
+    },
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("tensor op: {0}")]
     Candle(candle_core::Error),
+}
+
+/// What went wrong with a Hub request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubKind {
+    /// 401/403: a token is missing or lacks access (set HF_TOKEN).
+    Auth,
+    /// The repository, revision or file does not exist.
+    NotFound,
+    /// HF_HUB_OFFLINE is set and the cache lacks what is needed.
+    Offline,
+    /// The endpoint cannot be reached or answered with an error; retrying may help.
+    Network,
+    /// A download did not match its hash and was removed; retrying may help.
+    Corrupt,
+    Other,
 }
 
 const GIB: f64 = (1u64 << 30) as f64;

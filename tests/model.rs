@@ -152,8 +152,15 @@ fn kv_cache_generation_equals_full_recompute_and_batching() {
     };
     let batched = unlearn::infer::generate::generate(&m, &prompts, &[0, 1], &[], 0, &g).unwrap();
     for (k, p) in prompts.iter().enumerate() {
-        let single =
-            unlearn::infer::generate::generate(&m, std::slice::from_ref(p), &[k as u64], &[], 0, &g).unwrap();
+        let single = unlearn::infer::generate::generate(
+            &m,
+            std::slice::from_ref(p),
+            &[k as u64],
+            &[],
+            0,
+            &g,
+        )
+        .unwrap();
         assert_eq!(
             single[0], batched[k],
             "left-padded batch differs from single"

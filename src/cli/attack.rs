@@ -17,7 +17,7 @@ pub enum Cmd {
 
 #[derive(clap::Args)]
 pub struct RelearnArgs {
-    /// The unlearned model.
+    /// The unlearned model (directory or Hub id).
     #[arg(long)]
     model: PathBuf,
     /// Relearning data (QA or text; e.g. a few items of the forget set).
@@ -53,6 +53,16 @@ pub fn run(c: Cmd) -> Result<()> {
         ..TrainConfig::default()
     };
     let cfg: TrainConfig = a.settings.load_over(&defaults)?;
+    let a = RelearnArgs {
+        model: unlearn::util::hub::model(&a.model)?,
+        original: a
+            .original
+            .map(|p| unlearn::util::hub::model(&p))
+            .transpose()?,
+        data: unlearn::util::hub::file(&a.data)?,
+        eval: a.eval.map(|p| unlearn::util::hub::file(&p)).transpose()?,
+        ..a
+    };
     let run_dir = unlearn::util::rundir::default_for(&a.out);
     let mut inputs = vec![
         Input::new("unlearned model", &a.model),

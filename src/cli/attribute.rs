@@ -10,6 +10,7 @@ use super::common::{Device, Overwrite};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Model: a HF model directory or a Hub id (org/name[@revision]).
     #[arg(long)]
     model: PathBuf,
     /// Forget set (QA JSON/JSONL) the neurons are attributed on.
@@ -48,6 +49,11 @@ pub fn run(a: Args) -> Result<()> {
     );
     anyhow::ensure!(a.steps >= 1, "--steps must be at least 1");
     anyhow::ensure!(a.batch_size >= 1, "--batch-size must be at least 1");
+    let a = Args {
+        model: unlearn::util::hub::model(&a.model)?,
+        data: unlearn::util::hub::file(&a.data)?,
+        ..a
+    };
     let mut inputs = vec![Input::new("model", &a.model), Input::new("data", &a.data)];
     if let Some(r) = &a.retain {
         inputs.push(Input::new("retain set", r));

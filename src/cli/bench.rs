@@ -7,7 +7,7 @@ use unlearn::model::hf::ModelDir;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// HF model directory to measure.
+    /// Model to measure: a HF model directory or a Hub id (org/name[@revision]).
     #[arg(long)]
     model: PathBuf,
     #[arg(long, default_value_t = 8)]
@@ -210,6 +210,10 @@ fn report_comparison(
 pub fn run(a: Args) -> Result<()> {
     use unlearn::util::guard::{Input, OutKind, Pending};
     anyhow::ensure!(a.rounds >= 1, "--rounds must be at least 1");
+    let a = Args {
+        model: unlearn::util::hub::model(&a.model)?,
+        ..a
+    };
     let json_out = a
         .json
         .as_ref()

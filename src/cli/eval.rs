@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use unlearn::eval::{fingerprint, names, resolve_benchmark, EvalConfig, Evaluator};
+use unlearn::eval::{fingerprint, names, EvalConfig, Evaluator};
 use unlearn::model::hf::ModelDir;
 use unlearn::util::guard::{claim_results_dir, Input};
 
@@ -9,11 +9,11 @@ use super::common::{Device, Settings};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// HF model directory to evaluate.
+    /// Model to evaluate: a HF model directory or a Hub id (org/name[@revision]).
     #[arg(long)]
     model: PathBuf,
-    /// `tofu` (TOFU data: $UNLEARN_TOFU_DIR or ../shared/data/tofu), a directory in its layout,
-    /// or `exclusive` (Exclusive Unlearning: out-of-domain loss, in-domain QA, probes under
+    /// `tofu` ($UNLEARN_TOFU_DIR when set, else the Hub dataset locuslab/TOFU), a directory in
+    /// its layout, a TOFU-layout Hub dataset (org/name[@revision]), or `exclusive` (Exclusive Unlearning: out-of-domain loss, in-domain QA, probes under
     /// jailbreak wrappers; give --keep, --ood and optionally --probes).
     #[arg(long, default_value = "tofu")]
     benchmark: String,
@@ -29,16 +29,17 @@ pub struct Args {
     /// Forget split (forget01, forget05, forget10, …).
     #[arg(long, default_value = "forget10")]
     forget_split: String,
-    /// TOFU_EVAL.json of the retain-only model (forget quality, PrivLeak).
+    /// TOFU_EVAL.json of the retain-only model (forget quality, PrivLeak): a path or a Hub file
+    /// (hf://datasets/org/name/path/TOFU_EVAL.json).
     #[arg(long)]
     retain_logs: Option<PathBuf>,
-    /// Reference model for the Reference MIA (the retain model).
+    /// Reference model for the Reference MIA (the retain model; directory or Hub id).
     #[arg(long)]
     reference_model: Option<PathBuf>,
-    /// Sentence encoder directory (all-MiniLM-L6-v2).
+    /// Sentence encoder (all-MiniLM-L6-v2): directory or Hub id.
     #[arg(long)]
     embedder: Option<PathBuf>,
-    /// NLI classifier directory (entailment score).
+    /// NLI classifier (entailment score): directory or Hub id.
     #[arg(long)]
     nli: Option<PathBuf>,
     /// Output directory: TOFU_EVAL.json, TOFU_SUMMARY.json, EVAL_CACHE.json.
@@ -60,7 +61,7 @@ pub fn run(a: Args) -> Result<()> {
         return exclusive(a);
     }
     let mut cfg: EvalConfig = a.settings.load()?;
-    cfg.data = resolve_benchmark(&a.benchmark)?;
+    cfg.data = a.benchmark.clone().into();
     cfg.forget_split = a.forget_split;
     for (slot, v) in [
         (&mut cfg.retain_logs, a.retain_logs),
@@ -72,7 +73,9 @@ pub fn run(a: Args) -> Result<()> {
             *slot = v;
         }
     }
-    let mut inputs = vec![Input::new("model", &a.model)];
+    cfg.resolve_names()?;
+    let model = unlearn::util::hub::model(&a.model)?;
+    let mut inputs = vec![Input::new("model", &model)];
     inputs.extend(cfg.inputs());
     let _lock = claim_results_dir(
         "--out",
@@ -85,8 +88,8 @@ pub fn run(a: Args) -> Result<()> {
         ],
     )?;
     let dev = a.device.get()?;
-    let md = ModelDir::load(&a.model, &dev)?;
-    let fp = fingerprint(&a.model, &cfg)?;
+    let md = ModelDir::load(&model, &dev)?;
+    let fp = fingerprint(&model, &cfg)?;
     let mut evaluator = Evaluator::new(&md.model, &md.tok, &cfg, true)?;
     unlearn::util::rundir::write_run_info(&a.out, "eval", 0, &cfg, &inputs)?;
     let start = std::time::Instant::now();
@@ -153,7 +156,22 @@ fn exclusive(a: Args) -> Result<()> {
         cfg.keep.is_some() || cfg.ood.is_some(),
         "--benchmark exclusive needs --keep (in-domain QA) and/or --ood (out-of-domain text)"
     );
-    let mut inputs = vec![Input::new("model", &a.model)];
+    for m in cfg.embedder.iter_mut() {
+        *m = unlearn::util::hub::model(m)?;
+    }
+    for f in [
+        &mut cfg.keep,
+        &mut cfg.ood,
+        &mut cfg.probes,
+        &mut cfg.refusals,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        *f = unlearn::util::hub::file(f)?;
+    }
+    let model = unlearn::util::hub::model(&a.model)?;
+    let mut inputs = vec![Input::new("model", &model)];
     for (role, p) in [
         ("keep set", &cfg.keep),
         ("out-of-domain text", &cfg.ood),
@@ -172,7 +190,7 @@ fn exclusive(a: Args) -> Result<()> {
         &["EXCLUSIVE_EVAL.json", "EXCLUSIVE_SUMMARY.json", "run.json"],
     )?;
     let dev = a.device.get()?;
-    let md = ModelDir::load(&a.model, &dev)?;
+    let md = ModelDir::load(&model, &dev)?;
     unlearn::util::rundir::write_run_info(&a.out, "eval-exclusive", 0, &cfg, &inputs)?;
     let start = std::time::Instant::now();
     let s = evaluate(&md.model, &md.tok, &cfg, &a.out, true)?;

@@ -10,6 +10,7 @@ use super::common::{Device, Restart, Settings};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Model: a HF model directory or a Hub id (org/name[@revision]).
     #[arg(long)]
     model: PathBuf,
     /// QA data (JSON array or JSONL with `question` and `answer`), or text (`{"text": …}` lines
@@ -33,6 +34,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let cfg: TrainConfig = a.settings.load()?;
+    let a = Args {
+        model: unlearn::util::hub::model(&a.model)?,
+        data: unlearn::util::hub::file(&a.data)?,
+        ..a
+    };
     let run_dir = a
         .run_dir
         .clone()

@@ -7,6 +7,7 @@ use unlearn::model::hf::ModelDir;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Model: a HF model directory or a Hub id (org/name[@revision]).
     #[arg(long)]
     model: PathBuf,
     /// The user's message (wrapped in the chat template unless --raw or --plain).
@@ -49,6 +50,10 @@ pub fn run(a: Args) -> Result<()> {
             "--prompt is empty; give the text to answer or continue"
         );
     }
+    let a = Args {
+        model: unlearn::util::hub::model(&a.model)?,
+        ..a
+    };
     let dev = a.device.get()?;
     let md = ModelDir::load(&a.model, &dev)?;
     let style = if a.plain {

@@ -7,7 +7,7 @@ use super::common::Overwrite;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The .gguf file.
+    /// The .gguf file: a path or a Hub file (hf://org/name[@revision]/file.gguf).
     gguf: PathBuf,
     /// Output HF directory (written atomically).
     #[arg(long)]
@@ -17,6 +17,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let a = Args {
+        gguf: unlearn::util::hub::file(&a.gguf)?,
+        ..a
+    };
     let out = Pending::claim(
         "--out",
         &a.out,

@@ -13,7 +13,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cfg: RunConfig = a.settings.load()?;
+    let mut cfg: RunConfig = a.settings.load()?;
+    cfg.resolve_names()?;
     let opts = RunOptions {
         progress: true,
         overwrite: a.restart.overwrite,

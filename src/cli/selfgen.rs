@@ -9,6 +9,7 @@ use super::common::{Device, Overwrite, Settings};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Model: a HF model directory or a Hub id (org/name[@revision]).
     #[arg(long)]
     model: PathBuf,
     /// Number of distinct texts.
@@ -33,6 +34,10 @@ pub fn run(a: Args) -> Result<()> {
         anyhow::ensure!(n > 0, "--count must be at least 1");
         cfg.count = n;
     }
+    let a = Args {
+        model: unlearn::util::hub::model(&a.model)?,
+        ..a
+    };
     let inputs = [Input::new("model", &a.model)];
     let cfg_path = a.out.with_extension("config.json");
     anyhow::ensure!(

@@ -1,5 +1,6 @@
-//! Question/answer datasets and their encoding into model inputs; the refusal pool; the
+//! Benchmarks by name or Hub id; question/answer datasets and their encoding into model inputs; the refusal pool; the
 //! synthetic fictitious-people benchmark.
+pub mod benchmark;
 pub mod prompt;
 pub mod qa;
 pub mod refusals;

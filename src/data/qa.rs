@@ -123,6 +123,34 @@ fn parse_item(v: serde_json::Value, texts: bool) -> std::result::Result<QaItem, 
     Ok(item)
 }
 
+/// QA items from JSON objects read out of `path` (a parquet file, say); errors name the file
+/// and `what` with the index (`row 3: empty `answer``).
+pub fn items_from_values(
+    values: Vec<serde_json::Value>,
+    path: &Path,
+    what: &str,
+) -> Result<Vec<QaItem>> {
+    let out = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            parse_item(v, false).map_err(|m| Error::Data {
+                path: path.to_path_buf(),
+                line: 0,
+                msg: format!("{what} {i}: {m}"),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if out.is_empty() {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: "the dataset has no items".into(),
+        });
+    }
+    Ok(out)
+}
+
 fn read(path: &Path, texts: bool) -> Result<Vec<QaItem>> {
     let text = read_to_string(path)?;
     let err = |line: usize, msg: String| Error::Data {
@@ -209,12 +237,12 @@ mod tests {
 
     #[test]
     fn reads_tofu_files() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/data/tofu/forget01_perturbed.jsonl");
-        if !p.exists() {
-            eprintln!("skipping: {} not present", p.display());
+        // The TOFU data the tests are given (scripts/test.sh sets UNLEARN_TOFU_DIR).
+        let Some(dir) = std::env::var_os("UNLEARN_TOFU_DIR") else {
+            eprintln!("skipping: UNLEARN_TOFU_DIR not set");
             return;
-        }
+        };
+        let p = Path::new(&dir).join("forget01_perturbed.jsonl");
         let v = read_qa(&p).unwrap();
         assert_eq!(v.len(), 40);
         assert_eq!(v[0].perturbed_answer.len(), 5);

@@ -77,7 +77,9 @@ impl SetName {
 pub struct EvalConfig {
     /// Benchmark directory in the TOFU layout: `{split}_perturbed.jsonl` (or `{split}.jsonl`),
     /// `retain_perturbed.jsonl`, `real_authors_perturbed.jsonl`, `world_facts_perturbed.jsonl`,
-    /// `holdoutNN.jsonl`. Sets whose file is absent are reported as skipped.
+    /// `holdoutNN.jsonl`. Sets whose file is absent are reported as skipped. Also a name that
+    /// [`EvalConfig::resolve_names`] turns into such a directory: `tofu` (the default;
+    /// `$UNLEARN_TOFU_DIR`, else the Hub dataset locuslab/TOFU) or a Hub dataset id.
     pub data: PathBuf,
     /// Forget split, e.g. "forget10".
     pub forget_split: String,
@@ -141,7 +143,7 @@ pub enum Compat {
 impl Default for EvalConfig {
     fn default() -> Self {
         EvalConfig {
-            data: PathBuf::from("../shared/data/tofu"),
+            data: PathBuf::from("tofu"),
             forget_split: "forget10".into(),
             holdout_split: None,
             sets: SetName::ALL.to_vec(),
@@ -224,6 +226,29 @@ impl EvalConfig {
 
     pub(crate) fn embedder_dir(&self) -> Option<PathBuf> {
         embedder_dir(self.embedder.as_ref())
+    }
+
+    /// Turn names into local paths: `data` as a benchmark name, directory or Hub dataset
+    /// ([`crate::data::benchmark::resolve`]); the reference, embedder and NLI models as
+    /// directories or Hub ids; the retain log and refusal pool as paths or `hf://` files. Hub
+    /// names are downloaded into (or read from) the Hugging Face cache.
+    pub fn resolve_names(&mut self) -> Result<()> {
+        if !self.data.is_dir() {
+            self.data = crate::data::benchmark::resolve(&self.data.to_string_lossy())?;
+        }
+        for m in [&mut self.reference_model, &mut self.embedder, &mut self.nli]
+            .into_iter()
+            .flatten()
+        {
+            *m = crate::util::hub::model(m)?;
+        }
+        for f in [&mut self.retain_logs, &mut self.refusals]
+            .into_iter()
+            .flatten()
+        {
+            *f = crate::util::hub::file(f)?;
+        }
+        Ok(())
     }
 
     /// The files and directories this evaluation reads: the selected sets' files, the retain
@@ -322,7 +347,8 @@ impl EvalConfig {
 }
 
 /// The sentence encoder's directory: `explicit`, else $UNLEARN_MINILM_DIR, else
-/// `.cache/models/all-MiniLM-L6-v2` when present.
+/// `.cache/models/all-MiniLM-L6-v2` when present, else sentence-transformers/all-MiniLM-L6-v2
+/// when the Hugging Face cache holds it (no request is made).
 pub fn embedder_dir(explicit: Option<&PathBuf>) -> Option<PathBuf> {
     explicit
         .cloned()
@@ -331,39 +357,7 @@ pub fn embedder_dir(explicit: Option<&PathBuf>) -> Option<PathBuf> {
             let p = PathBuf::from(".cache/models/all-MiniLM-L6-v2");
             p.exists().then_some(p)
         })
-}
-
-/// A benchmark name or directory: `tofu` = $UNLEARN_TOFU_DIR, else `../shared/data/tofu`, else
-/// `data/tofu`; anything else is taken as a directory.
-pub fn resolve_benchmark(name: &str) -> Result<PathBuf> {
-    if name != "tofu" {
-        let p = PathBuf::from(name);
-        return if p.is_dir() {
-            Ok(p)
-        } else {
-            Err(Error::Invalid(format!(
-                "benchmark {name:?}: not `tofu` and not a directory"
-            )))
-        };
-    }
-    let mut tried = vec![];
-    for p in std::env::var_os("UNLEARN_TOFU_DIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([
-            PathBuf::from("../shared/data/tofu"),
-            PathBuf::from("data/tofu"),
-        ])
-    {
-        if p.is_dir() {
-            return Ok(p);
-        }
-        tried.push(p.display().to_string());
-    }
-    Err(Error::Invalid(format!(
-        "TOFU data not found (tried {}); set UNLEARN_TOFU_DIR or pass --benchmark DIR",
-        tried.join(", ")
-    )))
+        .or_else(|| crate::util::hub::cached_model("sentence-transformers/all-MiniLM-L6-v2"))
 }
 
 /// Outcome of an evaluation.

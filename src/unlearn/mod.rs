@@ -95,6 +95,29 @@ pub struct RunConfig {
     pub device: String,
 }
 
+impl RunConfig {
+    /// Turn names into local paths: `model` as a directory or Hub id, the data files as paths
+    /// or `hf://` files, and the `[eval]` names ([`crate::eval::EvalConfig::resolve_names`]).
+    pub fn resolve_names(&mut self) -> Result<()> {
+        self.model = crate::util::hub::model(&self.model)?;
+        let files: Vec<&mut PathBuf> = match &mut self.forget {
+            Paths::One(p) => vec![p],
+            Paths::Many(v) => v.iter_mut().collect(),
+        };
+        for f in files
+            .into_iter()
+            .chain(self.retain.as_mut())
+            .chain(self.refusals.as_mut())
+        {
+            *f = crate::util::hub::file(f)?;
+        }
+        if let Some(e) = &mut self.eval {
+            e.resolve_names()?;
+        }
+        Ok(())
+    }
+}
+
 impl crate::config::Validate for RunConfig {
     fn check(&self, c: &mut crate::config::Check) {
         c.sub("method", &self.method);
