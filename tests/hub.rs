@@ -345,6 +345,33 @@ fn hub_model_and_benchmark_end_to_end_then_offline() {
         "offline mode made requests"
     );
     assert_eq!(e.trim().lines().count(), 1, "{e}");
+    // … and once the Hub has it, `--benchmark tofu` reads it, then offline from the cache
+    s.add_repo(Repo::from_dir(
+        "datasets",
+        "locuslab/TOFU",
+        &fixtures().join("tofu-mini"),
+    ));
+    ok(
+        unlearn(&eval_args("org/tiny", "tofu", "ev5"), p, &u, &[]),
+        "eval --benchmark tofu",
+    );
+    assert!(s
+        .take_log()
+        .iter()
+        .any(|l| l.starts_with("GET /api/datasets/locuslab/TOFU")));
+    ok(
+        unlearn(&eval_args("org/tiny", "tofu", "ev6"), p, &u, &off),
+        "eval tofu offline",
+    );
+    assert_eq!(
+        s.take_log(),
+        Vec::<String>::new(),
+        "offline mode made requests"
+    );
+    assert_eq!(
+        agg(&p.join("ev6"), "forget_Q_A_Prob"),
+        agg(&p.join("ev"), "forget_Q_A_Prob")
+    );
 }
 
 /// 401/403 name the repository and HF_TOKEN; a wrong name says it is not found.
