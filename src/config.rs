@@ -202,27 +202,46 @@ fn read_table(path: Option<&Path>, overrides: &[String]) -> Result<toml::Table> 
         let (key, val) = ov
             .split_once('=')
             .ok_or_else(|| Error::Invalid(format!("--set `{ov}`: expected key=value")))?;
-        let value = parse_literal(val.trim());
-        let parts: Vec<&str> = key.trim().split('.').collect();
-        let mut table = &mut root;
-        for p in &parts[..parts.len() - 1] {
-            let entry = table
-                .entry(p.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            // A named value refined by sub-keys (`method = "ga+gd"`, `--set method.alpha=2`)
-            // becomes a table carrying the name.
-            if let toml::Value::String(name) = entry {
-                let mut t = toml::Table::new();
-                t.insert("name".into(), toml::Value::String(name.clone()));
-                *entry = toml::Value::Table(t);
-            }
-            table = entry
-                .as_table_mut()
-                .ok_or_else(|| Error::Invalid(format!("--set `{ov}`: `{p}` is not a table")))?;
-        }
-        table.insert(parts[parts.len() - 1].to_string(), value);
+        set_dotted(&mut root, key.trim(), parse_literal(val.trim()))
+            .map_err(|e| Error::Invalid(format!("--set `{ov}`: {e}")))?;
     }
     Ok(root)
+}
+
+/// Set the dotted `key` ("train.lr") of `root` to `value`, creating tables on the way. A named
+/// value refined by sub-keys (`method = "ga+gd"`, then `method.alpha = 2`) becomes a table
+/// carrying the name.
+pub fn set_dotted(
+    root: &mut toml::Table,
+    key: &str,
+    value: toml::Value,
+) -> std::result::Result<(), String> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(format!("`{key}` is not a dotted key"));
+    }
+    let mut table = root;
+    for p in &parts[..parts.len() - 1] {
+        let entry = table
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::String(name) = entry {
+            let mut t = toml::Table::new();
+            t.insert("name".into(), toml::Value::String(name.clone()));
+            *entry = toml::Value::Table(t);
+        }
+        table = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("`{p}` is not a table"))?;
+    }
+    table.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+/// A config from a TOML table (unknown keys and out-of-range values are errors; `what` names
+/// the table in messages).
+pub fn from_table<T: DeserializeOwned + Validate>(root: toml::Table, what: &Path) -> Result<T> {
+    validated(Some(what), deserialize(Some(what), root)?)
 }
 
 fn parse_literal(s: &str) -> toml::Value {

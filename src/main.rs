@@ -43,6 +43,12 @@ enum Cmd {
     Init(cli::init::Args),
     /// Measure training, scoring and generation throughput and peak memory.
     Bench(cli::bench::Args),
+    /// Tune methods over a grid of settings (locally or as a Slurm array job) and pick each
+    /// method's best point under a stated rule: LEADERBOARD.md/.json, leaderboard.html.
+    Sweep(cli::sweep::Args),
+    /// Run one point of a prepared sweep (what each Slurm task runs).
+    #[command(hide = true)]
+    SweepPoint(cli::sweep::PointArgs),
     /// List every unlearning method and loss term: formula, parameters and defaults, needs.
     Methods(cli::catalog::Args),
     /// List every evaluation metric: formula, what it needs, its reference implementation.
@@ -72,6 +78,8 @@ fn main() {
         Cmd::Attribute(a) => cli::attribute::run(a),
         Cmd::Init(a) => cli::init::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
+        Cmd::Sweep(a) => cli::sweep::run(a),
+        Cmd::SweepPoint(a) => cli::sweep::point(a),
         Cmd::Methods(a) => cli::catalog::methods(a),
         Cmd::Metrics(a) => cli::catalog::metrics(a),
     });

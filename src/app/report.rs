@@ -165,7 +165,7 @@ const COLORS: [&str; 10] = [
     "#bcbd22", "#17becf",
 ];
 
-fn color(i: usize) -> &'static str {
+pub fn color(i: usize) -> &'static str {
     COLORS[i % COLORS.len()]
 }
 

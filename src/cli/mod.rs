@@ -12,6 +12,7 @@ pub mod init;
 pub mod report;
 pub mod run;
 pub mod selfgen;
+pub mod sweep;
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`; None elsewhere).
 pub fn peak_rss_mib() -> Option<f64> {
