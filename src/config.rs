@@ -244,7 +244,8 @@ pub fn from_table<T: DeserializeOwned + Validate>(root: toml::Table, what: &Path
     validated(Some(what), deserialize(Some(what), root)?)
 }
 
-fn parse_literal(s: &str) -> toml::Value {
+/// A `--set` value: a TOML literal, else the text as a string.
+pub fn parse_literal(s: &str) -> toml::Value {
     let doc = format!("v = {s}");
     match doc.parse::<toml::Table>() {
         Ok(mut t) => t.remove("v").unwrap(),

@@ -163,3 +163,37 @@ fn demo_rejects_bad_settings_before_any_work() {
         "nothing written on bad settings"
     );
 }
+
+/// `--sweep`: every method over the grid in OUT/sweep, the tuned table beside the default one,
+/// the report shows both and links the leaderboard; the sweep's evaluations are not report rows.
+#[test]
+fn demo_sweep_tunes_each_method_and_reports_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let mut args = vec!["demo", "--out", "o", "--sweep"];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(&[
+        "--methods",
+        "ga+gd,npo+gd",
+        "--set",
+        "sweep.lr=[1e-3, 3e-3]",
+        "--set",
+        "sweep.epochs=[1]",
+    ]);
+    let out = ok(&args, d);
+    let tuned = out.split("tuned (").nth(1).expect("tuned table");
+    for m in ["ga+gd", "npo+gd"] {
+        assert!(tuned.lines().any(|l| l.starts_with(m)), "{m}: {out}");
+    }
+    let lb: Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("o/sweep/LEADERBOARD.json")).unwrap())
+            .unwrap();
+    assert_eq!(lb["points"].as_array().unwrap().len(), 4);
+    let html = std::fs::read_to_string(d.join("o/report.html")).unwrap();
+    assert!(
+        html.contains("Tuned: each method at its best point")
+            && html.contains("sweep/leaderboard.html")
+    );
+    // one report point per model of the default table (target, retain, two methods), not per sweep point
+    assert_eq!(html.matches("<circle").count(), 4, "report rows");
+}

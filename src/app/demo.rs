@@ -80,6 +80,28 @@ pub struct DemoConfig {
     pub eval: EvalConfig,
     /// Where trained target/retain models are cached.
     pub cache_dir: PathBuf,
+    /// `unlearn demo --sweep`: the grid every method is tuned over, and the rule.
+    pub sweep: DemoSweep,
+}
+
+/// The demo's sweep: every method over `lr` x `epochs` (the other `unlearn` settings as in
+/// the default run), each method's best point picked by `select`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoSweep {
+    pub lr: Vec<f64>,
+    pub epochs: Vec<usize>,
+    pub select: crate::app::sweep::leaderboard::Select,
+}
+
+impl Default for DemoSweep {
+    fn default() -> Self {
+        DemoSweep {
+            lr: vec![2.5e-4, 5e-4, 1e-3],
+            epochs: vec![4, 8],
+            select: Default::default(),
+        }
+    }
 }
 
 impl Default for DemoConfig {
@@ -144,6 +166,7 @@ impl Default for DemoConfig {
                 ..EvalConfig::default()
             },
             cache_dir: PathBuf::from(".cache/demo"),
+            sweep: DemoSweep::default(),
         }
     }
 }
@@ -167,6 +190,9 @@ pub struct Row {
 
 pub struct DemoReport {
     pub rows: Vec<Row>,
+    /// With `--sweep`: each method at its best point of the sweep (the rule in
+    /// `OUT/sweep/LEADERBOARD.md`).
+    pub tuned: Vec<Row>,
     pub report: PathBuf,
     /// Whether the target and retain models came from the cache.
     pub cached_models: bool,
@@ -244,6 +270,19 @@ impl crate::config::Validate for DemoConfig {
         c.sub("pretrain", &self.pretrain);
         c.sub("unlearn", &self.unlearn);
         c.sub("eval", &self.eval);
+        for (i, &lr) in self.sweep.lr.iter().enumerate() {
+            c.positive(&format!("sweep.lr[{i}]"), lr);
+        }
+        for (i, &e) in self.sweep.epochs.iter().enumerate() {
+            c.at_least(&format!("sweep.epochs[{i}]"), e, 1);
+        }
+        if self.sweep.lr.is_empty() || self.sweep.epochs.is_empty() {
+            c.fail(
+                "sweep",
+                "`lr` and `epochs` must list at least one value each",
+            );
+        }
+        c.sub("sweep.select", &self.sweep.select);
     }
 }
 
@@ -408,8 +447,8 @@ pub fn table(rows: &[Row]) -> String {
     s
 }
 
-/// Run the demo into `out`.
-pub fn run(cfg: &DemoConfig, out: &Path, progress: bool) -> Result<DemoReport> {
+/// Run the demo into `out` (with `sweep`, also tune every method: [`tune`]).
+pub fn run(cfg: &DemoConfig, out: &Path, progress: bool, sweep: bool) -> Result<DemoReport> {
     crate::config::Validate::validate(cfg)
         .map_err(|e| Error::Invalid(format!("demo config: {e}")))?;
     // the output directory is the demo's own: new, empty, or an earlier demo's (whose results
@@ -494,8 +533,14 @@ pub fn run(cfg: &DemoConfig, out: &Path, progress: bool) -> Result<DemoReport> {
         &out.join("summary.json"),
         serde_json::to_string_pretty(&summary).unwrap().as_bytes(),
     )?;
+    let tuned = if sweep {
+        tune(cfg, out, &target, &bench_dir, &ecfg)?
+    } else {
+        vec![]
+    };
     let report = out.join("report.html");
     let mut entries = crate::app::report::collect(&[out.to_path_buf()])?;
+    entries.retain(|e| !e.eval_dir.starts_with(out.join("sweep")));
     // the table's order: target, retain, then the methods as given
     let order: Vec<String> = rows.iter().map(|r| dir_name(&r.name)).collect();
     entries.sort_by_key(|e| {
@@ -504,16 +549,27 @@ pub fn run(cfg: &DemoConfig, out: &Path, progress: bool) -> Result<DemoReport> {
             .position(|n| *n == e.name)
             .unwrap_or(usize::MAX)
     });
-    let html = crate::app::report::render(&entries, "unlearn demo");
+    let mut html = crate::app::report::render(&entries, "unlearn demo");
+    if sweep {
+        let section = format!(
+            "<h2>Tuned: each method at its best point of the sweep</h2><p>{}</p><pre>{}</pre>\
+             <p>Every point, the rule and the Pareto front: <a href=\"sweep/leaderboard.html\">\
+             sweep/leaderboard.html</a>.</p><h2>Default settings (the table above)</h2><pre>{}</pre>",
+            crate::app::report::esc(&cfg.sweep_rule()),
+            crate::app::report::esc(&table(&tuned)),
+            crate::app::report::esc(&table(&rows)),
+        );
+        html = html.replacen("</body>", &format!("{section}</body>"), 1);
+    }
     atomic_write(&report, html.as_bytes())?;
     Ok(DemoReport {
         rows,
+        tuned,
         report,
         cached_models: cached,
     })
 }
 
-/// A TOML string literal for a `--set` value (so paths with odd characters stay strings).
 /// The `unlearn run` configuration of method `m`: the demo's training settings, then the
 /// method's `method_set` overrides.
 fn run_config(
@@ -536,4 +592,108 @@ fn run_config(
     rc.train = cfg.unlearn.clone();
     let sets = cfg.method_set.get(m).cloned().unwrap_or_default();
     crate::config::load_over(&rc, None, &sets)
+}
+
+impl DemoConfig {
+    fn sweep_rule(&self) -> String {
+        let s = &self.sweep;
+        format!(
+            "lr in {:?} x epochs in {:?} per method; best: highest {} with {} >= {} x the target's",
+            s.lr, s.epochs, s.select.metric, s.select.utility_metric, s.select.utility_floor
+        )
+    }
+}
+
+/// `unlearn demo --sweep`: every method over the demo's grid as one sweep in `OUT/sweep/`
+/// (resumable; the leaderboard and every point are there); returns each method's best point.
+fn tune(
+    cfg: &DemoConfig,
+    out: &Path,
+    target: &Path,
+    bench_dir: &Path,
+    ecfg: &EvalConfig,
+) -> Result<Vec<Row>> {
+    use crate::app::sweep::{self, leaderboard, SweepConfig};
+    let dir = out.join("sweep");
+    let rc = run_config(cfg, &cfg.methods[0], target, bench_dir, &dir)?;
+    let mut base = match toml::Value::try_from(&rc) {
+        Ok(toml::Value::Table(t)) => t,
+        _ => return Err(Error::Invalid("demo: run config does not serialise".into())),
+    };
+    for k in ["out", "run_dir", "eval", "method"] {
+        base.remove(k);
+    }
+    let variants = cfg
+        .methods
+        .iter()
+        .map(|m| {
+            let mut v = std::collections::BTreeMap::new();
+            v.insert("method".to_string(), toml::Value::String(m.clone()));
+            for set in cfg.method_set.get(m).into_iter().flatten() {
+                if let Some((k, val)) = set.split_once('=') {
+                    v.insert(
+                        k.trim().to_string(),
+                        crate::config::parse_literal(val.trim()),
+                    );
+                }
+            }
+            v
+        })
+        .collect();
+    let mut grid = std::collections::BTreeMap::new();
+    grid.insert(
+        "train.lr".to_string(),
+        cfg.sweep
+            .lr
+            .iter()
+            .map(|&x| toml::Value::Float(x))
+            .collect(),
+    );
+    grid.insert(
+        "train.epochs".to_string(),
+        cfg.sweep
+            .epochs
+            .iter()
+            .map(|&x| toml::Value::Integer(x as i64))
+            .collect(),
+    );
+    let mut sc = SweepConfig {
+        out: dir.clone(),
+        base,
+        grid,
+        variants,
+        eval: ecfg.clone(),
+        select: cfg.sweep.select.clone(),
+        executor: Default::default(),
+    };
+    let (points, _lock) = sweep::prepare(&mut sc)?;
+    eprintln!("sweep: {} points in {}", points.len(), dir.display());
+    sweep::run_local(&sc, &points, true)?;
+    let doc = leaderboard::write(&sc, &points)?;
+    let c = leaderboard::collect(&sc, &points);
+    let mut rows = vec![];
+    for best in doc["best"][&sc.select.metric]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let Some(r) = c
+            .rows
+            .iter()
+            .find(|r| Some(r.hash.as_str()) == best["point"].as_str())
+        else {
+            continue;
+        };
+        let below = !best["meets_floor"].as_bool().unwrap_or(false);
+        let mut row = row(
+            &format!("{}{}", r.method, if below { "!" } else { "" }),
+            "tuned",
+            &r.summary,
+            r.time_s,
+        );
+        row.trainable_params = None;
+        rows.push(row);
+        eprintln!("tuned {}: {}", r.method, r.params);
+    }
+    Ok(rows)
 }

@@ -23,6 +23,10 @@ pub struct Args {
     /// Override a setting, e.g. --set pretrain.epochs=20 --set unlearn.lr=5e-4 (repeatable).
     #[arg(long = "set")]
     set: Vec<String>,
+    /// Also tune every method over a small grid (sweep.lr x sweep.epochs) and show each
+    /// method's best point beside the default table (a few minutes on 2 cores).
+    #[arg(long)]
+    sweep: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -38,9 +42,17 @@ pub fn run(a: Args) -> Result<()> {
         cfg.benchmark.seed = s;
     }
     let start = std::time::Instant::now();
-    let rep = run_demo(&cfg, &a.out, true)?;
+    let rep = run_demo(&cfg, &a.out, true, a.sweep)?;
     println!();
     print!("{}", table(&rep.rows));
+    if a.sweep {
+        println!(
+            "\ntuned (each method at its best point of {}/sweep; `!`: no point kept 0.95 x the \
+             target's utility, the best-utility one is shown):",
+            a.out.display()
+        );
+        print!("{}", table(&rep.tuned));
+    }
     println!(
         "\nforget quality: KS p-value of forget-set truth ratios against the retain model (1.0 = \
          indistinguishable from retraining without the forget set)."
