@@ -21,6 +21,8 @@ enum Cmd {
     Demo(cli::demo::Args),
     /// Convert a GGUF file (F32/F16/Q8_0/Q4_0/Q4_1/Q4_K/Q6_K…) into a trainable HF directory.
     Import(cli::import::Args),
+    /// Write a model as a GGUF file for llama.cpp (f16, q8_0, q4_0, q4_k, …).
+    Export(cli::export::Args),
     /// Fine-tune a model on a QA dataset (JSON/JSONL with `question`/`answer`).
     Finetune(cli::finetune::Args),
     /// Unlearn a forget set with one method (GA, NPO, SimNPO, IDK, DPO, ME, RMU, WGA + GD/KL/AP;
@@ -30,7 +32,7 @@ enum Cmd {
     Attribute(cli::attribute::Args),
     /// Exclusive Unlearning's forget corpus: the model samples freely from its chat template.
     Selfgen(cli::selfgen::Args),
-    /// Robustness attacks on an unlearned model (relearning).
+    /// Robustness attacks on an unlearned model (relearning, quantization).
     #[command(subcommand)]
     Attack(cli::attack::Cmd),
     /// Evaluate a model: TOFU metrics, closer-look metrics, memorisation, MIA/PrivLeak, refusals.
@@ -69,6 +71,7 @@ fn main() {
         Cmd::Demo(a) => cli::demo::run(a),
         Cmd::Report(a) => cli::report::run(a),
         Cmd::Import(a) => cli::import::run(a),
+        Cmd::Export(a) => cli::export::run(a),
         Cmd::Finetune(a) => cli::finetune::run(a),
         Cmd::Generate(a) => cli::generate::run(a),
         Cmd::Eval(a) => cli::eval::run(a),

@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod common;
 pub mod demo;
 pub mod eval;
+pub mod export;
 pub mod finetune;
 pub mod generate;
 pub mod import;

@@ -125,7 +125,7 @@ pub fn permute_qk(w: &Tensor, n_head: usize) -> Result<Tensor> {
         .reshape(dims)?)
 }
 
-fn hf_name(gguf: &str) -> Option<String> {
+pub(crate) fn hf_name(gguf: &str) -> Option<String> {
     let fixed = match gguf {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
         "output_norm.weight" => Some("model.norm.weight"),
@@ -386,7 +386,7 @@ fn token_type_special(t: f64) -> Option<bool> {
 }
 
 /// The pre-tokenizer of a byte-level BPE tokenizer, by llama.cpp's `tokenizer.ggml.pre` name.
-fn gpt2_pre_tokenizer(pre: &str, notes: &mut Vec<String>) -> serde_json::Value {
+pub(crate) fn gpt2_pre_tokenizer(pre: &str, notes: &mut Vec<String>) -> serde_json::Value {
     use serde_json::json;
     let bytelevel = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let split = |re: &str| {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod deberta;
 pub mod fixture;
 pub mod gguf;
+pub mod gguf_write;
 pub mod hf;
 pub mod llama;
 pub mod nli;

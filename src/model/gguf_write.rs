@@ -1,0 +1,459 @@
+//! Writing GGUF files for llama.cpp (`unlearn export`), the reverse of [`super::gguf::import`]:
+//! llama.cpp's tensor names, Q/K rows permuted back to its (head, pair, half) order, the
+//! architecture and tokenizer metadata it reads (`tokenizer.ggml.*`, the chat template), and
+//! weights quantized with candle's ggml-compatible quantizers.
+//!
+//! Which tensors are quantized: every 2-D weight (embeddings, projections, LM head) gets the
+//! requested type; norms, biases and `rope_freqs` stay F32, as llama.cpp's `llama-quantize`
+//! leaves them. A weight whose rows are not a multiple of the type's block (32 for q4_0/q8_0, 256
+//! for the k-quants) falls back to q8_0, else f16 (llama.cpp also falls back there); the
+//! fallbacks are listed in the notes. The tokenizer must be byte-level BPE (`gpt2` in llama.cpp's
+//! terms: SmolLM, Llama 3, Qwen2 and our own); SentencePiece vocabularies are refused for now.
+use std::path::Path;
+
+use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
+use candle_core::Tensor;
+use serde_json::Value as J;
+
+use crate::error::{Error, Result};
+use crate::model::config::{Arch, RopeScaling};
+use crate::model::hf::ModelDir;
+use crate::model::tokenizer::Tok;
+use crate::model::Llama;
+
+/// The types `--type` takes, with llama.cpp's names.
+pub const TYPES: &[(&str, GgmlDType)] = &[
+    ("f32", GgmlDType::F32),
+    ("f16", GgmlDType::F16),
+    ("q8_0", GgmlDType::Q8_0),
+    ("q5_0", GgmlDType::Q5_0),
+    ("q5_1", GgmlDType::Q5_1),
+    ("q4_0", GgmlDType::Q4_0),
+    ("q4_1", GgmlDType::Q4_1),
+    ("q6_k", GgmlDType::Q6K),
+    ("q5_k", GgmlDType::Q5K),
+    ("q4_k", GgmlDType::Q4K),
+    ("q3_k", GgmlDType::Q3K),
+    ("q2_k", GgmlDType::Q2K),
+];
+
+pub fn parse_type(s: &str) -> Result<GgmlDType> {
+    TYPES
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(s))
+        .map(|t| t.1)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "--type {s}: one of {}",
+                TYPES.iter().map(|t| t.0).collect::<Vec<_>>().join(", ")
+            ))
+        })
+}
+
+/// llama.cpp's `general.file_type` (LLAMA_FTYPE_*) for a file whose weights are all `t`.
+fn file_type(t: GgmlDType) -> u32 {
+    match t {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q8_0 => 7,
+        GgmlDType::Q5_0 => 8,
+        GgmlDType::Q5_1 => 9,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 11, // Q3_K_S
+        GgmlDType::Q4K => 14, // Q4_K_S
+        GgmlDType::Q5K => 16, // Q5_K_S
+        GgmlDType::Q6K => 18,
+        _ => 0,
+    }
+}
+
+/// The GGUF name of a Hugging Face tensor name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    let fixed = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.into());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, name) = rest.split_once('.')?;
+    let mapped = match name {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "self_attn.o_proj.bias" => "attn_output.bias",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{mapped}"))
+}
+
+/// The type a 2-D weight with rows of `cols` elements gets when `want` is asked for.
+fn type_for(want: GgmlDType, cols: usize) -> GgmlDType {
+    if cols.is_multiple_of(want.block_size()) {
+        want
+    } else if cols.is_multiple_of(GgmlDType::Q8_0.block_size()) && want != GgmlDType::F32 {
+        GgmlDType::Q8_0
+    } else {
+        GgmlDType::F16
+    }
+}
+
+/// Quantize one weight as llama.cpp would store it (1-D tensors stay F32). Returns the tensor
+/// and the type it got.
+pub fn quantize(t: &Tensor, want: GgmlDType) -> Result<(QTensor, GgmlDType)> {
+    let t = t.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    let ty = if t.rank() >= 2 {
+        type_for(want, *t.dims().last().unwrap())
+    } else {
+        GgmlDType::F32
+    };
+    Ok((QTensor::quantize(&t, ty)?, ty))
+}
+
+/// The model's weights after a round trip through `want` (quantize, dequantize), as llama.cpp
+/// would compute with them; for `unlearn attack quantize`. Returns the notes on fallbacks.
+pub fn roundtrip(model: &Llama, want: GgmlDType) -> Result<(Llama, Vec<String>)> {
+    let out = model.deep_clone()?;
+    let mut notes = vec![];
+    for (name, var) in out.params() {
+        let (q, ty) = quantize(var.as_tensor(), want)?;
+        if var.rank() >= 2 && ty != want {
+            notes.push(format!(
+                "{name}: {ty:?} (rows of {} are not a multiple of {want:?}'s block)",
+                var.dims()[1]
+            ));
+        }
+        var.set(&q.dequantize(var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok((out, notes))
+}
+
+fn tokenizer_metadata(tok: &Tok, notes: &mut Vec<String>) -> Result<Vec<(String, Value)>> {
+    let tj: J = serde_json::from_str(&tok.tokenizer_json)
+        .map_err(|e| Error::Invalid(format!("tokenizer.json: {e}")))?;
+    let model = &tj["model"];
+    if model["type"] != "BPE" || model["byte_fallback"] == true {
+        return Err(Error::Invalid(
+            "export: only byte-level BPE tokenizers (llama.cpp's `gpt2`: SmolLM, Llama 3, Qwen2, \
+             `unlearn init`) can be written for now; this one is SentencePiece-style"
+                .into(),
+        ));
+    }
+    let vocab = model["vocab"].as_object().cloned().unwrap_or_default();
+    let mut n = vocab
+        .values()
+        .filter_map(|v| v.as_u64())
+        .max()
+        .map_or(0, |m| m + 1) as usize;
+    let added = tj["added_tokens"].as_array().cloned().unwrap_or_default();
+    for a in &added {
+        n = n.max(a["id"].as_u64().unwrap_or(0) as usize + 1);
+    }
+    let mut tokens = vec![String::new(); n];
+    let mut types = vec![1i32; n];
+    for (t, id) in &vocab {
+        tokens[id.as_u64().unwrap() as usize] = t.clone();
+    }
+    for a in &added {
+        let i = a["id"].as_u64().unwrap_or(0) as usize;
+        tokens[i] = a["content"].as_str().unwrap_or("").to_string();
+        types[i] = if a["special"] == true { 3 } else { 4 };
+    }
+    for (i, t) in tokens.iter_mut().enumerate() {
+        if t.is_empty() {
+            *t = format!("[PAD{i}]");
+            types[i] = 5; // unused
+        }
+    }
+    let merges: Vec<String> = model["merges"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|m| match m {
+            J::String(s) => s.clone(),
+            J::Array(p) => format!(
+                "{} {}",
+                p[0].as_str().unwrap_or(""),
+                p[1].as_str().unwrap_or("")
+            ),
+            _ => String::new(),
+        })
+        .collect();
+    let pre = pre_name(&tj["pre_tokenizer"], notes);
+    let id_of = |name: &Option<String>| name.as_ref().and_then(|n| tok.inner.token_to_id(n));
+    let mut m = vec![
+        (
+            "tokenizer.ggml.model".to_string(),
+            Value::String("gpt2".into()),
+        ),
+        ("tokenizer.ggml.pre".into(), Value::String(pre)),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(merges.into_iter().map(Value::String).collect()),
+        ),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(tok.eos_id)),
+        (
+            "tokenizer.ggml.padding_token_id".into(),
+            Value::U32(tok.pad_id),
+        ),
+    ];
+    if let Some(b) = id_of(&tok.bos_token) {
+        m.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(b)));
+    }
+    let add_bos = tok.tokenizer_config["add_bos_token"]
+        .as_bool()
+        .unwrap_or(false);
+    m.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos)));
+    if let Some(t) = &tok.chat_template {
+        m.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
+    }
+    Ok(m)
+}
+
+/// llama.cpp's name for a byte-level pre-tokenizer (the one [`super::gguf`] rebuilds from it).
+fn pre_name(pre: &J, notes: &mut Vec<String>) -> String {
+    for name in ["smollm", "llama-bpe", "qwen2", "default"] {
+        let mut n = vec![];
+        if super::gguf::gpt2_pre_tokenizer(name, &mut n) == *pre {
+            return name.into();
+        }
+    }
+    notes.push(
+        "tokenizer: the pre-tokenizer is not one llama.cpp names; written as `default` (GPT-2's), \
+         check token ids in llama.cpp"
+            .into(),
+    );
+    "default".into()
+}
+
+fn arch_metadata(model: &Llama, name: &str, want: GgmlDType) -> Vec<(String, Value)> {
+    let c = &model.cfg;
+    let arch = match c.arch {
+        Arch::Qwen2 => "qwen2",
+        Arch::Llama | Arch::Mistral => "llama",
+    };
+    let a = |k: &str| format!("{arch}.{k}");
+    let u = |x: usize| Value::U32(x as u32);
+    let mut m = vec![
+        (
+            "general.architecture".to_string(),
+            Value::String(arch.into()),
+        ),
+        ("general.name".into(), Value::String(name.into())),
+        ("general.file_type".into(), Value::U32(file_type(want))),
+        ("general.quantization_version".into(), Value::U32(2)),
+        (a("vocab_size"), u(c.vocab_size)),
+        (a("context_length"), u(c.max_position_embeddings)),
+        (a("embedding_length"), u(c.hidden_size)),
+        (a("block_count"), u(c.num_hidden_layers)),
+        (a("feed_forward_length"), u(c.intermediate_size)),
+        (a("attention.head_count"), u(c.num_attention_heads)),
+        (a("attention.head_count_kv"), u(c.num_key_value_heads)),
+        (
+            a("attention.layer_norm_rms_epsilon"),
+            Value::F32(c.rms_norm_eps as f32),
+        ),
+        (a("rope.freq_base"), Value::F32(c.rope_theta as f32)),
+        (a("rope.dimension_count"), u(c.head_dim)),
+    ];
+    if c.head_dim * c.num_attention_heads != c.hidden_size {
+        m.push((a("attention.key_length"), u(c.head_dim)));
+        m.push((a("attention.value_length"), u(c.head_dim)));
+    }
+    match &c.rope_scaling {
+        Some(RopeScaling::Linear { factor }) => {
+            m.push((a("rope.scaling.type"), Value::String("linear".into())));
+            m.push((a("rope.scaling.factor"), Value::F32(*factor as f32)));
+        }
+        Some(RopeScaling::Llama3 {
+            factor,
+            original_max_position_embeddings,
+            ..
+        }) => {
+            m.push((a("rope.scaling.factor"), Value::F32(*factor as f32)));
+            m.push((
+                a("rope.scaling.original_context_length"),
+                u(*original_max_position_embeddings),
+            ));
+        }
+        None => {}
+    }
+    m
+}
+
+/// What an export wrote.
+pub struct Exported {
+    pub tensors: usize,
+    pub bytes: u64,
+    pub notes: Vec<String>,
+}
+
+/// Write `md` as a GGUF file of type `want` to `out` (atomically: temporary name, fsync, rename).
+pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
+    crate::model::hf::check_finite(&md.model, &md.path.display().to_string())?;
+    let model = &md.model;
+    let c = &model.cfg;
+    let mut notes = vec![];
+    let name = md
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let mut meta = arch_metadata(model, &name, want);
+    meta.extend(tokenizer_metadata(&md.tok, &mut notes)?);
+    let permute = matches!(c.arch, Arch::Llama | Arch::Mistral);
+    let mut tensors: Vec<(String, QTensor)> = vec![];
+    let mut fallback = std::collections::BTreeMap::<String, usize>::new();
+    if let Some(RopeScaling::Llama3 { .. }) = &c.rope_scaling {
+        let mut plain = c.clone();
+        plain.rope_scaling = None;
+        let base = crate::model::llama::rope_inv_freq(&plain);
+        let scaled = crate::model::llama::rope_inv_freq(c);
+        let rf: Vec<f32> = base.iter().zip(&scaled).map(|(b, s)| b / s).collect();
+        let t = Tensor::from_vec(rf, base.len(), &candle_core::Device::Cpu)?;
+        tensors.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&t, GgmlDType::F32)?,
+        ));
+    }
+    for (hf, t) in model.named_tensors() {
+        let g = gguf_name(&hf)
+            .ok_or_else(|| Error::Invalid(format!("export: tensor `{hf}` has no GGUF name")))?;
+        let mut t = t.to_device(&candle_core::Device::Cpu)?;
+        if permute && (g.ends_with("attn_q.weight") || g.ends_with("attn_q.bias")) {
+            t = super::gguf::permute_qk(&t, c.num_attention_heads)?;
+        } else if permute && (g.ends_with("attn_k.weight") || g.ends_with("attn_k.bias")) {
+            t = super::gguf::permute_qk(&t, c.num_key_value_heads)?;
+        }
+        let (q, ty) = quantize(&t, want)?;
+        if t.rank() >= 2 && ty != want {
+            *fallback.entry(format!("{ty:?}")).or_default() += 1;
+        }
+        tensors.push((g, q));
+    }
+    for (ty, n) in fallback {
+        notes.push(format!(
+            "{n} weight(s) written as {ty}: their rows are not a multiple of {want:?}'s block"
+        ));
+    }
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut buf = std::io::Cursor::new(Vec::new());
+    candle_core::quantized::gguf_file::write(&mut buf, &meta_refs, &t_refs)?;
+    let bytes = buf.get_ref().len() as u64;
+    crate::util::fs::atomic_write(out, buf.get_ref())?;
+    Ok(Exported {
+        tensors: tensors.len(),
+        bytes,
+        notes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_the_inverse_of_import() {
+        for hf in [
+            "model.embed_tokens.weight",
+            "model.norm.weight",
+            "lm_head.weight",
+            "model.layers.3.self_attn.q_proj.weight",
+            "model.layers.3.self_attn.k_proj.bias",
+            "model.layers.0.mlp.down_proj.weight",
+            "model.layers.11.post_attention_layernorm.weight",
+        ] {
+            let g = gguf_name(hf).unwrap();
+            assert_eq!(super::super::gguf::hf_name(&g).as_deref(), Some(hf), "{g}");
+        }
+        assert!(parse_type("Q4_K").is_ok() && parse_type("q9").is_err());
+    }
+
+    /// The quantize attack's weights lie on the format's grid: in every block of 32, q8_0 values
+    /// are d·k with integer |k| <= 127, q4_0 values d·k with integer k in [-8, 7].
+    #[test]
+    fn roundtrip_puts_weights_on_the_grid() {
+        let mut cfg = crate::model::LlamaConfig::tiny(300, 64, 1, 4, 2);
+        cfg.eos_token_ids = vec![0];
+        let m = Llama::random(cfg, 3, &candle_core::Device::Cpu).unwrap();
+        for (ty, lo, hi) in [
+            (GgmlDType::Q8_0, -127.0, 127.0),
+            (GgmlDType::Q4_0, -8.0, 7.0),
+        ] {
+            let (q, _) = roundtrip(&m, ty).unwrap();
+            let mut changed = false;
+            for ((n, a), (_, b)) in m.named_tensors().iter().zip(q.named_tensors().iter()) {
+                let (a, b): (Vec<f32>, Vec<f32>) = (
+                    a.flatten_all().unwrap().to_vec1().unwrap(),
+                    b.flatten_all().unwrap().to_vec1().unwrap(),
+                );
+                if m.param(n).unwrap().rank() < 2 {
+                    assert_eq!(a, b, "{n}: 1-D tensors stay f32");
+                    continue;
+                }
+                changed |= a != b;
+                let cols = *m.param(n).unwrap().dims().last().unwrap();
+                if type_for(ty, cols) != ty {
+                    // a fallback type (rows off the block): f16 or q8_0, checked elsewhere
+                    continue;
+                }
+                for blk in b.chunks(32) {
+                    let amax = blk.iter().fold(0f32, |x, v| x.max(v.abs()));
+                    if amax == 0.0 {
+                        continue;
+                    }
+                    // ggml's scale: the largest |value| is 127·d (q8_0) or -8·d (q4_0)
+                    let big = *blk
+                        .iter()
+                        .max_by(|x, y| x.abs().total_cmp(&y.abs()))
+                        .unwrap();
+                    let d = if ty == GgmlDType::Q8_0 {
+                        amax / 127.0
+                    } else {
+                        big / -8.0
+                    };
+                    for v in blk {
+                        let k = v / d;
+                        assert!(
+                            (k - k.round()).abs() < 1e-2,
+                            "{ty:?} {n}: {v} is not on the grid of step {d}"
+                        );
+                        assert!(k.round() >= lo && k.round() <= hi, "{ty:?} {n}: {k}");
+                    }
+                }
+            }
+            assert!(changed, "{ty:?} changed nothing");
+        }
+    }
+
+    #[test]
+    fn fallback_for_rows_off_the_block() {
+        assert_eq!(type_for(GgmlDType::Q4K, 512), GgmlDType::Q4K);
+        assert_eq!(type_for(GgmlDType::Q4K, 64), GgmlDType::Q8_0);
+        assert_eq!(type_for(GgmlDType::Q4_0, 48), GgmlDType::F16);
+    }
+}

@@ -1,0 +1,254 @@
+//! Issue #22: `unlearn export` (GGUF for llama.cpp) and `unlearn attack quantize`. Re-importing an
+//! export gives the same model: f32 exactly, f16 and q8_0 within stated tolerances of the logits;
+//! the tokenizer gives the same ids; and on SmolLM2 (when UNLEARN_SMOLLM2_GGUF is set) the
+//! llama.cpp metadata survives and greedy generation is unchanged through q8_0.
+mod common;
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use common::ok;
+use unlearn::model::hf::ModelDir;
+
+fn logits(dir: &Path, ids: &[u32]) -> Vec<f32> {
+    let md = ModelDir::load(dir, &Device::Cpu).unwrap();
+    let x = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    md.model
+        .forward(&x)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+/// Largest absolute difference, and the largest absolute logit.
+fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    (d, a.iter().map(|x| x.abs()).fold(0.0, f32::max))
+}
+
+#[test]
+fn export_then_import_gives_the_same_model() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    common::init_tiny(p, &[]);
+    let ids: Vec<u32> = unlearn::model::tokenizer::Tok::load(&p.join("tiny"), &[0])
+        .unwrap()
+        .encode("Who wrote the lantern book? An answer.", false)
+        .unwrap();
+    let base = logits(&p.join("tiny"), &ids);
+    // (type, tolerance on the logits relative to the largest logit)
+    for (ty, tol) in [("f32", 0.0), ("f16", 2e-3), ("q8_0", 2e-2), ("q4_0", 0.25)] {
+        let g = format!("m.{ty}.gguf");
+        let back = format!("back_{ty}");
+        ok(&["export", "--model", "tiny", "--out", &g, "--type", ty], p);
+        ok(&["import", &g, "--out", &back], p);
+        let got = logits(&p.join(&back), &ids);
+        let (dmax, scale) = diff(&base, &got);
+        assert!(
+            dmax <= tol * scale,
+            "{ty}: max |logit diff| {dmax} (largest logit {scale})"
+        );
+        let tok = unlearn::model::tokenizer::Tok::load(&p.join(&back), &[0]).unwrap();
+        assert_eq!(
+            tok.encode("Who wrote the lantern book? An answer.", false)
+                .unwrap(),
+            ids,
+            "{ty}"
+        );
+    }
+    // f32 is exact, tensor by tensor
+    let a = ModelDir::load(&p.join("tiny"), &Device::Cpu).unwrap();
+    let b = ModelDir::load(&p.join("back_f32"), &Device::Cpu).unwrap();
+    assert_eq!(a.model.cfg, b.model.cfg);
+    for ((n, x), (_, y)) in a
+        .model
+        .named_tensors()
+        .iter()
+        .zip(b.model.named_tensors().iter())
+    {
+        let dx: f32 = (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(dx, 0.0, "{n}");
+    }
+    // an existing output is refused without --overwrite; a bad type is an error naming the choices
+    let o = common::run(&["export", "--model", "tiny", "--out", "m.f16.gguf"], p);
+    assert!(!o.status.success());
+    let o = common::run(
+        &[
+            "export", "--model", "tiny", "--out", "x.gguf", "--type", "q9",
+        ],
+        p,
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("q4_k"));
+}
+
+/// The quantization attack evaluates the model and its quantized copy side by side.
+#[test]
+fn attack_quantize_reports_before_and_after() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    common::init_tiny(p, &[]);
+    let fx =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hub/tofu-mini.expected.json");
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx).unwrap()).unwrap();
+    std::fs::create_dir_all(p.join("bench")).unwrap();
+    for (split, file) in [
+        ("forget01_perturbed", "forget01_perturbed"),
+        ("retain_perturbed", "retain_perturbed"),
+    ] {
+        let text: String = rows["splits"][split]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.to_string() + "\n")
+            .collect();
+        std::fs::write(p.join(format!("bench/{file}.jsonl")), text).unwrap();
+    }
+    let out = ok(
+        &[
+            "attack",
+            "quantize",
+            "--model",
+            "tiny",
+            "--type",
+            "q4_0",
+            "--benchmark",
+            "bench",
+            "--forget-split",
+            "forget01",
+            "--out",
+            "aq",
+            "--set",
+            "max_new_tokens=4",
+        ],
+        p,
+    );
+    assert!(out.contains("forget_Q_A_Prob"), "{out}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("aq/quantize.json")).unwrap())
+            .unwrap();
+    let m = &j["metrics"]["forget_Q_A_Prob"];
+    let (b, q) = (
+        m["model"].as_f64().unwrap(),
+        m["quantized"].as_f64().unwrap(),
+    );
+    assert!(b != q, "q4_0 changed nothing");
+    assert!(((q - b) - m["change"].as_f64().unwrap()).abs() < 1e-12);
+    assert!(
+        p.join("aq/original/TOFU_EVAL.json").is_file()
+            && p.join("aq/quantized/TOFU_EVAL.json").is_file()
+    );
+}
+
+/// SmolLM2-135M-Instruct: import, export q8_0, import again: the llama.cpp metadata is there,
+/// the logits stay close and greedy answers are the same.
+#[test]
+fn smollm2_export_round_trip() {
+    let Some(gguf) = std::env::var_os("UNLEARN_SMOLLM2_GGUF") else {
+        eprintln!("skipping: set UNLEARN_SMOLLM2_GGUF");
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let g = gguf.to_string_lossy().into_owned();
+    ok(&["import", &g, "--out", "smol"], p);
+    ok(
+        &[
+            "export",
+            "--model",
+            "smol",
+            "--out",
+            "smol.q8_0.gguf",
+            "--type",
+            "q8_0",
+        ],
+        p,
+    );
+    let notes = common::run(&["import", "smol.q8_0.gguf", "--out", "back"], p);
+    assert!(notes.status.success());
+    let err = String::from_utf8_lossy(&notes.stderr);
+    assert!(err.contains("pre-tokenizer `smollm`"), "{err}");
+    let a = ModelDir::load(&p.join("smol"), &Device::Cpu).unwrap();
+    let b = ModelDir::load(&p.join("back"), &Device::Cpu).unwrap();
+    assert_eq!(a.model.cfg, b.model.cfg);
+    assert_eq!(a.tok.chat_template, b.tok.chat_template);
+    let ids = a.tok.encode("The capital of France is", false).unwrap();
+    assert_eq!(
+        b.tok.encode("The capital of France is", false).unwrap(),
+        ids
+    );
+    let (dmax, scale) = diff(
+        &logits(&p.join("smol"), &ids),
+        &logits(&p.join("back"), &ids),
+    );
+    assert!(
+        dmax <= 0.05 * scale,
+        "q8_0: max |logit diff| {dmax} (largest logit {scale})"
+    );
+    // what llama.cpp's own reader (gguf-py) saw in the same export: every key and tensor type
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/gguf_export/smollm2_q8_0.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(golden["missing_for_llama_cpp"], serde_json::json!([]));
+    let mut f = std::fs::File::open(p.join("smol.q8_0.gguf")).unwrap();
+    let c = candle_core::quantized::gguf_file::Content::read(&mut f).unwrap();
+    let mut keys: Vec<&String> = c.metadata.keys().collect();
+    keys.sort();
+    let want: Vec<&String> = golden["metadata"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, want);
+    let mut tensors: Vec<(String, String)> = c
+        .tensor_infos
+        .iter()
+        .map(|(n, t)| (n.clone(), format!("{:?}", t.ggml_dtype).to_uppercase()))
+        .collect();
+    tensors.sort();
+    let mut want: Vec<(String, String)> = golden["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().into(),
+                t["type"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(tensors, want);
+    let gen = |m: &str| {
+        ok(
+            &[
+                "generate",
+                "--model",
+                m,
+                "--prompt",
+                "What is the capital of France?",
+                "--max-new-tokens",
+                "12",
+            ],
+            p,
+        )
+    };
+    assert_eq!(gen("smol"), gen("back"));
+}
