@@ -35,6 +35,9 @@ enum Cmd {
     /// Robustness attacks on an unlearned model (relearning, quantization).
     #[command(subcommand)]
     Attack(cli::attack::Cmd),
+    /// Audit how deep the forgetting is: paraphrases, jailbreak wrappers, few-shot prompts,
+    /// quantization and relearning, each measured on the forget set (AUDIT.json).
+    Audit(cli::audit::Args),
     /// Evaluate a model: TOFU metrics, closer-look metrics, memorisation, MIA/PrivLeak, refusals.
     Eval(cli::eval::Args),
     /// Write a self-contained HTML report of evaluated models (forget quality vs utility, …).
@@ -75,6 +78,7 @@ fn main() {
         Cmd::Finetune(a) => cli::finetune::run(a),
         Cmd::Generate(a) => cli::generate::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
+        Cmd::Audit(a) => cli::audit::run(a),
         Cmd::Attack(c) => cli::attack::run(c),
         Cmd::Selfgen(a) => cli::selfgen::run(a),
         Cmd::Run(a) => cli::run::run(a),

@@ -252,3 +252,108 @@ fn smollm2_export_round_trip() {
     };
     assert_eq!(gen("smol"), gen("back"));
 }
+
+fn write_bench(p: &Path) {
+    let fx =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hub/tofu-mini.expected.json");
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx).unwrap()).unwrap();
+    std::fs::create_dir_all(p.join("bench")).unwrap();
+    for split in ["forget01_perturbed", "retain_perturbed"] {
+        let text: String = rows["splits"][split]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.to_string() + "\n")
+            .collect();
+        std::fs::write(p.join(format!("bench/{split}.jsonl")), text).unwrap();
+    }
+}
+
+/// `unlearn audit` writes every attack with its three numbers, and the relearning share against
+/// the original model.
+#[test]
+fn audit_writes_every_attack() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    common::init_tiny(p, &[]);
+    write_bench(p);
+    // the "original": the tiny model having memorised the forget set
+    common::finetune_tiny(p, "bench/forget01_perturbed.jsonl", "orig", 30, 2);
+    let out = ok(
+        &[
+            "audit",
+            "--model",
+            "tiny",
+            "--original",
+            "orig",
+            "--benchmark",
+            "bench",
+            "--forget-split",
+            "forget01",
+            "--out",
+            "au",
+            "--set",
+            "eval.max_new_tokens=4",
+            "--set",
+            "few_shot=1",
+            "--set",
+            "quantize=[\"q8_0\", \"q4_0\"]",
+            "--set",
+            "relearn.lr=1e-2",
+        ],
+        p,
+    );
+    assert!(out.contains("recovered share"), "{out}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("au/AUDIT.json")).unwrap()).unwrap();
+    let a = &j["attacks"];
+    for k in [
+        "plain",
+        "paraphrase",
+        "role_play",
+        "prefix_injection",
+        "ignore_previous",
+        "few_shot",
+        "quantize_q8_0",
+        "quantize_q4_0",
+    ] {
+        for f in ["forget_rouge", "forget_prob"] {
+            assert!(a[k][f].as_f64().is_some(), "{k}.{f}: {}", a[k]);
+        }
+        assert!(a[k].get("forget_refusal_rate").is_some(), "{k}");
+        assert_eq!(a[k]["items"], 2, "{k}");
+    }
+    let r = &a["relearn_half"];
+    assert_eq!(
+        (r["relearn_items"].as_u64(), r["eval_items"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let (b, o) = (
+        r["forget_prob_before"].as_f64().unwrap(),
+        r["forget_prob_original"].as_f64().unwrap(),
+    );
+    let want = (r["forget_prob_after"].as_f64().unwrap() - b) / (o - b);
+    assert!((r["recovered"].as_f64().unwrap() - want).abs() < 1e-9);
+    // the plain probe is the forget set as `unlearn eval` scores it
+    ok(
+        &[
+            "eval",
+            "--model",
+            "tiny",
+            "--benchmark",
+            "bench",
+            "--forget-split",
+            "forget01",
+            "--out",
+            "ev",
+            "--set",
+            "max_new_tokens=4",
+        ],
+        p,
+    );
+    let e: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("ev/TOFU_SUMMARY.json")).unwrap())
+            .unwrap();
+    assert_eq!(a["plain"]["forget_prob"], e["forget_Q_A_Prob"]);
+}

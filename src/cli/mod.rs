@@ -1,5 +1,6 @@
 pub mod attack;
 pub mod attribute;
+pub mod audit;
 pub mod bench;
 pub mod catalog;
 pub mod common;

@@ -11,6 +11,7 @@
 //! metric added later, or a resumed run, does not recompute them. Metrics already present in
 //! `TOFU_EVAL.json` are kept unless `overwrite` (skipped ones are always retried).
 pub mod attack;
+pub mod audit;
 pub mod exclusive;
 pub mod formula;
 pub mod metrics;
@@ -206,7 +207,7 @@ impl EvalConfig {
     }
 
     /// The file of a set, or why there is none.
-    pub(crate) fn file(&self, set: SetName) -> std::result::Result<PathBuf, String> {
+    pub fn file(&self, set: SetName) -> std::result::Result<PathBuf, String> {
         let candidates: Vec<String> = match set {
             SetName::Forget => vec![
                 format!("{}_perturbed.jsonl", self.forget_split),
