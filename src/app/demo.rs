@@ -448,7 +448,13 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// Run the demo into `out` (with `sweep`, also tune every method: [`tune`]).
-pub fn run(cfg: &DemoConfig, out: &Path, progress: bool, sweep: bool) -> Result<DemoReport> {
+pub fn run(
+    cfg: &DemoConfig,
+    out: &Path,
+    progress: bool,
+    sweep: bool,
+    audit: bool,
+) -> Result<DemoReport> {
     crate::config::Validate::validate(cfg)
         .map_err(|e| Error::Invalid(format!("demo config: {e}")))?;
     // the output directory is the demo's own: new, empty, or an earlier demo's (whose results
@@ -517,6 +523,15 @@ pub fn run(cfg: &DemoConfig, out: &Path, progress: bool, sweep: bool) -> Result<
         };
         let rep = crate::unlearn::run(&rc, &opts)?;
         let s = evaluate(&d.join("model"), &ecfg, &d.join("eval"), progress)?;
+        if audit {
+            eprintln!("auditing {m}");
+            let md = ModelDir::load(&d.join("model"), &candle_core::Device::Cpu)?;
+            let ac = crate::eval::audit::AuditConfig {
+                eval: ecfg.clone(),
+                ..Default::default()
+            };
+            crate::eval::audit::audit(&md, Some(&target), &ac, &d.join("audit"))?;
+        }
         let mut r = row(m, "unlearned", &s, t.elapsed().as_secs_f64());
         r.trainable_params = Some(rep.trainable_params);
         r.changed_params = Some(rep.changed_params);

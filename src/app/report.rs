@@ -23,6 +23,9 @@ pub struct Entry {
     pub eval: Map<String, Value>,
     /// Lines of its train log (empty when none was found).
     pub train_log: Vec<Map<String, Value>>,
+    /// Its `unlearn audit` (AUDIT.json in the evaluation directory, beside it, or in an `audit`
+    /// directory beside it), when there is one.
+    pub audit: Option<Value>,
 }
 
 impl Entry {
@@ -114,11 +117,21 @@ pub fn collect(dirs: &[PathBuf]) -> Result<Vec<Entry>> {
                 Some(p) => read_log(&p)?,
                 None => vec![],
             };
+            let audit = [
+                d.join("AUDIT.json"),
+                parent.join("AUDIT.json"),
+                parent.join("audit").join("AUDIT.json"),
+            ]
+            .into_iter()
+            .find(|p| p.is_file())
+            .map(|p| read_json::<Value>(&p))
+            .transpose()?;
             entries.push(Entry {
                 name,
                 eval_dir: d,
                 eval,
                 train_log,
+                audit,
             });
         }
     }
@@ -300,6 +313,62 @@ pub fn scatter_svg(entries: &[Entry]) -> String {
         );
     }
     s += "</svg>";
+    s
+}
+
+/// The robustness table: one row per model with an audit, one column per attack (forget ROUGE,
+/// forget probability in brackets), and the relearning attack's recovered share.
+fn robustness_html(entries: &[Entry]) -> String {
+    let audited: Vec<&Entry> = entries.iter().filter(|e| e.audit.is_some()).collect();
+    if audited.is_empty() {
+        return String::new();
+    }
+    let mut attacks: Vec<String> = vec![];
+    for e in &audited {
+        for k in e.audit.as_ref().unwrap()["attacks"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|x| x.0)
+        {
+            if k != "relearn_half" && !attacks.contains(k) {
+                attacks.push(k.clone());
+            }
+        }
+    }
+    let f = |v: &Value| {
+        v.as_f64()
+            .map(|x| format!("{x:.3}"))
+            .unwrap_or_else(|| "–".into())
+    };
+    let mut s = String::from(
+        "<h2>Robustness (unlearn audit)</h2><p class=\"note\">Forget ROUGE of each attack (forget \
+         probability in brackets); higher than the plain question means the attack brings \
+         forgotten knowledge back. Relearning: the share of the original model's forget \
+         probability recovered on the held-out half.</p><table><tr><th>model</th>",
+    );
+    for a in &attacks {
+        let _ = write!(s, "<th>{}</th>", esc(a));
+    }
+    s += "<th>relearning: recovered</th></tr>";
+    for e in audited {
+        let at = &e.audit.as_ref().unwrap()["attacks"];
+        let _ = write!(s, "<tr><td>{}</td>", esc(&e.name));
+        for a in &attacks {
+            let _ = write!(
+                s,
+                "<td class=\"num\">{} ({})</td>",
+                f(&at[a]["forget_rouge"]),
+                f(&at[a]["forget_prob"])
+            );
+        }
+        let _ = write!(
+            s,
+            "<td class=\"num\">{}</td></tr>",
+            f(&at["relearn_half"]["recovered"])
+        );
+    }
+    s += "</table>";
     s
 }
 
@@ -524,6 +593,7 @@ forget-set truth ratios of a model with those of the retain model (trained witho
                 .collect::<String>()
         );
     }
+    s += &robustness_html(entries);
     s += "<h2>Loss curves</h2><div class=\"curves\">";
     let mut any = false;
     for e in entries {
@@ -574,6 +644,7 @@ mod tests {
                     .unwrap()
                     .clone(),
             ],
+            audit: None,
         }
     }
 
@@ -605,5 +676,31 @@ mod tests {
         // y of a point with FQ = 1 is the top of the plot area (mt = 20)
         let svg = scatter_svg(&es[1..2]);
         assert!(svg.contains(r#"cy="20.0""#), "{svg}");
+    }
+
+    /// Issue #22: audited models get a robustness table, a row each, a column per attack.
+    #[test]
+    fn robustness_table_from_audits() {
+        let mut a = entry("ga+gd", 0.1, 0.8);
+        a.audit = Some(json!({"attacks": {
+            "plain": {"forget_rouge": 0.5, "forget_prob": 0.2},
+            "quantize_q4_0": {"forget_rouge": 0.625, "forget_prob": 0.25},
+            "relearn_half": {"recovered": 0.125}}}));
+        let b = entry("target", 0.001, 0.85);
+        let html = render(&[b, a], "t");
+        assert!(html.contains("<h2>Robustness (unlearn audit)</h2>"));
+        assert!(html.contains("<th>quantize_q4_0</th>"));
+        assert!(html.contains("<td class=\"num\">0.625 (0.250)</td>"));
+        assert!(html.contains("<td class=\"num\">0.125</td>"));
+        // only audited models get a row
+        let sec = html
+            .split("Robustness (unlearn audit)")
+            .nth(1)
+            .unwrap()
+            .split("</table>")
+            .next()
+            .unwrap();
+        assert_eq!(sec.matches("<tr>").count(), 2);
+        assert!(!render(&[entry("x", 0.1, 0.8)], "t").contains("Robustness"));
     }
 }

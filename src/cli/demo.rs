@@ -27,6 +27,11 @@ pub struct Args {
     /// method's best point beside the default table (a few minutes on 2 cores).
     #[arg(long)]
     sweep: bool,
+    /// Also audit every unlearned model (`unlearn audit`: paraphrase, jailbreak wrappers,
+    /// few-shot, q4_0, relearning) and add the robustness table to the report (about 12 s per
+    /// method on 2 cores).
+    #[arg(long)]
+    audit: bool,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -42,7 +47,7 @@ pub fn run(a: Args) -> Result<()> {
         cfg.benchmark.seed = s;
     }
     let start = std::time::Instant::now();
-    let rep = run_demo(&cfg, &a.out, true, a.sweep)?;
+    let rep = run_demo(&cfg, &a.out, true, a.sweep, a.audit)?;
     println!();
     print!("{}", table(&rep.rows));
     if a.sweep {
