@@ -4,48 +4,27 @@
 //! UNLEARN_TEST_SLURM=1, which makes the Slurm test mandatory).
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{ok, run};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hub/tofu-mini")
-}
 
 /// A tiny model, a TOFU-layout benchmark (tests/fixtures/hub/tofu-mini normalised, with the
 /// retain set standing in for real authors and world facts so model utility is defined) and
 /// the retain logs (the model's own evaluation).
 fn setup(p: &Path) {
     common::init_tiny(p, &[]);
-    let b = p.join("bench");
-    std::fs::create_dir_all(&b).unwrap();
-    let rows: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures().join("../tofu-mini.expected.json")).unwrap(),
-    )
-    .unwrap();
-    let jsonl = |split: &str| -> String {
-        rows["splits"][split]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r.to_string() + "\n")
-            .collect()
-    };
-    std::fs::write(
-        b.join("forget01_perturbed.jsonl"),
-        jsonl("forget01_perturbed"),
-    )
-    .unwrap();
-    std::fs::write(b.join("holdout01.jsonl"), jsonl("holdout01")).unwrap();
-    for n in [
-        "retain_perturbed",
-        "real_authors_perturbed",
-        "world_facts_perturbed",
-    ] {
-        std::fs::write(b.join(format!("{n}.jsonl")), jsonl("retain_perturbed")).unwrap();
-    }
+    common::write_tofu_mini(
+        &p.join("bench"),
+        &[
+            ("forget01_perturbed", "forget01_perturbed"),
+            ("holdout01", "holdout01"),
+            ("retain_perturbed", "retain_perturbed"),
+            ("retain_perturbed", "real_authors_perturbed"),
+            ("retain_perturbed", "world_facts_perturbed"),
+        ],
+    );
     ok(
         &[
             "eval",

@@ -685,30 +685,34 @@ fn tune(
     eprintln!("sweep: {} points in {}", points.len(), dir.display());
     sweep::run_local(&sc, &points, true)?;
     let doc = leaderboard::write(&sc, &points)?;
-    let c = leaderboard::collect(&sc, &points);
     let mut rows = vec![];
     for best in doc["best"][&sc.select.metric]
         .as_array()
         .into_iter()
         .flatten()
     {
-        let Some(r) = c
-            .rows
-            .iter()
-            .find(|r| Some(r.hash.as_str()) == best["point"].as_str())
+        let Some(p) = doc["points"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["point"] == best["point"])
         else {
             continue;
         };
         let below = !best["meets_floor"].as_bool().unwrap_or(false);
-        let mut row = row(
-            &format!("{}{}", r.method, if below { "!" } else { "" }),
+        let method = p["method"].as_str().unwrap_or("?");
+        let summary = p["summary"].as_object().cloned().unwrap_or_default();
+        let time = p["time_s"].as_f64().unwrap_or(f64::NAN);
+        rows.push(row(
+            &format!("{method}{}", if below { "!" } else { "" }),
             "tuned",
-            &r.summary,
-            r.time_s,
+            &summary,
+            time,
+        ));
+        eprintln!(
+            "tuned {method}: {}",
+            p["hyperparameters"].as_str().unwrap_or("")
         );
-        row.trainable_params = None;
-        rows.push(row);
-        eprintln!("tuned {}: {}", r.method, r.params);
     }
     Ok(rows)
 }

@@ -191,3 +191,22 @@ pub fn entries(dir: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Write splits of the Hub fixture dataset (tests/fixtures/hub/tofu-mini.expected.json: every
+/// split as `datasets` reads it) as JSONL files under `dir`: (fixture split, file stem).
+pub fn write_tofu_mini(dir: &Path, files: &[(&str, &str)]) {
+    let fx =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hub/tofu-mini.expected.json");
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx).unwrap()).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    for (split, stem) in files {
+        let text: String = rows["splits"][*split]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.to_string() + "\n")
+            .collect();
+        std::fs::write(dir.join(format!("{stem}.jsonl")), text).unwrap();
+    }
+}

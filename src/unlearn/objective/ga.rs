@@ -27,11 +27,7 @@ impl Term for Ga {
         Needs::default()
     }
     fn loss(&self, c: &Ctx) -> Result<Tensor> {
-        let b = c.forget()?;
-        ga(&crate::infer::score::nll_mean(
-            &c.model.forward(&b.input)?,
-            &b,
-        )?)
+        ga(&c.nll_mean(&c.forget()?)?)
     }
 }
 

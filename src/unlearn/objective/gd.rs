@@ -30,11 +30,7 @@ impl Term for Gd {
         }
     }
     fn loss(&self, c: &Ctx) -> Result<Tensor> {
-        let b = c.retain()?;
-        gd(&crate::infer::score::nll_mean(
-            &c.model.forward(&b.input)?,
-            &b,
-        )?)
+        gd(&c.nll_mean(&c.retain()?)?)
     }
 }
 

@@ -30,11 +30,7 @@ impl Term for Idk {
         }
     }
     fn loss(&self, c: &Ctx) -> Result<Tensor> {
-        let b = c.forget_refusals()?;
-        idk(&crate::infer::score::nll_mean(
-            &c.model.forward(&b.input)?,
-            &b,
-        )?)
+        idk(&c.nll_mean(&c.forget_refusals()?)?)
     }
 }
 

@@ -115,6 +115,10 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// [b] per-item mean answer NLL of the model on `b` (the GA, GD, IDK and SimNPO terms).
+    pub fn nll_mean(&self, b: &Batch) -> Result<Tensor> {
+        crate::infer::score::nll_mean(&self.model.forward(&b.input)?, b)
+    }
     fn rows(&self, items: &[Encoded], idx: &[usize]) -> Result<Batch> {
         let refs: Vec<&Encoded> = idx.iter().map(|&i| &items[i]).collect();
         Batch::new(&refs, self.pad, self.model.device())

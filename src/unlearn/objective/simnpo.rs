@@ -46,7 +46,7 @@ impl Term for Simnpo {
     }
     fn loss(&self, c: &Ctx) -> Result<Tensor> {
         let b = c.forget()?;
-        let nll = crate::infer::score::nll_mean(&c.model.forward(&b.input)?, &b)?;
+        let nll = c.nll_mean(&b)?;
         simnpo(&nll, self.beta, self.delta)
     }
 }
