@@ -43,7 +43,7 @@ for m in target retain; do
     $U finetune --model "$D/base" --data "$D/data/${m}_train.jsonl" --out "$D/$m" $FT $R
   fi
 done
-EV="--set max_new_tokens=64 --set max_items=40"
+EV="--set max_new_tokens=32 --set max_items=20"
 [ -f "$D/eval_retain/TOFU_EVAL.json" ] || $U eval --model "$D/retain" --benchmark "$D/data/bench" \
   --forget-split forget01 --out "$D/eval_retain" $EV
 python3 - "$D" <<'PY'
@@ -62,16 +62,17 @@ retain = "{d}/data/retain.jsonl"
 method = "ga+gd"
 [base.train]
 lr = 2e-5
-epochs = 5
+epochs = 3
 batch_size = 4
 warmup_ratio = 0.0
-save_every = 10
+save_every = 15
+keep_checkpoints = 1
 [eval]
 data = "{d}/data/bench"
 forget_split = "forget01"
 retain_logs = "{d}/eval_retain/TOFU_EVAL.json"
-max_new_tokens = 64
-max_items = 40
+max_new_tokens = 32
+max_items = 20
 {v}''')
 PY
 time $U sweep --config "$D/sweep.toml"

@@ -420,3 +420,87 @@ fn frozen_view_tracks_only_the_named_parameters() {
         assert!(moved.to_scalar::<f32>().unwrap() > 0.0);
     }
 }
+
+/// LoRA: the adapter's A and B get the gradients central differences give (f64, B non-zero so
+/// both factors matter), and no gradient reaches a base weight.
+#[test]
+fn lora_adapter_gradients_match_finite_differences_f64() {
+    use unlearn::model::{Lora, LoraConfig};
+    let cfg = tiny_config(16, 2);
+    let base = Llama::random(cfg.clone(), 5, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let lc = LoraConfig {
+        r: 2,
+        alpha: 3.0,
+        targets: vec!["self_attn.{q,v}_proj".into(), "mlp.down_proj".into()],
+        ..LoraConfig::default()
+    };
+    let lora = Lora::new(&lc, &cfg, "base", 1, &Device::Cpu)
+        .unwrap()
+        .converted(DType::F64)
+        .unwrap();
+    // a trained-looking B
+    for (i, (_, _, b)) in lora.modules.iter().enumerate() {
+        let n = b.elem_count();
+        let v: Vec<f64> = (0..n)
+            .map(|k| ((k * 7 + i * 3) % 11) as f64 * 0.01 - 0.05)
+            .collect();
+        b.set(&Tensor::from_vec(v, b.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let m = base.with_lora(lora).unwrap();
+    let it = items();
+    let refs: Vec<&Encoded> = it.iter().collect();
+    let b = Batch::new(&refs, 0, &Device::Cpu).unwrap();
+    let b = Batch {
+        mask: b.mask.to_dtype(DType::F64).unwrap(),
+        ..b
+    };
+    let loss_of = |m: &Llama| token_mean_nll(&m.forward(&b.input).unwrap(), &b).unwrap();
+    let grads = loss_of(&m).backward().unwrap();
+    for (name, v) in m.params() {
+        assert!(
+            grads.get(v.as_tensor()).is_none(),
+            "{name}: a base weight got a gradient"
+        );
+    }
+    let adapters = m.adapters();
+    assert_eq!(adapters.len(), 2 * 3 * 2);
+    for (name, v) in &adapters {
+        let g = grads
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("{name}: no gradient"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let orig = v
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let mut idx: Vec<usize> = (0..g.len()).collect();
+        idx.sort_by(|&a, &b| g[b].abs().partial_cmp(&g[a].abs()).unwrap());
+        idx.truncate(2);
+        for &i in &idx {
+            let eps = 1e-5;
+            let at = |x: f64| {
+                let mut p = orig.clone();
+                p[i] = x;
+                v.set(&Tensor::from_vec(p, v.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                loss_of(&m).to_scalar::<f64>().unwrap()
+            };
+            let fd = (at(orig[i] + eps) - at(orig[i] - eps)) / (2.0 * eps);
+            at(orig[i]);
+            assert!(
+                g[i].abs() > 1e-8 && (fd - g[i]).abs() <= 1e-6 + 1e-4 * g[i].abs(),
+                "{name}[{i}]: fd {fd} vs autograd {}",
+                g[i]
+            );
+        }
+    }
+}

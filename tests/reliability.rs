@@ -5,7 +5,6 @@ mod common;
 use common::*;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A tiny model `tiny` (hidden 32, 1 layer) and the four QA pairs in `qa.jsonl`.
@@ -197,28 +196,6 @@ fn failed_rerun_leaves_the_previous_run_untouched() {
     );
 }
 
-/// Start `args` in the background and wait until `ready(dir)` holds (or the process ends).
-fn spawn_until(args: &[&str], cwd: &Path, ready: impl Fn() -> bool) -> (std::process::Child, bool) {
-    let mut child = Command::new(bin())
-        .args(args)
-        .current_dir(cwd)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(120) {
-        if ready() {
-            return (child, true);
-        }
-        if child.try_wait().unwrap().is_some() {
-            return (child, false);
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    (child, false)
-}
-
 #[test]
 fn concurrent_runs_on_one_output_are_refused() {
     let d = tempfile::tempdir().unwrap();
@@ -237,44 +214,6 @@ fn concurrent_runs_on_one_output_are_refused() {
     first.wait().unwrap();
     // the killed run's lock does not block a later one
     ok(&ft_args("o", &["--overwrite"]), p);
-}
-
-/// Kill a run with SIGKILL once its log shows `min_lines` steps past a checkpoint, resume it,
-/// and compare with an uninterrupted run: weights bit-identical, same log.
-fn kill_and_resume(p: &Path, args: &[&str], run_dir: &str, min_lines: usize) {
-    let log = p.join(run_dir).join("train_log.jsonl");
-    let (mut child, running) = spawn_until(args, p, || {
-        unlearn::train::checkpoint::latest(&p.join(run_dir)).is_some()
-            && std::fs::read_to_string(&log).is_ok_and(|s| s.lines().count() >= min_lines)
-    });
-    assert!(running, "the run ended before it could be killed");
-    // SIGKILL: no destructor runs, no lock is released by us
-    child.kill().unwrap();
-    let status = child.wait().unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        status.signal(),
-        Some(9),
-        "the run ended before it was killed"
-    );
-    let mut resume = args.to_vec();
-    resume.push("--resume");
-    let out = ok(&resume, p);
-    assert!(out.contains("saved") || out.contains("steps"), "{out}");
-}
-
-fn log_without_timing(p: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(p)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let o = v.as_object_mut().unwrap();
-            o.remove("elapsed_s");
-            o.remove("tokens_per_s");
-            v
-        })
-        .collect()
 }
 
 #[test]

@@ -189,7 +189,8 @@ fn relearn(a: RelearnArgs) -> Result<()> {
     }
     let outs = TrainOutputs::claim(&a.out, &run_dir, &inputs, a.overwrite.overwrite, false)?;
     let dev = a.device.get()?;
-    let md = ModelDir::load(&a.model, &dev)?;
+    let mut md = ModelDir::load(&a.model, &dev)?;
+    md.merge_adapter()?; // relearning fine-tunes every weight
     let original = a
         .original
         .as_ref()

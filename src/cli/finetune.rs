@@ -54,7 +54,8 @@ pub fn run(a: Args) -> Result<()> {
         a.restart.overwrite,
         a.restart.resume,
     )?;
-    let md = ModelDir::load(&a.model, &a.device.get()?)?;
+    let mut md = ModelDir::load(&a.model, &a.device.get()?)?;
+    md.merge_adapter()?; // fine-tuning trains every weight
     let items = read_items(&a.data)?;
     let f = Formatter::new(&md.tok, cfg.prompt, cfg.max_len)?;
     let data = f.encode_items(&items)?;

@@ -214,7 +214,8 @@ fn relearn_half(
     }
     eprintln!("audit: relearning on half of the forget set");
     let (first, second) = forget.split_at(forget.len() / 2);
-    let copy = ModelDir::load(&md.path, md.model.device())?;
+    let mut copy = ModelDir::load(&md.path, md.model.device())?;
+    copy.merge_adapter()?; // relearning fine-tunes every weight
     let orig = original
         .map(|p| ModelDir::load(p, md.model.device()))
         .transpose()?;

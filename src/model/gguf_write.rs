@@ -127,7 +127,7 @@ pub fn quantize(t: &Tensor, want: GgmlDType) -> Result<(QTensor, GgmlDType)> {
 /// The model's weights after a round trip through `want` (quantize, dequantize), as llama.cpp
 /// would compute with them; for `unlearn attack quantize`. Returns the notes on fallbacks.
 pub fn roundtrip(model: &Llama, want: GgmlDType) -> Result<(Llama, Vec<String>)> {
-    let out = model.deep_clone()?;
+    let out = model.merged()?; // a copy; adapters folded in
     let mut notes = vec![];
     for (name, var) in out.params() {
         let (q, ty) = quantize(var.as_tensor(), want)?;
@@ -314,7 +314,15 @@ pub struct Exported {
 /// Write `md` as a GGUF file of type `want` to `out` (atomically: temporary name, fsync, rename).
 pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
     crate::model::hf::check_finite(&md.model, &md.path.display().to_string())?;
-    let model = &md.model;
+    let merged;
+    let model = match md.model.lora() {
+        // llama.cpp runs the merged weights (W + s·B·A)
+        Some(_) => {
+            merged = md.model.merged()?;
+            &merged
+        }
+        None => &md.model,
+    };
     let c = &model.cfg;
     let mut notes = vec![];
     let name = md

@@ -59,7 +59,25 @@ pub fn read_safetensors(dir: &Path, device: &Device) -> Result<(HashMap<String, 
 }
 
 impl ModelDir {
+    /// Load a model directory, or a PEFT LoRA adapter directory (`adapter_config.json`, no
+    /// `config.json`): its base model (`base_model_name_or_path`, a path or Hub id) with the
+    /// adapter on top.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        if crate::model::lora::is_adapter_dir(dir) {
+            let base = crate::model::Lora::base_of(dir)?;
+            let mut md = Self::load(&base, device)?;
+            if md.model.lora().is_some() {
+                return Err(Error::Config {
+                    path: dir.join(crate::model::lora::CONFIG_FILE),
+                    msg: "the base model is itself an adapter; merge it first".into(),
+                });
+            }
+            let lora = crate::model::Lora::load(dir, &md.model.cfg, device)?;
+            md.model = md.model.with_lora(lora)?;
+            check_finite(&md.model, &dir.display().to_string())?;
+            md.path = dir.to_path_buf();
+            return Ok(md);
+        }
         let cpath = dir.join("config.json");
         let config_json: serde_json::Value = read_json(&cpath)?;
         let cfg = LlamaConfig::from_json(&config_json, &cpath)?;
@@ -85,6 +103,15 @@ impl ModelDir {
             side_files,
             path: dir.to_path_buf(),
         })
+    }
+
+    /// Fold LoRA adapters into the weights (W + s·B·A), for what changes or writes the full
+    /// weights (fine-tuning, relearning, quantization, GGUF export). Without adapters, nothing.
+    pub fn merge_adapter(&mut self) -> Result<()> {
+        if self.model.lora().is_some() {
+            self.model = self.model.merged()?;
+        }
+        Ok(())
     }
 
     /// Save as a HF directory (atomically: temp dir, then rename).
@@ -133,7 +160,8 @@ pub fn save_model(
 
 /// Write the files of a model directory into the existing directory `dir` (not atomic by
 /// itself: `dir` is a temporary to be published, see [`save_model`] and
-/// [`crate::util::guard::Pending`]). Refuses a model with a non-finite weight.
+/// [`crate::util::guard::Pending`]). Refuses a model with a non-finite weight. A model with
+/// LoRA adapters is written as its adapter (PEFT layout; `Llama::merged` for the full model).
 pub fn write_model_files(
     model: &Llama,
     tok: &Tok,
@@ -142,6 +170,11 @@ pub fn write_model_files(
     dir: &Path,
 ) -> Result<()> {
     check_finite(model, &format!("model to be saved to {}", dir.display()))?;
+    if let Some(lora) = model.lora() {
+        // the adapter in PEFT's layout, with the tokenizer as PEFT's save_pretrained users keep it
+        lora.write(dir)?;
+        return tok.save(dir);
+    }
     let mut cfg = base_config
         .cloned()
         .unwrap_or_else(|| serde_json::json!({}));
@@ -225,7 +258,11 @@ pub fn write_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()
 
 /// Refuse a model holding NaN or inf: names the first such tensor and how many values are bad.
 pub fn check_finite(model: &Llama, what: &str) -> Result<()> {
-    for (name, t) in model.named_tensors() {
+    let adapters = model
+        .adapters()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()));
+    for (name, t) in model.named_tensors().into_iter().chain(adapters) {
         let bad = t
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?

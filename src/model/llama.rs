@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::config::{LlamaConfig, RopeScaling};
+use super::lora::Lora;
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::util::rng::Rng;
@@ -65,20 +66,23 @@ impl KvCache {
     }
 }
 
+/// A linear layer: y = x·Wᵀ (+ b) (+ s·(x·Aᵀ)·Bᵀ with a LoRA adapter A, B).
+struct Lin {
+    w: Tensor,
+    b: Option<Tensor>,
+    ad: Option<(Tensor, Tensor)>,
+}
+
 struct Layer {
     ln1: Tensor,
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    qb: Option<Tensor>,
-    kb: Option<Tensor>,
-    vb: Option<Tensor>,
-    o: Tensor,
-    ob: Option<Tensor>,
+    q: Lin,
+    k: Lin,
+    v: Lin,
+    o: Lin,
     ln2: Tensor,
-    gate: Tensor,
-    up: Tensor,
-    down: Tensor,
+    gate: Lin,
+    up: Lin,
+    down: Lin,
 }
 
 pub struct Llama {
@@ -93,6 +97,8 @@ pub struct Llama {
     cos: Tensor,
     sin: Tensor,
     device: Device,
+    /// LoRA adapters on some linear layers (`lora.rs`); None: the plain model.
+    lora: Option<std::sync::Arc<Lora>>,
 }
 
 /// Inverse frequencies of RoPE in f32, computed as `transformers` does (incl. Llama 3 scaling).
@@ -199,7 +205,7 @@ impl Llama {
     }
 
     fn from_params(cfg: LlamaConfig, params: Vec<(String, Var)>, device: &Device) -> Result<Self> {
-        Self::build(cfg, params, device, &|_| true, None)
+        Self::build(cfg, params, device, &|_| true, None, None)
     }
 
     /// A view of this model that computes with the same storage but tracks gradients only for
@@ -214,6 +220,7 @@ impl Llama {
             &self.device,
             &|n| trainable.contains(&n),
             Some((self.cos.clone(), self.sin.clone())),
+            self.lora.clone(),
         )
     }
 
@@ -223,16 +230,33 @@ impl Llama {
         device: &Device,
         tracked: &dyn Fn(&str) -> bool,
         rope: Option<(Tensor, Tensor)>,
+        lora: Option<std::sync::Arc<Lora>>,
     ) -> Result<Self> {
+        let view = |n: &str, v: &Var| {
+            if tracked(n) {
+                v.as_tensor().clone()
+            } else {
+                v.as_tensor().detach()
+            }
+        };
         let map: HashMap<&str, Tensor> = params
             .iter()
-            .map(|(n, v)| {
-                let t = if tracked(n) {
-                    v.as_tensor().clone()
-                } else {
-                    v.as_tensor().detach()
-                };
-                (n.as_str(), t)
+            .map(|(n, v)| (n.as_str(), view(n, v)))
+            .collect();
+        let adapters: HashMap<String, (Tensor, Tensor)> = lora
+            .iter()
+            .flat_map(|l| l.params())
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .map(|ab| {
+                let module = ab[0]
+                    .0
+                    .trim_start_matches("base_model.model.")
+                    .trim_end_matches(".lora_A.weight");
+                (
+                    module.to_string(),
+                    (view(&ab[0].0, &ab[0].1), view(&ab[1].0, &ab[1].1)),
+                )
             })
             .collect();
         let get = |n: &str| map.get(n).cloned();
@@ -240,20 +264,21 @@ impl Llama {
             .map(|l| {
                 let p = format!("model.layers.{l}");
                 let g = |s: &str| get(&format!("{p}.{s}"));
+                let lin = |m: &str, bias: bool| Lin {
+                    w: g(&format!("{m}.weight")).unwrap(),
+                    b: if bias { g(&format!("{m}.bias")) } else { None },
+                    ad: adapters.get(&format!("{p}.{m}")).cloned(),
+                };
                 Layer {
                     ln1: g("input_layernorm.weight").unwrap(),
-                    q: g("self_attn.q_proj.weight").unwrap(),
-                    k: g("self_attn.k_proj.weight").unwrap(),
-                    v: g("self_attn.v_proj.weight").unwrap(),
-                    qb: g("self_attn.q_proj.bias"),
-                    kb: g("self_attn.k_proj.bias"),
-                    vb: g("self_attn.v_proj.bias"),
-                    o: g("self_attn.o_proj.weight").unwrap(),
-                    ob: g("self_attn.o_proj.bias"),
+                    q: lin("self_attn.q_proj", true),
+                    k: lin("self_attn.k_proj", true),
+                    v: lin("self_attn.v_proj", true),
+                    o: lin("self_attn.o_proj", true),
                     ln2: g("post_attention_layernorm.weight").unwrap(),
-                    gate: g("mlp.gate_proj.weight").unwrap(),
-                    up: g("mlp.up_proj.weight").unwrap(),
-                    down: g("mlp.down_proj.weight").unwrap(),
+                    gate: lin("mlp.gate_proj", false),
+                    up: lin("mlp.up_proj", false),
+                    down: lin("mlp.down_proj", false),
                 }
             })
             .collect();
@@ -295,6 +320,7 @@ impl Llama {
             params,
             cfg,
             device: device.clone(),
+            lora,
         })
     }
 
@@ -309,6 +335,95 @@ impl Llama {
                     n.clone(),
                     Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?,
                 ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let lora = self.lora.as_ref().map(|l| l.converted(dtype)).transpose()?;
+        Self::assemble(self.cfg.clone(), params, &self.device, lora)
+    }
+
+    /// A model of `params` (and adapters): with adapters only they are tracked (the base is
+    /// frozen), without every parameter is.
+    fn assemble(
+        cfg: LlamaConfig,
+        params: Vec<(String, Var)>,
+        device: &Device,
+        lora: Option<Lora>,
+    ) -> Result<Self> {
+        match lora {
+            None => Self::from_params(cfg, params, device),
+            Some(l) => {
+                let names: Vec<String> = l.params().into_iter().map(|(n, _)| n).collect();
+                Self::build(
+                    cfg,
+                    params,
+                    device,
+                    &|n| names.iter().any(|x| x == n),
+                    None,
+                    Some(std::sync::Arc::new(l)),
+                )
+            }
+        }
+    }
+
+    /// This model with `lora`'s adapters on its linear layers: the same base storage (frozen:
+    /// it enters the graph detached), only the adapters tracked. Replaces adapters it has.
+    pub fn with_lora(&self, lora: Lora) -> Result<Self> {
+        let names: Vec<String> = lora.params().into_iter().map(|(n, _)| n).collect();
+        Self::build(
+            self.cfg.clone(),
+            self.params.clone(),
+            &self.device,
+            &|n| names.iter().any(|x| x == n),
+            Some((self.cos.clone(), self.sin.clone())),
+            Some(std::sync::Arc::new(lora)),
+        )
+    }
+
+    /// The adapters, when the model has them.
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_deref()
+    }
+
+    /// Adapter tensors under their PEFT names (empty without adapters).
+    pub fn adapters(&self) -> Vec<(String, Var)> {
+        self.lora.as_ref().map(|l| l.params()).unwrap_or_default()
+    }
+
+    /// The base model with the adapters switched off: the same storage, nothing tracked. With
+    /// fresh adapters (B = 0) this is the model before unlearning, so it serves as the frozen
+    /// reference without a second copy of the weights.
+    pub fn base_view(&self) -> Result<Self> {
+        Self::build(
+            self.cfg.clone(),
+            self.params.clone(),
+            &self.device,
+            &|_| false,
+            Some((self.cos.clone(), self.sin.clone())),
+            None,
+        )
+    }
+
+    /// A plain model (new storage) computing what this one computes: each adapted weight
+    /// becomes W + s·B·A. Without adapters, a deep copy.
+    pub fn merged(&self) -> Result<Self> {
+        let Some(lo) = &self.lora else {
+            return self.deep_clone();
+        };
+        let s = lo.scale();
+        let params = self
+            .params
+            .iter()
+            .map(|(n, v)| {
+                let w = v.as_tensor();
+                let module = n.trim_end_matches(".weight");
+                let t = match lo.get(module).filter(|_| n.ends_with(".weight")) {
+                    Some((a, b)) => {
+                        let d = b.as_tensor().matmul(a.as_tensor())?; // [out, in]
+                        (w + (d.to_dtype(w.dtype())? * s)?)?
+                    }
+                    None => w.copy()?,
+                };
+                Ok((n.clone(), Var::from_tensor(&t)?))
             })
             .collect::<Result<Vec<_>>>()?;
         Self::from_params(self.cfg.clone(), params, &self.device)
@@ -331,14 +446,19 @@ impl Llama {
         self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
-    /// A deep copy (new storage), e.g. a frozen reference model.
+    /// A deep copy (new storage, adapters included), e.g. a frozen reference model.
     pub fn deep_clone(&self) -> Result<Self> {
         let params = self
             .params
             .iter()
             .map(|(n, v)| Ok((n.clone(), Var::from_tensor(&v.as_tensor().copy()?)?)))
             .collect::<Result<Vec<_>>>()?;
-        Self::from_params(self.cfg.clone(), params, &self.device)
+        let lora = self
+            .lora
+            .as_ref()
+            .map(|l| l.converted(self.dtype()))
+            .transpose()?;
+        Self::assemble(self.cfg.clone(), params, &self.device, lora)
     }
 
     /// Logits for a batch of token ids: ids [b, t] (u32) -> [b, t, vocab]. Positions 0..t, causal
@@ -488,9 +608,9 @@ impl Llama {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let n = ops::rms_norm(x, &l.ln1, c.rms_norm_eps)?;
-        let q = ops::linear(&n, &l.q, l.qb.as_ref())?; // [b, t, nh·hd]
-        let k = ops::linear(&n, &l.k, l.kb.as_ref())?; // [b, t, nkv·hd]
-        let v = ops::linear(&n, &l.v, l.vb.as_ref())?; // [b, t, nkv·hd]
+        let q = self.lin(&n, &l.q)?; // [b, t, nh·hd]
+        let k = self.lin(&n, &l.k)?; // [b, t, nkv·hd]
+        let v = self.lin(&n, &l.v)?; // [b, t, nkv·hd]
         let y = match kv {
             // whole sequences (training, scoring): one fused node, RoPE included
             None => ops::attention(&q, &k, &v, (cos, sin), mask, nh, nkv)?,
@@ -510,17 +630,34 @@ impl Llama {
                 ops::composite::attend(&q, &k, &v, mask, ops::masked_softmax)?
             }
         };
-        let h = (x + ops::linear(&y, &l.o, l.ob.as_ref())?)?;
+        let h = (x + self.lin(&y, &l.o)?)?;
         let n2 = ops::rms_norm(&h, &l.ln2, c.rms_norm_eps)?;
-        let gate = ops::linear(&n2, &l.gate, None)?;
-        let up = ops::linear(&n2, &l.up, None)?;
+        let gate = self.lin(&n2, &l.gate)?;
+        let up = self.lin(&n2, &l.up)?;
         let mut act = ops::swiglu(&gate, &up)?; // silu(gate)·up, [b, t, intermediate]
         if let Some(hook) = hooks.mlp_act {
             if let Some(r) = hook(li, &act)? {
                 act = r;
             }
         }
-        Ok((h + ops::linear(&act, &l.down, None)?)?)
+        Ok((h + self.lin(&act, &l.down)?)?)
+    }
+
+    /// x·Wᵀ + b, plus s·(dropout(x)·Aᵀ)·Bᵀ where the layer has an adapter (dropout only while
+    /// the adapter trains, i.e. its tensors are tracked).
+    fn lin(&self, x: &Tensor, l: &Lin) -> Result<Tensor> {
+        let y = ops::linear(x, &l.w, l.b.as_ref())?;
+        let (Some((a, b)), Some(lo)) = (&l.ad, &self.lora) else {
+            return Ok(y);
+        };
+        let xin = if lo.cfg.dropout > 0.0 && a.track_op() {
+            lo.dropout(x)?
+        } else {
+            x.clone()
+        };
+        // the scale on the narrow [.., r] product, not on the [.., out] one
+        let xa = (ops::linear(&xin, a, None)? * lo.scale())?;
+        Ok((y + ops::linear(&xa, b, None)?)?)
     }
 
     /// Named tensors for saving (f32, contiguous).

@@ -8,8 +8,10 @@ pub mod gguf;
 pub mod gguf_write;
 pub mod hf;
 pub mod llama;
+pub mod lora;
 pub mod nli;
 pub mod tokenizer;
 
 pub use config::{Arch, LlamaConfig, RopeScaling};
 pub use llama::{ForwardOutput, Hooks, KvCache, Llama};
+pub use lora::{Lora, LoraConfig};

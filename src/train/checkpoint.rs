@@ -107,9 +107,26 @@ pub fn read_state(ckpt: &Path) -> Result<TrainerState> {
     read_json(&ckpt.join(STATE_FILE))
 }
 
+/// Set what a run trains from the model a checkpoint holds: the adapter tensors of a model with
+/// LoRA adapters (the checkpoint is an adapter directory), else every weight.
+pub fn load_model_state(ckpt: &Path, model: &crate::model::Llama) -> Result<()> {
+    match model.lora() {
+        Some(_) => load_tensors(
+            &ckpt.join(crate::model::lora::WEIGHTS_FILE),
+            &model.adapters(),
+        ),
+        None => load_params(ckpt, model.params()),
+    }
+}
+
 /// Set every parameter of `params` from the checkpoint's model weights.
 pub fn load_params(ckpt: &Path, params: &[(String, candle_core::Var)]) -> Result<()> {
-    let p = ckpt.join("model.safetensors");
+    load_tensors(&ckpt.join("model.safetensors"), params)
+}
+
+/// Set every parameter of `params` from the same-named tensors of a safetensors file.
+fn load_tensors(p: &Path, params: &[(String, candle_core::Var)]) -> Result<()> {
+    let p = p.to_path_buf();
     let dev = params
         .first()
         .map(|(_, v)| v.device().clone())

@@ -74,6 +74,12 @@ pub struct RunConfig {
     pub trainable: Vec<String>,
     #[serde(default, rename = "ref")]
     pub reference: RefMode,
+    /// Train LoRA adapters instead of the weights (a `[lora]` table: r, alpha, dropout, targets,
+    /// rslora, merge). The output is the adapter in PEFT's layout, or the merged model with
+    /// `merge = true`. An input model that is already an adapter directory trains that adapter
+    /// without this table.
+    #[serde(default)]
+    pub lora: Option<crate::model::LoraConfig>,
     /// Per-element 0/1 masks (safetensors, tensors named like the parameters): masked-out
     /// elements keep value and optimiser state bit-identical.
     #[serde(default)]
@@ -122,6 +128,9 @@ impl crate::config::Validate for RunConfig {
     fn check(&self, c: &mut crate::config::Check) {
         c.sub("method", &self.method);
         c.sub("train", &self.train);
+        if let Some(l) = &self.lora {
+            c.sub("lora", l);
+        }
         if let Some(e) = &self.eval {
             c.sub("eval", e);
         }
@@ -186,6 +195,7 @@ impl RunConfig {
             train: default_train(),
             trainable: vec![],
             reference: RefMode::default(),
+            lora: None,
             masks: None,
             eval_every: 0,
             stop_forget_prob: None,
@@ -195,57 +205,7 @@ impl RunConfig {
     }
 }
 
-/// Expand `{a,b}` sets: "l.{1,2}.x" -> ["l.1.x", "l.2.x"].
-pub fn expand_braces(p: &str) -> Vec<String> {
-    if let (Some(a), Some(b)) = (p.find('{'), p.find('}')) {
-        if a < b {
-            let (pre, rest) = (&p[..a], &p[b + 1..]);
-            return p[a + 1..b]
-                .split(',')
-                .flat_map(|alt| expand_braces(&format!("{pre}{}{rest}", alt.trim())))
-                .collect();
-        }
-    }
-    vec![p.to_string()]
-}
-
-fn glob_contains(pattern: &str, name: &str) -> bool {
-    // '*' matches any run of characters; the pattern may match anywhere in the name.
-    fn rec(p: &[u8], s: &[u8]) -> bool {
-        match p.first() {
-            None => true,
-            Some(b'*') => (0..=s.len()).any(|k| rec(&p[1..], &s[k..])),
-            Some(&c) => s.first() == Some(&c) && rec(&p[1..], &s[1..]),
-        }
-    }
-    (0..=name.len()).any(|k| rec(pattern.as_bytes(), &name.as_bytes()[k..]))
-}
-
-/// Names of the parameters selected by `patterns` (all when empty). Errors when a pattern
-/// selects nothing.
-pub fn select_params(names: &[String], patterns: &[String]) -> Result<Vec<bool>> {
-    if patterns.is_empty() {
-        return Ok(vec![true; names.len()]);
-    }
-    let mut sel = vec![false; names.len()];
-    for p in patterns {
-        let mut hit = false;
-        for e in expand_braces(p) {
-            for (i, n) in names.iter().enumerate() {
-                if glob_contains(&e, n) {
-                    sel[i] = true;
-                    hit = true;
-                }
-            }
-        }
-        if !hit {
-            return Err(Error::Invalid(format!(
-                "trainable pattern `{p}` matches no parameter"
-            )));
-        }
-    }
-    Ok(sel)
-}
+pub use crate::util::pattern::{expand_braces, select_params};
 
 pub struct RunReport {
     pub tasks: usize,
@@ -256,8 +216,34 @@ pub struct RunReport {
     pub final_eval: serde_json::Value,
 }
 
-/// Number of elements that differ between two models of the same configuration.
+/// Number of elements that differ between two models of the same configuration. With adapters
+/// on `b`: the base elements that differ (none, when only adapters trained) plus the adapter
+/// elements that differ from `a`'s adapters, or, when `a` has none, `b`'s non-zero B elements
+/// (a fresh adapter's B is zero, so those are the elements through which the model changed).
 pub fn count_changed(a: &Llama, b: &Llama) -> Result<usize> {
+    let mut n = count_changed_base(a, b)?;
+    let (pa, pb) = (a.adapters(), b.adapters());
+    if pa.len() == pb.len() {
+        for ((_, x), (_, y)) in pa.iter().zip(&pb) {
+            n += ne_count(x.as_tensor(), y.as_tensor())?;
+        }
+    } else {
+        for (_, y) in pb.iter().filter(|(n, _)| n.ends_with("lora_B.weight")) {
+            n += ne_count(y.as_tensor(), &y.as_tensor().zeros_like()?)?;
+        }
+    }
+    Ok(n)
+}
+
+fn ne_count(x: &candle_core::Tensor, y: &candle_core::Tensor) -> Result<usize> {
+    Ok(x.ne(y)?
+        .to_dtype(candle_core::DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()? as usize)
+}
+
+/// Elements of the base weights that differ.
+fn count_changed_base(a: &Llama, b: &Llama) -> Result<usize> {
     let mut n = 0;
     for ((_, x), (_, y)) in a.params().iter().zip(b.params()) {
         let ne = x
@@ -463,7 +449,8 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let ins = inputs(cfg);
     let outs = TrainOutputs::claim(&cfg.out, &run_dir, &ins, opts.overwrite, opts.resume)?;
     let dev = crate::util::runtime::device(&cfg.device)?;
-    let md = ModelDir::load(&cfg.model, &dev)?;
+    let mut md = ModelDir::load(&cfg.model, &dev)?;
+    attach_lora(cfg, &mut md)?;
     if let ForgetTerm::Unierase(uc) = &cfg.method.forget {
         if opts.resume {
             return Err(Error::Invalid(
@@ -497,22 +484,76 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let original = ModelDir::load(&cfg.model, &dev)?;
     rep.changed_params = count_changed(&original.model, &md.model)?;
     drop(original);
+    let what = if md.model.lora().is_some() {
+        "adapter"
+    } else {
+        "model"
+    };
     runner.note(&format!(
-        "{} of {} parameters changed ({:.4}%); {} were trainable",
+        "{} of {} {what} parameters changed ({:.4}%); {} were trainable",
         rep.changed_params,
-        md.model.num_params(),
-        100.0 * rep.changed_params as f64 / md.model.num_params().max(1) as f64,
+        n_params(&md.model),
+        100.0 * rep.changed_params as f64 / n_params(&md.model).max(1) as f64,
         rep.trainable_params
     ));
-    crate::model::hf::write_model_files(
-        &md.model,
-        &md.tok,
-        Some(&md.config_json),
-        &md.side_files,
-        outs.model.tmp(),
-    )?;
+    save_output(cfg, &md, outs.model.tmp())?;
     outs.model.commit()?;
     Ok(rep)
+}
+
+/// Parameters of what a run trains: the adapter's with LoRA, else the model's.
+fn n_params(m: &Llama) -> usize {
+    match m.lora() {
+        Some(_) => m.adapters().iter().map(|(_, v)| v.elem_count()).sum(),
+        None => m.num_params(),
+    }
+}
+
+/// `[lora]`: fresh adapters on the input model (refused where they make no sense).
+fn attach_lora(cfg: &RunConfig, md: &mut ModelDir) -> Result<()> {
+    let Some(lc) = &cfg.lora else {
+        return Ok(());
+    };
+    if md.model.lora().is_some() {
+        return Err(Error::Invalid(format!(
+            "{} is already a LoRA adapter: drop [lora] to train it further, or merge it first",
+            cfg.model.display()
+        )));
+    }
+    let refuse = |what: &str| Err(Error::Invalid(format!("[lora] cannot be used with {what}")));
+    if let ForgetTerm::Unierase(_) = cfg.method.forget {
+        return refuse("method `unierase`: its edit is a closed-form change of the full down_proj weights and a new token row");
+    }
+    if cfg.method.simu.is_some() {
+        return refuse("method `simu`: its masks select neurons (columns of the full down_proj weights), which an adapter does not have");
+    }
+    if cfg.masks.is_some() {
+        return refuse("`masks`: masks are per element of the full weights");
+    }
+    let base = std::fs::canonicalize(&cfg.model).unwrap_or_else(|_| cfg.model.clone());
+    let lora = crate::model::Lora::new(
+        lc,
+        &md.model.cfg,
+        &base.to_string_lossy(),
+        cfg.train.seed,
+        md.model.device(),
+    )?;
+    md.model = md.model.with_lora(lora)?;
+    Ok(())
+}
+
+/// Write a run's output model into `dir`: the adapter, or with `[lora] merge = true` the
+/// merged model.
+pub fn save_output(cfg: &RunConfig, md: &ModelDir, dir: &Path) -> Result<()> {
+    let merged;
+    let model = match &cfg.lora {
+        Some(l) if l.merge => {
+            merged = md.model.merged()?;
+            &merged
+        }
+        _ => &md.model,
+    };
+    crate::model::hf::write_model_files(model, &md.tok, Some(&md.config_json), &md.side_files, dir)
 }
 
 #[cfg(test)]

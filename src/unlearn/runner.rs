@@ -175,7 +175,7 @@ impl<'a> Runner<'a> {
         for ti in first..self.tasks.len() {
             if ti > first && self.cfg.reference == RefMode::PreviousTask {
                 if self.reference.is_some() {
-                    self.reference = Some(self.md.model.deep_clone()?);
+                    self.reference = Some(self.md.model.merged()?);
                 }
                 self.score_refs(ti)?;
             }
@@ -255,7 +255,13 @@ impl<'a> Runner<'a> {
         let model = &self.md.model;
         if self.cfg.reference == RefMode::Initial {
             if self.needs.reference_model {
-                self.reference = Some(model.deep_clone()?);
+                // fresh adapters leave the model equal to its base: the base with the adapters
+                // switched off is the reference, and shares its storage
+                self.reference = Some(if self.cfg.lora.is_some() {
+                    model.base_view()?
+                } else {
+                    model.merged()?
+                });
             }
             for ti in first..self.tasks.len() {
                 self.score_refs(ti)?;
@@ -263,11 +269,11 @@ impl<'a> Runner<'a> {
         }
         if first > 0 {
             let prev = self.run_dir.join(format!("task-{first}"));
-            checkpoint::load_params(&prev, model.params())?;
+            checkpoint::load_model_state(&prev, model)?;
         }
         if self.cfg.reference == RefMode::PreviousTask {
             if self.needs.reference_model {
-                self.reference = Some(model.deep_clone()?);
+                self.reference = Some(model.merged()?);
             }
             self.score_refs(first)?;
         }
@@ -299,7 +305,10 @@ impl<'a> Runner<'a> {
         let mut tr = Trainer::new(model, self.trainable.clone(), opt, spec);
         let start = match resumed {
             Some((s, ckpt)) => {
-                checkpoint::load_params(ckpt, model.params())?;
+                checkpoint::load_model_state(ckpt, model)?;
+                if let (Some(l), Some(n)) = (model.lora(), s.hooks["lora_dropout_draws"].as_u64()) {
+                    l.set_draws(n);
+                }
                 checkpoint::load_optimizer(ckpt, &mut tr.opt, s)?;
                 tr.last_checkpoint = Some(ckpt.to_path_buf());
                 Start::from_state(s)
@@ -484,13 +493,19 @@ impl<'a> Runner<'a> {
 }
 
 /// The trainable parameters: the `trainable` patterns, else SIMU's (attention projections and
-/// down_proj), else RMU's (down_proj of layers ℓ−2..ℓ), else all.
+/// down_proj), else RMU's (down_proj of layers ℓ−2..ℓ), else all; among the adapter tensors
+/// when the model has adapters.
 fn trainable_params(
     cfg: &RunConfig,
     model: &Llama,
     rmu_layer: usize,
 ) -> Result<Vec<(String, Var)>> {
-    let names: Vec<String> = model.params().iter().map(|(n, _)| n.clone()).collect();
+    // with adapters only they train (patterns then select among them)
+    let params: Vec<(String, Var)> = match model.lora() {
+        Some(_) => model.adapters(),
+        None => model.params().to_vec(),
+    };
+    let names: Vec<String> = params.iter().map(|(n, _)| n.clone()).collect();
     let mut patterns = cfg.trainable.clone();
     if patterns.is_empty() && cfg.method.simu.is_some() {
         patterns = [
@@ -512,12 +527,11 @@ fn trainable_params(
         }
     }
     let sel = select_params(&names, &patterns)?;
-    Ok(model
-        .params()
-        .iter()
+    Ok(params
+        .into_iter()
         .zip(&sel)
         .filter(|(_, &s)| s)
-        .map(|(p, _)| p.clone())
+        .map(|(p, _)| p)
         .collect())
 }
 
@@ -699,7 +713,8 @@ impl Hooks for EvalHooks<'_, '_> {
     }
 
     fn state(&self) -> serde_json::Value {
-        serde_json::json!({ "task": self.task })
+        let draws = self.runner.md.model.lora().map(|l| l.draws());
+        serde_json::json!({ "task": self.task, "lora_dropout_draws": draws })
     }
 }
 

@@ -97,7 +97,15 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) -> Result<()> 
 pub fn path_sha256(path: &Path) -> Result<String> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if meta.is_dir() {
-        let pairs = dir_hashes(path)?;
+        let mut pairs = dir_hashes(path)?;
+        // a LoRA adapter computes with its base model: a changed base changes the adapter's hash
+        if crate::model::lora::is_adapter_dir(path) {
+            if let Ok(base) = crate::model::Lora::base_of(path) {
+                if base.is_dir() && base != path {
+                    pairs.push(("<adapter base>".into(), path_sha256(&base)?));
+                }
+            }
+        }
         let text: String = pairs.iter().map(|(n, h)| format!("{n}\t{h}\n")).collect();
         Ok(sha256(text.as_bytes()))
     } else {

@@ -7,6 +7,7 @@ pub mod hash;
 pub mod hub;
 pub mod lock;
 pub mod mem;
+pub mod pattern;
 pub mod progress;
 pub mod rng;
 pub mod rundir;

@@ -210,3 +210,67 @@ pub fn write_tofu_mini(dir: &Path, files: &[(&str, &str)]) {
         std::fs::write(dir.join(format!("{stem}.jsonl")), text).unwrap();
     }
 }
+
+/// Start `args` in the background and wait until `ready(dir)` holds (or the process ends).
+pub fn spawn_until(
+    args: &[&str],
+    cwd: &Path,
+    ready: impl Fn() -> bool,
+) -> (std::process::Child, bool) {
+    let mut child = std::process::Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_secs(120) {
+        if ready() {
+            return (child, true);
+        }
+        if child.try_wait().unwrap().is_some() {
+            return (child, false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    (child, false)
+}
+
+/// Kill a run with SIGKILL once its log shows `min_lines` steps past a checkpoint, resume it,
+/// and compare with an uninterrupted run: weights bit-identical, same log.
+pub fn kill_and_resume(p: &Path, args: &[&str], run_dir: &str, min_lines: usize) {
+    let log = p.join(run_dir).join("train_log.jsonl");
+    let (mut child, running) = spawn_until(args, p, || {
+        unlearn::train::checkpoint::latest(&p.join(run_dir)).is_some()
+            && std::fs::read_to_string(&log).is_ok_and(|s| s.lines().count() >= min_lines)
+    });
+    assert!(running, "the run ended before it could be killed");
+    // SIGKILL: no destructor runs, no lock is released by us
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the run ended before it was killed"
+    );
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    let out = ok(&resume, p);
+    assert!(out.contains("saved") || out.contains("steps"), "{out}");
+}
+
+pub fn log_without_timing(p: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("elapsed_s");
+            o.remove("tokens_per_s");
+            v
+        })
+        .collect()
+}

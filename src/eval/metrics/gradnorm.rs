@@ -64,7 +64,15 @@ fn grad_norms(p: &mut Passes, s: SetName) -> Got<Vec<f64>> {
     }
     let mask = p.own_mask_token();
     let bar = p.bar(enc.len(), format!("{} gradient norms", s.prefix()));
-    let model = p.model();
+    let merged;
+    let model = match p.model() {
+        // the gradient of the weights the model computes with: W + s·B·A
+        m if m.lora().is_some() => {
+            merged = m.merged()?;
+            &merged
+        }
+        m => m,
+    };
     if model.params().is_empty() {
         return Err(Fail::skip("the model has no trainable parameters"));
     }
