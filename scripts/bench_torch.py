@@ -8,8 +8,11 @@ Loads the same HF directory with transformers (f32, eager attention) and times: 
 greedy generation of 32 tokens for 4 prompts of 32 tokens with a KV cache. As `unlearn bench`
 does: one untimed warm-up of each workload, then each repetition timed on its own and the median
 reported (a shared VM's single repetitions swing by tens of percent).
+With --objective npo+gd the step is NPO on the batch (reference sums computed once, adapters
+off) plus NLL on a second, retain batch; with --lora-r R the model is wrapped by peft
+(LoraConfig r=R, alpha=2R, every linear layer of the decoder) and only the adapters train.
 `unlearn bench --compare-torch` runs it alternately with its own measurement (--json).
-Needs: pip install torch==2.15.0 transformers (CPU use only).
+Needs: pip install torch==2.15.0 transformers (CPU use only); peft for --lora-r.
 """
 import argparse, json, resource, statistics, time, torch
 from transformers import AutoModelForCausalLM
@@ -23,6 +26,8 @@ ap.add_argument("--gen-batch", type=int, default=4)
 ap.add_argument("--gen-prompt", type=int, default=32)
 ap.add_argument("--gen-tokens", type=int, default=32)
 ap.add_argument("--gen-runs", type=int, default=3)
+ap.add_argument("--objective", default="nll", choices=["nll", "npo+gd"])
+ap.add_argument("--lora-r", type=int, default=0)
 ap.add_argument("--json")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
@@ -30,12 +35,33 @@ torch.manual_seed(0)
 m = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager")
 V = m.config.vocab_size
 ids = torch.randint(0, V, (a.batch, a.seq + 1))
-opt = torch.optim.AdamW(m.parameters(), lr=1e-5, weight_decay=0.01)
+rids = torch.randint(0, V, (a.batch, a.seq + 1))
+if a.lora_r > 0:
+    import peft
+    cfg = peft.LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0,
+                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                          "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    m = peft.get_peft_model(m, cfg)
+def label_lp(x):
+    out = m(input_ids=x[:, :-1])
+    return torch.log_softmax(out.logits, -1).gather(-1, x[:, 1:, None]).squeeze(-1)
+if a.objective == "npo+gd":
+    with torch.no_grad():
+        if a.lora_r > 0:
+            with m.disable_adapter():
+                ref_nll = -label_lp(ids).sum(1)
+        else:
+            ref_nll = -label_lp(ids).sum(1)
+opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5,
+                        weight_decay=0.01)
 def step():
     opt.zero_grad(set_to_none=True)
-    out = m(input_ids=ids[:, :-1])
-    lp = torch.log_softmax(out.logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-    (-lp.mean()).backward()
+    if a.objective == "npo+gd":
+        nll = -label_lp(ids).sum(1)
+        npo = -(2 / 0.1) * torch.nn.functional.logsigmoid(0.1 * (nll - ref_nll)).mean()
+        (npo - label_lp(rids).mean()).backward()
+    else:
+        (-label_lp(ids).mean()).backward()
     opt.step()
 def timed(f):
     t = time.perf_counter(); f(); return time.perf_counter() - t
@@ -66,6 +92,6 @@ print(f"peak RSS         {rss:.0f} MiB")
 if a.json:
     with open(a.json, "w") as f:
         json.dump({"torch": torch.__version__, "train_step_s": ts,
-                   "train_tokens_per_s": a.batch * a.seq / ts, "score_tokens_per_s": sc,
+                   "train_tokens_per_s": a.batch * a.seq * (2 if a.objective == "npo+gd" else 1) / ts, "score_tokens_per_s": sc,
                    "gen_tokens_per_s": gen, "peak_rss_mib": rss, "train_steps_s": steps,
                    "score_batches_s": batches, "gen_runs_s": runs}, f, indent=1)

@@ -13,7 +13,8 @@ use serde::Serialize;
 use crate::data::Encoded;
 use crate::error::Result;
 use crate::infer::generate::{generate, GenConfig};
-use crate::infer::score::{score, token_mean_nll, Batch};
+use crate::infer::score::{score, Batch};
+use candle_core::Tensor;
 use crate::model::Llama;
 use crate::optim::{AdamW, AdamWConfig, GradAccum};
 use crate::util::rng::Rng;
@@ -29,6 +30,14 @@ pub struct BenchConfig {
     pub gen_tokens: usize,
     /// Timed generation runs.
     pub gen_runs: usize,
+    /// The training step's loss: `nll` (token-mean NLL of one batch) or `npo+gd` (NPO on a
+    /// forget batch against reference scores computed once, plus NLL on a retain batch: two
+    /// batches per step).
+    pub objective: String,
+    /// LoRA rank on every linear layer (alpha = 2r), 0: train every weight.
+    pub lora_r: usize,
+    /// The loss through the chunked LM-head op (`train.chunked_loss`).
+    pub chunked_loss: bool,
 }
 
 impl BenchConfig {
@@ -50,6 +59,12 @@ impl BenchConfig {
                     name.replace('_', "-")
                 )));
             }
+        }
+        if !matches!(self.objective.as_str(), "nll" | "npo+gd") {
+            return Err(crate::error::Error::Invalid(format!(
+                "bench: --objective {:?}: nll or npo+gd",
+                self.objective
+            )));
         }
         let ctx = model.cfg.max_position_embeddings;
         if self.seq + 1 > ctx || self.gen_prompt + self.gen_tokens > ctx {
@@ -115,13 +130,45 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
     let items = random_items(c.batch, c.seq + 1, vocab, 1);
     let refs: Vec<&Encoded> = items.iter().collect();
     let batch = Batch::new(&refs, 0, model.device())?;
-    let params = model.params().to_vec();
+    let retain_items = random_items(c.batch, c.seq + 1, vocab, 4);
+    let rrefs: Vec<&Encoded> = retain_items.iter().collect();
+    let retain = Batch::new(&rrefs, 0, model.device())?;
+    // what trains: the adapters when the model has them
+    let params = match model.lora() {
+        Some(_) => model.adapters(),
+        None => model.params().to_vec(),
+    };
+    let npo = c.objective == "npo+gd";
+    let ref_nll = if npo {
+        let s: Vec<f32> = score(model, &items, c.batch)?
+            .iter()
+            .map(|v| -v.iter().sum::<f32>())
+            .collect();
+        Some(Tensor::from_vec(s, c.batch, model.device())?)
+    } else {
+        None
+    };
+    let label_lp = |b: &Batch| -> Result<Tensor> {
+        let lp = if c.chunked_loss {
+            model.label_logprobs_chunked(&b.input, &b.targets)?
+        } else {
+            crate::ops::gather_logprobs(&model.forward(&b.input)?, &b.targets)?
+        };
+        Ok((lp * &b.mask)?)
+    };
     let mut opt = AdamW::new(params.clone(), AdamWConfig::default())?;
     let mut acc = GradAccum::new(params.len());
     let mut train_step = |_: ()| -> Result<()> {
         acc.clear();
-        let logits = model.forward(&batch.input)?;
-        let loss = token_mean_nll(&logits, &batch)?;
+        let loss = match &ref_nll {
+            None => (label_lp(&batch)?.sum_all()?.neg()? / batch.total_labels() as f64)?,
+            Some(r) => {
+                let nll = label_lp(&batch)?.sum(1)?.neg()?;
+                let f = crate::unlearn::objective::npo::npo(&nll, r, 0.1)?;
+                let rl = (label_lp(&retain)?.sum_all()?.neg()? / retain.total_labels() as f64)?;
+                (f + rl)?
+            }
+        };
         acc.add(&params, &loss.backward()?)?;
         opt.step(&acc.grads, 1e-5, 1.0)
     };
@@ -132,6 +179,7 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
     }
     let train_step_s = median(&train_steps_s);
     let tokens = (c.batch * c.seq) as f64;
+    let train_tokens = tokens * if npo { 2.0 } else { 1.0 };
 
     let sitems = random_items(c.batch * c.score_batches.max(1), c.seq + 1, vocab, 2);
     score(model, &sitems[..c.batch], c.batch)?;
@@ -173,7 +221,7 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
     Ok(BenchResult {
         params: model.num_params(),
         train_step_s,
-        train_tokens_per_s: tokens / train_step_s,
+        train_tokens_per_s: train_tokens / train_step_s,
         score_tokens_per_s: score_tps,
         gen_tokens_per_s: gen_tps,
         train_steps_s,

@@ -29,6 +29,17 @@ pub struct Args {
     /// Timed generation runs.
     #[arg(long, default_value_t = 3)]
     gen_runs: usize,
+    /// The training step's loss: nll (one batch) or npo+gd (NPO on a forget batch against
+    /// reference scores computed once, plus NLL on a retain batch).
+    #[arg(long, default_value = "nll")]
+    objective: String,
+    /// Train LoRA adapters of this rank on every linear layer (alpha = 2 × rank) instead of
+    /// every weight; PyTorch uses peft with the same settings.
+    #[arg(long, default_value_t = 0)]
+    lora_r: usize,
+    /// Compute the loss through the chunked LM-head op (`train.chunked_loss`).
+    #[arg(long)]
+    chunked_loss: bool,
     /// Run the composite candle ops instead of the fused CPU kernels (the pre-#9 path).
     #[arg(long)]
     composite: bool,
@@ -72,6 +83,8 @@ fn torch_round(a: &Args, cfg: &BenchConfig, out: &std::path::Path) -> Result<ser
         .args(["--gen-prompt", &cfg.gen_prompt.to_string()])
         .args(["--gen-tokens", &cfg.gen_tokens.to_string()])
         .args(["--gen-runs", &cfg.gen_runs.to_string()])
+        .args(["--objective", &cfg.objective])
+        .args(["--lora-r", &cfg.lora_r.to_string()])
         .arg("--json")
         .arg(out)
         .stdout(std::process::Stdio::null())
@@ -231,7 +244,16 @@ pub fn run(a: Args) -> Result<()> {
     if a.composite {
         unlearn::ops::set_fused(false);
     }
-    let md = ModelDir::load(&a.model, &dev)?;
+    let mut md = ModelDir::load(&a.model, &dev)?;
+    if a.lora_r > 0 {
+        let lc = unlearn::model::LoraConfig {
+            r: a.lora_r,
+            alpha: 2.0 * a.lora_r as f64,
+            ..Default::default()
+        };
+        let lora = unlearn::model::Lora::new(&lc, &md.model.cfg, "bench", 0, &dev)?;
+        md.model = md.model.with_lora(lora)?;
+    }
     let c = BenchConfig {
         batch: a.batch,
         seq: a.seq,
@@ -241,6 +263,9 @@ pub fn run(a: Args) -> Result<()> {
         gen_prompt: a.gen_prompt,
         gen_tokens: a.gen_tokens,
         gen_runs: a.gen_runs,
+        objective: a.objective.clone(),
+        lora_r: a.lora_r,
+        chunked_loss: a.chunked_loss,
     };
     c.check(&md.model)?;
     let ops = if unlearn::ops::fused_enabled() {
@@ -255,6 +280,17 @@ pub fn run(a: Args) -> Result<()> {
     );
     println!("threads          {}", rayon::current_num_threads());
     println!("ops              {ops}");
+    println!(
+        "training         {}{}{}",
+        a.objective,
+        if a.lora_r > 0 {
+            format!(", LoRA r = {} on every linear layer ({} adapter parameters)", a.lora_r,
+                md.model.adapters().iter().map(|(_, v)| v.elem_count()).sum::<usize>())
+        } else {
+            ", every weight".into()
+        },
+        if a.chunked_loss { ", chunked loss" } else { "" }
+    );
     if !a.compare_torch {
         let r = bench(&md.model, &c)?;
         let rss = super::peak_rss_mib();

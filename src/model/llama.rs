@@ -28,6 +28,8 @@ pub struct Hooks<'a> {
     pub residual: Option<ActHook<'a>>,
     /// Stop after the last layer in `hidden_layers` and skip the final norm and LM head.
     pub skip_logits: bool,
+    /// Return the LM head's input (the final norm's output, [b, t, h]) in place of the logits.
+    pub head_input_only: bool,
     /// Compute the logits of the last position only ([b, 1, vocab]): generation's prefill needs
     /// no more, and the LM head is the largest matrix product.
     pub last_logits_only: bool,
@@ -542,9 +544,25 @@ impl Llama {
                 x = x.narrow(1, t - 1, 1)?;
             }
             let n = ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;
-            Some(ops::linear(&n, &self.lm_head, None)?)
+            if hooks.head_input_only {
+                Some(n)
+            } else {
+                Some(ops::linear(&n, &self.lm_head, None)?)
+            }
         };
         Ok(ForwardOutput { logits, hidden })
+    }
+
+    /// log p(targets) per position, ids and targets [b, t] -> [b, t], with the LM head and the
+    /// log-softmax computed in chunks of rows (`ops::lm_head_logprobs`): the [b, t, vocab]
+    /// logits are never held in full.
+    pub fn label_logprobs_chunked(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let hooks = Hooks {
+            head_input_only: true,
+            ..Default::default()
+        };
+        let h = self.forward_with(ids, None, None, None, hooks)?.logits.unwrap();
+        ops::lm_head_logprobs(&h, &self.lm_head, targets)
     }
 
     /// Residual stream after layer `layer` for ids [b, t] -> [b, t, h]; later layers and the LM

@@ -9,6 +9,7 @@
 pub mod attention;
 pub mod composite;
 pub mod fused;
+pub mod lm_head;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -156,6 +157,32 @@ pub fn gather_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
             .apply_op2(&t, fused::GatherLogprobs::new())?);
     }
     composite::gather_logprobs(logits, targets)
+}
+
+/// log p(target) per position from the LM head's input: h [.., H], the head W [V, H], targets
+/// [..] -> [..], i.e. `gather_logprobs(linear(h, W), targets)`. Fused (CPU, f32/f64): computed
+/// in chunks of rows so the [.., V] logits and their gradient never exist in full
+/// (`lm_head.rs`); elsewhere the composite form.
+pub fn lm_head_logprobs(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let hid = *h.dims().last().unwrap_or(&0);
+    let lead = h.dims()[..h.rank().saturating_sub(1)].to_vec();
+    if targets.dims() != lead.as_slice() {
+        return Err(Error::Invalid(format!(
+            "lm_head_logprobs: targets {:?} for rows {:?}",
+            targets.dims(),
+            h.dims()
+        )));
+    }
+    if fused_for(h) && w.dtype() == h.dtype() {
+        let t = targets.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let op = lm_head::LmHeadLogprobs {
+            targets: std::sync::Arc::new(t),
+            chunk: lm_head::chunk_rows(w.dim(0)?),
+        };
+        let rows = h.reshape(((), hid))?.contiguous()?;
+        return Ok(rows.apply_op2(&w.contiguous()?, op)?.reshape(lead)?);
+    }
+    gather_logprobs(&linear(h, w, None)?, targets)
 }
 
 /// Evaluation statistics per position (no gradient): logits [.., V], targets [..] -> [.., 4] with

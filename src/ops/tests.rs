@@ -533,3 +533,77 @@ fn vendored_candle_backward_gradients_by_hand() {
     );
     assert_eq!(gw.to_vec1::<f64>().unwrap(), vec![4., 6., 8.]);
 }
+
+/// The chunked LM-head log-probability (several chunks, a ragged last one) against
+/// gather_logprobs(linear(h, W)): values and both gradients, f64 and f32; central finite
+/// differences on h and W in f64; a frozen W gets no gradient.
+#[test]
+fn chunked_lm_head_matches_logits_then_gather() {
+    let (rows, hid, vocab) = (19, 6, 23);
+    for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 2e-5)] {
+        let h = Var::from_tensor(&randn(&[rows, hid], 1, dtype)).unwrap();
+        let w = Var::from_tensor(&randn(&[vocab, hid], 2, dtype)).unwrap();
+        let t: Vec<u32> = (0..rows as u32).map(|i| (i * 7 + 3) % vocab as u32).collect();
+        let targets = Tensor::from_vec(t.clone(), rows, &Device::Cpu).unwrap();
+        let op = lm_head::LmHeadLogprobs {
+            targets: std::sync::Arc::new(t),
+            chunk: 4,
+        };
+        let yf = h.as_tensor().apply_op2(w.as_tensor(), op).unwrap();
+        let yc = composite::gather_logprobs(
+            &composite::linear(h.as_tensor(), w.as_tensor()).unwrap(),
+            &targets,
+        )
+        .unwrap();
+        close(&yf, &yc, tol, "lm_head forward");
+        let gf = weighted(&yf, 3).backward().unwrap();
+        let gc = weighted(&yc, 3).backward().unwrap();
+        for (v, what) in [(&h, "dh"), (&w, "dW")] {
+            close(gf.get(v).unwrap(), gc.get(v).unwrap(), tol * 10.0, what);
+        }
+        // the public entry point (one chunk at this vocabulary) and a frozen head
+        let y1 = lm_head_logprobs(h.as_tensor(), &w.as_tensor().detach(), &targets).unwrap();
+        close(&y1, &yc, tol, "lm_head_logprobs");
+        let g1 = weighted(&y1, 3).backward().unwrap();
+        assert!(g1.get(&w).is_none(), "a frozen head got a gradient");
+        close(g1.get(&h).unwrap(), gc.get(&h).unwrap(), tol * 10.0, "dh, frozen W");
+    }
+    // finite differences (f64) through the chunked op, on h and W
+    let h0 = randn(&[5, 3], 4, DType::F64);
+    let w0 = randn(&[7, 3], 5, DType::F64);
+    let t = vec![0u32, 6, 3, 3, 1];
+    let f = |h: &Tensor, w: &Tensor| {
+        let op = lm_head::LmHeadLogprobs {
+            targets: std::sync::Arc::new(t.clone()),
+            chunk: 2,
+        };
+        weighted(&h.apply_op2(w, op).unwrap(), 8)
+    };
+    let (hv, wv) = (Var::from_tensor(&h0).unwrap(), Var::from_tensor(&w0).unwrap());
+    let g = f(hv.as_tensor(), wv.as_tensor()).backward().unwrap();
+    for (which, x0) in [(0, &h0), (1, &w0)] {
+        let gx = g
+            .get(if which == 0 { hv.as_tensor() } else { wv.as_tensor() })
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        let v0 = x0.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for k in 0..v0.len() {
+            let at = |d: f64| {
+                let mut p = v0.clone();
+                p[k] += d;
+                let x = Tensor::from_vec(p, x0.shape(), &Device::Cpu).unwrap();
+                let l = if which == 0 { f(&x, &w0) } else { f(&h0, &x) };
+                l.to_scalar::<f64>().unwrap()
+            };
+            let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+            assert!(
+                (fd - gx[k]).abs() < 1e-6 * (1.0 + fd.abs()),
+                "lm_head {which}[{k}]: fd {fd}, backward {}",
+                gx[k]
+            );
+        }
+    }
+}

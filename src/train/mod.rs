@@ -49,6 +49,12 @@ pub struct TrainConfig {
     pub optimizer: OptimizerKind,
     pub adamw: AdamWConfig,
     pub sophia: SophiaConfig,
+    /// Compute the label log-probabilities through the LM head in chunks of rows, so the
+    /// [batch, seq, vocab] logits and their gradient are never held in full (`ops::lm_head`).
+    /// Same values up to summation order; terms that need whole distributions (KL, ME, UNDIAL,
+    /// CE-U) compute logits as before. Off by default.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub chunked_loss: bool,
 }
 
 impl Default for TrainConfig {
@@ -70,6 +76,7 @@ impl Default for TrainConfig {
             optimizer: OptimizerKind::Adamw,
             adamw: AdamWConfig::default(),
             sophia: SophiaConfig::default(),
+            chunked_loss: false,
         }
     }
 }
@@ -195,6 +202,8 @@ pub struct Nll<'a> {
     pub pad_id: u32,
     /// Micro-batch size (Sophia's curvature batches are cut the same way).
     pub batch_size: usize,
+    /// `chunked_loss`: the loss through the chunked LM-head op.
+    pub chunked: bool,
 }
 
 impl Nll<'_> {
@@ -215,8 +224,14 @@ impl trainer::Objective for Nll<'_> {
         _ctx: &trainer::StepCtx,
     ) -> Result<trainer::MicroLoss> {
         let batch = self.batch(idx)?;
-        let logits = self.model.forward(&batch.input)?;
-        let loss = (token_mean_nll(&logits, &batch)? * scale)?;
+        let loss = if self.chunked {
+            let lp = (self.model.label_logprobs_chunked(&batch.input, &batch.targets)?
+                * &batch.mask)?;
+            (lp.sum_all()?.neg()? / batch.total_labels().max(1) as f64)?
+        } else {
+            token_mean_nll(&self.model.forward(&batch.input)?, &batch)?
+        };
+        let loss = (loss * scale)?;
         Ok(trainer::MicroLoss {
             value: loss.to_scalar::<f32>()? as f64,
             loss,
@@ -285,6 +300,7 @@ pub fn finetune_from(
         data,
         pad_id: md.tok.pad_id,
         batch_size: cfg.batch_size,
+        chunked: cfg.chunked_loss,
     };
     let start = match resume {
         Some(ckpt) => {

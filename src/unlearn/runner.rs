@@ -488,6 +488,7 @@ impl<'a> Runner<'a> {
             retain: &self.retain_qa,
             idx,
             rmu: self.control.as_ref().map(|c| (self.rmu_layer, c)),
+            chunked: self.cfg.train.chunked_loss,
         }
     }
 }

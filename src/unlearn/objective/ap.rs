@@ -45,11 +45,10 @@ impl Term for Ap {
         }
     }
     fn loss(&self, c: &Ctx) -> Result<Tensor> {
-        use crate::infer::score::sum_logprobs;
         let bi = c.retain_refusals()?;
         let ba = c.retain()?;
-        let li = sum_logprobs(&c.model.forward(&bi.input)?, &bi)?;
-        let la = sum_logprobs(&c.model.forward(&ba.input)?, &ba)?;
+        let li = c.sum_logprobs(&bi)?;
+        let la = c.sum_logprobs(&ba)?;
         ap(&li, &la, self.beta)
     }
 }

@@ -54,11 +54,10 @@ impl Term for Dpo {
         }
     }
     fn loss(&self, c: &Ctx) -> Result<Tensor> {
-        use crate::infer::score::sum_logprobs;
         let bw = c.forget_refusals()?;
         let bl = c.forget()?;
-        let lw = sum_logprobs(&c.model.forward(&bw.input)?, &bw)?;
-        let ll = sum_logprobs(&c.model.forward(&bl.input)?, &bl)?;
+        let lw = c.sum_logprobs(&bw)?;
+        let ll = c.sum_logprobs(&bl)?;
         dpo(&lw, &c.ref_refusals()?, &ll, &c.ref_answers()?, self.beta)
     }
 }

@@ -112,12 +112,31 @@ pub struct Ctx<'a> {
     pub idx: &'a [usize],
     /// RMU's layer ℓ and control vector c·u.
     pub rmu: Option<(usize, &'a Tensor)>,
+    /// `train.chunked_loss`: label log-probabilities through the chunked LM-head op.
+    pub chunked: bool,
 }
 
 impl Ctx<'_> {
     /// [b] per-item mean answer NLL of the model on `b` (the GA, GD, IDK and SimNPO terms).
     pub fn nll_mean(&self, b: &Batch) -> Result<Tensor> {
-        crate::infer::score::nll_mean(&self.model.forward(&b.input)?, b)
+        let n: Vec<f32> = b.n_labels.iter().map(|&n| n.max(1) as f32).collect();
+        let n = Tensor::from_vec(n, b.n_labels.len(), b.input.device())?;
+        Ok(self.sum_logprobs(b)?.neg()?.div(&n)?)
+    }
+
+    /// [b, L−1] log p(target) of the model at every position of `b` (not masked): from the
+    /// logits, or through the chunked LM-head op with `train.chunked_loss`.
+    pub fn logprobs(&self, b: &Batch) -> Result<Tensor> {
+        if self.chunked {
+            self.model.label_logprobs_chunked(&b.input, &b.targets)
+        } else {
+            crate::ops::gather_logprobs(&self.model.forward(&b.input)?, &b.targets)
+        }
+    }
+
+    /// [b] Σ_t log p(a_t) of every answer of `b` (the NPO, DPO and AP terms).
+    pub fn sum_logprobs(&self, b: &Batch) -> Result<Tensor> {
+        Ok((self.logprobs(b)? * &b.mask)?.sum(1)?)
     }
     fn rows(&self, items: &[Encoded], idx: &[usize]) -> Result<Batch> {
         let refs: Vec<&Encoded> = idx.iter().map(|&i| &items[i]).collect();

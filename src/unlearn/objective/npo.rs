@@ -45,7 +45,7 @@ impl Term for Npo {
     }
     fn loss(&self, c: &Ctx) -> Result<Tensor> {
         let b = c.forget()?;
-        let nll = crate::infer::score::sum_logprobs(&c.model.forward(&b.input)?, &b)?.neg()?;
+        let nll = c.sum_logprobs(&b)?.neg()?;
         npo(&nll, &c.ref_answers()?.neg()?, self.beta)
     }
 }

@@ -58,7 +58,7 @@ impl Term for Satimp {
     }
     fn loss(&self, c: &Ctx) -> Result<Tensor> {
         let b = c.forget()?;
-        let lp = crate::ops::gather_logprobs(&c.model.forward(&b.input)?, &b.targets)?;
+        let lp = c.logprobs(&b)?;
         satimp(&lp, &b.mask, self.beta1, self.beta2)
     }
 }

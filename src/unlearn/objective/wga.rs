@@ -46,7 +46,7 @@ impl Term for Wga {
     }
     fn loss(&self, c: &Ctx) -> Result<Tensor> {
         let b = c.forget()?;
-        let lp = crate::ops::gather_logprobs(&c.model.forward(&b.input)?, &b.targets)?;
+        let lp = c.logprobs(&b)?;
         wga(&lp, &b.mask, self.beta)
     }
 }

@@ -1,0 +1,262 @@
+//! The LM head and the label log-probability in one op, computed in chunks of rows so the
+//! [rows, vocab] logits never exist in full (`train.chunked_loss`).
+//!
+//! For rows h_i (the final norm's output, [N, H]), the head W ([V, H]) and targets t_i:
+//!
+//!   z_i = W·h_i,   out_i = z_i[t_i] − logsumexp(z_i)
+//!
+//! Backward, with upstream g_i and p_i = softmax(z_i): ∂out_i/∂z_i = onehot(t_i) − p_i, so with
+//! G_i = g_i·(onehot(t_i) − p_i): dh_i = Gᵢ·W and dW = Σ_i G_iᵀ h_i. Both passes take `chunk`
+//! rows at a time: forward keeps only [chunk, V] logits, backward recomputes them (one extra
+//! [chunk, H]·[H, V] product per chunk) and accumulates dW in place. Peak extra memory is
+//! chunk·V instead of N·V for the logits plus N·V for their gradient. dW is computed only when W
+//! is tracked (a frozen head under LoRA costs no dW product).
+use std::sync::Arc;
+
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+use super::fused::{cont, float, zero, Real};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// Rows per chunk: about 16 M logits (64 MiB in f32) at a time, at least 8 rows.
+pub fn chunk_rows(vocab: usize) -> usize {
+    ((16usize << 20) / vocab.max(1)).max(8)
+}
+
+pub struct LmHeadLogprobs {
+    pub targets: Arc<Vec<u32>>,
+    pub chunk: usize,
+}
+
+fn dims(lh: &Layout, lw: &Layout, n_targets: usize, op: &str) -> CResult<(usize, usize, usize)> {
+    let (hd, wd) = (lh.dims(), lw.dims());
+    if hd.len() != 2 || wd.len() != 2 || hd[1] != wd[1] {
+        bail!("{op}: rows {hd:?} and head {wd:?} do not fit");
+    }
+    if n_targets != hd[0] {
+        bail!("{op}: {n_targets} targets for {} rows", hd[0]);
+    }
+    Ok((hd[0], hd[1], wd[0]))
+}
+
+/// dst[m×n] (+)= lhs[m×k]·rhs[k×n], operands by (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn gemm<T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    (drs, dcs): (usize, usize),
+    (lhs, lrs, lcs): (&[T], usize, usize),
+    (rhs, rrs, rcs): (&[T], usize, usize),
+    accumulate: bool,
+) {
+    if m * n * k == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k >= 1 << 18 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the slices hold the matrices the strides describe (checked by `dims` and the
+    // callers' chunk arithmetic); dst is exclusively borrowed.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dcs as isize,
+            drs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lcs as isize,
+            lrs as isize,
+            rhs.as_ptr(),
+            rcs as isize,
+            rrs as isize,
+            T::from_f64(1.0),
+            T::from_f64(1.0),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// Logits of rows r0..r0+c: [c, V] = h[r0..]·Wᵀ.
+fn chunk_logits<T: WithDType>(h: &[T], w: &[T], r0: usize, c: usize, hid: usize, v: usize) -> Vec<T> {
+    let mut z = vec![zero::<T>(); c * v];
+    gemm(
+        (c, v, hid),
+        &mut z,
+        (v, 1),
+        (&h[r0 * hid..(r0 + c) * hid], hid, 1),
+        (w, 1, hid),
+        false,
+    );
+    z
+}
+
+/// (max, log Σ exp(z − max)) of a row.
+fn lse<T: Real>(z: &[T]) -> (T, T) {
+    let m = z.iter().fold(T::from_f64(f64::NEG_INFINITY), |a, &b| if b > a { b } else { a });
+    let s: f64 = z.iter().map(|&x| (x - m).to_f64().exp()).sum();
+    (m, T::from_f64(s.ln()))
+}
+
+impl LmHeadLogprobs {
+    fn fwd<T: Real>(&self, h: &[T], w: &[T], n: usize, hid: usize, v: usize) -> Vec<T> {
+        let mut out = vec![zero::<T>(); n];
+        for r0 in (0..n).step_by(self.chunk) {
+            let c = self.chunk.min(n - r0);
+            let z = chunk_logits(h, w, r0, c, hid, v);
+            out[r0..r0 + c]
+                .par_iter_mut()
+                .zip(z.par_chunks(v))
+                .enumerate()
+                .for_each(|(i, (o, zr))| {
+                    let (m, l) = lse(zr);
+                    *o = zr[self.targets[r0 + i] as usize] - m - l;
+                });
+        }
+        out
+    }
+}
+
+impl CustomOp2 for LmHeadLogprobs {
+    fn name(&self) -> &'static str {
+        "unlearn-lm-head-logprobs"
+    }
+    fn cpu_fwd(
+        &self,
+        sh: &CpuStorage,
+        lh: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (n, hid, v) = dims(lh, lw, self.targets.len(), name)?;
+        if let Some(&t) = self.targets.iter().find(|&&t| t as usize >= v) {
+            bail!("{name}: target {t} outside the vocabulary of {v}");
+        }
+        float!(sh, name, T => {
+            let h: &[T] = cont(sh, lh, name)?;
+            let w: &[T] = cont(sw, lw, name)?;
+            let y = self.fwd(h, w, n, hid, v);
+            Ok((T::to_cpu_storage_owned(y), Shape::from(n)))
+        })
+    }
+    fn bwd(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        _out: &Tensor,
+        g: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let op = LmHeadBwd {
+            targets: self.targets.clone(),
+            chunk: self.chunk,
+            dh: h.track_op(),
+            dw: w.track_op(),
+        };
+        if !op.dh && !op.dw {
+            return Ok((None, None));
+        }
+        let packed = h
+            .contiguous()?
+            .apply_op3_no_bwd(&w.contiguous()?, &g.contiguous()?, &op)?;
+        let nh = if op.dh { h.elem_count() } else { 0 };
+        let dh = op
+            .dh
+            .then(|| packed.narrow(0, 0, nh)?.reshape(h.shape()))
+            .transpose()?;
+        let dw = op
+            .dw
+            .then(|| packed.narrow(0, nh, w.elem_count())?.reshape(w.shape()))
+            .transpose()?;
+        Ok((dh, dw))
+    }
+}
+
+/// (h, W, g) -> [dh (when `dh`), dW (when `dw`)], flattened one after the other.
+struct LmHeadBwd {
+    targets: Arc<Vec<u32>>,
+    chunk: usize,
+    dh: bool,
+    dw: bool,
+}
+
+impl LmHeadBwd {
+    fn run<T: Real>(&self, h: &[T], w: &[T], g: &[T], n: usize, hid: usize, v: usize) -> Vec<T> {
+        let nh = if self.dh { n * hid } else { 0 };
+        let mut out = vec![zero::<T>(); nh + if self.dw { v * hid } else { 0 }];
+        let (dh, dw) = out.split_at_mut(nh);
+        for r0 in (0..n).step_by(self.chunk) {
+            let c = self.chunk.min(n - r0);
+            // z becomes G = g·(onehot − softmax(z)) in place
+            let mut z = chunk_logits(h, w, r0, c, hid, v);
+            z.par_chunks_mut(v).enumerate().for_each(|(i, zr)| {
+                let (m, l) = lse(zr);
+                let gi = g[r0 + i];
+                for x in zr.iter_mut() {
+                    let p = T::from_f64((*x - m - l).to_f64().exp());
+                    *x = -(gi * p);
+                }
+                zr[self.targets[r0 + i] as usize] += gi;
+            });
+            if self.dh {
+                // dh[c×H] = G[c×V]·W[V×H]
+                gemm(
+                    (c, hid, v),
+                    &mut dh[r0 * hid..(r0 + c) * hid],
+                    (hid, 1),
+                    (&z, v, 1),
+                    (w, hid, 1),
+                    false,
+                );
+            }
+            if self.dw {
+                // dW[V×H] += Gᵀ[V×c]·h[c×H]
+                gemm(
+                    (v, hid, c),
+                    dw,
+                    (hid, 1),
+                    (&z, 1, v),
+                    (&h[r0 * hid..(r0 + c) * hid], hid, 1),
+                    r0 > 0,
+                );
+            }
+        }
+        out
+    }
+}
+
+impl CustomOp3 for LmHeadBwd {
+    fn name(&self) -> &'static str {
+        "unlearn-lm-head-logprobs-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        sh: &CpuStorage,
+        lh: &Layout,
+        sw: &CpuStorage,
+        lw: &Layout,
+        sg: &CpuStorage,
+        lg: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (n, hid, v) = dims(lh, lw, self.targets.len(), name)?;
+        float!(sh, name, T => {
+            let h: &[T] = cont(sh, lh, name)?;
+            let w: &[T] = cont(sw, lw, name)?;
+            let g: &[T] = cont(sg, lg, name)?;
+            let y = self.run(h, w, g, n, hid, v);
+            let len = y.len();
+            Ok((T::to_cpu_storage_owned(y), Shape::from(len)))
+        })
+    }
+}
