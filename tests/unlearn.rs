@@ -604,11 +604,11 @@ fn unierase_case(untied: bool) {
     }
 }
 
-/// `train.chunked_loss` (the LM head and log-softmax in chunks of rows) computes the same run:
-/// every weight within float noise of the plain run, for a logits-only term (NPO + GD) and for
-/// fine-tuning.
+/// `train.chunked_loss` (the LM head and log-softmax in chunks of rows) and
+/// `train.checkpoint_activations` compute the same run: every weight within float noise of the
+/// plain run, for a logits-only term (NPO + GD), a full-distribution one (KL) and fine-tuning.
 #[test]
-fn chunked_loss_gives_the_same_run() {
+fn chunked_loss_and_checkpointing_give_the_same_run() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     setup(p);
@@ -626,23 +626,57 @@ fn chunked_loss_gives_the_same_run() {
             .params()
             .iter()
             .zip(y.model.params())
-            .map(|((_, u), (_, v))| unlearn::ops::max_abs_diff(u.as_tensor(), v.as_tensor()).unwrap())
+            .map(|((_, u), (_, v))| {
+                unlearn::ops::max_abs_diff(u.as_tensor(), v.as_tensor()).unwrap()
+            })
             .fold(0.0, f64::max)
     };
     // Adam moves an element by about lr per step whatever its gradient's size, so an element
     // whose gradient is float noise may differ by a fraction of lr (1e-3 here)
     let dw = max_diff("plain", "chunked");
     assert!(dw < 5e-4, "weights differ by {dw}");
+    unlearn(
+        p,
+        "npo+gd",
+        "ck",
+        &[
+            "train.checkpoint_activations=true",
+            "train.chunked_loss=true",
+        ],
+    );
+    let dw = max_diff("plain", "ck");
+    assert!(dw < 5e-4, "checkpointed: weights differ by {dw}");
+    unlearn(p, "ga+kl", "kl", &[]);
+    unlearn(p, "ga+kl", "kl_ck", &["train.checkpoint_activations=true"]);
+    let dw = max_diff("kl", "kl_ck");
+    assert!(dw < 5e-4, "checkpointed KL: weights differ by {dw}");
     assert!(max_diff("plain", "ft") > 1e-3, "the run changed nothing");
-    for (out, extra) in [("fa", "chunked_loss=false"), ("fb", "chunked_loss=true")] {
+    for (out, extra) in [
+        ("fa", "chunked_loss=false"),
+        ("fb", "chunked_loss=true"),
+        ("fc", "checkpoint_activations=true"),
+    ] {
         ok(
             &[
-                "finetune", "--model", "tiny", "--data", "all.jsonl", "--out", out, "--set",
-                "lr=3e-3", "--set", "epochs=3", "--set", extra,
+                "finetune",
+                "--model",
+                "tiny",
+                "--data",
+                "all.jsonl",
+                "--out",
+                out,
+                "--set",
+                "lr=3e-3",
+                "--set",
+                "epochs=3",
+                "--set",
+                extra,
             ],
             p,
         );
     }
-    let dw = max_diff("fa", "fb");
-    assert!(dw < 1.5e-3, "fine-tuned weights differ by {dw}"); // lr 3e-3
+    for other in ["fb", "fc"] {
+        let dw = max_diff("fa", other);
+        assert!(dw < 1.5e-3, "{other}: fine-tuned weights differ by {dw}"); // lr 3e-3
+    }
 }

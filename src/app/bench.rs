@@ -14,10 +14,10 @@ use crate::data::Encoded;
 use crate::error::Result;
 use crate::infer::generate::{generate, GenConfig};
 use crate::infer::score::{score, Batch};
-use candle_core::Tensor;
 use crate::model::Llama;
 use crate::optim::{AdamW, AdamWConfig, GradAccum};
 use crate::util::rng::Rng;
+use candle_core::Tensor;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchConfig {
@@ -38,6 +38,8 @@ pub struct BenchConfig {
     pub lora_r: usize,
     /// The loss through the chunked LM-head op (`train.chunked_loss`).
     pub chunked_loss: bool,
+    /// Activation checkpointing per layer (`train.checkpoint_activations`).
+    pub checkpoint_activations: bool,
 }
 
 impl BenchConfig {
@@ -156,6 +158,7 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
         };
         Ok((lp * &b.mask)?)
     };
+    model.set_activation_checkpointing(c.checkpoint_activations);
     let mut opt = AdamW::new(params.clone(), AdamWConfig::default())?;
     let mut acc = GradAccum::new(params.len());
     let mut train_step = |_: ()| -> Result<()> {
@@ -169,7 +172,7 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
                 (f + rl)?
             }
         };
-        acc.add(&params, &loss.backward()?)?;
+        acc.add(&params, &model.backward(&loss)?)?;
         opt.step(&acc.grads, 1e-5, 1.0)
     };
     train_step(())?;
@@ -178,6 +181,7 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
         train_steps_s.push(timed(|| train_step(()))?);
     }
     let train_step_s = median(&train_steps_s);
+    model.set_activation_checkpointing(false);
     let tokens = (c.batch * c.seq) as f64;
     let train_tokens = tokens * if npo { 2.0 } else { 1.0 };
 

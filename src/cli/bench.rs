@@ -40,6 +40,9 @@ pub struct Args {
     /// Compute the loss through the chunked LM-head op (`train.chunked_loss`).
     #[arg(long)]
     chunked_loss: bool,
+    /// Activation checkpointing per decoder layer (`train.checkpoint_activations`).
+    #[arg(long)]
+    checkpoint_activations: bool,
     /// Run the composite candle ops instead of the fused CPU kernels (the pre-#9 path).
     #[arg(long)]
     composite: bool,
@@ -266,6 +269,7 @@ pub fn run(a: Args) -> Result<()> {
         objective: a.objective.clone(),
         lora_r: a.lora_r,
         chunked_loss: a.chunked_loss,
+        checkpoint_activations: a.checkpoint_activations,
     };
     c.check(&md.model)?;
     let ops = if unlearn::ops::fused_enabled() {
@@ -284,12 +288,24 @@ pub fn run(a: Args) -> Result<()> {
         "training         {}{}{}",
         a.objective,
         if a.lora_r > 0 {
-            format!(", LoRA r = {} on every linear layer ({} adapter parameters)", a.lora_r,
-                md.model.adapters().iter().map(|(_, v)| v.elem_count()).sum::<usize>())
+            format!(
+                ", LoRA r = {} on every linear layer ({} adapter parameters)",
+                a.lora_r,
+                md.model
+                    .adapters()
+                    .iter()
+                    .map(|(_, v)| v.elem_count())
+                    .sum::<usize>()
+            )
         } else {
             ", every weight".into()
         },
-        if a.chunked_loss { ", chunked loss" } else { "" }
+        match (a.chunked_loss, a.checkpoint_activations) {
+            (true, true) => ", chunked loss, activation checkpointing",
+            (true, false) => ", chunked loss",
+            (false, true) => ", activation checkpointing",
+            _ => "",
+        }
     );
     if !a.compare_torch {
         let r = bench(&md.model, &c)?;

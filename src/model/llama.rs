@@ -68,11 +68,29 @@ impl KvCache {
     }
 }
 
+/// grads[t] += g.
+fn accumulate(grads: &mut candle_core::backprop::GradStore, t: &Tensor, g: &Tensor) -> Result<()> {
+    let sum = match grads.remove(t) {
+        Some(old) => (old + g)?,
+        None => g.clone(),
+    };
+    grads.insert(t, sum);
+    Ok(())
+}
+
 /// A linear layer: y = x·Wᵀ (+ b) (+ s·(x·Aᵀ)·Bᵀ with a LoRA adapter A, B).
 struct Lin {
     w: Tensor,
     b: Option<Tensor>,
     ad: Option<(Tensor, Tensor)>,
+}
+
+impl Lin {
+    fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        std::iter::once(&self.w)
+            .chain(self.b.as_ref())
+            .chain(self.ad.iter().flat_map(|(a, b)| [a, b]))
+    }
 }
 
 struct Layer {
@@ -85,6 +103,19 @@ struct Layer {
     gate: Lin,
     up: Lin,
     down: Lin,
+}
+
+impl Layer {
+    /// Every tensor the layer computes with (the keys of its parameters' gradients).
+    fn tensors(&self) -> Vec<&Tensor> {
+        let mut v = vec![&self.ln1, &self.ln2];
+        for l in [
+            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
+        ] {
+            v.extend(l.tensors());
+        }
+        v
+    }
 }
 
 pub struct Llama {
@@ -101,6 +132,35 @@ pub struct Llama {
     device: Device,
     /// LoRA adapters on some linear layers (`lora.rs`); None: the plain model.
     lora: Option<std::sync::Arc<Lora>>,
+    /// Some parameter enters the graph tracked (a model being trained, not a frozen view).
+    tracked_any: bool,
+    /// Activation checkpointing (`train.checkpoint_activations`) and its tape.
+    ckpt: std::sync::Arc<Checkpointing>,
+}
+
+/// Per-layer activation checkpointing. A training forward keeps only each layer's input
+/// ([b, t, h]); the layers run without a graph, and the final norm and head start from a leaf
+/// holding the last layer's output. [`Llama::backward_checkpointed`] then walks the layers
+/// backwards: each is recomputed from its saved input with a graph, and the gradient of
+/// Σ(y ⊙ ∂L/∂y) gives its parameters' gradients and ∂L/∂x for the layer below. Memory: one
+/// layer's activations instead of all of them; time: one more forward of every layer.
+#[derive(Default)]
+struct Checkpointing {
+    on: std::sync::atomic::AtomicBool,
+    tape: std::sync::Mutex<Vec<Tape>>,
+}
+
+/// One checkpointed forward awaiting its backward.
+struct Tape {
+    /// The embedding output with its graph (its gradient reaches the embedding).
+    embedded: Tensor,
+    /// Input of every layer (detached).
+    inputs: Vec<Tensor>,
+    /// The leaf the final norm started from (the last layer's output).
+    last: Var,
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
 }
 
 /// Inverse frequencies of RoPE in f32, computed as `transformers` does (incl. Llama 3 scaling).
@@ -312,7 +372,14 @@ impl Llama {
                 )
             }
         };
+        let tracked_any = params.iter().any(|(n, _)| tracked(n))
+            || lora
+                .iter()
+                .flat_map(|l| l.params())
+                .any(|(n, _)| tracked(&n));
         Ok(Llama {
+            tracked_any,
+            ckpt: Default::default(),
             norm: get("model.norm.weight").unwrap(),
             embed,
             lm_head,
@@ -525,7 +592,41 @@ impl Llama {
         } else {
             self.layers.len()
         };
-        for (li, layer) in self.layers.iter().enumerate().take(last_needed) {
+        let checkpoint = self.tracked_any
+            && self.ckpt.on.load(std::sync::atomic::Ordering::Relaxed)
+            && cache.is_none()
+            && hooks.hidden_layers.is_empty()
+            && hooks.mlp_act.is_none()
+            && hooks.residual.is_none()
+            && !hooks.skip_logits;
+        if checkpoint {
+            let embedded = x.clone();
+            let mut inputs = Vec::with_capacity(self.layers.len());
+            x = x.detach();
+            for (li, layer) in self.layers.iter().enumerate() {
+                inputs.push(x.clone());
+                // computed with the graph and detached at once: its activations are freed here
+                x = self
+                    .layer_forward(li, layer, &x, &cos, &sin, &mask, None, &hooks)?
+                    .detach();
+            }
+            let last = Var::from_tensor(&x)?;
+            x = last.as_tensor().clone();
+            self.ckpt.tape.lock().unwrap().push(Tape {
+                embedded,
+                inputs,
+                last,
+                cos: cos.clone(),
+                sin: sin.clone(),
+                mask: mask.clone(),
+            });
+        }
+        for (li, layer) in
+            self.layers
+                .iter()
+                .enumerate()
+                .take(if checkpoint { 0 } else { last_needed })
+        {
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[li]);
             x = self.layer_forward(li, layer, &x, &cos, &sin, &mask, kv, &hooks)?;
             if let Some(h) = hooks.residual {
@@ -561,7 +662,10 @@ impl Llama {
             head_input_only: true,
             ..Default::default()
         };
-        let h = self.forward_with(ids, None, None, None, hooks)?.logits.unwrap();
+        let h = self
+            .forward_with(ids, None, None, None, hooks)?
+            .logits
+            .unwrap();
         ops::lm_head_logprobs(&h, &self.lm_head, targets)
     }
 
@@ -659,6 +763,67 @@ impl Llama {
             }
         }
         Ok((h + self.lin(&act, &l.down)?)?)
+    }
+
+    /// Turn activation checkpointing on or off for training forwards of this model (see
+    /// [`Checkpointing`]); a loss's gradients must then pass through
+    /// [`Llama::backward_checkpointed`].
+    pub fn set_activation_checkpointing(&self, on: bool) {
+        self.ckpt.on.store(on, std::sync::atomic::Ordering::Relaxed);
+        if !on {
+            self.ckpt.tape.lock().unwrap().clear();
+        }
+    }
+
+    /// `loss.backward()`, completed through the checkpointed layers of this step's forwards
+    /// (without checkpointing, just `loss.backward()`).
+    pub fn backward(&self, loss: &Tensor) -> Result<candle_core::backprop::GradStore> {
+        let grads = loss.backward()?;
+        self.backward_checkpointed(grads)
+    }
+
+    /// Complete `grads` (from a loss over checkpointed forwards) with the gradients of every
+    /// layer's parameters and the embedding, recomputing one layer at a time; clears the tape.
+    pub fn backward_checkpointed(
+        &self,
+        mut grads: candle_core::backprop::GradStore,
+    ) -> Result<candle_core::backprop::GradStore> {
+        let tapes = std::mem::take(&mut *self.ckpt.tape.lock().unwrap());
+        for tape in tapes.into_iter().rev() {
+            let Some(mut g) = grads.remove(tape.last.as_tensor()) else {
+                continue; // this forward did not reach the loss
+            };
+            for (li, layer) in self.layers.iter().enumerate().rev() {
+                let x = Var::from_tensor(&tape.inputs[li])?;
+                let y = self.layer_forward(
+                    li,
+                    layer,
+                    x.as_tensor(),
+                    &tape.cos,
+                    &tape.sin,
+                    &tape.mask,
+                    None,
+                    &Hooks::default(),
+                )?;
+                let gs = (y * &g)?.sum_all()?.backward()?;
+                for p in layer.tensors() {
+                    if let Some(gp) = gs.get(p) {
+                        accumulate(&mut grads, p, gp)?;
+                    }
+                }
+                g = match gs.get(x.as_tensor()) {
+                    Some(gx) => gx.clone(),
+                    None => return Ok(grads),
+                };
+            }
+            if tape.embedded.track_op() {
+                let gs = (&tape.embedded * &g)?.sum_all()?.backward()?;
+                if let Some(ge) = gs.get(&self.embed) {
+                    accumulate(&mut grads, &self.embed, ge)?;
+                }
+            }
+        }
+        Ok(grads)
     }
 
     /// x·Wᵀ + b, plus s·(dropout(x)·Aᵀ)·Bᵀ where the layer has an adapter (dropout only while

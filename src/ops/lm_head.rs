@@ -88,7 +88,14 @@ fn gemm<T: WithDType>(
 }
 
 /// Logits of rows r0..r0+c: [c, V] = h[r0..]·Wᵀ.
-fn chunk_logits<T: WithDType>(h: &[T], w: &[T], r0: usize, c: usize, hid: usize, v: usize) -> Vec<T> {
+fn chunk_logits<T: WithDType>(
+    h: &[T],
+    w: &[T],
+    r0: usize,
+    c: usize,
+    hid: usize,
+    v: usize,
+) -> Vec<T> {
     let mut z = vec![zero::<T>(); c * v];
     gemm(
         (c, v, hid),
@@ -103,7 +110,10 @@ fn chunk_logits<T: WithDType>(h: &[T], w: &[T], r0: usize, c: usize, hid: usize,
 
 /// (max, log Σ exp(z − max)) of a row.
 fn lse<T: Real>(z: &[T]) -> (T, T) {
-    let m = z.iter().fold(T::from_f64(f64::NEG_INFINITY), |a, &b| if b > a { b } else { a });
+    let m = z.iter().fold(
+        T::from_f64(f64::NEG_INFINITY),
+        |a, &b| if b > a { b } else { a },
+    );
     let s: f64 = z.iter().map(|&x| (x - m).to_f64().exp()).sum();
     (m, T::from_f64(s.ln()))
 }

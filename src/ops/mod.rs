@@ -174,7 +174,10 @@ pub fn lm_head_logprobs(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tens
         )));
     }
     if fused_for(h) && w.dtype() == h.dtype() {
-        let t = targets.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let t = targets
+            .flatten_all()?
+            .to_dtype(DType::U32)?
+            .to_vec1::<u32>()?;
         let op = lm_head::LmHeadLogprobs {
             targets: std::sync::Arc::new(t),
             chunk: lm_head::chunk_rows(w.dim(0)?),

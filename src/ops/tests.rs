@@ -543,7 +543,9 @@ fn chunked_lm_head_matches_logits_then_gather() {
     for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 2e-5)] {
         let h = Var::from_tensor(&randn(&[rows, hid], 1, dtype)).unwrap();
         let w = Var::from_tensor(&randn(&[vocab, hid], 2, dtype)).unwrap();
-        let t: Vec<u32> = (0..rows as u32).map(|i| (i * 7 + 3) % vocab as u32).collect();
+        let t: Vec<u32> = (0..rows as u32)
+            .map(|i| (i * 7 + 3) % vocab as u32)
+            .collect();
         let targets = Tensor::from_vec(t.clone(), rows, &Device::Cpu).unwrap();
         let op = lm_head::LmHeadLogprobs {
             targets: std::sync::Arc::new(t),
@@ -566,7 +568,12 @@ fn chunked_lm_head_matches_logits_then_gather() {
         close(&y1, &yc, tol, "lm_head_logprobs");
         let g1 = weighted(&y1, 3).backward().unwrap();
         assert!(g1.get(&w).is_none(), "a frozen head got a gradient");
-        close(g1.get(&h).unwrap(), gc.get(&h).unwrap(), tol * 10.0, "dh, frozen W");
+        close(
+            g1.get(&h).unwrap(),
+            gc.get(&h).unwrap(),
+            tol * 10.0,
+            "dh, frozen W",
+        );
     }
     // finite differences (f64) through the chunked op, on h and W
     let h0 = randn(&[5, 3], 4, DType::F64);
@@ -579,11 +586,18 @@ fn chunked_lm_head_matches_logits_then_gather() {
         };
         weighted(&h.apply_op2(w, op).unwrap(), 8)
     };
-    let (hv, wv) = (Var::from_tensor(&h0).unwrap(), Var::from_tensor(&w0).unwrap());
+    let (hv, wv) = (
+        Var::from_tensor(&h0).unwrap(),
+        Var::from_tensor(&w0).unwrap(),
+    );
     let g = f(hv.as_tensor(), wv.as_tensor()).backward().unwrap();
     for (which, x0) in [(0, &h0), (1, &w0)] {
         let gx = g
-            .get(if which == 0 { hv.as_tensor() } else { wv.as_tensor() })
+            .get(if which == 0 {
+                hv.as_tensor()
+            } else {
+                wv.as_tensor()
+            })
             .unwrap()
             .flatten_all()
             .unwrap()

@@ -55,6 +55,11 @@ pub struct TrainConfig {
     /// CE-U) compute logits as before. Off by default.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub chunked_loss: bool,
+    /// Keep only each decoder layer's input during a training forward and recompute the layer
+    /// in the backward pass (`Llama::backward_checkpointed`): one layer's activations in memory
+    /// instead of all, for one more forward per step. Off by default.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub checkpoint_activations: bool,
 }
 
 impl Default for TrainConfig {
@@ -77,6 +82,7 @@ impl Default for TrainConfig {
             adamw: AdamWConfig::default(),
             sophia: SophiaConfig::default(),
             chunked_loss: false,
+            checkpoint_activations: false,
         }
     }
 }
@@ -181,7 +187,7 @@ pub fn gnb_refresh(
         let (loss, n) =
             crate::infer::score::sampled_label_nll(&model.forward(&b.input)?, b, &mut rng)?;
         b_total += n;
-        acc.add(params, &loss.backward()?)?;
+        acc.add(params, &model.backward(&loss)?)?;
     }
     // Σ-gradient G = B·ĝ, so B·ĝ⊙ĝ = G⊙G / B
     opt.update_curvature(&acc.grads, 1.0 / b_total.max(1) as f64)
@@ -225,7 +231,9 @@ impl trainer::Objective for Nll<'_> {
     ) -> Result<trainer::MicroLoss> {
         let batch = self.batch(idx)?;
         let loss = if self.chunked {
-            let lp = (self.model.label_logprobs_chunked(&batch.input, &batch.targets)?
+            let lp = (self
+                .model
+                .label_logprobs_chunked(&batch.input, &batch.targets)?
                 * &batch.mask)?;
             (lp.sum_all()?.neg()? / batch.total_labels().max(1) as f64)?
         } else {
@@ -277,6 +285,7 @@ pub fn finetune_from(
     }
     std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
     let model = &md.model;
+    model.set_activation_checkpointing(cfg.checkpoint_activations);
     let params = model.params().to_vec();
     let opt = Optimizer::new(cfg.optimizer, params.clone(), &cfg.adamw, &cfg.sophia)?;
     let log_path = run_dir.join("train_log.jsonl");

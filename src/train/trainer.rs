@@ -371,7 +371,7 @@ impl<'a> Trainer<'a> {
                     None => done.parts.push((k, v)),
                 }
             }
-            acc.add(&self.params, &ml.loss.backward()?)?;
+            acc.add(&self.params, &self.model.backward(&ml.loss)?)?;
         }
         if self.opt.needs_curvature() {
             let batches = obj.curvature_batches(group)?;

@@ -130,6 +130,12 @@ impl crate::config::Validate for RunConfig {
         c.sub("train", &self.train);
         if let Some(l) = &self.lora {
             c.sub("lora", l);
+            if l.dropout > 0.0 && self.train.checkpoint_activations {
+                c.fail(
+                    "lora.dropout",
+                    "must be 0 with train.checkpoint_activations (the recomputed layers would draw other dropout masks than the forward did)",
+                );
+            }
         }
         if let Some(e) = &self.eval {
             c.sub("eval", e);

@@ -302,6 +302,7 @@ impl<'a> Runner<'a> {
         }
         let n_items = self.tasks[ti].forget.len();
         let spec = Spec::new(t, n_items, t.seed ^ (ti as u64) << 32);
+        model.set_activation_checkpointing(t.checkpoint_activations);
         let mut tr = Trainer::new(model, self.trainable.clone(), opt, spec);
         let start = match resumed {
             Some((s, ckpt)) => {

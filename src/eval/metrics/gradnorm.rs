@@ -81,7 +81,7 @@ fn grad_norms(p: &mut Passes, s: SetName) -> Got<Vec<f64>> {
         let batch = Batch::new(&[e], 0, model.device())?;
         let logits = logits_masked(model, &batch.input, mask)?;
         let loss = nll_mean(&logits, &batch)?.sum_all()?;
-        let grads = loss.backward()?;
+        let grads = model.backward(&loss)?;
         let mut norms = vec![];
         for (_, v) in model.params() {
             if let Some(g) = grads.get(v.as_tensor()) {
