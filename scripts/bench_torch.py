@@ -28,6 +28,7 @@ ap.add_argument("--gen-tokens", type=int, default=32)
 ap.add_argument("--gen-runs", type=int, default=3)
 ap.add_argument("--objective", default="nll", choices=["nll", "npo+gd"])
 ap.add_argument("--lora-r", type=int, default=0)
+ap.add_argument("--checkpoint-activations", action="store_true")
 ap.add_argument("--json")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
@@ -42,6 +43,10 @@ if a.lora_r > 0:
                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                           "up_proj", "down_proj"], task_type="CAUSAL_LM")
     m = peft.get_peft_model(m, cfg)
+if a.checkpoint_activations:
+    # transformers' per-layer checkpointing (with peft the inputs must require grad)
+    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    m.train()
 def label_lp(x):
     out = m(input_ids=x[:, :-1])
     return torch.log_softmax(out.logits, -1).gather(-1, x[:, 1:, None]).squeeze(-1)
@@ -52,6 +57,12 @@ if a.objective == "npo+gd":
                 ref_nll = -label_lp(ids).sum(1)
         else:
             ref_nll = -label_lp(ids).sum(1)
+def vm_hwm_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+# the training phase's peak: reset the high-water mark once the model is loaded (Linux >= 4.0)
+open("/proc/self/clear_refs", "w").write("5")
 opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5,
                         weight_decay=0.01)
 def step():
@@ -68,6 +79,8 @@ def timed(f):
 step()
 steps = [timed(step) for _ in range(max(1, a.train_steps))]
 ts = statistics.median(steps)
+train_rss = vm_hwm_mib()
+del opt
 m.eval()
 sids = torch.randint(0, V, (max(1, a.score_batches) * a.batch, a.seq + 1))
 def score(x):
@@ -88,10 +101,11 @@ print(f"torch {torch.__version__}, threads {a.threads}")
 print(f"training step    {ts:.3f} s  ({a.batch * a.seq / ts:.0f} tokens/s, batch {a.batch}x{a.seq})")
 print(f"scoring          {sc:.0f} tokens/s")
 print(f"generation       {gen:.1f} tokens/s (batch {a.gen_batch}, greedy, KV cache)")
+print(f"training peak    {train_rss:.0f} MiB")
 print(f"peak RSS         {rss:.0f} MiB")
 if a.json:
     with open(a.json, "w") as f:
         json.dump({"torch": torch.__version__, "train_step_s": ts,
                    "train_tokens_per_s": a.batch * a.seq * (2 if a.objective == "npo+gd" else 1) / ts, "score_tokens_per_s": sc,
-                   "gen_tokens_per_s": gen, "peak_rss_mib": rss, "train_steps_s": steps,
+                   "gen_tokens_per_s": gen, "peak_rss_mib": rss, "train_peak_rss_mib": train_rss, "train_steps_s": steps,
                    "score_batches_s": batches, "gen_runs_s": runs}, f, indent=1)

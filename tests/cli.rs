@@ -310,3 +310,48 @@ fn bench_reports_medians_of_its_repetitions() {
         2.0 * 4.0 / median(&runs)
     ));
 }
+
+/// `unlearn init` writes every configuration key it is given, and with `--dtype bf16` streams a
+/// bf16 checkpoint (as 1B+ models come) that loads, trains and generates.
+#[test]
+fn init_writes_every_config_key_and_bf16_checkpoints() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    ok(
+        &[
+            "init", "--out", "m", "--hidden", "48", "--layers", "2", "--heads", "3", "--kv-heads",
+            "1", "--head-dim", "20", "--intermediate", "72", "--vocab", "300", "--untied",
+            "--max-position", "96", "--rope-theta", "500000", "--attention-bias", "--dtype", "bf16",
+        ],
+        p,
+    );
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("m/config.json")).unwrap()).unwrap();
+    for (k, v) in [
+        ("hidden_size", 48.0),
+        ("num_hidden_layers", 2.0),
+        ("num_attention_heads", 3.0),
+        ("num_key_value_heads", 1.0),
+        ("head_dim", 20.0),
+        ("intermediate_size", 72.0),
+        ("vocab_size", 300.0),
+        ("max_position_embeddings", 96.0),
+        ("rope_theta", 500000.0),
+    ] {
+        assert_eq!(c[k].as_f64(), Some(v), "{k}: {c}");
+    }
+    assert_eq!(c["tie_word_embeddings"], false);
+    assert_eq!(c["torch_dtype"], "bfloat16");
+    let md = unlearn::model::hf::ModelDir::load(&p.join("m"), &candle_core::Device::Cpu).unwrap();
+    assert!(md.model.param("lm_head.weight").is_some());
+    assert!(md.model.param("model.layers.0.self_attn.q_proj.bias").is_some());
+    std::fs::write(p.join("qa.jsonl"), SHORT_QA).unwrap();
+    ok(
+        &[
+            "finetune", "--model", "m", "--data", "qa.jsonl", "--out", "ft", "--set", "epochs=1",
+        ],
+        p,
+    );
+    let e = fails(&["init", "--out", "bad", "--hidden", "48", "--heads", "5"], p);
+    assert!(e.contains("--head-dim"), "{e}");
+}

@@ -85,6 +85,9 @@ pub struct BenchResult {
     pub params: usize,
     /// Median seconds per training step.
     pub train_step_s: f64,
+    /// Peak resident memory during the training steps (MiB; the peak is reset after the model is
+    /// loaded, so loading does not count). None where the OS does not tell.
+    pub train_peak_rss_mib: Option<f64>,
     pub train_tokens_per_s: f64,
     /// Batch tokens over the median seconds per scoring batch.
     pub score_tokens_per_s: f64,
@@ -159,6 +162,7 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
         Ok((lp * &b.mask)?)
     };
     model.set_activation_checkpointing(c.checkpoint_activations);
+    let reset = crate::util::mem::reset_peak_rss();
     let mut opt = AdamW::new(params.clone(), AdamWConfig::default())?;
     let mut acc = GradAccum::new(params.len());
     let mut train_step = |_: ()| -> Result<()> {
@@ -181,6 +185,8 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
         train_steps_s.push(timed(|| train_step(()))?);
     }
     let train_step_s = median(&train_steps_s);
+    let train_peak_rss_mib = reset.then(crate::util::mem::peak_rss_mib).flatten();
+    drop(opt);
     model.set_activation_checkpointing(false);
     let tokens = (c.batch * c.seq) as f64;
     let train_tokens = tokens * if npo { 2.0 } else { 1.0 };
@@ -225,6 +231,7 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
     Ok(BenchResult {
         params: model.num_params(),
         train_step_s,
+        train_peak_rss_mib,
         train_tokens_per_s: train_tokens / train_step_s,
         score_tokens_per_s: score_tps,
         gen_tokens_per_s: gen_tps,

@@ -88,6 +88,11 @@ fn torch_round(a: &Args, cfg: &BenchConfig, out: &std::path::Path) -> Result<ser
         .args(["--gen-runs", &cfg.gen_runs.to_string()])
         .args(["--objective", &cfg.objective])
         .args(["--lora-r", &cfg.lora_r.to_string()])
+        .args(if cfg.checkpoint_activations {
+            &["--checkpoint-activations"][..]
+        } else {
+            &[][..]
+        })
         .arg("--json")
         .arg(out)
         .stdout(std::process::Stdio::null())
@@ -201,6 +206,18 @@ fn report_comparison(
             serde_json::json!({"unlearn": o, "torch": t, "ratio_time": ratio}),
         );
     }
+    let torch_train_rss = theirs
+        .iter()
+        .filter_map(|t| t["train_peak_rss_mib"].as_f64())
+        .fold(f64::NAN, f64::max);
+    let ours_train_rss = ours
+        .iter()
+        .filter_map(|r| r.train_peak_rss_mib)
+        .fold(f64::NAN, f64::max);
+    println!(
+        "{:<22} {:>12.0} {:>12.0}",
+        "training peak (MiB)", ours_train_rss, torch_train_rss
+    );
     println!(
         "{:<22} {:>12.0} {:>12.0}",
         "peak RSS (MiB)",
@@ -214,6 +231,7 @@ fn report_comparison(
             "config": c,
             "medians": summary,
             "peak_rss_mib": {"unlearn": rss, "torch": torch_rss},
+            "train_peak_rss_mib": {"unlearn": ours_train_rss, "torch": torch_train_rss},
             "unlearn_rounds": ours,
             "torch_rounds": theirs,
         });
@@ -335,6 +353,9 @@ fn print_ours(r: &BenchResult, a: &Args, rss: Option<f64>) {
         "generation       {:.1} tokens/s (batch {}, greedy, KV cache)",
         r.gen_tokens_per_s, a.gen_batch
     );
+    if let Some(m) = r.train_peak_rss_mib {
+        println!("training peak    {m:.0} MiB (resident, model loaded; loading not counted)");
+    }
     if let Some(m) = rss {
         println!("peak RSS         {m:.0} MiB");
     }

@@ -28,6 +28,22 @@ pub struct Args {
     /// A separate LM head (`lm_head.weight`) instead of tied embeddings.
     #[arg(long)]
     untied: bool,
+    /// Width of each attention head (default: hidden / heads).
+    #[arg(long)]
+    head_dim: Option<usize>,
+    /// Context length (RoPE table size).
+    #[arg(long, default_value_t = 512)]
+    max_position: usize,
+    #[arg(long, default_value_t = 10000.0)]
+    rope_theta: f64,
+    /// Biases on the q, k, v and o projections (Llama's `attention_bias`).
+    #[arg(long)]
+    attention_bias: bool,
+    /// Weights on disk: f32, or bf16 (as 1B+ checkpoints come; written one tensor at a time, so
+    /// memory holds the largest tensor rather than the model; each tensor has its own seeded
+    /// stream, so the values differ from an f32 model of the same seed).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    dtype: String,
     #[command(flatten)]
     overwrite: Overwrite,
 }
@@ -58,8 +74,8 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     anyhow::ensure!(
-        a.hidden.is_multiple_of(a.heads),
-        "--hidden {} is not divisible by --heads {}",
+        a.head_dim.is_some() || a.hidden.is_multiple_of(a.heads),
+        "--hidden {} is not divisible by --heads {} (or give --head-dim)",
         a.hidden,
         a.heads
     );
@@ -70,15 +86,44 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(i) = a.intermediate {
         cfg.intermediate_size = i;
     }
-    cfg.validate_heads()?;
+    if let Some(d) = a.head_dim {
+        anyhow::ensure!((2..=1024).contains(&d) && d % 2 == 0, "--head-dim must be even, 2..1024");
+        cfg.head_dim = d;
+    }
+    anyhow::ensure!(
+        (2..=1 << 20).contains(&a.max_position),
+        "--max-position must be in 2..{}",
+        1 << 20
+    );
+    cfg.max_position_embeddings = a.max_position;
+    anyhow::ensure!(
+        a.rope_theta.is_finite() && a.rope_theta > 0.0,
+        "--rope-theta must be positive"
+    );
+    cfg.rope_theta = a.rope_theta;
+    cfg.qkv_bias = a.attention_bias;
+    cfg.o_bias = a.attention_bias;
+    if a.head_dim.is_none() {
+        cfg.validate_heads()?; // hidden = heads × head_dim (an explicit --head-dim may differ)
+    }
     // the checks every loader runs: what we write, we can load
     cfg.check()
         .map_err(|e| anyhow::anyhow!("the requested model is not valid: {e}"))?;
-    // the weights in f32, written once from memory (with the serialisation buffer, twice)
     let n = cfg.num_params_wide();
-    unlearn::util::mem::check_fits(&format!("a random model of {n} parameters"), n * 4 * 2)?;
+    if a.dtype == "bf16" {
+        // one tensor at a time: the largest (the embedding) in f64 draws and bf16 bytes
+        let largest = cfg.vocab_size.max(cfg.intermediate_size) * cfg.hidden_size;
+        unlearn::util::mem::check_fits("the largest tensor of the random model", largest as u128 * 4)?;
+    } else {
+        // the weights in f32, written once from memory (with the serialisation buffer, twice)
+        unlearn::util::mem::check_fits(&format!("a random model of {n} parameters"), n * 4 * 2)?;
+    }
     let out = Pending::claim("--out", &a.out, OutKind::Model, &[], a.overwrite.overwrite)?;
-    unlearn::model::fixture::write_tiny_llama_files(out.tmp(), cfg.clone(), a.seed)?;
+    if a.dtype == "bf16" {
+        unlearn::model::fixture::write_random_bf16_files(out.tmp(), &cfg, a.seed)?;
+    } else {
+        unlearn::model::fixture::write_tiny_llama_files(out.tmp(), cfg.clone(), a.seed)?;
+    }
     out.commit()?;
     println!(
         "wrote a random Llama ({} parameters) to {}",

@@ -18,8 +18,5 @@ pub mod sweep;
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`; None elsewhere).
 pub fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    unlearn::util::mem::peak_rss_mib()
 }

@@ -35,3 +35,84 @@ pub fn write_tiny_llama_files(dir: &Path, cfg: LlamaConfig, seed: u64) -> Result
     let model = Llama::random(cfg, seed, &Device::Cpu)?;
     crate::model::hf::write_model_files(&model, &tiny_tokenizer(), None, &[], dir)
 }
+
+/// One tensor of [`write_random_bf16_files`], generated when the writer asks for its bytes.
+struct LazyRandom {
+    name: String,
+    shape: Vec<usize>,
+    seed: u64,
+}
+
+impl LazyRandom {
+    fn values(&self) -> Vec<half::bf16> {
+        let n: usize = self.shape.iter().product();
+        if self.name.ends_with("norm.weight") {
+            return vec![half::bf16::ONE; n];
+        }
+        if self.name.ends_with(".bias") {
+            return vec![half::bf16::ZERO; n];
+        }
+        let h = crate::util::rng::hash_bytes(self.name.as_bytes());
+        let mut rng = crate::util::rng::Rng::for_item(self.seed, "init", h);
+        (0..n)
+            .map(|_| half::bf16::from_f64(rng.normal() * 0.02))
+            .collect()
+    }
+}
+
+impl safetensors::View for LazyRandom {
+    fn dtype(&self) -> safetensors::Dtype {
+        safetensors::Dtype::BF16
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        let v = self.values();
+        std::borrow::Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * 2
+    }
+}
+
+/// Write a random Llama of configuration `cfg` in bf16 (as real checkpoints of 1B+ models come)
+/// into the existing directory `dir`, one tensor at a time: memory holds the largest tensor, not
+/// the model. Each tensor is drawn from its own seeded stream (normal(0, 0.02), norms at 1).
+pub fn write_random_bf16_files(dir: &Path, cfg: &LlamaConfig, seed: u64) -> Result<()> {
+    let mut json = cfg.to_json();
+    if let Some(o) = json.as_object_mut() {
+        o.insert("torch_dtype".into(), "bfloat16".into());
+        if cfg.rope_scaling.is_none() {
+            o.remove("rope_scaling");
+        }
+    }
+    let p = dir.join("config.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&json).unwrap())
+        .map_err(|e| crate::error::Error::io(&p, e))?;
+    let views: Vec<(String, LazyRandom)> = cfg
+        .param_shapes()
+        .into_iter()
+        .map(|(name, shape)| {
+            (
+                name.clone(),
+                LazyRandom {
+                    name,
+                    shape,
+                    seed,
+                },
+            )
+        })
+        .collect();
+    let p = dir.join("model.safetensors");
+    let meta: std::collections::HashMap<String, String> =
+        [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize_to_file(views, Some(meta), &p).map_err(|e| {
+        crate::error::Error::Safetensors {
+            path: p.clone(),
+            msg: format!("cannot write: {e}"),
+        }
+    })?;
+    crate::util::fs::sync_file(&p)?;
+    tiny_tokenizer().save(dir)
+}
