@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 D=${1:-runs/study}
-U=target/release/unlearn
+U=${UNLEARN_BIN:-target/release/unlearn}
 T=${UNLEARN_TOFU_DIR:?set UNLEARN_TOFU_DIR to the TOFU directory}
 scripts/fetch_assets.sh
 export UNLEARN_MINILM_DIR=${UNLEARN_MINILM_DIR:-$PWD/.cache/models/all-MiniLM-L6-v2}
