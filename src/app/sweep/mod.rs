@@ -336,6 +336,13 @@ pub fn run_one(sweep_dir: &Path, which: &str) -> Result<bool> {
         &dir.join("result.json"),
         serde_json::to_string_pretty(&doc).unwrap().as_bytes(),
     )?;
+    if ok {
+        // a finished point's checkpoints only served to resume it (a SmolLM2 point's holds the
+        // model and AdamW state, 1.6 GB); its model and logs stay
+        for (_, c) in crate::train::checkpoint::list(&dir.join("run")) {
+            crate::util::fs::remove_any(&c).map_err(|e| Error::io(&c, e))?;
+        }
+    }
     let task = std::env::var("SLURM_ARRAY_JOB_ID")
         .map(|j| {
             format!(
