@@ -1,12 +1,14 @@
 """Produce the golden values of tests/parity.rs with PyTorch + transformers.
 
-Run once (needs torch, transformers, safetensors):  python scripts/make_parity.py
+Run once (needs torch, transformers, safetensors):  python scripts/make_parity.py [NAME ...]
+(no names: every model; llama and qwen2 were made with transformers 4.x, qwen3 with 5.24.0)
 Writes tests/fixtures/parity_<name>/{config.json, model.safetensors, golden.safetensors}:
   golden.safetensors holds `input_ids` [2, 9] (int64), `labels` (-100 = ignored), `logits`
   [2, 9, vocab], `loss` (HF causal-LM loss: mean CE over shifted labelled tokens) and
   `grad.<param name>` for every parameter.
 """
 import os, json, torch
+import sys
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 from safetensors.torch import save_file
 
@@ -37,16 +39,28 @@ def make(name, model):
     save_file(g, os.path.join(d, "golden.safetensors"))
     print(name, "loss", out.loss.item(), "params", sum(p.numel() for p in model.parameters()))
 
-torch.manual_seed(0)
-llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
-    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
-    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                  "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
-    attn_implementation="eager"))
-make("llama", llama)
-torch.manual_seed(0)
-qwen = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48,
-    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
-    rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True, attn_implementation="eager"))
-make("qwen2", qwen)
+def llama():
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        attn_implementation="eager"))
+
+def qwen2():
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=64,
+        rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True, attn_implementation="eager"))
+
+def qwen3():
+    # head_dim 16 with hidden 32 and 4 heads: q is wider than the residual stream, as in Qwen3
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    return Qwen3ForCausalLM(Qwen3Config(vocab_size=64, hidden_size=32, intermediate_size=48,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=1000000.0,
+        tie_word_embeddings=True, attention_bias=False, attn_implementation="eager"))
+
+MODELS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3}
+for name in sys.argv[1:] or list(MODELS):
+    torch.manual_seed(0)
+    make(name, MODELS[name]())

@@ -319,9 +319,31 @@ fn init_writes_every_config_key_and_bf16_checkpoints() {
     let p = d.path();
     ok(
         &[
-            "init", "--out", "m", "--hidden", "48", "--layers", "2", "--heads", "3", "--kv-heads",
-            "1", "--head-dim", "20", "--intermediate", "72", "--vocab", "300", "--untied",
-            "--max-position", "96", "--rope-theta", "500000", "--attention-bias", "--dtype", "bf16",
+            "init",
+            "--out",
+            "m",
+            "--hidden",
+            "48",
+            "--layers",
+            "2",
+            "--heads",
+            "3",
+            "--kv-heads",
+            "1",
+            "--head-dim",
+            "20",
+            "--intermediate",
+            "72",
+            "--vocab",
+            "300",
+            "--untied",
+            "--max-position",
+            "96",
+            "--rope-theta",
+            "500000",
+            "--attention-bias",
+            "--dtype",
+            "bf16",
         ],
         p,
     );
@@ -344,7 +366,10 @@ fn init_writes_every_config_key_and_bf16_checkpoints() {
     assert_eq!(c["torch_dtype"], "bfloat16");
     let md = unlearn::model::hf::ModelDir::load(&p.join("m"), &candle_core::Device::Cpu).unwrap();
     assert!(md.model.param("lm_head.weight").is_some());
-    assert!(md.model.param("model.layers.0.self_attn.q_proj.bias").is_some());
+    assert!(md
+        .model
+        .param("model.layers.0.self_attn.q_proj.bias")
+        .is_some());
     std::fs::write(p.join("qa.jsonl"), SHORT_QA).unwrap();
     ok(
         &[
@@ -352,6 +377,9 @@ fn init_writes_every_config_key_and_bf16_checkpoints() {
         ],
         p,
     );
-    let e = fails(&["init", "--out", "bad", "--hidden", "48", "--heads", "5"], p);
+    let e = fails(
+        &["init", "--out", "bad", "--hidden", "48", "--heads", "5"],
+        p,
+    );
     assert!(e.contains("--head-dim"), "{e}");
 }

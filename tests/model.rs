@@ -144,7 +144,16 @@ fn scoring_does_not_depend_on_batch_size() {
 
 #[test]
 fn kv_cache_generation_equals_full_recompute_and_batching() {
-    let m = Llama::random(tiny_config(32, 2), 9, &Device::Cpu).unwrap();
+    // Llama, and Qwen3 (per-head q/k norms, heads wider than hidden / heads)
+    let mut qwen3 = tiny_config(32, 2);
+    qwen3.arch = unlearn::model::Arch::Qwen3;
+    qwen3.head_dim = 16;
+    for cfg in [tiny_config(32, 2), qwen3] {
+        kv_cache_case(Llama::random(cfg, 9, &Device::Cpu).unwrap());
+    }
+}
+
+fn kv_cache_case(m: Llama) {
     let prompts = vec![vec![10u32, 20, 30, 40, 50], vec![7u32, 8]];
     let g = unlearn::infer::generate::GenConfig {
         max_new_tokens: 6,

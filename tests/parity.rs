@@ -87,3 +87,8 @@ fn parity_llama_gqa_llama3_rope_untied() {
 fn parity_qwen2_bias_tied() {
     check("qwen2");
 }
+
+#[test]
+fn parity_qwen3_qk_norm_wide_heads_tied() {
+    check("qwen3");
+}

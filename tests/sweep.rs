@@ -148,7 +148,11 @@ fn local_sweep_resumes_after_kill_and_reruns_identically() {
     for e in std::fs::read_dir(p.join("sw/points")).unwrap() {
         let run = e.unwrap().path().join("run");
         assert!(run.join("train_log.jsonl").is_file());
-        assert!(unlearn::train::checkpoint::list(&run).is_empty(), "{}", run.display());
+        assert!(
+            unlearn::train::checkpoint::list(&run).is_empty(),
+            "{}",
+            run.display()
+        );
     }
     for (h, r) in &before {
         let now = &after.iter().find(|(x, _)| x == h).unwrap().1;

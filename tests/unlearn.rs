@@ -680,3 +680,48 @@ fn chunked_loss_and_checkpointing_give_the_same_run() {
         assert!(dw < 1.5e-3, "{other}: fine-tuned weights differ by {dw}"); // lr 3e-3
     }
 }
+
+/// Issue #24, Qwen3 (per-head q/k RMSNorm, heads wider than hidden / heads): every named
+/// method runs on it, NPO+GD forgets, and UniErase's edit and LoRA work on it.
+#[test]
+fn qwen3_runs_every_method() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    setup_with(p, &["--arch", "qwen3", "--head-dim", "24"]);
+    let c = std::fs::read_to_string(p.join("ft/config.json")).unwrap();
+    assert!(
+        c.contains("\"qwen3\"") && c.contains("\"head_dim\": 24"),
+        "{c}"
+    );
+    for m in unlearn::unlearn::objective::method::NAMED {
+        if *m == "unierase" {
+            continue;
+        }
+        let e = unlearn(p, m, "o", &["train.max_steps=2"]);
+        assert_eq!(e["step"], 2, "{m}");
+    }
+    let (f0, _) = probs(p, "ft");
+    unlearn(p, "npo+gd", "n", &[]);
+    let (f1, _) = probs(p, "n");
+    assert!(
+        f1 < 0.5 * f0,
+        "NPO+GD did not forget on qwen3: {f0} -> {f1}"
+    );
+    unlearn(p, "npo+gd", "l", &["lora.r=4"]);
+    assert!(p.join("l/adapter_config.json").is_file());
+    let e = unlearn(
+        p,
+        "unierase",
+        "u",
+        &[
+            "method.forget.layers=[0,1]",
+            "method.forget.phase1_epochs=20",
+            "method.forget.phase1_lr=1e-2",
+            "method.forget.v_steps=25",
+            "method.forget.clamp_norm=3",
+        ],
+    );
+    assert!(
+        e["unl_first_prob_after"].as_f64().unwrap() > e["unl_first_prob_before"].as_f64().unwrap()
+    );
+}

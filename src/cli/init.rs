@@ -9,6 +9,9 @@ use super::common::Overwrite;
 pub struct Args {
     #[arg(long)]
     out: PathBuf,
+    /// Architecture: llama, qwen2 (q/k/v biases) or qwen3 (per-head q/k RMSNorm).
+    #[arg(long, default_value = "llama", value_parser = ["llama", "qwen2", "qwen3"])]
+    arch: String,
     #[arg(long, default_value_t = 256)]
     hidden: usize,
     #[arg(long, default_value_t = 4)]
@@ -87,7 +90,10 @@ pub fn run(a: Args) -> Result<()> {
         cfg.intermediate_size = i;
     }
     if let Some(d) = a.head_dim {
-        anyhow::ensure!((2..=1024).contains(&d) && d % 2 == 0, "--head-dim must be even, 2..1024");
+        anyhow::ensure!(
+            (2..=1024).contains(&d) && d % 2 == 0,
+            "--head-dim must be even, 2..1024"
+        );
         cfg.head_dim = d;
     }
     anyhow::ensure!(
@@ -103,6 +109,15 @@ pub fn run(a: Args) -> Result<()> {
     cfg.rope_theta = a.rope_theta;
     cfg.qkv_bias = a.attention_bias;
     cfg.o_bias = a.attention_bias;
+    match a.arch.as_str() {
+        "qwen2" => {
+            cfg.arch = unlearn::model::Arch::Qwen2;
+            cfg.qkv_bias = true; // Qwen2's q, k, v always carry biases, o never
+            cfg.o_bias = false;
+        }
+        "qwen3" => cfg.arch = unlearn::model::Arch::Qwen3,
+        _ => {}
+    }
     if a.head_dim.is_none() {
         cfg.validate_heads()?; // hidden = heads × head_dim (an explicit --head-dim may differ)
     }
@@ -113,7 +128,10 @@ pub fn run(a: Args) -> Result<()> {
     if a.dtype == "bf16" {
         // one tensor at a time: the largest (the embedding) in f64 draws and bf16 bytes
         let largest = cfg.vocab_size.max(cfg.intermediate_size) * cfg.hidden_size;
-        unlearn::util::mem::check_fits("the largest tensor of the random model", largest as u128 * 4)?;
+        unlearn::util::mem::check_fits(
+            "the largest tensor of the random model",
+            largest as u128 * 4,
+        )?;
     } else {
         // the weights in f32, written once from memory (with the serialisation buffer, twice)
         unlearn::util::mem::check_fits(&format!("a random model of {n} parameters"), n * 4 * 2)?;
@@ -126,7 +144,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     out.commit()?;
     println!(
-        "wrote a random Llama ({} parameters) to {}",
+        "wrote a random {} ({} parameters) to {}",
+        cfg.arch.architectures(),
         cfg.num_params(),
         a.out.display()
     );

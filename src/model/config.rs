@@ -26,6 +26,9 @@ pub enum Arch {
     Llama,
     Mistral,
     Qwen2,
+    /// Qwen3: Qwen2's layout without the fixed q/k/v biases, plus an RMSNorm over each head of
+    /// q and k (`q_norm`, `k_norm`, weights [head_dim]) before RoPE.
+    Qwen3,
 }
 
 impl Arch {
@@ -34,6 +37,7 @@ impl Arch {
             Arch::Llama => "llama",
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
         }
     }
     pub fn architectures(&self) -> &'static str {
@@ -41,6 +45,7 @@ impl Arch {
             Arch::Llama => "LlamaForCausalLM",
             Arch::Mistral => "MistralForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
         }
     }
 }
@@ -131,9 +136,10 @@ impl LlamaConfig {
             Some("llama") | None => Arch::Llama,
             Some("mistral") => Arch::Mistral,
             Some("qwen2") => Arch::Qwen2,
+            Some("qwen3") => Arch::Qwen3,
             Some(other) => {
                 return Err(err(format!(
-                    "model_type `{other}` is not supported (llama, mistral, qwen2)"
+                    "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3)"
                 )))
             }
         };
@@ -204,7 +210,7 @@ impl LlamaConfig {
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let sliding_window = match arch {
             Arch::Mistral => raw.sliding_window,
-            Arch::Qwen2 if raw.use_sliding_window == Some(true) => raw.sliding_window,
+            Arch::Qwen2 | Arch::Qwen3 if raw.use_sliding_window == Some(true) => raw.sliding_window,
             _ => None,
         };
         let cfg = LlamaConfig {
@@ -348,7 +354,7 @@ impl LlamaConfig {
             "initializer_range": 0.02,
         });
         let o = v.as_object_mut().unwrap();
-        if self.arch == Arch::Llama {
+        if matches!(self.arch, Arch::Llama | Arch::Qwen3) {
             o.insert("attention_bias".into(), self.qkv_bias.into());
             o.insert("mlp_bias".into(), false.into());
         }
@@ -462,6 +468,10 @@ impl LlamaConfig {
                 v.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
             }
             v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
+            if self.qk_norm() {
+                v.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));
+                v.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
+            }
             if self.o_bias {
                 v.push((format!("{p}.self_attn.o_proj.bias"), vec![h]));
             }
@@ -475,6 +485,11 @@ impl LlamaConfig {
             v.push(("lm_head.weight".to_string(), vec![self.vocab_size, h]));
         }
         v
+    }
+
+    /// Per-head RMSNorm of q and k before RoPE (Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.arch == Arch::Qwen3
     }
 
     pub fn num_params(&self) -> usize {
@@ -501,6 +516,9 @@ impl LlamaConfig {
         }
         if self.o_bias {
             layer += h;
+        }
+        if self.qk_norm() {
+            layer += 2 * hd;
         }
         let head = if self.tie_word_embeddings { 0 } else { v * h };
         v * h + w(self.num_hidden_layers) * layer + h + head

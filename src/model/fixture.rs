@@ -93,16 +93,7 @@ pub fn write_random_bf16_files(dir: &Path, cfg: &LlamaConfig, seed: u64) -> Resu
     let views: Vec<(String, LazyRandom)> = cfg
         .param_shapes()
         .into_iter()
-        .map(|(name, shape)| {
-            (
-                name.clone(),
-                LazyRandom {
-                    name,
-                    shape,
-                    seed,
-                },
-            )
-        })
+        .map(|(name, shape)| (name.clone(), LazyRandom { name, shape, seed }))
         .collect();
     let p = dir.join("model.safetensors");
     let meta: std::collections::HashMap<String, String> =

@@ -252,7 +252,7 @@ fn pre_name(pre: &J, notes: &mut Vec<String>) -> String {
 fn arch_metadata(model: &Llama, name: &str, want: GgmlDType) -> Vec<(String, Value)> {
     let c = &model.cfg;
     let arch = match c.arch {
-        Arch::Qwen2 => "qwen2",
+        Arch::Qwen2 | Arch::Qwen3 => "qwen2",
         Arch::Llama | Arch::Mistral => "llama",
     };
     let a = |k: &str| format!("{arch}.{k}");
@@ -324,6 +324,11 @@ pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
         None => &md.model,
     };
     let c = &model.cfg;
+    if c.arch == Arch::Qwen3 {
+        return Err(Error::Invalid(
+            "GGUF export of qwen3 models (q_norm/k_norm tensors) is not supported yet".into(),
+        ));
+    }
     let mut notes = vec![];
     let name = md
         .path

@@ -95,6 +95,9 @@ impl Lin {
 
 struct Layer {
     ln1: Tensor,
+    /// Per-head RMSNorm weights of q and k ([head_dim], Qwen3).
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
     q: Lin,
     k: Lin,
     v: Lin,
@@ -109,6 +112,7 @@ impl Layer {
     /// Every tensor the layer computes with (the keys of its parameters' gradients).
     fn tensors(&self) -> Vec<&Tensor> {
         let mut v = vec![&self.ln1, &self.ln2];
+        v.extend(self.q_norm.iter().chain(self.k_norm.iter()));
         for l in [
             &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
         ] {
@@ -333,6 +337,8 @@ impl Llama {
                 };
                 Layer {
                     ln1: g("input_layernorm.weight").unwrap(),
+                    q_norm: g("self_attn.q_norm.weight"),
+                    k_norm: g("self_attn.k_norm.weight"),
                     q: lin("self_attn.q_proj", true),
                     k: lin("self_attn.k_proj", true),
                     v: lin("self_attn.v_proj", true),
@@ -730,8 +736,21 @@ impl Llama {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let n = ops::rms_norm(x, &l.ln1, c.rms_norm_eps)?;
-        let q = self.lin(&n, &l.q)?; // [b, t, nh·hd]
-        let k = self.lin(&n, &l.k)?; // [b, t, nkv·hd]
+        let mut q = self.lin(&n, &l.q)?; // [b, t, nh·hd]
+        let mut k = self.lin(&n, &l.k)?; // [b, t, nkv·hd]
+                                         // Qwen3: RMSNorm over each head's hd values, before RoPE
+        if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
+            q = ops::rms_norm(&q.reshape((b, t, nh, hd))?, qn, c.rms_norm_eps)?.reshape((
+                b,
+                t,
+                nh * hd,
+            ))?;
+            k = ops::rms_norm(&k.reshape((b, t, nkv, hd))?, kn, c.rms_norm_eps)?.reshape((
+                b,
+                t,
+                nkv * hd,
+            ))?;
+        }
         let v = self.lin(&n, &l.v)?; // [b, t, nkv·hd]
         let y = match kv {
             // whole sequences (training, scoring): one fused node, RoPE included
