@@ -357,3 +357,33 @@ fn audit_writes_every_attack() {
             .unwrap();
     assert_eq!(a["plain"]["forget_prob"], e["forget_Q_A_Prob"]);
 }
+
+/// Qwen3 (issue #24): export -> import keeps the architecture, the per-head q/k norms (llama.cpp's
+/// `attn_q_norm` / `attn_k_norm`) and a head_dim wider than hidden / heads (`key_length`); f32
+/// is exact tensor for tensor, q8_0 within the tolerance of the Llama test.
+#[test]
+fn qwen3_export_then_import() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    common::init_tiny(p, &["--arch", "qwen3", "--head-dim", "24"]);
+    let ids: Vec<u32> = "Who wrote the lantern book?"
+        .bytes()
+        .map(|b| b as u32 + 3)
+        .collect();
+    let base = logits(&p.join("tiny"), &ids);
+    for (ty, tol) in [("f32", 0.0), ("q8_0", 2e-2)] {
+        let g = format!("q.{ty}.gguf");
+        let back = format!("back_{ty}");
+        ok(&["export", "--model", "tiny", "--out", &g, "--type", ty], p);
+        ok(&["import", &g, "--out", &back], p);
+        let (dmax, scale) = diff(&base, &logits(&p.join(&back), &ids));
+        assert!(dmax <= tol * scale, "{ty}: {dmax} (largest logit {scale})");
+    }
+    let a = ModelDir::load(&p.join("tiny"), &Device::Cpu).unwrap();
+    let b = ModelDir::load(&p.join("back_f32"), &Device::Cpu).unwrap();
+    assert_eq!(a.model.cfg, b.model.cfg);
+    assert!(b
+        .model
+        .param("model.layers.1.self_attn.k_norm.weight")
+        .is_some());
+}

@@ -147,6 +147,8 @@ pub(crate) fn hf_name(gguf: &str) -> Option<String> {
         "attn_v.bias" => "self_attn.v_proj.bias",
         "attn_output.weight" => "self_attn.o_proj.weight",
         "attn_output.bias" => "self_attn.o_proj.bias",
+        "attn_q_norm.weight" => "self_attn.q_norm.weight",
+        "attn_k_norm.weight" => "self_attn.k_norm.weight",
         "ffn_norm.weight" => "post_attention_layernorm.weight",
         "ffn_gate.weight" => "mlp.gate_proj.weight",
         "ffn_up.weight" => "mlp.up_proj.weight",
@@ -166,9 +168,10 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         "llama" => Arch::Llama,
         "mistral" => Arch::Mistral,
         "qwen2" => Arch::Qwen2,
+        "qwen3" => Arch::Qwen3,
         other => {
             return Err(meta.err(format!(
-                "architecture `{other}` is not supported (llama, mistral, qwen2)"
+                "architecture `{other}` is not supported (llama, mistral, qwen2, qwen3)"
             )))
         }
     };

@@ -92,6 +92,8 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "self_attn.v_proj.bias" => "attn_v.bias",
         "self_attn.o_proj.weight" => "attn_output.weight",
         "self_attn.o_proj.bias" => "attn_output.bias",
+        "self_attn.q_norm.weight" => "attn_q_norm.weight",
+        "self_attn.k_norm.weight" => "attn_k_norm.weight",
         "post_attention_layernorm.weight" => "ffn_norm.weight",
         "mlp.gate_proj.weight" => "ffn_gate.weight",
         "mlp.up_proj.weight" => "ffn_up.weight",
@@ -252,7 +254,8 @@ fn pre_name(pre: &J, notes: &mut Vec<String>) -> String {
 fn arch_metadata(model: &Llama, name: &str, want: GgmlDType) -> Vec<(String, Value)> {
     let c = &model.cfg;
     let arch = match c.arch {
-        Arch::Qwen2 | Arch::Qwen3 => "qwen2",
+        Arch::Qwen2 => "qwen2",
+        Arch::Qwen3 => "qwen3",
         Arch::Llama | Arch::Mistral => "llama",
     };
     let a = |k: &str| format!("{arch}.{k}");
@@ -324,11 +327,6 @@ pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
         None => &md.model,
     };
     let c = &model.cfg;
-    if c.arch == Arch::Qwen3 {
-        return Err(Error::Invalid(
-            "GGUF export of qwen3 models (q_norm/k_norm tensors) is not supported yet".into(),
-        ));
-    }
     let mut notes = vec![];
     let name = md
         .path
@@ -399,6 +397,8 @@ mod tests {
             "model.layers.3.self_attn.k_proj.bias",
             "model.layers.0.mlp.down_proj.weight",
             "model.layers.11.post_attention_layernorm.weight",
+            "model.layers.2.self_attn.q_norm.weight",
+            "model.layers.2.self_attn.k_norm.weight",
         ] {
             let g = gguf_name(hf).unwrap();
             assert_eq!(super::super::gguf::hf_name(&g).as_deref(), Some(hf), "{g}");
