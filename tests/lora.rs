@@ -309,6 +309,56 @@ fn lora_refusals_name_the_problem() {
     assert!(e.contains("DoRA"), "{e}");
 }
 
+/// Regression: an adapter whose base_model_name_or_path names itself overflowed the stack
+/// (the loader and the content hash followed the base without end).
+#[test]
+fn adapter_naming_itself_as_base_is_an_error_not_a_stack_overflow() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::write(p.join("f.jsonl"), SHORT_QA).unwrap();
+    init_tiny(p, &[]);
+    ok(
+        &[
+            "run",
+            "--set",
+            "model=tiny",
+            "--set",
+            "forget=f.jsonl",
+            "--set",
+            "out=ad",
+            "--set",
+            "method=ga",
+            "--set",
+            "lora.r=2",
+            "--set",
+            "train.max_steps=1",
+        ],
+        p,
+    );
+    let c = p.join("ad/adapter_config.json");
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&c).unwrap()).unwrap();
+    j["base_model_name_or_path"] = p.join("ad").to_string_lossy().into();
+    std::fs::write(&c, j.to_string()).unwrap();
+    for args in [
+        &[
+            "generate",
+            "--model",
+            "ad",
+            "--prompt",
+            "x",
+            "--max-new-tokens",
+            "1",
+        ][..],
+        &["export", "--model", "ad", "--out", "ad.gguf"][..],
+    ] {
+        let e = fails(args, p);
+        assert!(e.contains("itself an adapter"), "{args:?}: {e}");
+    }
+    // the content hash (cached evaluations' key) stops too
+    assert!(unlearn::util::hash::path_sha256(&p.join("ad")).is_ok());
+}
+
 #[test]
 fn lora_run_killed_with_sigkill_resumes_bit_identically() {
     let d = tempfile::tempdir().unwrap();

@@ -65,13 +65,18 @@ impl ModelDir {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         if crate::model::lora::is_adapter_dir(dir) {
             let base = crate::model::Lora::base_of(dir)?;
-            let mut md = Self::load(&base, device)?;
-            if md.model.lora().is_some() {
+            // checked before loading it: an adapter naming itself (or another adapter naming it
+            // back) would otherwise recurse without end
+            if crate::model::lora::is_adapter_dir(&base) {
                 return Err(Error::Config {
                     path: dir.join(crate::model::lora::CONFIG_FILE),
-                    msg: "the base model is itself an adapter; merge it first".into(),
+                    msg: format!(
+                        "the base model {} is itself an adapter; merge it first",
+                        base.display()
+                    ),
                 });
             }
+            let mut md = Self::load(&base, device)?;
             let lora = crate::model::Lora::load(dir, &md.model.cfg, device)?;
             md.model = md.model.with_lora(lora)?;
             check_finite(&md.model, &dir.display().to_string())?;

@@ -101,7 +101,8 @@ pub fn path_sha256(path: &Path) -> Result<String> {
         // a LoRA adapter computes with its base model: a changed base changes the adapter's hash
         if crate::model::lora::is_adapter_dir(path) {
             if let Ok(base) = crate::model::Lora::base_of(path) {
-                if base.is_dir() && base != path {
+                // one level only: a base that is an adapter is refused by the loader
+                if base.is_dir() && !crate::model::lora::is_adapter_dir(&base) {
                     pairs.push(("<adapter base>".into(), path_sha256(&base)?));
                 }
             }
