@@ -60,7 +60,15 @@ def qwen3():
         max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=1000000.0,
         tie_word_embeddings=True, attention_bias=False, attn_implementation="eager"))
 
-MODELS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3}
+def olmo2():
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+    return Olmo2ForCausalLM(Olmo2Config(vocab_size=64, hidden_size=32, intermediate_size=48,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=500000.0,
+        tie_word_embeddings=False, attention_bias=False, attn_implementation="eager",
+        pad_token_id=None, bos_token_id=None, eos_token_id=None))
+
+MODELS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2}
 for name in sys.argv[1:] or list(MODELS):
     torch.manual_seed(0)
     make(name, MODELS[name]())

@@ -144,11 +144,13 @@ fn scoring_does_not_depend_on_batch_size() {
 
 #[test]
 fn kv_cache_generation_equals_full_recompute_and_batching() {
-    // Llama, and Qwen3 (per-head q/k norms, heads wider than hidden / heads)
+    // Llama, Qwen3 (per-head q/k norms, heads wider than hidden / heads) and OLMo-2 (post-norms)
     let mut qwen3 = tiny_config(32, 2);
     qwen3.arch = unlearn::model::Arch::Qwen3;
     qwen3.head_dim = 16;
-    for cfg in [tiny_config(32, 2), qwen3] {
+    let mut olmo2 = tiny_config(32, 2);
+    olmo2.arch = unlearn::model::Arch::Olmo2;
+    for cfg in [tiny_config(32, 2), qwen3, olmo2] {
         kv_cache_case(Llama::random(cfg, 9, &Device::Cpu).unwrap());
     }
 }

@@ -92,3 +92,8 @@ fn parity_qwen2_bias_tied() {
 fn parity_qwen3_qk_norm_wide_heads_tied() {
     check("qwen3");
 }
+
+#[test]
+fn parity_olmo2_post_norms_full_width_qk_norm_untied() {
+    check("olmo2");
+}

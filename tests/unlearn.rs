@@ -725,3 +725,51 @@ fn qwen3_runs_every_method() {
         e["unl_first_prob_after"].as_f64().unwrap() > e["unl_first_prob_before"].as_f64().unwrap()
     );
 }
+
+/// Issue #24, OLMo-2 (post-norms, q/k norms over the projections): every loss-based method runs
+/// and NPO+GD forgets; UniErase is refused with a message naming the architecture.
+#[test]
+fn olmo2_runs_every_loss_method_and_refuses_unierase() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    setup_with(p, &["--arch", "olmo2"]);
+    for m in unlearn::unlearn::objective::method::NAMED {
+        if *m == "unierase" {
+            continue;
+        }
+        let e = unlearn(p, m, "o", &["train.max_steps=2"]);
+        assert_eq!(e["step"], 2, "{m}");
+    }
+    let (f0, _) = probs(p, "ft");
+    unlearn(
+        p,
+        "npo+gd",
+        "n",
+        &[
+            "train.checkpoint_activations=true",
+            "lora.r=8",
+            "train.lr=5e-3",
+        ],
+    );
+    let (f1, _) = probs(p, "n");
+    assert!(
+        f1 < 0.5 * f0,
+        "NPO+GD (LoRA) did not forget on olmo2: {f0} -> {f1}"
+    );
+    let e = fails(
+        &[
+            "run",
+            "--set",
+            "model=ft",
+            "--set",
+            "forget=forget.jsonl",
+            "--set",
+            "out=u",
+            "--set",
+            "method=unierase",
+        ],
+        p,
+    );
+    assert!(e.contains("olmo2") && e.contains("unierase"), "{e}");
+    assert!(!p.join("u").exists());
+}

@@ -29,6 +29,10 @@ pub enum Arch {
     /// Qwen3: Qwen2's layout without the fixed q/k/v biases, plus an RMSNorm over each head of
     /// q and k (`q_norm`, `k_norm`, weights [head_dim]) before RoPE.
     Qwen3,
+    /// OLMo-2: no pre-norms; RMSNorm on the attention and MLP outputs before each residual add
+    /// (`post_attention_layernorm`, `post_feedforward_layernorm`), and RMSNorm over the whole
+    /// q and k projections (`q_norm` [heads·head_dim], `k_norm` [kv_heads·head_dim]).
+    Olmo2,
 }
 
 impl Arch {
@@ -38,6 +42,7 @@ impl Arch {
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Olmo2 => "olmo2",
         }
     }
     pub fn architectures(&self) -> &'static str {
@@ -46,6 +51,7 @@ impl Arch {
             Arch::Mistral => "MistralForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
             Arch::Qwen3 => "Qwen3ForCausalLM",
+            Arch::Olmo2 => "Olmo2ForCausalLM",
         }
     }
 }
@@ -137,9 +143,10 @@ impl LlamaConfig {
             Some("mistral") => Arch::Mistral,
             Some("qwen2") => Arch::Qwen2,
             Some("qwen3") => Arch::Qwen3,
+            Some("olmo2") => Arch::Olmo2,
             Some(other) => {
                 return Err(err(format!(
-                    "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3)"
+                    "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, olmo2)"
                 )))
             }
         };
@@ -354,7 +361,7 @@ impl LlamaConfig {
             "initializer_range": 0.02,
         });
         let o = v.as_object_mut().unwrap();
-        if matches!(self.arch, Arch::Llama | Arch::Qwen3) {
+        if matches!(self.arch, Arch::Llama | Arch::Qwen3 | Arch::Olmo2) {
             o.insert("attention_bias".into(), self.qkv_bias.into());
             o.insert("mlp_bias".into(), false.into());
         }
@@ -458,7 +465,9 @@ impl LlamaConfig {
         )];
         for l in 0..self.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            v.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            if !self.post_norms() {
+                v.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            }
             v.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
             v.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
             v.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
@@ -469,8 +478,10 @@ impl LlamaConfig {
             }
             v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
             if self.qk_norm() {
-                v.push((format!("{p}.self_attn.q_norm.weight"), vec![hd]));
-                v.push((format!("{p}.self_attn.k_norm.weight"), vec![hd]));
+                // per head (Qwen3) or over the whole projection (OLMo-2)
+                let (qn, kn) = if self.post_norms() { (q, kv) } else { (hd, hd) };
+                v.push((format!("{p}.self_attn.q_norm.weight"), vec![qn]));
+                v.push((format!("{p}.self_attn.k_norm.weight"), vec![kn]));
             }
             if self.o_bias {
                 v.push((format!("{p}.self_attn.o_proj.bias"), vec![h]));
@@ -479,6 +490,9 @@ impl LlamaConfig {
             v.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
             v.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
             v.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+            if self.post_norms() {
+                v.push((format!("{p}.post_feedforward_layernorm.weight"), vec![h]));
+            }
         }
         v.push(("model.norm.weight".to_string(), vec![h]));
         if !self.tie_word_embeddings {
@@ -487,9 +501,14 @@ impl LlamaConfig {
         v
     }
 
-    /// Per-head RMSNorm of q and k before RoPE (Qwen3).
+    /// RMSNorm of q and k before RoPE: per head (Qwen3) or over the projection (OLMo-2).
     pub fn qk_norm(&self) -> bool {
-        self.arch == Arch::Qwen3
+        matches!(self.arch, Arch::Qwen3 | Arch::Olmo2)
+    }
+
+    /// Norms after the attention and MLP outputs instead of before their inputs (OLMo-2).
+    pub fn post_norms(&self) -> bool {
+        self.arch == Arch::Olmo2
     }
 
     pub fn num_params(&self) -> usize {
@@ -517,7 +536,9 @@ impl LlamaConfig {
         if self.o_bias {
             layer += h;
         }
-        if self.qk_norm() {
+        if self.post_norms() {
+            layer += q + kv; // q/k norms over the projections; the post-FFN norm replaces the pre-norm
+        } else if self.qk_norm() {
             layer += 2 * hd;
         }
         let head = if self.tie_word_embeddings { 0 } else { v * h };

@@ -256,6 +256,7 @@ fn arch_metadata(model: &Llama, name: &str, want: GgmlDType) -> Vec<(String, Val
     let arch = match c.arch {
         Arch::Qwen2 => "qwen2",
         Arch::Qwen3 => "qwen3",
+        Arch::Olmo2 => "olmo2",
         Arch::Llama | Arch::Mistral => "llama",
     };
     let a = |k: &str| format!("{arch}.{k}");
@@ -327,6 +328,11 @@ pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
         None => &md.model,
     };
     let c = &model.cfg;
+    if c.arch == Arch::Olmo2 {
+        return Err(Error::Invalid(
+            "GGUF export of olmo2 models (post-norms) is not supported yet".into(),
+        ));
+    }
     let mut notes = vec![];
     let name = md
         .path

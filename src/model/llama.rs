@@ -94,7 +94,10 @@ impl Lin {
 }
 
 struct Layer {
-    ln1: Tensor,
+    /// The pre-attention norm (none with post-norms, OLMo-2).
+    ln1: Option<Tensor>,
+    /// OLMo-2's norm of the MLP output.
+    post_ffn: Option<Tensor>,
     /// Per-head RMSNorm weights of q and k ([head_dim], Qwen3).
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
@@ -111,7 +114,8 @@ struct Layer {
 impl Layer {
     /// Every tensor the layer computes with (the keys of its parameters' gradients).
     fn tensors(&self) -> Vec<&Tensor> {
-        let mut v = vec![&self.ln1, &self.ln2];
+        let mut v = vec![&self.ln2];
+        v.extend(self.ln1.iter().chain(self.post_ffn.iter()));
         v.extend(self.q_norm.iter().chain(self.k_norm.iter()));
         for l in [
             &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
@@ -336,7 +340,8 @@ impl Llama {
                     ad: adapters.get(&format!("{p}.{m}")).cloned(),
                 };
                 Layer {
-                    ln1: g("input_layernorm.weight").unwrap(),
+                    ln1: g("input_layernorm.weight"),
+                    post_ffn: g("post_feedforward_layernorm.weight"),
                     q_norm: g("self_attn.q_norm.weight"),
                     k_norm: g("self_attn.k_norm.weight"),
                     q: lin("self_attn.q_proj", true),
@@ -735,21 +740,27 @@ impl Llama {
         let c = &self.cfg;
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let n = ops::rms_norm(x, &l.ln1, c.rms_norm_eps)?;
+        let post = c.post_norms();
+        let n = match &l.ln1 {
+            Some(w) => ops::rms_norm(x, w, c.rms_norm_eps)?,
+            None => x.clone(),
+        };
         let mut q = self.lin(&n, &l.q)?; // [b, t, nh·hd]
         let mut k = self.lin(&n, &l.k)?; // [b, t, nkv·hd]
-                                         // Qwen3: RMSNorm over each head's hd values, before RoPE
+                                         // RMSNorm of q and k before RoPE: over the whole projection (OLMo-2), or over each
+                                         // head's hd values (Qwen3)
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
-            q = ops::rms_norm(&q.reshape((b, t, nh, hd))?, qn, c.rms_norm_eps)?.reshape((
-                b,
-                t,
-                nh * hd,
-            ))?;
-            k = ops::rms_norm(&k.reshape((b, t, nkv, hd))?, kn, c.rms_norm_eps)?.reshape((
-                b,
-                t,
-                nkv * hd,
-            ))?;
+            if post {
+                q = ops::rms_norm(&q, qn, c.rms_norm_eps)?;
+                k = ops::rms_norm(&k, kn, c.rms_norm_eps)?;
+            } else {
+                let per_head = |x: &Tensor, heads: usize, w: &Tensor| -> Result<Tensor> {
+                    let y = ops::rms_norm(&x.reshape((b, t, heads, hd))?, w, c.rms_norm_eps)?;
+                    Ok(y.reshape((b, t, heads * hd))?)
+                };
+                q = per_head(&q, nh, qn)?;
+                k = per_head(&k, nkv, kn)?;
+            }
         }
         let v = self.lin(&n, &l.v)?; // [b, t, nkv·hd]
         let y = match kv {
@@ -771,8 +782,16 @@ impl Llama {
                 ops::composite::attend(&q, &k, &v, mask, ops::masked_softmax)?
             }
         };
-        let h = (x + self.lin(&y, &l.o)?)?;
-        let n2 = ops::rms_norm(&h, &l.ln2, c.rms_norm_eps)?;
+        let attn_out = self.lin(&y, &l.o)?;
+        let (h, n2) = if post {
+            // OLMo-2: h = x + norm(attn), the MLP reads h itself
+            let h = (x + ops::rms_norm(&attn_out, &l.ln2, c.rms_norm_eps)?)?;
+            (h.clone(), h)
+        } else {
+            let h = (x + attn_out)?;
+            let n2 = ops::rms_norm(&h, &l.ln2, c.rms_norm_eps)?;
+            (h, n2)
+        };
         let gate = self.lin(&n2, &l.gate)?;
         let up = self.lin(&n2, &l.up)?;
         let mut act = ops::swiglu(&gate, &up)?; // silu(gate)·up, [b, t, intermediate]
@@ -781,7 +800,11 @@ impl Llama {
                 act = r;
             }
         }
-        Ok((h + self.lin(&act, &l.down)?)?)
+        let mlp_out = self.lin(&act, &l.down)?;
+        match &l.post_ffn {
+            Some(w) => Ok((h + ops::rms_norm(&mlp_out, w, c.rms_norm_eps)?)?),
+            None => Ok((h + mlp_out)?),
+        }
     }
 
     /// Turn activation checkpointing on or off for training forwards of this model (see

@@ -458,6 +458,14 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let mut md = ModelDir::load(&cfg.model, &dev)?;
     attach_lora(cfg, &mut md)?;
     if let ForgetTerm::Unierase(uc) = &cfg.method.forget {
+        if md.model.cfg.post_norms() {
+            return Err(Error::Invalid(format!(
+                "method `unierase` cannot edit a {} model: its closed-form edit treats down_proj's \
+                 output as what is added to the residual stream, and {} normalises that output first",
+                md.model.cfg.arch.model_type(),
+                md.model.cfg.arch.architectures()
+            )));
+        }
         if opts.resume {
             return Err(Error::Invalid(
                 "--resume: a unierase run has no checkpoints (its token training takes seconds \
