@@ -68,7 +68,16 @@ def olmo2():
         tie_word_embeddings=False, attention_bias=False, attn_implementation="eager",
         pad_token_id=None, bos_token_id=None, eos_token_id=None))
 
-MODELS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2}
+def olmo():
+    # clip_qkv small enough that the clamp binds on this tiny model's projections
+    from transformers import OlmoConfig, OlmoForCausalLM
+    return OlmoForCausalLM(OlmoConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        max_position_embeddings=64, rope_theta=10000.0, clip_qkv=0.05,
+        tie_word_embeddings=False, attention_bias=False, attn_implementation="eager",
+        pad_token_id=None, bos_token_id=None, eos_token_id=None))
+
+MODELS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2, "olmo": olmo}
 for name in sys.argv[1:] or list(MODELS):
     torch.manual_seed(0)
     make(name, MODELS[name]())

@@ -144,13 +144,17 @@ fn scoring_does_not_depend_on_batch_size() {
 
 #[test]
 fn kv_cache_generation_equals_full_recompute_and_batching() {
-    // Llama, Qwen3 (per-head q/k norms, heads wider than hidden / heads) and OLMo-2 (post-norms)
+    // Llama, Qwen3 (per-head q/k norms, heads wider than hidden / heads), OLMo-2 (post-norms)
+    // and OLMo (parameter-free LayerNorm, clamped q/k/v)
     let mut qwen3 = tiny_config(32, 2);
     qwen3.arch = unlearn::model::Arch::Qwen3;
     qwen3.head_dim = 16;
     let mut olmo2 = tiny_config(32, 2);
     olmo2.arch = unlearn::model::Arch::Olmo2;
-    for cfg in [tiny_config(32, 2), qwen3, olmo2] {
+    let mut olmo = tiny_config(32, 2);
+    olmo.arch = unlearn::model::Arch::Olmo;
+    olmo.clip_qkv = Some(0.05);
+    for cfg in [tiny_config(32, 2), qwen3, olmo2, olmo] {
         kv_cache_case(Llama::random(cfg, 9, &Device::Cpu).unwrap());
     }
 }

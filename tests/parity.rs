@@ -97,3 +97,8 @@ fn parity_qwen3_qk_norm_wide_heads_tied() {
 fn parity_olmo2_post_norms_full_width_qk_norm_untied() {
     check("olmo2");
 }
+
+#[test]
+fn parity_olmo_parameter_free_layernorm_clip_qkv() {
+    check("olmo");
+}

@@ -773,3 +773,38 @@ fn olmo2_runs_every_loss_method_and_refuses_unierase() {
     assert!(e.contains("olmo2") && e.contains("unierase"), "{e}");
     assert!(!p.join("u").exists());
 }
+
+/// Issue #24, OLMo (parameter-free LayerNorm): every named method runs, UniErase included, and
+/// NPO+GD forgets.
+#[test]
+fn olmo_runs_every_method() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    setup_with(p, &["--arch", "olmo"]);
+    for m in unlearn::unlearn::objective::method::NAMED {
+        if *m == "unierase" {
+            continue;
+        }
+        let e = unlearn(p, m, "o", &["train.max_steps=2"]);
+        assert_eq!(e["step"], 2, "{m}");
+    }
+    let (f0, _) = probs(p, "ft");
+    unlearn(p, "npo+gd", "n", &[]);
+    let (f1, _) = probs(p, "n");
+    assert!(f1 < 0.5 * f0, "NPO+GD did not forget on olmo: {f0} -> {f1}");
+    let e = unlearn(
+        p,
+        "unierase",
+        "u",
+        &[
+            "method.forget.layers=[0,1]",
+            "method.forget.phase1_epochs=20",
+            "method.forget.phase1_lr=1e-2",
+            "method.forget.v_steps=25",
+            "method.forget.clamp_norm=3",
+        ],
+    );
+    assert!(
+        e["unl_first_prob_after"].as_f64().unwrap() > e["unl_first_prob_before"].as_f64().unwrap()
+    );
+}

@@ -9,9 +9,9 @@ use super::common::Overwrite;
 pub struct Args {
     #[arg(long)]
     out: PathBuf,
-    /// Architecture: llama, qwen2 (q/k/v biases), qwen3 (per-head q/k RMSNorm) or olmo2
-    /// (post-norms, q/k RMSNorm over the projections).
-    #[arg(long, default_value = "llama", value_parser = ["llama", "qwen2", "qwen3", "olmo2"])]
+    /// Architecture: llama, qwen2 (q/k/v biases), qwen3 (per-head q/k RMSNorm), olmo
+    /// (parameter-free LayerNorm) or olmo2 (post-norms, q/k RMSNorm over the projections).
+    #[arg(long, default_value = "llama", value_parser = ["llama", "qwen2", "qwen3", "olmo", "olmo2"])]
     arch: String,
     #[arg(long, default_value_t = 256)]
     hidden: usize,
@@ -118,6 +118,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         "qwen3" => cfg.arch = unlearn::model::Arch::Qwen3,
         "olmo2" => cfg.arch = unlearn::model::Arch::Olmo2,
+        "olmo" => cfg.arch = unlearn::model::Arch::Olmo,
         _ => {}
     }
     if a.head_dim.is_none() {

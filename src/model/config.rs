@@ -33,6 +33,9 @@ pub enum Arch {
     /// (`post_attention_layernorm`, `post_feedforward_layernorm`), and RMSNorm over the whole
     /// q and k projections (`q_norm` [heads·head_dim], `k_norm` [kv_heads·head_dim]).
     Olmo2,
+    /// OLMo (1): LayerNorm without parameters in place of RMSNorm (no norm weights at all), and
+    /// optionally q, k, v clamped to [−clip_qkv, clip_qkv] after their projections.
+    Olmo,
 }
 
 impl Arch {
@@ -43,6 +46,7 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Olmo2 => "olmo2",
+            Arch::Olmo => "olmo",
         }
     }
     pub fn architectures(&self) -> &'static str {
@@ -52,6 +56,7 @@ impl Arch {
             Arch::Qwen2 => "Qwen2ForCausalLM",
             Arch::Qwen3 => "Qwen3ForCausalLM",
             Arch::Olmo2 => "Olmo2ForCausalLM",
+            Arch::Olmo => "OlmoForCausalLM",
         }
     }
 }
@@ -78,6 +83,8 @@ pub struct LlamaConfig {
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry a bias (always for Qwen2, `attention_bias` for Llama).
     pub qkv_bias: bool,
+    /// OLMo: q, k and v clamped to [−c, c] after their projections.
+    pub clip_qkv: Option<f64>,
     /// o_proj carries a bias (Llama `attention_bias = true`).
     pub o_bias: bool,
     /// Mistral-style sliding window attention (None: full causal attention).
@@ -126,6 +133,7 @@ struct RawConfig {
     hidden_act: Option<String>,
     sliding_window: Option<usize>,
     use_sliding_window: Option<bool>,
+    clip_qkv: Option<f64>,
     bos_token_id: Option<u32>,
     eos_token_id: Option<OneOrMany>,
 }
@@ -144,11 +152,10 @@ impl LlamaConfig {
             Some("qwen2") => Arch::Qwen2,
             Some("qwen3") => Arch::Qwen3,
             Some("olmo2") => Arch::Olmo2,
-            Some(other) => {
-                return Err(err(format!(
-                    "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, olmo2)"
-                )))
-            }
+            Some("olmo") => Arch::Olmo,
+            Some(other) => return Err(err(format!(
+                "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, olmo, olmo2)"
+            ))),
         };
         let req = |name: &str, x: Option<usize>| {
             x.filter(|&n| n > 0)
@@ -237,6 +244,11 @@ impl LlamaConfig {
             qkv_bias: arch == Arch::Qwen2 || attention_bias,
             o_bias: arch != Arch::Qwen2 && attention_bias,
             sliding_window,
+            clip_qkv: if arch == Arch::Olmo {
+                raw.clip_qkv
+            } else {
+                None
+            },
             bos_token_id: raw.bos_token_id,
             eos_token_ids: match raw.eos_token_id {
                 None => vec![],
@@ -361,7 +373,13 @@ impl LlamaConfig {
             "initializer_range": 0.02,
         });
         let o = v.as_object_mut().unwrap();
-        if matches!(self.arch, Arch::Llama | Arch::Qwen3 | Arch::Olmo2) {
+        if self.arch == Arch::Olmo {
+            o.insert("clip_qkv".into(), self.clip_qkv.into());
+        }
+        if matches!(
+            self.arch,
+            Arch::Llama | Arch::Qwen3 | Arch::Olmo2 | Arch::Olmo
+        ) {
             o.insert("attention_bias".into(), self.qkv_bias.into());
             o.insert("mlp_bias".into(), false.into());
         }
@@ -433,6 +451,7 @@ impl LlamaConfig {
             qkv_bias: false,
             o_bias: false,
             sliding_window: None,
+            clip_qkv: None,
             bos_token_id: None,
             eos_token_ids: vec![],
         }
@@ -465,7 +484,7 @@ impl LlamaConfig {
         )];
         for l in 0..self.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            if !self.post_norms() {
+            if !self.post_norms() && !self.nonparam_norms() {
                 v.push((format!("{p}.input_layernorm.weight"), vec![h]));
             }
             v.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
@@ -486,7 +505,9 @@ impl LlamaConfig {
             if self.o_bias {
                 v.push((format!("{p}.self_attn.o_proj.bias"), vec![h]));
             }
-            v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            if !self.nonparam_norms() {
+                v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+            }
             v.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
             v.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
             v.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
@@ -494,7 +515,9 @@ impl LlamaConfig {
                 v.push((format!("{p}.post_feedforward_layernorm.weight"), vec![h]));
             }
         }
-        v.push(("model.norm.weight".to_string(), vec![h]));
+        if !self.nonparam_norms() {
+            v.push(("model.norm.weight".to_string(), vec![h]));
+        }
         if !self.tie_word_embeddings {
             v.push(("lm_head.weight".to_string(), vec![self.vocab_size, h]));
         }
@@ -504,6 +527,11 @@ impl LlamaConfig {
     /// RMSNorm of q and k before RoPE: per head (Qwen3) or over the projection (OLMo-2).
     pub fn qk_norm(&self) -> bool {
         matches!(self.arch, Arch::Qwen3 | Arch::Olmo2)
+    }
+
+    /// LayerNorm without parameters in place of every RMSNorm (OLMo).
+    pub fn nonparam_norms(&self) -> bool {
+        self.arch == Arch::Olmo
     }
 
     /// Norms after the attention and MLP outputs instead of before their inputs (OLMo-2).
@@ -542,6 +570,10 @@ impl LlamaConfig {
             layer += 2 * hd;
         }
         let head = if self.tie_word_embeddings { 0 } else { v * h };
+        if self.nonparam_norms() {
+            layer -= 2 * h;
+            return v * h + w(self.num_hidden_layers) * layer + head;
+        }
         v * h + w(self.num_hidden_layers) * layer + h + head
     }
 }

@@ -215,6 +215,7 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         qkv_bias: has_qkv_bias,
         o_bias: content.tensor_infos.contains_key("blk.0.attn_output.bias"),
         sliding_window: None,
+        clip_qkv: None,
         bos_token_id: bos,
         eos_token_ids: eos.into_iter().collect(),
     };

@@ -257,6 +257,7 @@ fn arch_metadata(model: &Llama, name: &str, want: GgmlDType) -> Vec<(String, Val
         Arch::Qwen2 => "qwen2",
         Arch::Qwen3 => "qwen3",
         Arch::Olmo2 => "olmo2",
+        Arch::Olmo => "olmo",
         Arch::Llama | Arch::Mistral => "llama",
     };
     let a = |k: &str| format!("{arch}.{k}");
@@ -328,10 +329,11 @@ pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
         None => &md.model,
     };
     let c = &model.cfg;
-    if c.arch == Arch::Olmo2 {
-        return Err(Error::Invalid(
-            "GGUF export of olmo2 models (post-norms) is not supported yet".into(),
-        ));
+    if matches!(c.arch, Arch::Olmo2 | Arch::Olmo) {
+        return Err(Error::Invalid(format!(
+            "GGUF export of {} models is not supported yet",
+            c.arch.model_type()
+        )));
     }
     let mut notes = vec![];
     let name = md

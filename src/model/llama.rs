@@ -105,7 +105,9 @@ struct Layer {
     k: Lin,
     v: Lin,
     o: Lin,
-    ln2: Tensor,
+    /// The post-attention norm (pre-MLP; OLMo-2: of the attention output); none in OLMo's
+    /// parameter-free LayerNorm.
+    ln2: Option<Tensor>,
     gate: Lin,
     up: Lin,
     down: Lin,
@@ -114,8 +116,12 @@ struct Layer {
 impl Layer {
     /// Every tensor the layer computes with (the keys of its parameters' gradients).
     fn tensors(&self) -> Vec<&Tensor> {
-        let mut v = vec![&self.ln2];
-        v.extend(self.ln1.iter().chain(self.post_ffn.iter()));
+        let mut v: Vec<&Tensor> = self
+            .ln1
+            .iter()
+            .chain(self.ln2.iter())
+            .chain(self.post_ffn.iter())
+            .collect();
         v.extend(self.q_norm.iter().chain(self.k_norm.iter()));
         for l in [
             &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
@@ -132,7 +138,8 @@ pub struct Llama {
     params: Vec<(String, Var)>,
     embed: Tensor,
     layers: Vec<Layer>,
-    norm: Tensor,
+    /// The final norm's weight (none in OLMo's parameter-free LayerNorm).
+    norm: Option<Tensor>,
     lm_head: Tensor,
     /// RoPE tables [max_len, head_dim/2].
     cos: Tensor,
@@ -348,7 +355,7 @@ impl Llama {
                     k: lin("self_attn.k_proj", true),
                     v: lin("self_attn.v_proj", true),
                     o: lin("self_attn.o_proj", true),
-                    ln2: g("post_attention_layernorm.weight").unwrap(),
+                    ln2: g("post_attention_layernorm.weight"),
                     gate: lin("mlp.gate_proj", false),
                     up: lin("mlp.up_proj", false),
                     down: lin("mlp.down_proj", false),
@@ -391,7 +398,7 @@ impl Llama {
         Ok(Llama {
             tracked_any,
             ckpt: Default::default(),
-            norm: get("model.norm.weight").unwrap(),
+            norm: get("model.norm.weight"),
             embed,
             lm_head,
             layers,
@@ -655,7 +662,7 @@ impl Llama {
             if hooks.last_logits_only && t > 1 {
                 x = x.narrow(1, t - 1, 1)?;
             }
-            let n = ops::rms_norm(&x, &self.norm, self.cfg.rms_norm_eps)?;
+            let n = self.norm(&x, self.norm.as_ref())?;
             if hooks.head_input_only {
                 Some(n)
             } else {
@@ -741,14 +748,22 @@ impl Llama {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let post = c.post_norms();
-        let n = match &l.ln1 {
-            Some(w) => ops::rms_norm(x, w, c.rms_norm_eps)?,
-            None => x.clone(),
+        let n = if post {
+            x.clone()
+        } else {
+            self.norm(x, l.ln1.as_ref())?
         };
         let mut q = self.lin(&n, &l.q)?; // [b, t, nh·hd]
         let mut k = self.lin(&n, &l.k)?; // [b, t, nkv·hd]
-                                         // RMSNorm of q and k before RoPE: over the whole projection (OLMo-2), or over each
-                                         // head's hd values (Qwen3)
+        let mut v = self.lin(&n, &l.v)?; // [b, t, nkv·hd]
+        if let Some(cl) = c.clip_qkv {
+            // OLMo: clamp to [−c, c] (zero gradient outside)
+            q = q.clamp(-cl, cl)?;
+            k = k.clamp(-cl, cl)?;
+            v = v.clamp(-cl, cl)?;
+        }
+        // RMSNorm of q and k before RoPE: over the whole projection (OLMo-2), or over each
+        // head's hd values (Qwen3)
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             if post {
                 q = ops::rms_norm(&q, qn, c.rms_norm_eps)?;
@@ -762,7 +777,6 @@ impl Llama {
                 k = per_head(&k, nkv, kn)?;
             }
         }
-        let v = self.lin(&n, &l.v)?; // [b, t, nkv·hd]
         let y = match kv {
             // whole sequences (training, scoring): one fused node, RoPE included
             None => ops::attention(&q, &k, &v, (cos, sin), mask, nh, nkv)?,
@@ -785,11 +799,11 @@ impl Llama {
         let attn_out = self.lin(&y, &l.o)?;
         let (h, n2) = if post {
             // OLMo-2: h = x + norm(attn), the MLP reads h itself
-            let h = (x + ops::rms_norm(&attn_out, &l.ln2, c.rms_norm_eps)?)?;
+            let h = (x + self.norm(&attn_out, l.ln2.as_ref())?)?;
             (h.clone(), h)
         } else {
             let h = (x + attn_out)?;
-            let n2 = ops::rms_norm(&h, &l.ln2, c.rms_norm_eps)?;
+            let n2 = self.norm(&h, l.ln2.as_ref())?;
             (h, n2)
         };
         let gate = self.lin(&n2, &l.gate)?;
@@ -866,6 +880,15 @@ impl Llama {
             }
         }
         Ok(grads)
+    }
+
+    /// RMSNorm with weight `w`; without a weight, OLMo's LayerNorm without parameters
+    /// (x − mean) / √(var + 1e-5) over the last dimension.
+    fn norm(&self, x: &Tensor, w: Option<&Tensor>) -> Result<Tensor> {
+        match w {
+            Some(w) => ops::rms_norm(x, w, self.cfg.rms_norm_eps),
+            None => ops::composite::layer_norm_nonparam(x, 1e-5),
+        }
     }
 
     /// x·Wᵀ + b, plus s·(dropout(x)·Aᵀ)·Bᵀ where the layer has an adapter (dropout only while

@@ -12,6 +12,14 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
 }
 
+/// LayerNorm without parameters (OLMo): (x − mean(x)) / √(mean((x − mean)²) + eps) over the last
+/// dimension (biased variance, as torch.nn.functional.layer_norm).
+pub fn layer_norm_nonparam(x: &Tensor, eps: f64) -> Result<Tensor> {
+    let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    Ok(xc.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?)
+}
+
 /// Softmax over the last dimension: exp(x − max) / Σ exp(x − max). The max is detached (the
 /// result does not depend on it mathematically).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
