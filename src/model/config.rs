@@ -153,9 +153,11 @@ impl LlamaConfig {
             Some("qwen3") => Arch::Qwen3,
             Some("olmo2") => Arch::Olmo2,
             Some("olmo") => Arch::Olmo,
-            Some(other) => return Err(err(format!(
+            Some(other) => {
+                return Err(err(format!(
                 "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, olmo, olmo2)"
-            ))),
+            )))
+            }
         };
         let req = |name: &str, x: Option<usize>| {
             x.filter(|&n| n > 0)

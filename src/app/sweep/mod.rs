@@ -337,11 +337,7 @@ pub fn run_one(sweep_dir: &Path, which: &str) -> Result<bool> {
         serde_json::to_string_pretty(&doc).unwrap().as_bytes(),
     )?;
     if ok {
-        // a finished point's checkpoints only served to resume it (a SmolLM2 point's holds the
-        // model and AdamW state, 1.6 GB); its model and logs stay
-        for (_, c) in crate::train::checkpoint::list(&dir.join("run")) {
-            crate::util::fs::remove_any(&c).map_err(|e| Error::io(&c, e))?;
-        }
+        drop_checkpoints(&dir)?;
     }
     let task = std::env::var("SLURM_ARRAY_JOB_ID")
         .map(|j| {
@@ -356,6 +352,16 @@ pub fn run_one(sweep_dir: &Path, which: &str) -> Result<bool> {
         if ok { "done" } else { "failed" }
     );
     Ok(ok)
+}
+
+/// A finished point's checkpoints only served to resume it (a SmolLM2 point's hold the model and
+/// AdamW state, 1.6 GB); its model and logs stay. Also run for every finished point when a
+/// sweep starts, for a point killed between recording its result and this cleanup.
+fn drop_checkpoints(dir: &Path) -> Result<()> {
+    for (_, c) in crate::train::checkpoint::list(&dir.join("run")) {
+        crate::util::fs::remove_any(&c).map_err(|e| Error::io(&c, e))?;
+    }
+    Ok(())
 }
 
 fn run_point(dir: &Path) -> Result<Map<String, Value>> {
@@ -433,10 +439,14 @@ pub fn run_local(cfg: &SweepConfig, points: &[Point], show: bool) -> Result<(usi
         eprintln!("sweep: evaluating the target model");
         run_target(cfg)?;
     }
-    let todo: Vec<&Point> = points
-        .iter()
-        .filter(|p| !matches!(status(&cfg.point_dir(&p.hash)), Status::Done(_)))
-        .collect();
+    let mut todo: Vec<&Point> = vec![];
+    for p in points {
+        let dir = cfg.point_dir(&p.hash);
+        match status(&dir) {
+            Status::Done(_) => drop_checkpoints(&dir)?,
+            _ => todo.push(p),
+        }
+    }
     eprintln!(
         "sweep: {} points, {} finished, {} to run",
         points.len(),
