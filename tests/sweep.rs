@@ -146,8 +146,17 @@ fn local_sweep_resumes_after_kill_and_reruns_identically() {
     assert_eq!(after.len(), 4);
     // finished points keep their model and logs, not the checkpoints they resumed from
     for e in std::fs::read_dir(p.join("sw/points")).unwrap() {
-        let run = e.unwrap().path().join("run");
-        assert!(run.join("train_log.jsonl").is_file());
+        let dir = e.unwrap().path();
+        if !dir.join("point.toml").is_file() {
+            continue; // not a point (a killed write's temporary)
+        }
+        let run = dir.join("run");
+        assert!(
+            run.join("train_log.jsonl").is_file(),
+            "{}: {:?}",
+            run.display(),
+            common::entries(&dir)
+        );
         assert!(
             unlearn::train::checkpoint::list(&run).is_empty(),
             "{}",
