@@ -97,6 +97,7 @@ unsafe fn gemm1<T: WithDType>(
         rhs,
         rhs_strides,
         beta,
+        false,
         gemm::Parallelism::None,
     );
 }

@@ -1108,12 +1108,7 @@ fn gemm_append<T: WithDType>(
     }
     dst.reserve(m * n);
     let start = dst.len();
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k >= 1 << 18 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = gemm_parallelism(m, n, k);
     // SAFETY: the strides describe matrices inside `lhs`, `rhs` (checked by the callers' shape
     // checks) and inside the m·n elements reserved after `dst`'s length, which gemm writes in
     // full (read_dst = false) before the length is set.
@@ -1127,14 +1122,26 @@ fn gemm_append<T: WithDType>(
             rhs.as_ptr(),
             (rhs_rs, rhs_cs),
             T::from_f64(1.0),
+            false,
             par,
         );
         dst.set_len(start + m * n);
     }
 }
 
-/// dst[m×n] = beta · lhs[m×k]·rhs[k×n] with the `gemm` crate, every operand given by (row
-/// stride, column stride); dst is written in full and never read.
+/// The threads a product of this size is worth: all of them from 2^18 multiply-adds on.
+pub(crate) fn gemm_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if threads > 1 && m * n * k >= 1 << 18 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// dst[m×n] = beta · lhs[m×k]·rhs[k×n] (with `accumulate`: dst += …) with the `gemm` crate,
+/// every operand given by (row stride, column stride); without `accumulate` dst is written in
+/// full and never read.
 ///
 /// # Safety
 /// The pointers and strides must describe matrices inside live allocations, and `dst` must not
@@ -1149,6 +1156,7 @@ pub(crate) unsafe fn gemm_strided<T: WithDType>(
     rhs: *const T,
     (rrs, rcs): (usize, usize),
     beta: T,
+    accumulate: bool,
     par: gemm::Parallelism,
 ) {
     gemm::gemm(
@@ -1158,14 +1166,18 @@ pub(crate) unsafe fn gemm_strided<T: WithDType>(
         dst,
         dcs as isize,
         drs as isize,
-        false,
+        accumulate,
         lhs,
         lcs as isize,
         lrs as isize,
         rhs,
         rcs as isize,
         rrs as isize,
-        zero::<T>(),
+        if accumulate {
+            T::from_f64(1.0)
+        } else {
+            zero::<T>()
+        },
         beta,
         false,
         false,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::fused::{cont, float, zero, Real};
+use super::fused::{cont, float, gemm_parallelism, gemm_strided, zero, Real};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -41,12 +41,12 @@ fn dims(lh: &Layout, lw: &Layout, n_targets: usize, op: &str) -> CResult<(usize,
     Ok((hd[0], hd[1], wd[0]))
 }
 
-/// dst[m×n] (+)= lhs[m×k]·rhs[k×n], operands by (row stride, column stride).
-#[allow(clippy::too_many_arguments)]
+/// dst[m×n] (+)= lhs[m×k]·rhs[k×n], operands by (row stride, column stride): the slices'
+/// checked form of [`gemm_strided`].
 fn gemm<T: WithDType>(
     (m, n, k): (usize, usize, usize),
     dst: &mut [T],
-    (drs, dcs): (usize, usize),
+    dst_strides: (usize, usize),
     (lhs, lrs, lcs): (&[T], usize, usize),
     (rhs, rrs, rcs): (&[T], usize, usize),
     accumulate: bool,
@@ -54,35 +54,20 @@ fn gemm<T: WithDType>(
     if m * n * k == 0 {
         return;
     }
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 && m * n * k >= 1 << 18 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: the slices hold the matrices the strides describe (checked by `dims` and the
     // callers' chunk arithmetic); dst is exclusively borrowed.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        gemm_strided(
+            (m, n, k),
             dst.as_mut_ptr(),
-            dcs as isize,
-            drs as isize,
-            accumulate,
+            dst_strides,
             lhs.as_ptr(),
-            lcs as isize,
-            lrs as isize,
+            (lrs, lcs),
             rhs.as_ptr(),
-            rcs as isize,
-            rrs as isize,
+            (rrs, rcs),
             T::from_f64(1.0),
-            T::from_f64(1.0),
-            false,
-            false,
-            false,
-            par,
+            accumulate,
+            gemm_parallelism(m, n, k),
         );
     }
 }
