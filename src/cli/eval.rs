@@ -17,6 +17,11 @@ pub struct Args {
     /// jailbreak wrappers; give --keep, --ood and optionally --probes).
     #[arg(long, default_value = "tofu")]
     benchmark: String,
+    /// General-ability tasks (mmlu, arc_challenge, arc_easy, truthfulqa_mc1, wmdp_bio,
+    /// wmdp_chem, wmdp_cyber, gsm8k, triviaqa): the directory holding the task's dataset in its
+    /// Hub layout (parquet or JSON).
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// exclusive: in-domain QA set.
     #[arg(long)]
     keep: Option<PathBuf>,
@@ -60,6 +65,15 @@ pub fn run(a: Args) -> Result<()> {
     if a.benchmark == "exclusive" {
         return exclusive(a);
     }
+    if unlearn::eval::harness::tasks::find(&a.benchmark).is_some() {
+        return harness(a);
+    }
+    anyhow::ensure!(
+        a.data.is_none(),
+        "--data is for the general-ability tasks ({}); `{}` reads its data from --benchmark",
+        unlearn::eval::harness::tasks::names().join(", "),
+        a.benchmark
+    );
     let mut cfg: EvalConfig = a.settings.load()?;
     cfg.data = a.benchmark.clone().into();
     cfg.forget_split = a.forget_split;
@@ -134,6 +148,60 @@ pub fn run(a: Args) -> Result<()> {
     println!(
         "wrote {} ({:.1}s)",
         a.out.join(unlearn::eval::EVAL_FILE).display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn harness(a: Args) -> Result<()> {
+    use unlearn::eval::harness::{eval_file, evaluate, summary_file, HarnessConfig};
+    let mut cfg: HarnessConfig = a.settings.load_over(&HarnessConfig {
+        task: a.benchmark.clone(),
+        ..Default::default()
+    })?;
+    cfg.task = a.benchmark.clone();
+    if a.data.is_some() {
+        cfg.data = a.data;
+    }
+    if a.embedder.is_some() {
+        cfg.embedder = a.embedder;
+    }
+    for m in cfg.embedder.iter_mut() {
+        *m = unlearn::util::hub::model(m)?;
+    }
+    let model = unlearn::util::hub::model(&a.model)?;
+    let mut inputs = vec![Input::new("model", &model)];
+    for (role, p) in [
+        ("task data", &cfg.data),
+        ("sentence encoder", &cfg.embedder),
+        ("refusal pool", &cfg.refusals),
+    ] {
+        if let Some(p) = p {
+            inputs.push(Input::new(role, p));
+        }
+    }
+    let (ef, sf) = (eval_file(&cfg.task), summary_file(&cfg.task));
+    let _lock = claim_results_dir("--out", &a.out, &inputs, &[&ef, &sf, "run.json"])?;
+    let dev = a.device.get()?;
+    let md = ModelDir::load(&model, &dev)?;
+    unlearn::util::rundir::write_run_info(
+        &a.out,
+        &format!("eval-{}", cfg.task),
+        cfg.seed,
+        &cfg,
+        &inputs,
+    )?;
+    let start = std::time::Instant::now();
+    let out = evaluate(&md.model, &md.tok, &cfg, &a.out, true)?;
+    for (k, v) in &out.summary {
+        match v.as_f64() {
+            Some(x) => println!("{k:<32} {x:.4}"),
+            None => println!("{k:<32} {}", v),
+        }
+    }
+    println!(
+        "wrote {} ({:.1}s)",
+        a.out.join(ef).display(),
         start.elapsed().as_secs_f64()
     );
     Ok(())

@@ -117,6 +117,65 @@ fn read_parquet(path: &Path) -> Result<Vec<QaItem>> {
     items_from_values(values, path, "row")
 }
 
+/// Rows of a data file (parquet, a JSON array or JSON lines) as JSON objects, for tasks whose
+/// fields are not QA items (multiple choice, lists of aliases). Errors name the file and the row
+/// or line.
+pub fn read_rows(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let bad = |line: usize, msg: String| Error::Data {
+        path: path.to_path_buf(),
+        line,
+        msg,
+    };
+    let rows = if path.extension().is_some_and(|e| e == "parquet") {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let r =
+            SerializedFileReader::new(f).map_err(|e| bad(0, format!("not a parquet file: {e}")))?;
+        let rows = r
+            .get_row_iter(None)
+            .map_err(|e| bad(0, format!("cannot read rows: {e}")))?;
+        rows.enumerate()
+            .map(|(i, row)| {
+                row.map(|r| r.to_json_value())
+                    .map_err(|e| bad(0, format!("row {i}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        let text = crate::error::read_to_string(path)?;
+        if text.trim_start().starts_with('[') {
+            serde_json::from_str::<Vec<serde_json::Value>>(&text)
+                .map_err(|e| bad(e.line(), format!("not a JSON array: {e}")))?
+        } else {
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+                .map(|(i, l)| {
+                    serde_json::from_str(l).map_err(|e| bad(i + 1, format!("not JSON: {e}")))
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+    };
+    if let Some(i) = rows.iter().position(|r| !r.is_object()) {
+        return Err(bad(0, format!("row {i} is not a JSON object")));
+    }
+    Ok(rows)
+}
+
+/// The files of each split under `dir` (any layout of the module doc), by split name.
+pub fn local_splits(dir: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>> {
+    if !dir.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{}: not a directory",
+            dir.display()
+        )));
+    }
+    let files = listing(dir);
+    Ok(splits(&files)
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().map(|f| dir.join(f)).collect()))
+        .collect())
+}
+
 fn read_any(path: &Path) -> Result<Vec<QaItem>> {
     if path.extension().is_some_and(|e| e == "parquet") {
         read_parquet(path)

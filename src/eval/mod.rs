@@ -14,6 +14,7 @@ pub mod attack;
 pub mod audit;
 pub mod exclusive;
 pub mod formula;
+pub mod harness;
 pub mod metrics;
 pub mod names;
 pub mod passes;

@@ -176,6 +176,20 @@ pub fn generate_with(
     pad_id: u32,
     cfg: &GenConfig,
 ) -> Result<Vec<Vec<u32>>> {
+    generate_until(model, prompts, item_ids, stops, pad_id, cfg, &|_| false)
+}
+
+/// [`generate_with`] that also ends a row once `until(tokens so far)` holds (a stop string in
+/// the decoded text, say); the token that made it hold is kept.
+pub fn generate_until(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    item_ids: &[u64],
+    stops: &Stops,
+    pad_id: u32,
+    cfg: &GenConfig,
+    until: &dyn Fn(&[u32]) -> bool,
+) -> Result<Vec<Vec<u32>>> {
     let b = prompts.len();
     if b == 0 {
         return Ok(vec![]);
@@ -260,6 +274,7 @@ pub fn generate_with(
             } else {
                 out[r].push(t);
                 next[r] = t;
+                done[r] = until(&out[r]);
             }
         }
         if done.iter().all(|&d| d) {

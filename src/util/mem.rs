@@ -29,6 +29,20 @@ pub fn check_fits(what: &str, bytes: u128) -> Result<()> {
     Ok(())
 }
 
+/// Peak resident set size of this process so far (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Reset the peak resident set size to the current one (Linux ≥ 4.0: `5` into
+/// /proc/self/clear_refs), so a later [`peak_rss_mib`] measures one phase of the work.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,18 +68,4 @@ mod tests {
         );
         assert!(check_fits("a little", 1).is_ok());
     }
-}
-
-/// Peak resident set size of this process so far (Linux `VmHWM`), in MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-/// Reset the peak resident set size to the current one (Linux ≥ 4.0: `5` into
-/// /proc/self/clear_refs), so a later [`peak_rss_mib`] measures one phase of the work.
-pub fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
