@@ -228,6 +228,122 @@ fn fmt(metric: &str, v: Option<f64>) -> String {
     }
 }
 
+/// Continual runs (`RUN_DIR/eval/task-K` of `unlearn run` with several tasks): the entries of
+/// each run, by task number.
+fn continual_runs(entries: &[Entry]) -> Vec<(String, Vec<(usize, &Entry)>)> {
+    let mut runs: Vec<(String, Vec<(usize, &Entry)>)> = vec![];
+    for e in entries {
+        let Some((prefix, k)) = e.name.rsplit_once("/task-") else {
+            continue;
+        };
+        let Ok(k) = k.parse::<usize>() else {
+            continue;
+        };
+        let run = prefix.strip_suffix("/eval").unwrap_or(prefix).to_string();
+        match runs.iter_mut().find(|r| r.0 == run) {
+            Some(r) => r.1.push((k, e)),
+            None => runs.push((run, vec![(k, e)])),
+        }
+    }
+    runs.retain(|r| r.1.len() > 1);
+    for r in runs.iter_mut() {
+        r.1.sort_by_key(|x| x.0);
+    }
+    runs
+}
+
+/// Metrics in [0, 1] drawn across tasks in the continual panel.
+const CONTINUAL_LINES: [&str; 5] = [
+    names::MODEL_UTILITY,
+    names::FORGET_ROUGE,
+    names::FORGET_PROB,
+    names::RETAIN_ROUGE,
+    names::FORGET_TRUTH_RATIO,
+];
+
+/// One panel per continual run: every table metric after each task, and the [0, 1] metrics
+/// as lines across tasks.
+fn continual_html(entries: &[Entry]) -> String {
+    let runs = continual_runs(entries);
+    if runs.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "<h2>Continual unlearning: metrics after each task</h2>",
+    );
+    for (run, tasks) in runs {
+        let cols: Vec<&(&str, &str)> = TABLE
+            .iter()
+            .filter(|(m, _)| tasks.iter().any(|(_, e)| e.eval.contains_key(*m)))
+            .collect();
+        let _ = write!(s, "<h3>{}</h3><table><tr><th>after task</th>", esc(&run));
+        for (m, help) in &cols {
+            let _ = write!(s, "<th title=\"{}\">{}</th>", esc(help), esc(m));
+        }
+        s += "</tr>";
+        for (k, e) in &tasks {
+            let _ = write!(s, "<tr><td>{k}</td>");
+            for (m, _) in &cols {
+                let _ = write!(s, "<td class=\"num\">{}</td>", fmt(m, e.agg(m)));
+            }
+            s += "</tr>";
+        }
+        s += "</table>";
+        let (w, h, ml, mr, mt, mb) = (520.0, 240.0, 48.0, 170.0, 12.0, 36.0);
+        let (pw, ph) = (w - ml - mr, h - mt - mb);
+        let n = tasks.len();
+        let x = |i: usize| ml + pw * i as f64 / (n - 1).max(1) as f64;
+        let y = |v: f64| mt + ph * (1.0 - v.clamp(0.0, 1.0));
+        let _ = write!(
+            s,
+            "<svg width=\"{w}\" height=\"{h}\" xmlns=\"http://www.w3.org/2000/svg\">\
+             <rect x=\"{ml}\" y=\"{mt}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#999\"/>\
+             <text x=\"{}\" y=\"{}\" font-size=\"11\">1</text><text x=\"{}\" y=\"{}\" font-size=\"11\">0</text>",
+            ml - 14.0,
+            mt + 4.0,
+            ml - 14.0,
+            mt + ph + 4.0
+        );
+        for (i, (k, _)) in tasks.iter().enumerate() {
+            let _ = write!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">{k}</text>",
+                x(i),
+                mt + ph + 16.0
+            );
+        }
+        let mut li = 0;
+        for m in CONTINUAL_LINES {
+            let pts: Vec<String> = tasks
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (_, e))| e.agg(m).map(|v| format!("{:.1},{:.1}", x(i), y(v))))
+                .collect();
+            if pts.len() < 2 {
+                continue;
+            }
+            let c = color(li);
+            let _ = write!(
+                s,
+                "<polyline fill=\"none\" stroke=\"{c}\" stroke-width=\"2\" points=\"{}\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" fill=\"{c}\">{}</text>",
+                pts.join(" "),
+                ml + pw + 8.0,
+                mt + 14.0 * (li as f64 + 1.0),
+                esc(m)
+            );
+            li += 1;
+        }
+        let _ = write!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"11\" text-anchor=\"middle\">task</text></svg>",
+            ml + pw / 2.0,
+            h - 4.0
+        );
+    }
+    s
+}
+
 /// Forget quality (log₁₀, y) against model utility (x), one labelled point per entry.
 pub fn scatter_svg(entries: &[Entry]) -> String {
     let (w, h, ml, mr, mt, mb) = (660.0, 400.0, 64.0, 150.0, 20.0, 48.0);
@@ -594,6 +710,7 @@ forget-set truth ratios of a model with those of the retain model (trained witho
         );
     }
     s += &robustness_html(entries);
+    s += &continual_html(entries);
     s += "<h2>Loss curves</h2><div class=\"curves\">";
     let mut any = false;
     for e in entries {
@@ -676,6 +793,32 @@ mod tests {
         // y of a point with FQ = 1 is the top of the plot area (mt = 20)
         let svg = scatter_svg(&es[1..2]);
         assert!(svg.contains(r#"cy="20.0""#), "{svg}");
+    }
+
+    /// Issue #26: a continual run's per-task evaluations get a panel (a row per task, in task
+    /// order, and a line per [0, 1] metric); single evaluations get none.
+    #[test]
+    fn continual_panel_orders_tasks() {
+        let es = vec![
+            entry("c.run/eval/task-10", 0.3, 0.5),
+            entry("c.run/eval/task-2", 0.2, 0.6),
+            entry("c.run/eval/task-1", 0.1, 0.7),
+            entry("other", 0.1, 0.7),
+        ];
+        let html = render(&es, "t");
+        let sec = html
+            .split("Continual unlearning")
+            .nth(1)
+            .unwrap()
+            .split("</svg>")
+            .next()
+            .unwrap();
+        assert!(sec.contains("<h3>c.run</h3>"));
+        let rows: Vec<&str> = sec.split("<tr><td>").skip(1).map(|r| r.split('<').next().unwrap()).collect();
+        assert_eq!(rows, ["1", "2", "10"]);
+        // model_utility and forget ROUGE have values on every task
+        assert_eq!(sec.matches("<polyline").count(), 2);
+        assert!(!render(&es[3..], "t").contains("Continual unlearning"));
     }
 
     /// Issue #22: audited models get a robustness table, a row each, a column per attack.

@@ -51,6 +51,16 @@ pub struct RunConfig {
     /// Split a single forget file into this many consecutive tasks (continual unlearning).
     #[serde(default)]
     pub forget_tasks: usize,
+    /// Split a single forget file into tasks by this field of its rows (`task_id` in the
+    /// continual splits of "A Closer Look at Machine Unlearning for LLMs"); tasks run in the
+    /// field's order (numeric when every value is a number, else first appearance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forget_task_key: Option<String>,
+    /// Continual unlearning as the closer-look paper runs it: the retain set of task k is the
+    /// `retain` set plus the forget items of the tasks after k (not yet forgotten), so retain
+    /// partners are drawn from both.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain_future_tasks: bool,
     /// Retain set (needed by every retain term except `none`).
     #[serde(default)]
     pub retain: Option<PathBuf>,
@@ -148,6 +158,15 @@ impl crate::config::Validate for RunConfig {
                 c.fail("forget", "must name at least one file");
             }
         }
+        if let Some(k) = &self.forget_task_key {
+            c.non_empty("forget_task_key", k);
+            if self.forget_tasks > 1 {
+                c.fail(
+                    "forget_task_key",
+                    "and forget_tasks both split the forget file; give one of them",
+                );
+            }
+        }
         for t in &self.trainable {
             c.non_empty("trainable", t);
         }
@@ -193,6 +212,8 @@ impl RunConfig {
             model,
             forget: Paths::One(forget),
             forget_tasks: 0,
+            forget_task_key: None,
+            retain_future_tasks: false,
             retain,
             refusals: None,
             out,

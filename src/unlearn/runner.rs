@@ -54,7 +54,10 @@ pub struct Runner<'a> {
     pub progress: bool,
     needs: Needs,
     tasks: Vec<Task>,
+    /// The retain set, then (with `retain_future_tasks`) every task's forget items.
     retain_qa: Vec<Encoded>,
+    /// How many of `retain_qa` are the `retain` set's.
+    n_retain: usize,
     trainable: Vec<(String, Var)>,
     /// User-given masks (`masks`), by index into `trainable`.
     masks: Vec<(usize, Tensor)>,
@@ -90,19 +93,49 @@ impl<'a> Runner<'a> {
             }
             (None, false) => vec![],
         };
+        let task_items = read_tasks(cfg)?;
+        let n_retain = retain_items.len();
+        // with retain_future_tasks the retain pool also holds every task's forget items; task
+        // k draws its partners from the retain set and the tasks after k
+        let mut retain_items = retain_items;
+        let mut task_start = vec![];
+        if cfg.retain_future_tasks {
+            if task_items.len() < 2 {
+                return Err(Error::Invalid(
+                    "retain_future_tasks needs a continual run (several forget files, \
+                     forget_tasks or forget_task_key)"
+                        .into(),
+                ));
+            }
+            for items in &task_items {
+                task_start.push(retain_items.len());
+                retain_items.extend(items.iter().cloned());
+            }
+        }
         let retain_qa = f.encode_items(&retain_items)?;
         let mut base = 0u64; // item numbering runs across tasks so per-item seeds do not repeat
         let mut tasks = vec![];
-        for items in read_tasks(cfg)? {
+        for (k, items) in task_items.iter().enumerate() {
+            let pool: Vec<usize> = match task_start.get(k + 1) {
+                Some(&next) => (0..n_retain).chain(next..retain_items.len()).collect(),
+                None => (0..n_retain).collect(),
+            };
+            if pool.is_empty() && needs.retain_set {
+                return Err(Error::Invalid(format!(
+                    "task {}: the retain term needs retain items, and neither `retain` nor a \
+                     later task gives any",
+                    k + 1
+                )));
+            }
             let enc = Encoder {
                 f: &f,
                 seed: cfg.train.seed,
                 needs,
                 refusals: &refusals,
                 retain_items: &retain_items,
-                n_retain: retain_qa.len(),
+                pool: &pool,
             };
-            tasks.push(enc.task(&items, base)?);
+            tasks.push(enc.task(items, base)?);
             base += items.len() as u64;
         }
         let trainable = trainable_params(cfg, model, rmu_layer)?;
@@ -112,7 +145,7 @@ impl<'a> Runner<'a> {
                     "method `simu` computes its own masks; drop `masks`".into(),
                 ));
             }
-            if sel.dual && retain_qa.is_empty() {
+            if sel.dual && n_retain == 0 {
                 return Err(Error::Invalid("simu dual mode needs a `retain` set".into()));
             }
         }
@@ -142,6 +175,7 @@ impl<'a> Runner<'a> {
             needs,
             tasks,
             retain_qa,
+            n_retain,
             trainable,
             masks,
             rmu_layer,
@@ -409,7 +443,7 @@ impl<'a> Runner<'a> {
             absolute: sel.absolute,
             batch_size: self.cfg.train.batch_size,
         };
-        let retain = sel.dual.then_some(&self.retain_qa[..]);
+        let retain = sel.dual.then_some(&self.retain_qa[..self.n_retain]);
         let chosen = select(
             model,
             &items,
@@ -471,6 +505,12 @@ impl<'a> Runner<'a> {
             mean_prob(model, &rq, bs)?.into()
         };
         let mut line = serde_json::json!({"task": task, "step": step, "forget_prob": forget_prob, "retain_prob": retain_prob});
+        if self.tasks.len() > 1 {
+            let later = data.retain_partner.iter().filter(|&&i| i >= self.n_retain).count();
+            line["n_forget"] = data.forget.len().into();
+            line["retain_pool"] = data.retain_pool.into();
+            line["partners_from_later_tasks"] = later.into();
+        }
         if let Some(ec) = &self.cfg.eval {
             let out = crate::eval::Evaluator::new(model, &self.md.tok, ec, false)?
                 .run(eval_out, None, true)?;
@@ -571,6 +611,15 @@ fn read_tasks(cfg: &RunConfig) -> Result<Vec<Vec<QaItem>>> {
             .map(|p| read_items(p))
             .collect::<Result<Vec<_>>>()?,
     };
+    if let Some(key) = &cfg.forget_task_key {
+        let Paths::One(p) = &cfg.forget else {
+            return Err(Error::Invalid(
+                "forget_task_key splits a single forget file; give one file".into(),
+            ));
+        };
+        let all = tasks.pop().unwrap();
+        tasks = split_by_key(p, key, all)?;
+    }
     if cfg.forget_tasks > 1 {
         if tasks.len() != 1 {
             return Err(Error::Invalid(
@@ -585,6 +634,55 @@ fn read_tasks(cfg: &RunConfig) -> Result<Vec<Vec<QaItem>>> {
     Ok(tasks)
 }
 
+/// The items of `path` grouped into tasks by the row field `key` (numbers or strings): in
+/// numeric order when every value is a number, else in order of first appearance.
+fn split_by_key(path: &Path, key: &str, items: Vec<QaItem>) -> Result<Vec<Vec<QaItem>>> {
+    let rows = crate::data::benchmark::read_rows(path)?;
+    if rows.len() != items.len() {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: format!(
+                "forget_task_key needs one JSON object per item ({} rows, {} items)",
+                rows.len(),
+                items.len()
+            ),
+        });
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        let id = match r.get(key) {
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => {
+                return Err(Error::Data {
+                    path: path.to_path_buf(),
+                    line: 0,
+                    msg: format!("row {i} has no `{key}` (a number or a non-empty string)"),
+                })
+            }
+        };
+        ids.push(id);
+    }
+    let mut order: Vec<String> = vec![];
+    for id in &ids {
+        if !order.contains(id) {
+            order.push(id.clone());
+        }
+    }
+    let nums: Option<Vec<f64>> = order.iter().map(|s| s.parse::<f64>().ok()).collect();
+    if let Some(n) = nums {
+        let mut pairs: Vec<(f64, String)> = n.into_iter().zip(order).collect();
+        pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        order = pairs.into_iter().map(|p| p.1).collect();
+    }
+    let mut tasks: Vec<Vec<QaItem>> = vec![vec![]; order.len()];
+    for (it, id) in items.into_iter().zip(&ids) {
+        tasks[order.iter().position(|o| o == id).unwrap()].push(it);
+    }
+    Ok(tasks)
+}
+
 /// Encodes a task's items and what its terms need: refusals chosen per item by a seeded draw,
 /// retain partners likewise; reference scores are filled later.
 struct Encoder<'e> {
@@ -593,7 +691,8 @@ struct Encoder<'e> {
     needs: Needs,
     refusals: &'e [String],
     retain_items: &'e [QaItem],
-    n_retain: usize,
+    /// The retain items this task's partners are drawn from (indices into `retain_items`).
+    pool: &'e [usize],
 }
 
 impl Encoder<'_> {
@@ -613,11 +712,14 @@ impl Encoder<'_> {
         } else {
             vec![]
         };
-        let retain_partner: Vec<usize> = if self.n_retain == 0 {
+        let retain_partner: Vec<usize> = if self.pool.is_empty() {
             vec![]
         } else {
             (0..items.len())
-                .map(|i| Rng::for_item(self.seed, "retain", base + i as u64).below(self.n_retain))
+                .map(|i| {
+                    self.pool
+                        [Rng::for_item(self.seed, "retain", base + i as u64).below(self.pool.len())]
+                })
                 .collect()
         };
         let retain_refusals = if self.needs.retain_refusals {
@@ -638,6 +740,7 @@ impl Encoder<'_> {
             forget,
             forget_refusals,
             retain_partner,
+            retain_pool: self.pool.len(),
             retain_refusals,
             ref_answers: vec![],
             ref_refusals: vec![],

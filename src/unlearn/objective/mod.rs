@@ -93,6 +93,9 @@ pub struct Task {
     pub forget_refusals: Vec<Encoded>,
     /// Retain partner (index into the retain set) of each forget item.
     pub retain_partner: Vec<usize>,
+    /// How many retain items the partners were drawn from (the `retain` set, plus the later
+    /// tasks' forget items with `retain_future_tasks`).
+    pub retain_pool: usize,
     /// A refusal to each forget item's retain partner's question.
     pub retain_refusals: Vec<Encoded>,
     /// Summed reference log-probs of each forget answer / refusal.
