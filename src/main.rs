@@ -32,6 +32,9 @@ enum Cmd {
     Attribute(cli::attribute::Args),
     /// Exclusive Unlearning's forget corpus: the model samples freely from its chat template.
     Selfgen(cli::selfgen::Args),
+    /// Replace a QA file's answers by the model's own (training targets of the real-world
+    /// scenario); the original answers are kept as `golden_answer`.
+    Answers(cli::answers::Args),
     /// Robustness attacks on an unlearned model (relearning, quantization).
     #[command(subcommand)]
     Attack(cli::attack::Cmd),
@@ -81,6 +84,7 @@ fn main() {
         Cmd::Audit(a) => cli::audit::run(a),
         Cmd::Attack(c) => cli::attack::run(c),
         Cmd::Selfgen(a) => cli::selfgen::run(a),
+        Cmd::Answers(a) => cli::answers::run(a),
         Cmd::Run(a) => cli::run::run(a),
         Cmd::Attribute(a) => cli::attribute::run(a),
         Cmd::Init(a) => cli::init::run(a),

@@ -489,7 +489,12 @@ fn continual_tasks_by_task_id_retain_the_later_tasks() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     // rows 0, 1 → task "10"; row 2 → task "2"; row 3 → task 1 (a number)
-    let ids = [serde_json::json!("10"), serde_json::json!("10"), serde_json::json!("2"), serde_json::json!(1)];
+    let ids = [
+        serde_json::json!("10"),
+        serde_json::json!("10"),
+        serde_json::json!("2"),
+        serde_json::json!(1),
+    ];
     let tasks: String = rows
         .iter()
         .zip(ids)
@@ -504,8 +509,12 @@ fn continual_tasks_by_task_id_retain_the_later_tasks() {
         p,
         "ga+gd",
         "k",
-        &["forget=\"tasks.jsonl\"", "forget_task_key=\"task_id\"", "retain_future_tasks=true",
-          "train.epochs=2"],
+        &[
+            "forget=\"tasks.jsonl\"",
+            "forget_task_key=\"task_id\"",
+            "retain_future_tasks=true",
+            "train.epochs=2",
+        ],
     );
     let log: Vec<serde_json::Value> = std::fs::read_to_string(p.join("k.run/eval_log.jsonl"))
         .unwrap()
@@ -516,7 +525,12 @@ fn continual_tasks_by_task_id_retain_the_later_tasks() {
     // task order 1, 2, 10: sizes 1, 1, 2; retain = 2 items (rows 2, 3 of SHORT_QA)
     let got: Vec<(u64, u64)> = log
         .iter()
-        .map(|l| (l["n_forget"].as_u64().unwrap(), l["retain_pool"].as_u64().unwrap()))
+        .map(|l| {
+            (
+                l["n_forget"].as_u64().unwrap(),
+                l["retain_pool"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(got, vec![(1, 2 + 1 + 2), (1, 2 + 2), (2, 2)]);
     assert_eq!(log[2]["partners_from_later_tasks"], 0);
@@ -526,24 +540,65 @@ fn continual_tasks_by_task_id_retain_the_later_tasks() {
         p,
         "ga+gd",
         "k2",
-        &["forget=\"tasks.jsonl\"", "forget_task_key=\"task_id\"", "train.epochs=1"],
+        &[
+            "forget=\"tasks.jsonl\"",
+            "forget_task_key=\"task_id\"",
+            "train.epochs=1",
+        ],
     );
     let log = std::fs::read_to_string(p.join("k2.run/eval_log.jsonl")).unwrap();
-    assert!(log.lines().all(|l| l.contains("\"retain_pool\":2") && l.contains("\"partners_from_later_tasks\":0")), "{log}");
+    assert!(
+        log.lines()
+            .all(|l| l.contains("\"retain_pool\":2")
+                && l.contains("\"partners_from_later_tasks\":0")),
+        "{log}"
+    );
     // a row without the key is named
     std::fs::write(p.join("bad.jsonl"), SHORT_QA).unwrap();
     let e = fails(
-        &["run", "--set", "model=ft", "--set", "forget=bad.jsonl", "--set", "retain=retain.jsonl",
-          "--set", "out=bad", "--set", "method=ga+gd", "--set", "forget_task_key=\"task_id\""],
+        &[
+            "run",
+            "--set",
+            "model=ft",
+            "--set",
+            "forget=bad.jsonl",
+            "--set",
+            "retain=retain.jsonl",
+            "--set",
+            "out=bad",
+            "--set",
+            "method=ga+gd",
+            "--set",
+            "forget_task_key=\"task_id\"",
+        ],
         p,
     );
-    assert!(e.contains("bad.jsonl") && e.contains("row 0 has no `task_id`"), "{e}");
+    assert!(
+        e.contains("bad.jsonl") && e.contains("row 0 has no `task_id`"),
+        "{e}"
+    );
     let e = fails(
-        &["run", "--set", "model=ft", "--set", "forget=forget.jsonl", "--set", "retain=retain.jsonl",
-          "--set", "out=bad", "--set", "method=ga+gd", "--set", "retain_future_tasks=true"],
+        &[
+            "run",
+            "--set",
+            "model=ft",
+            "--set",
+            "forget=forget.jsonl",
+            "--set",
+            "retain=retain.jsonl",
+            "--set",
+            "out=bad",
+            "--set",
+            "method=ga+gd",
+            "--set",
+            "retain_future_tasks=true",
+        ],
         p,
     );
-    assert!(e.contains("retain_future_tasks needs a continual run"), "{e}");
+    assert!(
+        e.contains("retain_future_tasks needs a continual run"),
+        "{e}"
+    );
     assert!(!p.join("bad").exists());
 }
 

@@ -268,9 +268,7 @@ fn continual_html(entries: &[Entry]) -> String {
     if runs.is_empty() {
         return String::new();
     }
-    let mut s = String::from(
-        "<h2>Continual unlearning: metrics after each task</h2>",
-    );
+    let mut s = String::from("<h2>Continual unlearning: metrics after each task</h2>");
     for (run, tasks) in runs {
         let cols: Vec<&(&str, &str)> = TABLE
             .iter()
@@ -814,7 +812,11 @@ mod tests {
             .next()
             .unwrap();
         assert!(sec.contains("<h3>c.run</h3>"));
-        let rows: Vec<&str> = sec.split("<tr><td>").skip(1).map(|r| r.split('<').next().unwrap()).collect();
+        let rows: Vec<&str> = sec
+            .split("<tr><td>")
+            .skip(1)
+            .map(|r| r.split('<').next().unwrap())
+            .collect();
         assert_eq!(rows, ["1", "2", "10"]);
         // model_utility and forget ROUGE have values on every task
         assert_eq!(sec.matches("<polyline").count(), 2);

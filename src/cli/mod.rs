@@ -1,3 +1,4 @@
+pub mod answers;
 pub mod attack;
 pub mod attribute;
 pub mod audit;

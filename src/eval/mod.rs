@@ -121,6 +121,15 @@ pub struct EvalConfig {
     /// `mia_gradnorm` (one backward pass per forget and holdout item). Off by default, as in
     /// open-unlearning.
     pub extra_metrics: Vec<String>,
+    /// The retain set's split (default `retain_perturbed`; `{split}_perturbed.jsonl` or
+    /// `{split}.jsonl`): the neighbour set of the closer-look real-world scenario, say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retain_split: Option<String>,
+    /// Read every set's reference answer from this row field where a row has it (the
+    /// real-world scenario's `golden_answer`: training targets are the model's own answers,
+    /// evaluation uses the golden ones).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer_field: Option<String>,
 }
 
 /// Which conventions the evaluation follows.
@@ -163,6 +172,8 @@ impl Default for EvalConfig {
             min_k: 0.4,
             compat: Compat::None,
             extra_metrics: vec![],
+            retain_split: None,
+            answer_field: None,
         }
     }
 }
@@ -214,7 +225,10 @@ impl EvalConfig {
                 format!("{}_perturbed.jsonl", self.forget_split),
                 format!("{}.jsonl", self.forget_split),
             ],
-            SetName::Retain => vec!["retain_perturbed.jsonl".into()],
+            SetName::Retain => match &self.retain_split {
+                None => vec!["retain_perturbed.jsonl".into()],
+                Some(r) => vec![format!("{r}_perturbed.jsonl"), format!("{r}.jsonl")],
+            },
             SetName::Ra => vec!["real_authors_perturbed.jsonl".into()],
             SetName::Wf => vec!["world_facts_perturbed.jsonl".into()],
             SetName::Holdout => vec![format!("{}.jsonl", self.holdout())],
@@ -541,6 +555,11 @@ pub fn fingerprint(model_dir: &Path, cfg: &EvalConfig) -> Result<EvalKeys> {
                      cfg.max_len, cfg.prompt, cfg.batch_size, cfg.gen_batch_size, cfg.compat],
         "version": crate::VERSION,
     });
+    let mut passes = passes;
+    if let Some(f) = &cfg.answer_field {
+        // only when set, so the keys of every earlier evaluation stay as they were
+        passes["answer_field"] = f.as_str().into();
+    }
     let passes = crate::util::hash::sha256(passes.to_string().as_bytes());
     let metrics = json!({
         "passes": passes,

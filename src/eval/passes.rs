@@ -108,6 +108,9 @@ impl<'a> Passes<'a> {
                 match cfg.file(s) {
                     Ok(p) => {
                         let mut items = read_qa(&p)?;
+                        if let Some(f) = &cfg.answer_field {
+                            answers_from_field(&p, f, &mut items)?;
+                        }
                         if cfg.max_items > 0 {
                             items.truncate(cfg.max_items);
                         }
@@ -475,4 +478,40 @@ fn drop_last(t: &TokenStats) -> TokenStats {
         mu: t.mu[..n].to_vec(),
         var: t.var[..n].to_vec(),
     }
+}
+
+/// Replace each item's answer by the row's `field` where the row has a non-empty one
+/// (`answer_field`); rows without it keep `answer`.
+fn answers_from_field(path: &std::path::Path, field: &str, items: &mut [QaItem]) -> Result<()> {
+    let rows = crate::data::benchmark::read_rows(path)?;
+    if rows.len() != items.len() {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: format!(
+                "answer_field needs one JSON object per item ({} rows, {} items)",
+                rows.len(),
+                items.len()
+            ),
+        });
+    }
+    let mut found = 0;
+    for (it, r) in items.iter_mut().zip(&rows) {
+        if let Some(a) = r
+            .get(field)
+            .and_then(|v| v.as_str())
+            .filter(|a| !a.trim().is_empty())
+        {
+            it.answer = a.to_string();
+            found += 1;
+        }
+    }
+    if found == 0 {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: format!("no row has a non-empty `{field}` (answer_field)"),
+        });
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The unlearning run (`unlearn run`): a model, a forget set (or a sequence of forget tasks), a
 //! retain set and a refusal pool; one method = gamma · forget term + alpha · retain term;
 //! AdamW on the selected parameters; per-step losses as JSONL; the model saved after each task.
+pub mod answers;
 pub mod attribution;
 pub mod edit;
 pub mod objective;

@@ -506,7 +506,11 @@ impl<'a> Runner<'a> {
         };
         let mut line = serde_json::json!({"task": task, "step": step, "forget_prob": forget_prob, "retain_prob": retain_prob});
         if self.tasks.len() > 1 {
-            let later = data.retain_partner.iter().filter(|&&i| i >= self.n_retain).count();
+            let later = data
+                .retain_partner
+                .iter()
+                .filter(|&&i| i >= self.n_retain)
+                .count();
             line["n_forget"] = data.forget.len().into();
             line["retain_pool"] = data.retain_pool.into();
             line["partners_from_later_tasks"] = later.into();
