@@ -111,7 +111,15 @@ pub fn metrics(a: Args) -> Result<()> {
             .iter()
             .map(|(n, f)| json!({"name": n, "formula": f}))
             .collect();
-        let v = json!({"suite": suite, "exclusive": exclusive});
+        let muse: Vec<Value> = unlearn::eval::muse::METRICS
+            .iter()
+            .map(|(n, f)| json!({"name": n, "formula": f}))
+            .collect();
+        let tasks: Vec<Value> = unlearn::eval::harness::tasks::TASKS
+            .iter()
+            .map(|t| json!({"name": t.name, "dataset": t.dataset, "num_fewshot": t.num_fewshot}))
+            .collect();
+        let v = json!({"suite": suite, "exclusive": exclusive, "muse": muse, "general": tasks});
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
@@ -139,6 +147,25 @@ pub fn metrics(a: Args) -> Result<()> {
     println!("\nMetrics of `unlearn eval --benchmark exclusive` (EXCLUSIVE_EVAL.json; Exclusive Unlearning):\n");
     for (n, f) in EXCLUSIVE {
         println!("  {n}\n      {f}");
+    }
+    println!("\nMetrics of `unlearn eval --benchmark muse --data DIR` (MUSE_EVAL.json):\n");
+    for (n, f) in unlearn::eval::muse::METRICS {
+        println!("  {n}\n      {f}");
+    }
+    println!(
+        "\nGeneral-ability tasks (`unlearn eval --benchmark TASK --data DIR`, {{task}}_EVAL.json; \
+         lm-evaluation-harness's definitions):\n"
+    );
+    for t in unlearn::eval::harness::tasks::TASKS {
+        let m = match (t.kind, t.acc_norm) {
+            (unlearn::eval::harness::tasks::Kind::MultipleChoice, true) => "acc, acc_norm",
+            (unlearn::eval::harness::tasks::Kind::MultipleChoice, false) => "acc",
+            _ => "exact_match, refusal_rate, answer_words",
+        };
+        println!(
+            "  {:<16} {} ({}-shot by default): {m}",
+            t.name, t.dataset, t.num_fewshot
+        );
     }
     Ok(())
 }

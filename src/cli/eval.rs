@@ -18,8 +18,8 @@ pub struct Args {
     #[arg(long, default_value = "tofu")]
     benchmark: String,
     /// General-ability tasks (mmlu, arc_challenge, arc_easy, truthfulqa_mc1, wmdp_bio,
-    /// wmdp_chem, wmdp_cyber, gsm8k, triviaqa): the directory holding the task's dataset in its
-    /// Hub layout (parquet or JSON).
+    /// wmdp_chem, wmdp_cyber, gsm8k, triviaqa) and `muse`: the directory holding the dataset in
+    /// its Hub layout (parquet or JSON).
     #[arg(long)]
     data: Option<PathBuf>,
     /// exclusive: in-domain QA set.
@@ -64,6 +64,9 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     if a.benchmark == "exclusive" {
         return exclusive(a);
+    }
+    if a.benchmark == "muse" {
+        return muse(a);
     }
     if unlearn::eval::harness::tasks::find(&a.benchmark).is_some() {
         return harness(a);
@@ -148,6 +151,50 @@ pub fn run(a: Args) -> Result<()> {
     println!(
         "wrote {} ({:.1}s)",
         a.out.join(unlearn::eval::EVAL_FILE).display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn muse(a: Args) -> Result<()> {
+    use unlearn::eval::muse::{evaluate, MuseConfig, EVAL_FILE, SUMMARY_FILE};
+    let mut cfg: MuseConfig = a.settings.load()?;
+    if a.data.is_some() {
+        cfg.data = a.data;
+    }
+    if a.retain_logs.is_some() {
+        cfg.retain_logs = a.retain_logs;
+    }
+    if let Some(r) = cfg.retain_logs.as_mut() {
+        *r = unlearn::util::hub::file(r)?;
+    }
+    let model = unlearn::util::hub::model(&a.model)?;
+    let mut inputs = vec![Input::new("model", &model)];
+    for (role, p) in [("MUSE data", &cfg.data), ("retain logs", &cfg.retain_logs)] {
+        if let Some(p) = p {
+            inputs.push(Input::new(role, p));
+        }
+    }
+    let _lock = claim_results_dir(
+        "--out",
+        &a.out,
+        &inputs,
+        &[EVAL_FILE, SUMMARY_FILE, "run.json"],
+    )?;
+    let dev = a.device.get()?;
+    let md = ModelDir::load(&model, &dev)?;
+    unlearn::util::rundir::write_run_info(&a.out, "eval-muse", 0, &cfg, &inputs)?;
+    let start = std::time::Instant::now();
+    let s = evaluate(&md.model, &md.tok, &cfg, &a.out, true)?;
+    for (k, v) in &s {
+        match v.as_f64() {
+            Some(x) => println!("{k:<24} {x:.4}"),
+            None => println!("{k:<24} skipped"),
+        }
+    }
+    println!(
+        "wrote {} ({:.1}s)",
+        a.out.join(EVAL_FILE).display(),
         start.elapsed().as_secs_f64()
     );
     Ok(())

@@ -16,6 +16,7 @@ pub mod exclusive;
 pub mod formula;
 pub mod harness;
 pub mod metrics;
+pub mod muse;
 pub mod names;
 pub mod passes;
 pub mod value;

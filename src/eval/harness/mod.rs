@@ -423,6 +423,48 @@ fn multiple_choice(
     Ok((m, samples))
 }
 
+/// Greedy continuations of `prompts` (at most `max_new` tokens; the model's end-of-sequence
+/// ids end a row), each cut at the first occurrence of every stop string in turn; a row stops
+/// early once its decoded text holds a stop string.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_cut(
+    model: &Llama,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    max_new: usize,
+    until: &[String],
+    batch: usize,
+    what: &str,
+    progress: bool,
+) -> Result<Vec<String>> {
+    let gcfg = GenConfig {
+        max_new_tokens: max_new,
+        ..Default::default()
+    };
+    let stops = Stops::for_model(&model.cfg, tok);
+    let hit = |ids: &[u32]| -> bool {
+        tok.decode(ids, true)
+            .map(|s| {
+                until
+                    .iter()
+                    .any(|u| !u.is_empty() && s.contains(u.as_str()))
+            })
+            .unwrap_or(false)
+    };
+    let bar = crate::util::progress::bar(prompts.len() as u64, what, progress);
+    let mut responses = Vec::with_capacity(prompts.len());
+    for (ci, chunk) in prompts.chunks(batch.max(1)).enumerate() {
+        let ids: Vec<u64> = (0..chunk.len()).map(|j| (ci * batch + j) as u64).collect();
+        let outs = generate_until(model, chunk, &ids, &stops, tok.pad_id, &gcfg, &hit)?;
+        for o in outs {
+            responses.push(extract::cut_at_stops(&tok.decode(&o, true)?, until));
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(responses)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn generation(
     model: &Llama,
@@ -460,33 +502,16 @@ fn generation(
             Ok(ids)
         })
         .collect::<Result<Vec<_>>>()?;
-    let gcfg = GenConfig {
-        max_new_tokens: cfg.max_gen_toks,
-        ..Default::default()
-    };
-    let stops = Stops::for_model(&model.cfg, tok);
-    let hit = |ids: &[u32]| -> bool {
-        tok.decode(ids, true)
-            .map(|s| {
-                until
-                    .iter()
-                    .any(|u| !u.is_empty() && s.contains(u.as_str()))
-            })
-            .unwrap_or(false)
-    };
-    let bar = crate::util::progress::bar(prompts.len() as u64, task.name, progress);
-    let mut responses = Vec::with_capacity(prompts.len());
-    for (ci, chunk) in prompts.chunks(cfg.gen_batch_size).enumerate() {
-        let ids: Vec<u64> = (0..chunk.len())
-            .map(|j| (ci * cfg.gen_batch_size + j) as u64)
-            .collect();
-        let outs = generate_until(model, chunk, &ids, &stops, tok.pad_id, &gcfg, &hit)?;
-        for o in outs {
-            responses.push(extract::cut_at_stops(&tok.decode(&o, true)?, &until));
-        }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish_and_clear();
+    let responses = generate_cut(
+        model,
+        tok,
+        &prompts,
+        cfg.max_gen_toks,
+        &until,
+        cfg.gen_batch_size,
+        task.name,
+        progress,
+    )?;
     // refusal scores (sentence encoder), skipped without one
     let refusal: std::result::Result<Vec<f64>, String> =
         match crate::eval::embedder_dir(cfg.embedder.as_ref()) {
