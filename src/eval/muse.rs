@@ -96,8 +96,11 @@ impl crate::config::Validate for MuseConfig {
     }
 }
 
+/// A split's first file (named in errors) and its rows.
+type Rows = (PathBuf, Vec<Value>);
+
 /// The rows of split `split` of config folder `config` (None when the split is absent).
-fn split_rows(dir: &Path, config: &str, split: &str) -> Result<Option<(PathBuf, Vec<Value>)>> {
+fn split_rows(dir: &Path, config: &str, split: &str) -> Result<Option<Rows>> {
     let folder = dir.join(config);
     if !folder.is_dir() {
         return Ok(None);
@@ -159,11 +162,7 @@ pub fn evaluate(
     })?;
     // read and check every input before the first model pass
     let verb = split_rows(dir, "verbmem", "forget")?;
-    let know: Vec<(
-        &str,
-        Option<(PathBuf, Vec<Value>)>,
-        Option<(PathBuf, Vec<Value>)>,
-    )> = ["forget", "retain"]
+    let know: Vec<(&str, Option<Rows>, Option<Rows>)> = ["forget", "retain"]
         .into_iter()
         .map(|s| {
             Ok((
