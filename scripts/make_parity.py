@@ -77,7 +77,19 @@ def olmo():
         tie_word_embeddings=False, attention_bias=False, attn_implementation="eager",
         pad_token_id=None, bos_token_id=None, eos_token_id=None))
 
-MODELS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2, "olmo": olmo}
+def phi3():
+    # LongRoPE with original_max_position_embeddings 8 < the 9 tokens of the golden inputs:
+    # transformers switches to the long factors; attention_factor from max/original = 8
+    from transformers import Phi3Config, Phi3ForCausalLM
+    return Phi3ForCausalLM(Phi3Config(vocab_size=64, hidden_size=32, intermediate_size=48,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=64, original_max_position_embeddings=8, rms_norm_eps=1e-5,
+        rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.2, 1.5, 2.0],
+                      "long_factor": [1.5, 2.5, 4.0, 6.0]},
+        tie_word_embeddings=False, attn_implementation="eager",
+        pad_token_id=None, bos_token_id=None, eos_token_id=None))
+
+MODELS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2, "olmo": olmo, "phi3": phi3}
 for name in sys.argv[1:] or list(MODELS):
     torch.manual_seed(0)
     make(name, MODELS[name]())

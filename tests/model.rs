@@ -154,7 +154,16 @@ fn kv_cache_generation_equals_full_recompute_and_batching() {
     let mut olmo = tiny_config(32, 2);
     olmo.arch = unlearn::model::Arch::Olmo;
     olmo.clip_qkv = Some(0.05);
-    for cfg in [tiny_config(32, 2), qwen3, olmo2, olmo] {
+    // Phi-3 with LongRoPE whose switch to the long factors lies beyond these sequences
+    let mut phi3 = tiny_config(32, 2);
+    phi3.arch = unlearn::model::Arch::Phi3;
+    phi3.rope_scaling = Some(unlearn::model::config::RopeScaling::LongRope {
+        short_factor: vec![1.0, 1.5, 2.0, 3.0],
+        long_factor: vec![2.0, 3.0, 5.0, 8.0],
+        original_max_position_embeddings: 32,
+        attention_factor: None,
+    });
+    for cfg in [tiny_config(32, 2), qwen3, olmo2, olmo, phi3] {
         kv_cache_case(Llama::random(cfg, 9, &Device::Cpu).unwrap());
     }
 }

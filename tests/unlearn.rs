@@ -934,3 +934,71 @@ fn olmo_runs_every_method() {
         e["unl_first_prob_after"].as_f64().unwrap() > e["unl_first_prob_before"].as_f64().unwrap()
     );
 }
+
+/// Issue #24, Phi-3: fused qkv_proj / gate_up_proj in the files (split in memory), every named
+/// method runs (UniErase included) and NPO+GD forgets; LoRA is refused with the reason.
+#[test]
+fn phi3_runs_every_method_with_fused_checkpoints() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    setup_with(p, &["--arch", "phi3"]);
+    let names = |dir: &str| -> Vec<String> {
+        let b = std::fs::read(p.join(dir).join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+        st.names().into_iter().map(String::from).collect()
+    };
+    let n = names("ft");
+    assert!(n.iter().any(|x| x.ends_with("self_attn.qkv_proj.weight")));
+    assert!(n.iter().any(|x| x.ends_with("mlp.gate_up_proj.weight")));
+    assert!(!n
+        .iter()
+        .any(|x| x.ends_with("q_proj.weight") && !x.contains("qkv")));
+    for m in unlearn::unlearn::objective::method::NAMED {
+        if *m == "unierase" {
+            continue;
+        }
+        let e = unlearn(p, m, "o", &["train.max_steps=2"]);
+        assert_eq!(e["step"], 2, "{m}");
+    }
+    let (f0, _) = probs(p, "ft");
+    unlearn(p, "npo+gd", "n", &[]);
+    let (f1, _) = probs(p, "n");
+    assert!(f1 < 0.5 * f0, "NPO+GD did not forget on phi3: {f0} -> {f1}");
+    assert!(names("n")
+        .iter()
+        .any(|x| x.ends_with("gate_up_proj.weight")));
+    let e = unlearn(
+        p,
+        "unierase",
+        "u",
+        &[
+            "method.forget.layers=[0,1]",
+            "method.forget.phase1_epochs=20",
+            "method.forget.phase1_lr=1e-2",
+            "method.forget.v_steps=25",
+            "method.forget.clamp_norm=3",
+        ],
+    );
+    assert!(
+        e["unl_first_prob_after"].as_f64().unwrap() > e["unl_first_prob_before"].as_f64().unwrap()
+    );
+    let e = fails(
+        &[
+            "run",
+            "--set",
+            "model=ft",
+            "--set",
+            "forget=forget.jsonl",
+            "--set",
+            "retain=retain.jsonl",
+            "--set",
+            "out=l",
+            "--set",
+            "method=npo+gd",
+            "--set",
+            "lora.r=4",
+        ],
+        p,
+    );
+    assert!(e.contains("phi3") && e.contains("qkv_proj"), "{e}");
+}

@@ -10,8 +10,9 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Architecture: llama, qwen2 (q/k/v biases), qwen3 (per-head q/k RMSNorm), olmo
-    /// (parameter-free LayerNorm) or olmo2 (post-norms, q/k RMSNorm over the projections).
-    #[arg(long, default_value = "llama", value_parser = ["llama", "qwen2", "qwen3", "olmo", "olmo2"])]
+    /// (parameter-free LayerNorm), olmo2 (post-norms, q/k RMSNorm over the projections) or phi3
+    /// (fused qkv_proj and gate_up_proj in the checkpoint).
+    #[arg(long, default_value = "llama", value_parser = ["llama", "qwen2", "qwen3", "olmo", "olmo2", "phi3"])]
     arch: String,
     #[arg(long, default_value_t = 256)]
     hidden: usize,
@@ -119,6 +120,7 @@ pub fn run(a: Args) -> Result<()> {
         "qwen3" => cfg.arch = unlearn::model::Arch::Qwen3,
         "olmo2" => cfg.arch = unlearn::model::Arch::Olmo2,
         "olmo" => cfg.arch = unlearn::model::Arch::Olmo,
+        "phi3" => cfg.arch = unlearn::model::Arch::Phi3,
         _ => {}
     }
     if a.head_dim.is_none() {
@@ -128,6 +130,11 @@ pub fn run(a: Args) -> Result<()> {
     cfg.check()
         .map_err(|e| anyhow::anyhow!("the requested model is not valid: {e}"))?;
     let n = cfg.num_params_wide();
+    anyhow::ensure!(
+        !(a.dtype == "bf16" && cfg.arch == unlearn::model::Arch::Phi3),
+        "--dtype bf16 writes one tensor at a time and cannot fuse phi3's qkv_proj and \
+         gate_up_proj; use --dtype f32 for phi3"
+    );
     if a.dtype == "bf16" {
         // one tensor at a time: the largest (the embedding) in f64 draws and bf16 bytes
         let largest = cfg.vocab_size.max(cfg.intermediate_size) * cfg.hidden_size;

@@ -17,6 +17,16 @@ pub enum RopeScaling {
     Linear {
         factor: f64,
     },
+    /// Phi-3's LongRoPE (`rope_type` "longrope", older "su"): inv_freq_i = 1 / (f_i ·
+    /// θ^(2i/d)) with f = `short_factor` while the sequence fits `original_max_position_embeddings`
+    /// and `long_factor` beyond; cos and sin scaled by `attention_factor` (default
+    /// √(1 + ln s / ln original) with s = max_position_embeddings / original, 1 when s ≤ 1).
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position_embeddings: usize,
+        attention_factor: Option<f64>,
+    },
 }
 
 /// Which member of the family the checkpoint is; decides default biases and `model_type`.
@@ -36,6 +46,10 @@ pub enum Arch {
     /// OLMo (1): LayerNorm without parameters in place of RMSNorm (no norm weights at all), and
     /// optionally q, k, v clamped to [−clip_qkv, clip_qkv] after their projections.
     Olmo,
+    /// Phi-3 / Phi-3.5: Llama's computation with q, k, v fused into `qkv_proj` and gate, up into
+    /// `gate_up_proj` in the checkpoint (split on load, fused again on save), LongRoPE scaling
+    /// and Mistral-style sliding-window attention.
+    Phi3,
 }
 
 impl Arch {
@@ -47,6 +61,7 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Olmo2 => "olmo2",
             Arch::Olmo => "olmo",
+            Arch::Phi3 => "phi3",
         }
     }
     pub fn architectures(&self) -> &'static str {
@@ -57,6 +72,7 @@ impl Arch {
             Arch::Qwen3 => "Qwen3ForCausalLM",
             Arch::Olmo2 => "Olmo2ForCausalLM",
             Arch::Olmo => "OlmoForCausalLM",
+            Arch::Phi3 => "Phi3ForCausalLM",
         }
     }
 }
@@ -103,6 +119,10 @@ struct RawRopeScaling {
     low_freq_factor: Option<f64>,
     high_freq_factor: Option<f64>,
     original_max_position_embeddings: Option<usize>,
+    short_factor: Option<Vec<f64>>,
+    long_factor: Option<Vec<f64>>,
+    attention_factor: Option<f64>,
+    partial_rotary_factor: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +153,8 @@ struct RawConfig {
     hidden_act: Option<String>,
     sliding_window: Option<usize>,
     use_sliding_window: Option<bool>,
+    original_max_position_embeddings: Option<usize>,
+    partial_rotary_factor: Option<f64>,
     clip_qkv: Option<f64>,
     bos_token_id: Option<u32>,
     eos_token_id: Option<OneOrMany>,
@@ -153,9 +175,10 @@ impl LlamaConfig {
             Some("qwen3") => Arch::Qwen3,
             Some("olmo2") => Arch::Olmo2,
             Some("olmo") => Arch::Olmo,
+            Some("phi3") => Arch::Phi3,
             Some(other) => {
                 return Err(err(format!(
-                "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, olmo, olmo2)"
+                "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, olmo, olmo2, phi3)"
             )))
             }
         };
@@ -197,9 +220,39 @@ impl LlamaConfig {
             .rope_theta
             .or(raw.rope_parameters.as_ref().and_then(|r| r.rope_theta))
             .unwrap_or(10000.0);
-        let rope_scaling = match raw.rope_scaling.or(raw.rope_parameters) {
+        let rs = raw.rope_scaling.or(raw.rope_parameters);
+        let partial = raw
+            .partial_rotary_factor
+            .or(rs.as_ref().and_then(|r| r.partial_rotary_factor))
+            .unwrap_or(1.0);
+        if partial != 1.0 {
+            return Err(err(format!(
+                "partial_rotary_factor {partial} is not supported (1.0: rotary over the whole head)"
+            )));
+        }
+        let rope_scaling = match rs {
             None => None,
             Some(rs) => match rs.rope_type.as_deref() {
+                Some("longrope") | Some("su") => {
+                    let original = rs
+                        .original_max_position_embeddings
+                        .or(raw.original_max_position_embeddings)
+                        .ok_or_else(|| {
+                            err("longrope needs original_max_position_embeddings".into())
+                        })?;
+                    let short_factor = rs
+                        .short_factor
+                        .ok_or_else(|| err("rope_scaling.short_factor missing".into()))?;
+                    let long_factor = rs
+                        .long_factor
+                        .ok_or_else(|| err("rope_scaling.long_factor missing".into()))?;
+                    Some(RopeScaling::LongRope {
+                        short_factor,
+                        long_factor,
+                        original_max_position_embeddings: original,
+                        attention_factor: rs.attention_factor,
+                    })
+                }
                 Some("llama3") => Some(RopeScaling::Llama3 {
                     factor: rs
                         .factor
@@ -218,14 +271,14 @@ impl LlamaConfig {
                 Some("default") => None,
                 other => {
                     return Err(err(format!(
-                        "rope_scaling type {other:?} is not supported (llama3, linear)"
+                        "rope_scaling type {other:?} is not supported (llama3, linear, longrope)"
                     )))
                 }
             },
         };
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let sliding_window = match arch {
-            Arch::Mistral => raw.sliding_window,
+            Arch::Mistral | Arch::Phi3 => raw.sliding_window,
             Arch::Qwen2 | Arch::Qwen3 if raw.use_sliding_window == Some(true) => raw.sliding_window,
             _ => None,
         };
@@ -336,6 +389,29 @@ impl LlamaConfig {
                         .into(),
                 )
             }
+            Some(RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            }) => {
+                let half = self.head_dim / 2;
+                for (k, f) in [("short_factor", short_factor), ("long_factor", long_factor)] {
+                    if f.len() != half || !f.iter().all(|x| x.is_finite() && *x > 0.0) {
+                        return Err(format!(
+                            "rope_scaling.{k} must hold head_dim / 2 = {half} finite numbers > 0 \
+                             (it has {})",
+                            f.len()
+                        ));
+                    }
+                }
+                if *original_max_position_embeddings == 0 {
+                    return Err("original_max_position_embeddings is 0".into());
+                }
+                if attention_factor.is_some_and(|a| !(a.is_finite() && a > 0.0)) {
+                    return Err("rope_scaling.attention_factor must be a finite number > 0".into());
+                }
+            }
             _ => {}
         }
         if self.sliding_window == Some(0) {
@@ -422,6 +498,24 @@ impl LlamaConfig {
                 o.insert(
                     "rope_scaling".into(),
                     serde_json::json!({"rope_type": "linear", "factor": factor}),
+                );
+            }
+            Some(RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings,
+                attention_factor,
+            }) => {
+                let mut r = serde_json::json!({"rope_type": "longrope",
+                    "short_factor": short_factor, "long_factor": long_factor,
+                    "original_max_position_embeddings": original_max_position_embeddings});
+                if let Some(a) = attention_factor {
+                    r["attention_factor"] = (*a).into();
+                }
+                o.insert("rope_scaling".into(), r);
+                o.insert(
+                    "original_max_position_embeddings".into(),
+                    (*original_max_position_embeddings).into(),
                 );
             }
         }

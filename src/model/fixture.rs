@@ -33,7 +33,10 @@ pub fn write_tiny_llama(dir: &Path, cfg: LlamaConfig, seed: u64) -> Result<()> {
 /// Write the files of a random tiny Llama into the existing directory `dir`.
 pub fn write_tiny_llama_files(dir: &Path, cfg: LlamaConfig, seed: u64) -> Result<()> {
     let model = Llama::random(cfg, seed, &Device::Cpu)?;
-    crate::model::hf::write_model_files(&model, &tiny_tokenizer(), None, &[], dir)
+    // no pad token (transformers' Phi3Config would otherwise default to id 32000, outside a
+    // small vocabulary)
+    let base = serde_json::json!({"pad_token_id": null});
+    crate::model::hf::write_model_files(&model, &tiny_tokenizer(), Some(&base), &[], dir)
 }
 
 /// One tensor of [`write_random_bf16_files`], generated when the writer asks for its bytes.

@@ -258,6 +258,7 @@ fn arch_metadata(model: &Llama, name: &str, want: GgmlDType) -> Vec<(String, Val
         Arch::Qwen3 => "qwen3",
         Arch::Olmo2 => "olmo2",
         Arch::Olmo => "olmo",
+        Arch::Phi3 => "phi3",
         Arch::Llama | Arch::Mistral => "llama",
     };
     let a = |k: &str| format!("{arch}.{k}");
@@ -304,7 +305,8 @@ fn arch_metadata(model: &Llama, name: &str, want: GgmlDType) -> Vec<(String, Val
                 u(*original_max_position_embeddings),
             ));
         }
-        None => {}
+        // refused before metadata is written (see `export`)
+        Some(RopeScaling::LongRope { .. }) | None => {}
     }
     m
 }
@@ -329,7 +331,7 @@ pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
         None => &md.model,
     };
     let c = &model.cfg;
-    if matches!(c.arch, Arch::Olmo2 | Arch::Olmo) {
+    if matches!(c.arch, Arch::Olmo2 | Arch::Olmo | Arch::Phi3) {
         return Err(Error::Invalid(format!(
             "GGUF export of {} models is not supported yet",
             c.arch.model_type()

@@ -204,7 +204,7 @@ pub fn write_model_files(
     let p = dir.join("config.json");
     std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap())
         .map_err(|e| Error::io(&p, e))?;
-    write_safetensors(&model.named_tensors(), &dir.join("model.safetensors"))?;
+    write_safetensors(&model.hf_tensors()?, &dir.join("model.safetensors"))?;
     tok.save(dir)?;
     for (name, bytes) in side_files {
         let p = dir.join(name);

@@ -144,6 +144,9 @@ pub struct Llama {
     /// RoPE tables [max_len, head_dim/2].
     cos: Tensor,
     sin: Tensor,
+    /// LongRoPE's tables with `long_factor`, used for a forward whose sequence reaches past
+    /// `original_max_position_embeddings` (as transformers switches), and that length.
+    rope_long: Option<(Tensor, Tensor, usize)>,
     device: Device,
     /// LoRA adapters on some linear layers (`lora.rs`); None: the plain model.
     lora: Option<std::sync::Arc<Lora>>,
@@ -187,6 +190,9 @@ pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
         .collect();
     match &cfg.rope_scaling {
         None => {}
+        Some(RopeScaling::LongRope { short_factor, .. }) => {
+            inv = longrope_inv_freq(cfg, short_factor);
+        }
         Some(RopeScaling::Linear { factor }) => {
             for f in inv.iter_mut() {
                 *f /= *factor as f32;
@@ -221,7 +227,149 @@ pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
     inv
 }
 
+/// Phi-3 checkpoints fuse q, k, v (`self_attn.qkv_proj`, rows [q; k; v]) and gate, up
+/// (`mlp.gate_up_proj`, rows [gate; up]); split them into our per-projection parameters. A
+/// checkpoint already holding the split names (a model we built in memory) is left as it is.
+fn split_phi3(
+    cfg: &LlamaConfig,
+    tensors: &mut HashMap<String, Tensor>,
+    source: &std::path::Path,
+) -> Result<()> {
+    let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+    let (q, kv) = (cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd);
+    let i = cfg.intermediate_size;
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        for (fused, parts) in [
+            (
+                format!("{p}.self_attn.qkv_proj.weight"),
+                vec![
+                    ("self_attn.q_proj", q),
+                    ("self_attn.k_proj", kv),
+                    ("self_attn.v_proj", kv),
+                ],
+            ),
+            (
+                format!("{p}.mlp.gate_up_proj.weight"),
+                vec![("mlp.gate_proj", i), ("mlp.up_proj", i)],
+            ),
+        ] {
+            let Some(t) = tensors.remove(&fused) else {
+                if tensors.contains_key(&format!("{p}.{}.weight", parts[0].0)) {
+                    continue;
+                }
+                return Err(Error::MissingTensor {
+                    path: source.to_path_buf(),
+                    name: fused,
+                    expected: vec![parts.iter().map(|x| x.1).sum(), h],
+                });
+            };
+            let rows: usize = parts.iter().map(|x| x.1).sum();
+            if t.dims() != [rows, h] {
+                return Err(Error::ShapeMismatch {
+                    path: source.to_path_buf(),
+                    name: fused,
+                    expected: vec![rows, h],
+                    actual: t.dims().to_vec(),
+                });
+            }
+            let mut at = 0;
+            for (name, n) in parts {
+                tensors.insert(
+                    format!("{p}.{name}.weight"),
+                    t.narrow(0, at, n)?.contiguous()?,
+                );
+                at += n;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// LongRoPE's inverse frequencies with `factors`, as transformers computes them in f32:
+/// 1 / (f_i · θ^(2i/d)).
+fn longrope_inv_freq(cfg: &LlamaConfig, factors: &[f64]) -> Vec<f32> {
+    let hd = cfg.head_dim;
+    let base = cfg.rope_theta as f32;
+    factors
+        .iter()
+        .enumerate()
+        .map(|(i, f)| 1.0f32 / (*f as f32 * base.powf((2 * i) as f32 / hd as f32)))
+        .collect()
+}
+
+/// RoPE cos/sin tables [max_len, head_dim/2] (and LongRoPE's long-factor pair).
+#[derive(Clone)]
+struct RopeTables {
+    cos: Tensor,
+    sin: Tensor,
+    long: Option<(Tensor, Tensor, usize)>,
+}
+
+impl RopeTables {
+    fn new(cfg: &LlamaConfig, device: &Device, dtype: DType) -> Result<Self> {
+        let max_len = cfg.max_position_embeddings.max(1);
+        let half = cfg.head_dim / 2;
+        let table = |inv: &[f32], scale: f32| -> Result<(Tensor, Tensor)> {
+            let mut cos = Vec::with_capacity(max_len * half);
+            let mut sin = Vec::with_capacity(max_len * half);
+            for p in 0..max_len {
+                for f in inv {
+                    let a = p as f32 * f;
+                    cos.push(a.cos() * scale);
+                    sin.push(a.sin() * scale);
+                }
+            }
+            Ok((
+                Tensor::from_vec(cos, (max_len, half), device)?.to_dtype(dtype)?,
+                Tensor::from_vec(sin, (max_len, half), device)?.to_dtype(dtype)?,
+            ))
+        };
+        let inv = rope_inv_freq(cfg);
+        match &cfg.rope_scaling {
+            Some(RopeScaling::LongRope {
+                short_factor,
+                long_factor,
+                original_max_position_embeddings: orig,
+                attention_factor,
+            }) => {
+                let s = cfg.max_position_embeddings as f64 / *orig as f64;
+                let scale = attention_factor.unwrap_or(if s <= 1.0 {
+                    1.0
+                } else {
+                    (1.0 + s.ln() / (*orig as f64).ln()).sqrt()
+                }) as f32;
+                debug_assert_eq!(inv, longrope_inv_freq(cfg, short_factor));
+                let long = longrope_inv_freq(cfg, long_factor);
+                let (cos, sin) = table(&inv, scale)?;
+                let (lc, ls) = table(&long, scale)?;
+                Ok(RopeTables {
+                    cos,
+                    sin,
+                    long: Some((lc, ls, *orig)),
+                })
+            }
+            _ => {
+                let (cos, sin) = table(&inv, 1.0)?;
+                Ok(RopeTables {
+                    cos,
+                    sin,
+                    long: None,
+                })
+            }
+        }
+    }
+}
+
 impl Llama {
+    fn rope_tables(&self) -> RopeTables {
+        RopeTables {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            long: self.rope_long.clone(),
+        }
+    }
+
     /// Build from named tensors (any float dtype; converted to f32). Checks every name and shape.
     pub fn from_tensors(
         cfg: LlamaConfig,
@@ -229,6 +377,9 @@ impl Llama {
         source: &std::path::Path,
         device: &Device,
     ) -> Result<Self> {
+        if cfg.arch == crate::model::config::Arch::Phi3 {
+            split_phi3(&cfg, &mut tensors, source)?;
+        }
         let mut params = Vec::new();
         for (name, shape) in cfg.param_shapes() {
             let t = tensors.remove(&name).ok_or_else(|| Error::MissingTensor {
@@ -296,7 +447,7 @@ impl Llama {
             self.params.clone(),
             &self.device,
             &|n| trainable.contains(&n),
-            Some((self.cos.clone(), self.sin.clone())),
+            Some(self.rope_tables()),
             self.lora.clone(),
         )
     }
@@ -306,7 +457,7 @@ impl Llama {
         params: Vec<(String, Var)>,
         device: &Device,
         tracked: &dyn Fn(&str) -> bool,
-        rope: Option<(Tensor, Tensor)>,
+        rope: Option<RopeTables>,
         lora: Option<std::sync::Arc<Lora>>,
     ) -> Result<Self> {
         let view = |n: &str, v: &Var| {
@@ -369,26 +520,13 @@ impl Llama {
             get("lm_head.weight").unwrap()
         };
         let dtype = embed.dtype();
-        let (cos, sin) = match rope {
+        let RopeTables {
+            cos,
+            sin,
+            long: rope_long,
+        } = match rope {
             Some(t) => t,
-            None => {
-                let inv = rope_inv_freq(&cfg);
-                let max_len = cfg.max_position_embeddings.max(1);
-                let half = cfg.head_dim / 2;
-                let mut cos = Vec::with_capacity(max_len * half);
-                let mut sin = Vec::with_capacity(max_len * half);
-                for p in 0..max_len {
-                    for f in &inv {
-                        let a = p as f32 * f;
-                        cos.push(a.cos());
-                        sin.push(a.sin());
-                    }
-                }
-                (
-                    Tensor::from_vec(cos, (max_len, half), device)?.to_dtype(dtype)?,
-                    Tensor::from_vec(sin, (max_len, half), device)?.to_dtype(dtype)?,
-                )
-            }
+            None => RopeTables::new(&cfg, device, dtype)?,
         };
         let tracked_any = params.iter().any(|(n, _)| tracked(n))
             || lora
@@ -404,6 +542,7 @@ impl Llama {
             layers,
             cos,
             sin,
+            rope_long,
             params,
             cfg,
             device: device.clone(),
@@ -461,7 +600,7 @@ impl Llama {
             self.params.clone(),
             &self.device,
             &|n| names.iter().any(|x| x == n),
-            Some((self.cos.clone(), self.sin.clone())),
+            Some(self.rope_tables()),
             Some(std::sync::Arc::new(lora)),
         )
     }
@@ -485,7 +624,7 @@ impl Llama {
             self.params.clone(),
             &self.device,
             &|_| false,
-            Some((self.cos.clone(), self.sin.clone())),
+            Some(self.rope_tables()),
             None,
         )
     }
@@ -579,16 +718,31 @@ impl Llama {
             )));
         }
         let half = self.cfg.head_dim / 2;
+        let (tc, ts) = match &self.rope_long {
+            Some((lc, ls, original)) => {
+                // transformers' LongRoPE: the long factors once max(position) + 1 > original
+                let reach = match positions {
+                    None => total,
+                    Some(p) => p.flatten_all()?.max(0)?.to_scalar::<u32>()? as usize + 1,
+                };
+                if reach > *original {
+                    (lc, ls)
+                } else {
+                    (&self.cos, &self.sin)
+                }
+            }
+            None => (&self.cos, &self.sin),
+        };
         let (cos, sin) = match positions {
             None => (
-                self.cos.narrow(0, past, t)?.reshape((1, 1, t, half))?,
-                self.sin.narrow(0, past, t)?.reshape((1, 1, t, half))?,
+                tc.narrow(0, past, t)?.reshape((1, 1, t, half))?,
+                ts.narrow(0, past, t)?.reshape((1, 1, t, half))?,
             ),
             Some(p) => {
                 let flat = p.flatten_all()?;
                 (
-                    self.cos.index_select(&flat, 0)?.reshape((b, 1, t, half))?,
-                    self.sin.index_select(&flat, 0)?.reshape((b, 1, t, half))?,
+                    tc.index_select(&flat, 0)?.reshape((b, 1, t, half))?,
+                    ts.index_select(&flat, 0)?.reshape((b, 1, t, half))?,
                 )
             }
         };
@@ -908,12 +1062,48 @@ impl Llama {
         Ok((y + ops::linear(&xa, b, None)?)?)
     }
 
-    /// Named tensors for saving (f32, contiguous).
+    /// Named tensors (f32), one per parameter, by our names (q/k/v and gate/up apart).
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         self.params
             .iter()
             .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
             .collect()
+    }
+
+    /// The tensors of a Hugging Face checkpoint of this model: [`Llama::named_tensors`], with
+    /// Phi-3's `qkv_proj` = [q; k; v] and `gate_up_proj` = [gate; up] fused by rows.
+    pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let all = self.named_tensors();
+        if self.cfg.arch != crate::model::config::Arch::Phi3 {
+            return Ok(all);
+        }
+        let mut map: HashMap<String, Tensor> = all.iter().cloned().collect();
+        let mut out = vec![];
+        for (n, t) in &all {
+            let fused = |parts: [&str; 3], suffix: &str, map: &mut HashMap<String, Tensor>| {
+                let base = n.strip_suffix(suffix)?;
+                let ts: Option<Vec<Tensor>> = parts
+                    .iter()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| map.remove(&format!("{base}{p}.weight")))
+                    .collect();
+                ts.map(|ts| Tensor::cat(&ts, 0))
+            };
+            if n.ends_with("self_attn.q_proj.weight") {
+                let base = n.trim_end_matches("q_proj.weight");
+                let t = fused(["q_proj", "k_proj", "v_proj"], "q_proj.weight", &mut map)
+                    .expect("q, k, v of a layer")?;
+                out.push((format!("{base}qkv_proj.weight"), t));
+            } else if n.ends_with("mlp.gate_proj.weight") {
+                let base = n.trim_end_matches("gate_proj.weight");
+                let t = fused(["gate_proj", "up_proj", ""], "gate_proj.weight", &mut map)
+                    .expect("gate, up of a layer")?;
+                out.push((format!("{base}gate_up_proj.weight"), t));
+            } else if map.contains_key(n) {
+                out.push((n.clone(), t.clone()));
+            }
+        }
+        Ok(out)
     }
 
     /// Last-position logits helper: [b, t, V] -> [b, V].

@@ -123,6 +123,15 @@ impl LoraConfig {
     /// The module names (`model.layers.L.self_attn.q_proj`, …) the targets select, in layer and
     /// [`MODULES`] order; a pattern that selects nothing is an error.
     pub fn modules(&self, cfg: &LlamaConfig) -> Result<Vec<String>> {
+        if cfg.arch == crate::model::config::Arch::Phi3 {
+            // PEFT adapts Phi-3's fused qkv_proj / gate_up_proj; ours are per projection, so an
+            // adapter we wrote would not load in PEFT
+            return Err(Error::Invalid(
+                "LoRA on phi3 is not supported yet (its checkpoints fuse qkv_proj and \
+                 gate_up_proj); train without [lora]"
+                    .into(),
+            ));
+        }
         let all = all_modules(cfg);
         let mut sel = vec![false; all.len()];
         for p in &self.targets {
