@@ -40,14 +40,19 @@ for s in forget neighbor; do
     $U answers --model "$D/base" --data "$D/data/$s.jsonl" --out "$D/data/${s}_self.jsonl" --set max_new_tokens=64
 done
 TR="--set train.lr=2e-5 --set train.epochs=3 --set train.batch_size=4"
-for m in npo+gd idk+ap; do
+# UniErase with the SmolLM2 settings of docs/unierase.md
+UE="--set method.forget.lambda=0.01 --set method.forget.phase1_epochs=30 --set method.forget.phase1_lr=1e-2
+ --set method.forget.phase2_lr=1e-3 --set method.forget.phase3_lr=1e-3 --set method.forget.phase3_epochs=1
+ --set method.forget.v_steps=50"
+for m in npo+gd idk+ap unierase; do
   n=${m/+/_}
+  X=$TR; [ $m = unierase ] && X=$UE
   [ -f "$D/$n/config.json" ] || /usr/bin/time -f "run $m: %e s" \
     $U run --set model="$D/base" --set forget="$D/data/forget_self.jsonl" \
-      --set retain="$D/data/neighbor_self.jsonl" --set out="$D/$n" --set method=$m $TR
+      --set retain="$D/data/neighbor_self.jsonl" --set out="$D/$n" --set method=$m $X
 done
 EV='--set max_new_tokens=32 --set retain_split="neighbor" --set answer_field="golden_answer" --set sets=["forget","retain"]'
-for n in base npo_gd idk_ap; do
+for n in base npo_gd idk_ap unierase; do
   [ -f "$D/eval/$n/TOFU_EVAL.json" ] || /usr/bin/time -f "eval $n: %e s" \
     $U eval --model "$D/$n" --benchmark "$D/bench" --forget-split forget --out "$D/eval/$n" $EV
   for t in mmlu arc_challenge truthfulqa_mc1 wmdp_bio gsm8k triviaqa; do
@@ -59,10 +64,10 @@ done
 python3 - "$D" <<'PY'
 import json, sys, os
 d = sys.argv[1]
-keys = ["forget_Q_A_ROUGE", "forget_Q_A_Prob", "retain_Q_A_ROUGE", "retain_Q_A_Prob", "forget_efficacy", "closer_look_model_utility"]
+keys = ["forget_Q_A_ROUGE", "forget_Q_A_Prob", "forget_refusal_rate", "retain_Q_A_ROUGE", "retain_Q_A_Prob", "retain_refusal_rate", "forget_efficacy", "closer_look_model_utility"]
 print("| model | " + " | ".join(keys) + " | " + " | ".join(["mmlu", "arc_c", "tqa_mc1", "wmdp_bio", "gsm8k", "triviaqa"]) + " |")
 print("|---" * (1 + len(keys) + 6) + "|")
-for n in ["base", "npo_gd", "idk_ap"]:
+for n in ["base", "npo_gd", "idk_ap", "unierase"]:
     e = json.load(open(f"{d}/eval/{n}/TOFU_EVAL.json"))
     row = [("%.3f" % e[k]["agg_value"]) if e.get(k, {}).get("agg_value") is not None else "–" for k in keys]
     for t, m in [("mmlu", "acc,none"), ("arc_challenge", "acc,none"), ("truthfulqa_mc1", "acc,none"), ("wmdp_bio", "acc,none"), ("gsm8k", "exact_match,flexible-extract"), ("triviaqa", "exact_match,remove_whitespace")]:

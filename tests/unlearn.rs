@@ -377,6 +377,56 @@ fn simu_attribution_masks_and_run() {
     assert_eq!(run["config"]["method"]["alpha"], 2.0);
 }
 
+/// SIMU's attribution is cached under a hash of the model, the items, m and the batch size: a
+/// second run that differs only in its learning rate reuses the scores (same masks), a run on
+/// another model does not.
+#[test]
+fn simu_attribution_is_reused_only_for_the_same_inputs() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    setup(p);
+    let cache = p.join("uc");
+    let cache = cache.to_str().unwrap();
+    let run = |model: &str, out: &str, lr: &str| -> (String, serde_json::Value) {
+        let args = [
+            "run",
+            "--set",
+            &format!("model={model}"),
+            "--set",
+            "forget=forget.jsonl",
+            "--set",
+            "retain=retain.jsonl",
+            "--set",
+            &format!("out={out}"),
+            "--set",
+            "method=simu",
+            "--set",
+            &format!("train.lr={lr}"),
+            "--set",
+            "method.simu.steps=4",
+            "--set",
+            "train.max_steps=2",
+        ];
+        let o = common::run_env(&args, p, &[("UNLEARN_CACHE", cache)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let notes = std::fs::read_to_string(p.join(format!("{out}.run/notes.txt"))).unwrap();
+        let att: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(p.join(format!("{out}.run/attribution.json"))).unwrap(),
+        )
+        .unwrap();
+        (notes, att)
+    };
+    let (n1, a1) = run("ft", "s1", "5e-4");
+    assert!(!n1.contains("reused"), "{n1}");
+    let (n2, a2) = run("ft", "s2", "1e-3");
+    assert!(n2.contains("attribution scores reused"), "{n2}");
+    assert_eq!(a1, a2, "the reused scores choose the same neurons");
+    // another model (fine-tuned for one epoch less): attributed afresh
+    common::finetune_tiny(p, "all.jsonl", "ft2", 79, 4);
+    let (n3, _) = run("ft2", "s3", "5e-4");
+    assert!(!n3.contains("reused"), "{n3}");
+}
+
 fn only_critical_columns_changed(p: &Path, out: &str, layers: &[serde_json::Value]) {
     let a = unlearn::model::hf::ModelDir::load(&p.join("ft"), &candle_core::Device::Cpu).unwrap();
     let b = unlearn::model::hf::ModelDir::load(&p.join(out), &candle_core::Device::Cpu).unwrap();

@@ -190,25 +190,34 @@ pub fn select(
     progress: bool,
 ) -> Result<Selection> {
     let scores = attribute(model, forget, pad_id, cfg, progress)?;
-    let mut crit = critical(&scores, cfg.threshold, cfg.absolute);
     let retain_scores = match retain {
         None => None,
-        Some(r) => {
-            let rs = attribute(model, r, pad_id, cfg, progress)?;
-            for (c, rc) in crit
-                .iter_mut()
-                .zip(critical(&rs, cfg.threshold, cfg.absolute))
-            {
-                c.retain(|k| !rc.contains(k));
-            }
-            Some(rs)
-        }
+        Some(r) => Some(attribute(model, r, pad_id, cfg, progress)?),
     };
-    Ok(Selection {
+    Ok(select_from_scores(scores, retain_scores, cfg))
+}
+
+/// The critical neurons of given scores: forget-critical ones, less the retain-critical ones in
+/// dual mode.
+pub fn select_from_scores(
+    scores: Vec<Vec<f64>>,
+    retain_scores: Option<Vec<Vec<f64>>>,
+    cfg: &AttributionConfig,
+) -> Selection {
+    let mut crit = critical(&scores, cfg.threshold, cfg.absolute);
+    if let Some(rs) = &retain_scores {
+        for (c, rc) in crit
+            .iter_mut()
+            .zip(critical(rs, cfg.threshold, cfg.absolute))
+        {
+            c.retain(|k| !rc.contains(k));
+        }
+    }
+    Selection {
         scores,
         retain_scores,
         critical: crit,
-    })
+    }
 }
 
 /// Column masks for `down_proj` ([hidden, intermediate], 1 on critical columns), named as the

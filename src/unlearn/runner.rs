@@ -444,14 +444,82 @@ impl<'a> Runner<'a> {
             batch_size: self.cfg.train.batch_size,
         };
         let retain = sel.dual.then_some(&self.retain_qa[..self.n_retain]);
-        let chosen = select(
-            model,
-            &items,
-            retain,
-            self.md.tok.pad_id,
-            &acfg,
-            self.progress,
-        )?;
+        // The scores depend on the model, the encoded items, m and the batch size only: cached
+        // under a hash of those, so the points of a sweep that differ in other settings (the
+        // learning rate, the threshold) attribute once.
+        let ids = |v: &[Encoded]| -> Vec<(usize, Vec<u32>)> {
+            v.iter().map(|e| (e.n_prompt, e.ids.clone())).collect()
+        };
+        let key = crate::util::hash::sha256(
+            serde_json::json!({
+                "version": crate::VERSION,
+                "model": crate::util::hash::path_sha256(&self.md.path)?,
+                "forget": ids(&items),
+                "retain": retain.map(ids),
+                "steps": sel.steps,
+                "batch_size": acfg.batch_size,
+            })
+            .to_string()
+            .as_bytes(),
+        );
+        let cache = crate::util::hub::own_cache_dir()
+            .join("attribution")
+            .join(format!("{key}.json"));
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Cached {
+            scores: Vec<Vec<f64>>,
+            retain_scores: Option<Vec<Vec<f64>>>,
+        }
+        let layers = model.cfg.num_hidden_layers;
+        let cached: Option<Cached> = std::fs::read_to_string(&cache)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Cached>(&t).ok())
+            .filter(|c| {
+                c.scores.len() == layers
+                    && c.retain_scores.is_some() == retain.is_some()
+                    && c.scores
+                        .iter()
+                        .all(|r| r.len() == model.cfg.intermediate_size)
+            });
+        let chosen = match cached {
+            Some(c) => {
+                self.note(&format!(
+                    "simu: attribution scores reused from {} (same model, items, m and batch size)",
+                    cache.display()
+                ));
+                crate::unlearn::attribution::select_from_scores(c.scores, c.retain_scores, &acfg)
+            }
+            None => {
+                let chosen = select(
+                    model,
+                    &items,
+                    retain,
+                    self.md.tok.pad_id,
+                    &acfg,
+                    self.progress,
+                )?;
+                let c = Cached {
+                    scores: chosen.scores.clone(),
+                    retain_scores: chosen.retain_scores.clone(),
+                };
+                let written = cache
+                    .parent()
+                    .map(|d| std::fs::create_dir_all(d).is_ok())
+                    .unwrap_or(false)
+                    && crate::util::fs::atomic_write(
+                        &cache,
+                        serde_json::to_string(&c).unwrap().as_bytes(),
+                    )
+                    .is_ok();
+                if !written {
+                    self.note(&format!(
+                        "simu: could not cache the attribution scores at {}",
+                        cache.display()
+                    ));
+                }
+                chosen
+            }
+        };
         self.note(&format!(
             "simu: {} critical neurons of {} (threshold {}, m = {})",
             chosen.n_critical(),

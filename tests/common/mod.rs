@@ -7,10 +7,17 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_unlearn"))
 }
 
+/// Where the binary keeps derived caches in tests (`UNLEARN_CACHE`): a directory of the system's
+/// temporary folder, not the user's ~/.cache.
+pub fn test_cache() -> PathBuf {
+    std::env::temp_dir().join("unlearn-tests-cache")
+}
+
 pub fn run(args: &[&str], cwd: &Path) -> Output {
     Command::new(bin())
         .args(args)
         .current_dir(cwd)
+        .env("UNLEARN_CACHE", test_cache())
         .output()
         .expect("spawn unlearn")
 }
@@ -175,7 +182,9 @@ pub fn write_gguf(
 /// Run `unlearn ARGS` with extra environment variables.
 pub fn run_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(bin());
-    c.args(args).current_dir(cwd);
+    c.args(args)
+        .current_dir(cwd)
+        .env("UNLEARN_CACHE", test_cache());
     for (k, v) in env {
         c.env(k, v);
     }
