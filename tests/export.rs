@@ -387,3 +387,145 @@ fn qwen3_export_then_import() {
         .param("model.layers.1.self_attn.k_norm.weight")
         .is_some());
 }
+
+/// Phi-3 (issue #24): a GGUF written as llama.cpp's converter writes Phi-3 (`phi3` metadata,
+/// fused `attn_qkv` and `ffn_up`, no q/k permutation, LongRoPE factors as the tensors
+/// `rope_factors_short` / `rope_factors_long`, the original context and attention factor as
+/// metadata, the sliding window) imports to the model it was written from: the same
+/// configuration and, in f32, the same logits, before and past the original context (short and
+/// long factors).
+#[test]
+fn phi3_gguf_import_matches_the_hf_model() {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use gguf_file::Value as V;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    ok(
+        &[
+            "init",
+            "--arch",
+            "phi3",
+            "--out",
+            "m",
+            "--hidden",
+            "64",
+            "--layers",
+            "2",
+            "--max-position",
+            "64",
+            "--seed",
+            "3",
+        ],
+        p,
+    );
+    // LongRoPE with an original context of 8 (head_dim 16: 8 factors each) and a window
+    let (short, long): (Vec<f32>, Vec<f32>) = (
+        (0..8).map(|i| 1.0 + 0.1 * i as f32).collect(),
+        (0..8).map(|i| 1.5 + 0.5 * i as f32).collect(),
+    );
+    let cpath = p.join("m/config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cpath).unwrap()).unwrap();
+    c["rope_scaling"] = serde_json::json!({"rope_type": "longrope", "short_factor": short,
+        "long_factor": long, "original_max_position_embeddings": 8});
+    c["original_max_position_embeddings"] = 8.into();
+    c["sliding_window"] = 48.into();
+    std::fs::write(&cpath, c.to_string()).unwrap();
+    let md = ModelDir::load(&p.join("m"), &Device::Cpu).unwrap();
+    let cfg = md.model.cfg.clone();
+    let mut tensors: Vec<(String, QTensor)> = vec![];
+    for (name, t) in md.model.hf_tensors().unwrap() {
+        let g = name
+            .replace("model.embed_tokens.weight", "token_embd.weight")
+            .replace("model.norm.weight", "output_norm.weight")
+            .replace("lm_head.weight", "output.weight")
+            .replace("model.layers.", "blk.")
+            .replace("input_layernorm", "attn_norm")
+            .replace("self_attn.qkv_proj", "attn_qkv")
+            .replace("self_attn.o_proj", "attn_output")
+            .replace("post_attention_layernorm", "ffn_norm")
+            .replace("mlp.gate_up_proj", "ffn_up")
+            .replace("mlp.down_proj", "ffn_down");
+        tensors.push((g, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+    }
+    for (n, f) in [
+        ("rope_factors_short.weight", &short),
+        ("rope_factors_long.weight", &long),
+    ] {
+        let t = Tensor::new(f.as_slice(), &Device::Cpu).unwrap();
+        tensors.push((n.into(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+    }
+    let vocab: Vec<String> = (0..cfg.vocab_size as u32)
+        .map(|i| {
+            md.tok
+                .inner
+                .id_to_token(i)
+                .unwrap_or_else(|| format!("<pad_{i}>"))
+        })
+        .collect();
+    let attn_factor = ((1.0 + (64f64 / 8.0).ln() / 8f64.ln()).sqrt()) as f32;
+    let u = |x: usize| V::U32(x as u32);
+    let kv: Vec<(&str, V)> = vec![
+        ("general.architecture", V::String("phi3".into())),
+        ("phi3.block_count", u(cfg.num_hidden_layers)),
+        ("phi3.context_length", u(cfg.max_position_embeddings)),
+        ("phi3.embedding_length", u(cfg.hidden_size)),
+        ("phi3.feed_forward_length", u(cfg.intermediate_size)),
+        ("phi3.attention.head_count", u(cfg.num_attention_heads)),
+        ("phi3.attention.head_count_kv", u(cfg.num_key_value_heads)),
+        (
+            "phi3.attention.layer_norm_rms_epsilon",
+            V::F32(cfg.rms_norm_eps as f32),
+        ),
+        ("phi3.attention.sliding_window", u(48)),
+        ("phi3.rope.freq_base", V::F32(cfg.rope_theta as f32)),
+        ("phi3.rope.dimension_count", u(cfg.head_dim)),
+        ("phi3.rope.scaling.original_context_length", u(8)),
+        ("phi3.rope.scaling.attn_factor", V::F32(attn_factor)),
+        ("tokenizer.ggml.model", V::String("gpt2".into())),
+        ("tokenizer.ggml.pre", V::String("gpt-2".into())),
+        (
+            "tokenizer.ggml.tokens",
+            V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            V::Array(
+                (0..vocab.len())
+                    .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
+                    .collect(),
+            ),
+        ),
+        ("tokenizer.ggml.merges", V::Array(vec![])),
+        ("tokenizer.ggml.eos_token_id", V::U32(258)),
+    ];
+    let mut f = std::fs::File::create(p.join("m.gguf")).unwrap();
+    let kvr: Vec<(&str, &V)> = kv.iter().map(|(k, v)| (*k, v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &kvr, &ts).unwrap();
+    drop(f);
+    let out = ok(&["import", "m.gguf", "--out", "back"], p);
+    assert!(out.contains("phi3") || out.contains("imported"), "{out}");
+    let back = ModelDir::load(&p.join("back"), &Device::Cpu).unwrap();
+    assert_eq!(back.model.cfg.arch, unlearn::model::Arch::Phi3);
+    assert_eq!(back.model.cfg.sliding_window, Some(48));
+    match &back.model.cfg.rope_scaling {
+        Some(unlearn::model::RopeScaling::LongRope {
+            original_max_position_embeddings: 8,
+            ..
+        }) => {}
+        other => panic!("rope scaling {other:?}"),
+    }
+    for n in [5usize, 12] {
+        let ids: Vec<u32> = (0..n as u32).map(|i| 10 + 7 * i).collect();
+        let (dmax, scale) = diff(&logits(&p.join("m"), &ids), &logits(&p.join("back"), &ids));
+        assert!(
+            dmax <= 1e-5 * scale.max(1.0),
+            "{n} tokens: {dmax} (largest logit {scale})"
+        );
+    }
+    // the files are Phi-3's again
+    let b = std::fs::read(p.join("back/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+    assert!(st.names().iter().any(|n| n.ends_with("qkv_proj.weight")));
+}

@@ -158,6 +158,33 @@ pub(crate) fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{mapped}"))
 }
 
+/// [`hf_name`] for a model of `arch`: Phi-3's `attn_qkv` and `ffn_up` are its fused
+/// `qkv_proj` and `gate_up_proj` (split when the model is built).
+fn hf_name_for(arch: Arch, gguf: &str) -> Option<String> {
+    if arch == Arch::Phi3 {
+        if let Some(rest) = gguf.strip_prefix("blk.") {
+            let (layer, name) = rest.split_once('.')?;
+            let fused = match name {
+                "attn_qkv.weight" => Some("self_attn.qkv_proj.weight"),
+                "ffn_up.weight" => Some("mlp.gate_up_proj.weight"),
+                "ffn_gate.weight" => return None,
+                _ => None,
+            };
+            if let Some(f) = fused {
+                return Some(format!("model.layers.{layer}.{f}"));
+            }
+        }
+    }
+    hf_name(gguf)
+}
+
+/// Tensors that carry RoPE parameters, not weights.
+const ROPE_TENSORS: [&str; 3] = [
+    "rope_freqs.weight",
+    "rope_factors_long.weight",
+    "rope_factors_short.weight",
+];
+
 /// The model configuration the metadata describes (architecture, sizes, RoPE, special ids).
 fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaConfig> {
     let arch_s = meta
@@ -169,9 +196,10 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         "mistral" => Arch::Mistral,
         "qwen2" => Arch::Qwen2,
         "qwen3" => Arch::Qwen3,
+        "phi3" => Arch::Phi3,
         other => {
             return Err(meta.err(format!(
-                "architecture `{other}` is not supported (llama, mistral, qwen2, qwen3)"
+                "architecture `{other}` is not supported (llama, mistral, qwen2, qwen3, phi3)"
             )))
         }
     };
@@ -214,7 +242,12 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         tie_word_embeddings: !has_output,
         qkv_bias: has_qkv_bias,
         o_bias: content.tensor_infos.contains_key("blk.0.attn_output.bias"),
-        sliding_window: None,
+        sliding_window: if arch == Arch::Phi3 {
+            meta.usize(&a("attention.sliding_window"))?
+                .filter(|&w| w > 0)
+        } else {
+            None
+        },
         clip_qkv: None,
         bos_token_id: bos,
         eos_token_ids: eos.into_iter().collect(),
@@ -277,16 +310,87 @@ fn recover_llama3_rope(
     Ok(())
 }
 
+/// Phi-3's LongRoPE as llama.cpp stores it: the factors as tensors `rope_factors_short` and
+/// `rope_factors_long`, the original context and attention factor as metadata.
+fn read_longrope(
+    meta: &Meta,
+    content: &Content,
+    f: &mut std::fs::File,
+    device: &Device,
+    cfg: &mut LlamaConfig,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    let (has_l, has_s) = (
+        content
+            .tensor_infos
+            .contains_key("rope_factors_long.weight"),
+        content
+            .tensor_infos
+            .contains_key("rope_factors_short.weight"),
+    );
+    if !has_l && !has_s {
+        return Ok(());
+    }
+    if cfg.arch != Arch::Phi3 || !(has_l && has_s) {
+        return Err(
+            meta.err("rope_factors_long/short: LongRoPE is read for phi3 with both factor tensors")
+        );
+    }
+    let arch_s = meta.str("general.architecture").unwrap_or("phi3");
+    let a = |k: &str| format!("{arch_s}.{k}");
+    let read = |f: &mut std::fs::File, n: &str| -> Result<Vec<f64>> {
+        Ok(content
+            .tensor(f, n, device)
+            .and_then(|q| q.dequantize(device))
+            .and_then(|t| t.flatten_all()?.to_vec1::<f32>())
+            .map_err(|e| meta.err(format!("tensor `{n}`: {}", crate::error::one_line(e))))?
+            .into_iter()
+            .map(|x| x as f64)
+            .collect())
+    };
+    let long_factor = read(f, "rope_factors_long.weight")?;
+    let short_factor = read(f, "rope_factors_short.weight")?;
+    let original = meta
+        .usize(&a("rope.scaling.original_context_length"))?
+        .ok_or_else(|| meta.err("LongRoPE needs rope.scaling.original_context_length"))?;
+    let attention_factor = meta.f64(&a("rope.scaling.attn_factor"))?;
+    notes.push(format!(
+        "RoPE: LongRoPE from rope_factors_short/long (original context {original})"
+    ));
+    cfg.rope_scaling = Some(RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        original_max_position_embeddings: original,
+        attention_factor,
+    });
+    Ok(())
+}
+
 /// Every tensor has a Hugging Face counterpart of the size the configuration implies: checked
 /// before any tensor data is read.
 fn check_shapes(meta: &Meta, content: &Content, cfg: &LlamaConfig) -> Result<()> {
-    let expected: HashMap<String, usize> = cfg
+    let mut expected: HashMap<String, usize> = cfg
         .param_shapes()
         .into_iter()
         .map(|(n, s)| (n, s.iter().product()))
         .collect();
+    if cfg.arch == Arch::Phi3 {
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let sum = |names: &[&str], e: &HashMap<String, usize>| -> usize {
+                names.iter().map(|n| e[&format!("{p}.{n}.weight")]).sum()
+            };
+            let qkv = sum(
+                &["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                &expected,
+            );
+            let gu = sum(&["mlp.gate_proj", "mlp.up_proj"], &expected);
+            expected.insert(format!("{p}.self_attn.qkv_proj.weight"), qkv);
+            expected.insert(format!("{p}.mlp.gate_up_proj.weight"), gu);
+        }
+    }
     for (name, info) in &content.tensor_infos {
-        if name == "rope_freqs.weight" {
+        if ROPE_TENSORS.contains(&name.as_str()) {
             continue;
         }
         let n = info
@@ -294,7 +398,7 @@ fn check_shapes(meta: &Meta, content: &Content, cfg: &LlamaConfig) -> Result<()>
             .dims()
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d));
-        let hf = hf_name(name)
+        let hf = hf_name_for(cfg.arch, name)
             .ok_or_else(|| meta.err(format!("tensor `{name}` has no Hugging Face counterpart")))?;
         let Some(&want) = expected.get(&hf) else {
             return Err(meta.err(format!(
@@ -326,10 +430,10 @@ fn read_tensors(
     names.sort();
     let permute = matches!(cfg.arch, Arch::Llama | Arch::Mistral);
     for name in names {
-        if name == "rope_freqs.weight" {
+        if ROPE_TENSORS.contains(&name.as_str()) {
             continue;
         }
-        let hf = hf_name(name)
+        let hf = hf_name_for(cfg.arch, name)
             .ok_or_else(|| meta.err(format!("tensor `{name}` has no Hugging Face counterpart")))?;
         let q = content
             .tensor(f, name, device)
@@ -362,6 +466,7 @@ pub fn import(path: &Path, device: &Device) -> Result<Imported> {
     let tokens = meta.strings("tokenizer.ggml.tokens")?;
     let mut cfg = read_config(&meta, &content, tokens.len())?;
     recover_llama3_rope(&meta, &content, &mut f, device, &mut cfg, &mut notes)?;
+    read_longrope(&meta, &content, &mut f, device, &mut cfg, &mut notes)?;
     cfg.check()
         .map_err(|m| meta.err(format!("invalid model metadata: {m}")))?;
     crate::util::mem::check_fits(
