@@ -252,5 +252,23 @@ fn muse_bad_input_is_named() {
         p,
     );
     assert!(e.contains("min_k"), "{e}");
-    assert!(!p.join("o/MUSE_EVAL.json").exists());
+    // bad data is found before anything is written: no output directory at all
+    assert!(!p.join("o").exists());
+    jsonl(&p.join("empty_split/verbmem/forget.jsonl"), &[]);
+    let e = fails(
+        &[
+            "eval",
+            "--model",
+            "tiny",
+            "--benchmark",
+            "muse",
+            "--data",
+            "empty_split",
+            "--out",
+            "o",
+        ],
+        p,
+    );
+    assert!(e.contains("verbmem/forget split has no rows"), "{e}");
+    assert!(!p.join("o").exists());
 }

@@ -157,7 +157,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn muse(a: Args) -> Result<()> {
-    use unlearn::eval::muse::{evaluate, MuseConfig, EVAL_FILE, SUMMARY_FILE};
+    use unlearn::eval::muse::{evaluate, load, MuseConfig, EVAL_FILE, SUMMARY_FILE};
     let mut cfg: MuseConfig = a.settings.load()?;
     if a.data.is_some() {
         cfg.data = a.data;
@@ -175,6 +175,8 @@ fn muse(a: Args) -> Result<()> {
             inputs.push(Input::new(role, p));
         }
     }
+    // the data is read and checked before the output directory is claimed or the model loads
+    let data = load(&cfg)?;
     let _lock = claim_results_dir(
         "--out",
         &a.out,
@@ -185,7 +187,7 @@ fn muse(a: Args) -> Result<()> {
     let md = ModelDir::load(&model, &dev)?;
     unlearn::util::rundir::write_run_info(&a.out, "eval-muse", 0, &cfg, &inputs)?;
     let start = std::time::Instant::now();
-    let s = evaluate(&md.model, &md.tok, &cfg, &a.out, true)?;
+    let s = evaluate(&md.model, &md.tok, &cfg, &data, &a.out, true)?;
     for (k, v) in &s {
         match v.as_f64() {
             Some(x) => println!("{k:<24} {x:.4}"),
@@ -201,7 +203,7 @@ fn muse(a: Args) -> Result<()> {
 }
 
 fn harness(a: Args) -> Result<()> {
-    use unlearn::eval::harness::{eval_file, evaluate, summary_file, HarnessConfig};
+    use unlearn::eval::harness::{eval_file, evaluate, load, summary_file, HarnessConfig};
     let mut cfg: HarnessConfig = a.settings.load_over(&HarnessConfig {
         task: a.benchmark.clone(),
         ..Default::default()
@@ -227,6 +229,8 @@ fn harness(a: Args) -> Result<()> {
             inputs.push(Input::new(role, p));
         }
     }
+    // the data is read and checked before the output directory is claimed or the model loads
+    let loaded = load(&cfg)?;
     let (ef, sf) = (eval_file(&cfg.task), summary_file(&cfg.task));
     let _lock = claim_results_dir("--out", &a.out, &inputs, &[&ef, &sf, "run.json"])?;
     let dev = a.device.get()?;
@@ -239,7 +243,7 @@ fn harness(a: Args) -> Result<()> {
         &inputs,
     )?;
     let start = std::time::Instant::now();
-    let out = evaluate(&md.model, &md.tok, &cfg, &a.out, true)?;
+    let out = evaluate(&md.model, &md.tok, &cfg, &loaded, &a.out, true)?;
     for (k, v) in &out.summary {
         match v.as_f64() {
             Some(x) => println!("{k:<32} {x:.4}"),

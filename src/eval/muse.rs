@@ -113,6 +113,13 @@ fn split_rows(dir: &Path, config: &str, split: &str) -> Result<Option<Rows>> {
     for f in files {
         rows.extend(read_rows(f)?);
     }
+    if rows.is_empty() {
+        return Err(Error::Data {
+            path: files[0].clone(),
+            line: 0,
+            msg: format!("the {config}/{split} split has no rows"),
+        });
+    }
     Ok(Some((files[0].clone(), rows)))
 }
 
@@ -145,14 +152,18 @@ fn encode(tok: &Tok, text: &str, max: usize) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-/// Evaluate; writes MUSE_EVAL.json and MUSE_SUMMARY.json into `out`.
-pub fn evaluate(
-    model: &Llama,
-    tok: &Tok,
-    cfg: &MuseConfig,
-    out: &Path,
-    progress: bool,
-) -> Result<Map<String, Value>> {
+/// MUSE's data, read and checked (every field every metric reads) before any model work.
+pub struct MuseData {
+    verb: Option<Rows>,
+    know: Vec<(&'static str, Option<Rows>, Option<Rows>)>,
+    priv_f: Option<Rows>,
+    priv_h: Option<Rows>,
+    retain_logs: Option<Map<String, Value>>,
+}
+
+/// Read `cfg.data` (and the retain log): a missing folder or split skips its metrics, a split
+/// without rows or a row without its fields is an error naming the file.
+pub fn load(cfg: &MuseConfig) -> Result<MuseData> {
     let dir = cfg.data.as_ref().ok_or_else(|| {
         Error::Invalid(
             "--benchmark muse needs --data DIR: a local copy of muse-bench/MUSE-News or \
@@ -160,9 +171,8 @@ pub fn evaluate(
                 .into(),
         )
     })?;
-    // read and check every input before the first model pass
     let verb = split_rows(dir, "verbmem", "forget")?;
-    let know: Vec<(&str, Option<Rows>, Option<Rows>)> = ["forget", "retain"]
+    let know: Vec<(&'static str, Option<Rows>, Option<Rows>)> = ["forget", "retain"]
         .into_iter()
         .map(|s| {
             Ok((
@@ -181,11 +191,50 @@ pub fn evaluate(
             dir.display()
         )));
     }
+    if let Some((p, rows)) = &verb {
+        field(rows, p, "prompt")?;
+        field(rows, p, "gt")?;
+    }
+    for (_, qa, icl) in &know {
+        for (p, rows) in qa.iter().chain(icl.iter()) {
+            field(rows, p, "question")?;
+            field(rows, p, "answer")?;
+        }
+    }
+    for (p, rows) in priv_f.iter().chain(priv_h.iter()) {
+        field(rows, p, "text")?;
+    }
     let retain_logs: Option<Map<String, Value>> = cfg
         .retain_logs
         .as_ref()
         .map(|p| crate::error::read_json(p))
         .transpose()?;
+    Ok(MuseData {
+        verb,
+        know,
+        priv_f,
+        priv_h,
+        retain_logs,
+    })
+}
+
+/// Evaluate; writes MUSE_EVAL.json and MUSE_SUMMARY.json into `out`.
+pub fn evaluate(
+    model: &Llama,
+    tok: &Tok,
+    cfg: &MuseConfig,
+    data: &MuseData,
+    out: &Path,
+    progress: bool,
+) -> Result<Map<String, Value>> {
+    let MuseData {
+        verb,
+        know,
+        priv_f,
+        priv_h,
+        retain_logs,
+    } = data;
+    let (verb, know, priv_f, priv_h) = (verb.clone(), know.clone(), priv_f.clone(), priv_h.clone());
     let max_ctx = model.cfg.max_position_embeddings;
     let mut res = Map::new();
     let skipped = |why: String| json!({"agg_value": Value::Null, "skipped": why});

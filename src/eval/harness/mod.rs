@@ -244,14 +244,19 @@ pub fn summary_file(task: &str) -> String {
     format!("{task}_SUMMARY.json")
 }
 
-/// Evaluate `cfg.task` and write its files into `out`.
-pub fn evaluate(
-    model: &Llama,
-    tok: &Tok,
-    cfg: &HarnessConfig,
-    out: &Path,
-    progress: bool,
-) -> Result<HarnessOutput> {
+/// A task's documents and prompts, read and checked before any model work.
+pub struct Loaded {
+    task: &'static Task,
+    split: String,
+    shots: usize,
+    docs: Vec<Doc>,
+    keep: Vec<usize>,
+    contexts: Vec<String>,
+}
+
+/// Read the task's split (and few-shot split), pick the documents `limit` keeps and build their
+/// prompts: every data error surfaces here, before the model loads or anything is written.
+pub fn load(cfg: &HarnessConfig) -> Result<Loaded> {
     let task = tasks::find(&cfg.task)
         .ok_or_else(|| Error::Invalid(format!("unknown task `{}`", cfg.task)))?;
     let dir = cfg.data.as_ref().ok_or_else(|| {
@@ -261,9 +266,9 @@ pub fn evaluate(
             task.name, task.dataset
         ))
     })?;
-    let split = cfg.split.as_deref().unwrap_or(task.test_split);
+    let split = cfg.split.as_deref().unwrap_or(task.test_split).to_string();
     let shots = cfg.num_fewshot.unwrap_or(task.num_fewshot);
-    let docs = read_split(task, dir, split)?;
+    let docs = read_split(task, dir, &split)?;
     let pool = match (shots, task.fewshot_split) {
         (0, _) => vec![],
         (_, None) => {
@@ -279,11 +284,40 @@ pub fn evaluate(
         .iter()
         .map(|&i| context(&docs[i], &pool, shots))
         .collect::<Result<Vec<_>>>()?;
+    Ok(Loaded {
+        task,
+        split,
+        shots,
+        docs,
+        keep,
+        contexts,
+    })
+}
+
+/// Evaluate the loaded task and write its files into `out`.
+pub fn evaluate(
+    model: &Llama,
+    tok: &Tok,
+    cfg: &HarnessConfig,
+    loaded: &Loaded,
+    out: &Path,
+    progress: bool,
+) -> Result<HarnessOutput> {
+    let Loaded {
+        task,
+        split,
+        shots,
+        docs,
+        keep,
+        contexts,
+    } = loaded;
+    let (task, shots) = (*task, *shots);
+    let (docs, keep, contexts) = (&docs[..], &keep[..], &contexts[..]);
     let (metrics, samples) = match task.kind {
         Kind::MultipleChoice => {
-            multiple_choice(model, tok, cfg, task, &docs, &keep, &contexts, progress)?
+            multiple_choice(model, tok, cfg, task, docs, keep, contexts, progress)?
         }
-        Kind::Generate => generation(model, tok, cfg, task, &docs, &keep, &contexts, progress)?,
+        Kind::Generate => generation(model, tok, cfg, task, docs, keep, contexts, progress)?,
     };
     for (k, v) in &metrics {
         if !k.contains("_stderr,") && v.as_f64().is_some_and(|x| !x.is_finite()) {
