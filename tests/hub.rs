@@ -593,3 +593,89 @@ fn sharded_bf16_checkpoint_from_the_hub() {
         assert_eq!(agg(&p.join("ev"), k), agg(&p.join("ev_local"), k), "{k}");
     }
 }
+
+/// Issue #26: a general-ability task's data by Hub dataset id (`--data org/name`), the config's
+/// folder chosen by `subset`: the parquet files are fetched once into the Hugging Face cache,
+/// the second evaluation makes no request for them and gives the same numbers.
+#[test]
+fn general_ability_data_by_hub_id() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    common::init_tiny(p, &[]);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/harness/mmlu");
+    let repo = p.join("mmlu-repo");
+    std::fs::create_dir_all(repo.join("all")).unwrap();
+    for f in ["test-00000-of-00001.parquet", "dev-00000-of-00001.parquet"] {
+        std::fs::copy(src.join(f), repo.join("all").join(f)).unwrap();
+    }
+    std::fs::write(repo.join("README.md"), "mmlu fixture").unwrap();
+    let s = Standin::start(
+        vec![Repo::from_dir("datasets", "org/mmlu-mini", &repo)],
+        LIMIT,
+    );
+    let u = s.url.clone();
+    let run = |out: &str| {
+        ok(
+            unlearn(
+                &[
+                    "eval",
+                    "--model",
+                    "tiny",
+                    "--benchmark",
+                    "mmlu",
+                    "--data",
+                    "org/mmlu-mini",
+                    "--set",
+                    "subset=\"all\"",
+                    "--set",
+                    "num_fewshot=1",
+                    "--out",
+                    out,
+                ],
+                p,
+                &u,
+                &[],
+            ),
+            "eval mmlu by hub id",
+        );
+        let e: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(p.join(out).join("mmlu_EVAL.json")).unwrap(),
+        )
+        .unwrap();
+        e["results"].clone()
+    };
+    let a = run("e1");
+    let log = s.take_log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("all/test-00000-of-00001.parquet")),
+        "{log:?}"
+    );
+    let b = run("e2");
+    assert_eq!(a, b);
+    let log = s.take_log();
+    assert!(
+        !log.iter().any(|l| l.contains(".parquet")),
+        "no second download: {log:?}"
+    );
+    let e = fails(
+        unlearn(
+            &[
+                "eval",
+                "--model",
+                "tiny",
+                "--benchmark",
+                "mmlu",
+                "--data",
+                "org/none",
+                "--out",
+                "e3",
+            ],
+            p,
+            &u,
+            &[],
+        ),
+        "a dataset the Hub does not have",
+    );
+    assert!(e.contains("org/none"), "{e}");
+}

@@ -162,6 +162,10 @@ fn muse(a: Args) -> Result<()> {
     if a.data.is_some() {
         cfg.data = a.data;
     }
+    // a Hub dataset id becomes its snapshot directory (fetched once)
+    if let Some(d) = cfg.data.as_mut() {
+        *d = unlearn::data::benchmark::dataset_dir(d)?;
+    }
     if a.retain_logs.is_some() {
         cfg.retain_logs = a.retain_logs;
     }
@@ -211,6 +215,10 @@ fn harness(a: Args) -> Result<()> {
     cfg.task = a.benchmark.clone();
     if a.data.is_some() {
         cfg.data = a.data;
+    }
+    // a Hub dataset id becomes its snapshot directory (fetched once)
+    if let Some(d) = cfg.data.as_mut() {
+        *d = unlearn::data::benchmark::dataset_dir(d)?;
     }
     if a.embedder.is_some() {
         cfg.embedder = a.embedder;

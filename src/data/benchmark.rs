@@ -161,6 +161,48 @@ pub fn read_rows(path: &Path) -> Result<Vec<serde_json::Value>> {
     Ok(rows)
 }
 
+/// A dataset in its own Hub layout, as a local directory: an existing directory as it is, or a
+/// Hub dataset id (`org/name[@revision]`, `hf://datasets/org/name`) whose data files
+/// (`.parquet`, `.json`, `.jsonl`, in every folder) are fetched into the Hugging Face cache
+/// (once per commit; offline mode uses the cached snapshot). Returns the snapshot directory.
+pub fn dataset_dir(spec: &Path) -> Result<PathBuf> {
+    if spec.is_dir() {
+        return Ok(spec.to_path_buf());
+    }
+    let s = spec.to_string_lossy();
+    let id = HubId::parse(&s, Kind::Dataset).ok_or_else(|| {
+        Error::Invalid(format!(
+            "{s}: not a directory and not a Hub dataset id (org/name[@revision])"
+        ))
+    })?;
+    let hub = Hub::from_env();
+    let is_data = |f: &str| {
+        [".parquet", ".json", ".jsonl"]
+            .iter()
+            .any(|e| f.ends_with(e))
+    };
+    if let Some(snap) = hub.cached_snapshot(&id) {
+        if hub.is_offline() {
+            return Ok(snap);
+        }
+    } else if hub.is_offline() {
+        return Err(hub.offline_error(&id, "the dataset"));
+    }
+    let r = hub.remote(&id)?;
+    let data: Vec<&String> = r.files.iter().filter(|f| is_data(f)).collect();
+    if data.is_empty() {
+        return Err(Error::Hub {
+            repo: id.to_string(),
+            kind: crate::error::HubKind::NotFound,
+            msg: "has no data files (.parquet, .json or .jsonl)".into(),
+        });
+    }
+    for f in data {
+        r.fetch(f)?;
+    }
+    Ok(r.snapshot())
+}
+
 /// The files of each split under `dir` (any layout of the module doc), by split name.
 pub fn local_splits(dir: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>> {
     if !dir.is_dir() {

@@ -48,7 +48,8 @@ pub const SUMMARY_FILE: &str = "MUSE_SUMMARY.json";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MuseConfig {
-    /// Directory in the MUSE layout (see the module doc).
+    /// The MUSE dataset (see the module doc): a directory or a Hub dataset id
+    /// (muse-bench/MUSE-News).
     pub data: Option<PathBuf>,
     /// MUSE_EVAL.json of the retain model (PrivLeak).
     pub retain_logs: Option<PathBuf>,
@@ -171,6 +172,7 @@ pub fn load(cfg: &MuseConfig) -> Result<MuseData> {
                 .into(),
         )
     })?;
+    let dir = &crate::data::benchmark::dataset_dir(dir)?;
     let verb = split_rows(dir, "verbmem", "forget")?;
     let know: Vec<(&'static str, Option<Rows>, Option<Rows>)> = ["forget", "retain"]
         .into_iter()

@@ -55,9 +55,12 @@ pub enum Sample {
 pub struct HarnessConfig {
     /// Task name (see [`tasks::TASKS`]).
     pub task: String,
-    /// Directory holding the task's dataset in its Hub layout (`{split}.jsonl`, `{split}.json`,
-    /// `{split}.parquet`, `{split}/*.parquet`, `data/{split}-*.parquet`).
+    /// The task's dataset in its Hub layout (`{split}.jsonl`, `{split}.json`, `{split}.parquet`,
+    /// `{split}/*.parquet`, `data/{split}-*.parquet`): a directory or a Hub dataset id.
     pub data: Option<PathBuf>,
+    /// A folder inside `data` holding the splits: a dataset config stored as a folder (`all` or
+    /// a subject of cais/mmlu).
+    pub subset: Option<String>,
     /// Split to evaluate (default: the task's test split).
     pub split: Option<String>,
     /// Few-shot examples (default: the task's).
@@ -82,6 +85,7 @@ impl Default for HarnessConfig {
         HarnessConfig {
             task: String::new(),
             data: None,
+            subset: None,
             split: None,
             num_fewshot: None,
             limit: 0,
@@ -266,6 +270,11 @@ pub fn load(cfg: &HarnessConfig) -> Result<Loaded> {
             task.name, task.dataset
         ))
     })?;
+    let mut dir = crate::data::benchmark::dataset_dir(dir)?;
+    if let Some(sub) = &cfg.subset {
+        dir = dir.join(sub);
+    }
+    let dir = &dir;
     let split = cfg.split.as_deref().unwrap_or(task.test_split).to_string();
     let shots = cfg.num_fewshot.unwrap_or(task.num_fewshot);
     let docs = read_split(task, dir, &split)?;
