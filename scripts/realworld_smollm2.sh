@@ -62,16 +62,26 @@ for n in base npo_gd idk_ap unierase; do
   done
 done
 python3 - "$D" <<'PY'
-import json, sys, os
+import json, sys
 d = sys.argv[1]
 keys = ["forget_Q_A_ROUGE", "forget_Q_A_Prob", "forget_refusal_rate", "retain_Q_A_ROUGE", "retain_Q_A_Prob", "retain_refusal_rate", "forget_efficacy", "closer_look_model_utility"]
-print("| model | " + " | ".join(keys) + " | " + " | ".join(["mmlu", "arc_c", "tqa_mc1", "wmdp_bio", "gsm8k", "triviaqa"]) + " |")
-print("|---" * (1 + len(keys) + 6) + "|")
+tasks = [("mmlu", "acc,none"), ("arc_challenge", "acc,none"), ("truthfulqa_mc1", "acc,none"), ("wmdp_bio", "acc,none"), ("gsm8k", "exact_match,flexible-extract"), ("triviaqa", "exact_match,remove_whitespace")]
+# the closer-look paper's downstream set: ARC-C, MMLU, TruthfulQA, TriviaQA, GSM8K (not WMDP)
+downstream = {"mmlu", "arc_challenge", "truthfulqa_mc1", "gsm8k", "triviaqa"}
+print("| model | " + " | ".join(keys) + " | " + " | ".join(t for t, _ in tasks) + " | downstream avg | words gsm8k/triviaqa | refusal gsm8k/triviaqa |")
+print("|---" * (1 + len(keys) + len(tasks) + 3) + "|")
 for n in ["base", "npo_gd", "idk_ap", "unierase"]:
     e = json.load(open(f"{d}/eval/{n}/TOFU_EVAL.json"))
     row = [("%.3f" % e[k]["agg_value"]) if e.get(k, {}).get("agg_value") is not None else "–" for k in keys]
-    for t, m in [("mmlu", "acc,none"), ("arc_challenge", "acc,none"), ("truthfulqa_mc1", "acc,none"), ("wmdp_bio", "acc,none"), ("gsm8k", "exact_match,flexible-extract"), ("triviaqa", "exact_match,remove_whitespace")]:
-        g = json.load(open(f"{d}/general/{n}/{t}/{t}_EVAL.json"))
-        row.append("%.2f" % g["results"][m])
+    ds, words, refs = [], [], []
+    for t, m in tasks:
+        g = json.load(open(f"{d}/general/{n}/{t}/{t}_EVAL.json"))["results"]
+        row.append("%.2f" % g[m])
+        if t in downstream:
+            ds.append(g[m])
+        if "answer_words,none" in g:
+            words.append("%.1f" % g["answer_words,none"])
+            refs.append("%.2f" % g["refusal_rate,none"] if g.get("refusal_rate,none") is not None else "–")
+    row += ["%.3f" % (sum(ds) / len(ds)), " / ".join(words), " / ".join(refs)]
     print(f"| {n} | " + " | ".join(row) + " |")
 PY
