@@ -161,6 +161,27 @@ pub fn read_rows(path: &Path) -> Result<Vec<serde_json::Value>> {
     Ok(rows)
 }
 
+/// The rows of the QA file `path` beside its `n_items` items, one JSON object per item, for a
+/// setting (`what`) that reads a field the items do not keep (`task_id`, `golden_answer`).
+pub fn rows_beside_items(
+    path: &Path,
+    n_items: usize,
+    what: &str,
+) -> Result<Vec<serde_json::Value>> {
+    let rows = read_rows(path)?;
+    if rows.len() != n_items {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            line: 0,
+            msg: format!(
+                "{what} needs one JSON object per item ({} rows, {n_items} items)",
+                rows.len()
+            ),
+        });
+    }
+    Ok(rows)
+}
+
 /// A dataset in its own Hub layout, as a local directory: an existing directory as it is, or a
 /// Hub dataset id (`org/name[@revision]`, `hf://datasets/org/name`) whose data files
 /// (`.parquet`, `.json`, `.jsonl`, in every folder) are fetched into the Hugging Face cache

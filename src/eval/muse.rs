@@ -27,7 +27,7 @@ use crate::data::benchmark::{local_splits, read_rows};
 use crate::data::Encoded;
 use crate::error::{Error, Result};
 use crate::eval::formula::{mia, rouge::rouge_l};
-use crate::eval::harness::generate_cut;
+use crate::eval::harness::{encode_prompts, generate_cut};
 use crate::eval::value::mean;
 use crate::infer::score::score_stats;
 use crate::model::tokenizer::Tok;
@@ -254,16 +254,7 @@ pub fn evaluate(
             let prompts = field(&rows, &p, "prompt")?;
             let gts = field(&rows, &p, "gt")?;
             let budget = max_ctx.saturating_sub(cfg.verbmem_max_new_tokens).max(1);
-            let ids = prompts
-                .iter()
-                .map(|q| {
-                    let mut ids = tok.encode(q, true)?;
-                    if ids.len() > budget {
-                        ids.drain(..ids.len() - budget);
-                    }
-                    Ok(ids)
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let ids = encode_prompts(tok, &prompts, budget)?;
             let gens = generate_cut(
                 model,
                 tok,
@@ -332,16 +323,7 @@ pub fn evaluate(
             .map(|q| format!("{prefix}Question: {q}\nAnswer:"))
             .collect();
         let budget = max_ctx.saturating_sub(cfg.knowmem_max_new_tokens).max(1);
-        let ids = prompts
-            .iter()
-            .map(|q| {
-                let mut ids = tok.encode(q, true)?;
-                if ids.len() > budget {
-                    ids.drain(..ids.len() - budget);
-                }
-                Ok(ids)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let ids = encode_prompts(tok, &prompts, budget)?;
         let gens = generate_cut(
             model,
             tok,

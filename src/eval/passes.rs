@@ -483,18 +483,7 @@ fn drop_last(t: &TokenStats) -> TokenStats {
 /// Replace each item's answer by the row's `field` where the row has a non-empty one
 /// (`answer_field`); rows without it keep `answer`.
 fn answers_from_field(path: &std::path::Path, field: &str, items: &mut [QaItem]) -> Result<()> {
-    let rows = crate::data::benchmark::read_rows(path)?;
-    if rows.len() != items.len() {
-        return Err(Error::Data {
-            path: path.to_path_buf(),
-            line: 0,
-            msg: format!(
-                "answer_field needs one JSON object per item ({} rows, {} items)",
-                rows.len(),
-                items.len()
-            ),
-        });
-    }
+    let rows = crate::data::benchmark::rows_beside_items(path, items.len(), "answer_field")?;
     let mut found = 0;
     for (it, r) in items.iter_mut().zip(&rows) {
         if let Some(a) = r

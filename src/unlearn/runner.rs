@@ -709,18 +709,7 @@ fn read_tasks(cfg: &RunConfig) -> Result<Vec<Vec<QaItem>>> {
 /// The items of `path` grouped into tasks by the row field `key` (numbers or strings): in
 /// numeric order when every value is a number, else in order of first appearance.
 fn split_by_key(path: &Path, key: &str, items: Vec<QaItem>) -> Result<Vec<Vec<QaItem>>> {
-    let rows = crate::data::benchmark::read_rows(path)?;
-    if rows.len() != items.len() {
-        return Err(Error::Data {
-            path: path.to_path_buf(),
-            line: 0,
-            msg: format!(
-                "forget_task_key needs one JSON object per item ({} rows, {} items)",
-                rows.len(),
-                items.len()
-            ),
-        });
-    }
+    let rows = crate::data::benchmark::rows_beside_items(path, items.len(), "forget_task_key")?;
     let mut ids = Vec::with_capacity(rows.len());
     for (i, r) in rows.iter().enumerate() {
         let id = match r.get(key) {

@@ -466,6 +466,25 @@ fn multiple_choice(
     Ok((m, samples))
 }
 
+/// Token ids of each prompt with the tokenizer's default special tokens, left-truncated to
+/// `budget` tokens (room left for the generation, as lm-eval truncates).
+pub fn encode_prompts<S: AsRef<str>>(
+    tok: &Tok,
+    texts: &[S],
+    budget: usize,
+) -> Result<Vec<Vec<u32>>> {
+    texts
+        .iter()
+        .map(|t| {
+            let mut ids = tok.encode(t.as_ref(), true)?;
+            if ids.len() > budget {
+                ids.drain(..ids.len() - budget);
+            }
+            Ok(ids)
+        })
+        .collect()
+}
+
 /// Greedy continuations of `prompts` (at most `max_new` tokens; the model's end-of-sequence
 /// ids end a row), each cut at the first occurrence of every stop string in turn; a row stops
 /// early once its decoded text holds a stop string.
@@ -535,16 +554,7 @@ fn generation(
     if !eos.is_empty() && !until.contains(&eos) {
         until.push(eos);
     }
-    let prompts = contexts
-        .iter()
-        .map(|c| {
-            let mut ids = tok.encode(c, true)?;
-            if ids.len() > max_ctx {
-                ids.drain(..ids.len() - max_ctx);
-            }
-            Ok(ids)
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let prompts = encode_prompts(tok, contexts, max_ctx)?;
     let responses = generate_cut(
         model,
         tok,
