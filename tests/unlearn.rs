@@ -857,6 +857,44 @@ fn chunked_loss_and_checkpointing_give_the_same_run() {
     }
 }
 
+/// Every named method but UniErase runs two steps on the model in `p`, and NPO+GD forgets
+/// (the forget probability at least halves). `arch` names the architecture in messages.
+fn every_loss_method_runs_and_npo_forgets(p: &Path, arch: &str) {
+    for m in unlearn::unlearn::objective::method::NAMED {
+        if *m == "unierase" {
+            continue;
+        }
+        let e = unlearn(p, m, "o", &["train.max_steps=2"]);
+        assert_eq!(e["step"], 2, "{arch}: {m}");
+    }
+    let (f0, _) = probs(p, "ft");
+    unlearn(p, "npo+gd", "n", &[]);
+    let (f1, _) = probs(p, "n");
+    assert!(
+        f1 < 0.5 * f0,
+        "NPO+GD did not forget on {arch}: {f0} -> {f1}"
+    );
+}
+
+/// UniErase on the two layers of the tests' tiny model raises P([UNL] first).
+fn unierase_raises_the_token(p: &Path) {
+    let e = unlearn(
+        p,
+        "unierase",
+        "u",
+        &[
+            "method.forget.layers=[0,1]",
+            "method.forget.phase1_epochs=20",
+            "method.forget.phase1_lr=1e-2",
+            "method.forget.v_steps=25",
+            "method.forget.clamp_norm=3",
+        ],
+    );
+    assert!(
+        e["unl_first_prob_after"].as_f64().unwrap() > e["unl_first_prob_before"].as_f64().unwrap()
+    );
+}
+
 /// Issue #24, Qwen3 (per-head q/k RMSNorm, heads wider than hidden / heads): every named
 /// method runs on it, NPO+GD forgets, and UniErase's edit and LoRA work on it.
 #[test]
@@ -869,20 +907,7 @@ fn qwen3_runs_every_method() {
         c.contains("\"qwen3\"") && c.contains("\"head_dim\": 24"),
         "{c}"
     );
-    for m in unlearn::unlearn::objective::method::NAMED {
-        if *m == "unierase" {
-            continue;
-        }
-        let e = unlearn(p, m, "o", &["train.max_steps=2"]);
-        assert_eq!(e["step"], 2, "{m}");
-    }
-    let (f0, _) = probs(p, "ft");
-    unlearn(p, "npo+gd", "n", &[]);
-    let (f1, _) = probs(p, "n");
-    assert!(
-        f1 < 0.5 * f0,
-        "NPO+GD did not forget on qwen3: {f0} -> {f1}"
-    );
+    every_loss_method_runs_and_npo_forgets(p, "qwen3");
     unlearn(p, "npo+gd", "l", &["lora.r=4"]);
     assert!(p.join("l/adapter_config.json").is_file());
     let e = unlearn(
@@ -957,17 +982,7 @@ fn olmo_runs_every_method() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     setup_with(p, &["--arch", "olmo"]);
-    for m in unlearn::unlearn::objective::method::NAMED {
-        if *m == "unierase" {
-            continue;
-        }
-        let e = unlearn(p, m, "o", &["train.max_steps=2"]);
-        assert_eq!(e["step"], 2, "{m}");
-    }
-    let (f0, _) = probs(p, "ft");
-    unlearn(p, "npo+gd", "n", &[]);
-    let (f1, _) = probs(p, "n");
-    assert!(f1 < 0.5 * f0, "NPO+GD did not forget on olmo: {f0} -> {f1}");
+    every_loss_method_runs_and_npo_forgets(p, "olmo");
     let e = unlearn(
         p,
         "unierase",
@@ -1003,35 +1018,11 @@ fn phi3_runs_every_method_with_fused_checkpoints() {
     assert!(!n
         .iter()
         .any(|x| x.ends_with("q_proj.weight") && !x.contains("qkv")));
-    for m in unlearn::unlearn::objective::method::NAMED {
-        if *m == "unierase" {
-            continue;
-        }
-        let e = unlearn(p, m, "o", &["train.max_steps=2"]);
-        assert_eq!(e["step"], 2, "{m}");
-    }
-    let (f0, _) = probs(p, "ft");
-    unlearn(p, "npo+gd", "n", &[]);
-    let (f1, _) = probs(p, "n");
-    assert!(f1 < 0.5 * f0, "NPO+GD did not forget on phi3: {f0} -> {f1}");
+    every_loss_method_runs_and_npo_forgets(p, "phi3");
     assert!(names("n")
         .iter()
         .any(|x| x.ends_with("gate_up_proj.weight")));
-    let e = unlearn(
-        p,
-        "unierase",
-        "u",
-        &[
-            "method.forget.layers=[0,1]",
-            "method.forget.phase1_epochs=20",
-            "method.forget.phase1_lr=1e-2",
-            "method.forget.v_steps=25",
-            "method.forget.clamp_norm=3",
-        ],
-    );
-    assert!(
-        e["unl_first_prob_after"].as_f64().unwrap() > e["unl_first_prob_before"].as_f64().unwrap()
-    );
+    unierase_raises_the_token(p);
     let e = fails(
         &[
             "run",
