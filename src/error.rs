@@ -15,7 +15,8 @@ pub enum Error {
         path: PathBuf,
         cause: serde_json::Error,
     },
-    #[error("{path}:{line}: {msg}")]
+    /// A problem in a data file; `line` 0 = no line (the file as a whole, a parquet row).
+    #[error("{}{}: {msg}", path.display(), if *line > 0 { format!(":{line}") } else { String::new() })]
     Data {
         path: PathBuf,
         line: usize,

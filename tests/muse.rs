@@ -270,5 +270,7 @@ fn muse_bad_input_is_named() {
         p,
     );
     assert!(e.contains("verbmem/forget split has no rows"), "{e}");
+    // a whole-file problem names the file without a line number (no `file:0:`)
+    assert!(e.contains("forget.jsonl: the") && !e.contains(":0:"), "{e}");
     assert!(!p.join("o").exists());
 }
