@@ -84,14 +84,25 @@ pub const TRIVIAQA_MATCH: ExactMatch = ExactMatch {
     ignore_punctuation: true,
 };
 
+/// A `regexes_to_ignore` pattern, compiled once per process (every prediction and reference of
+/// a task is normalised with the same few patterns).
+fn compiled(pattern: &'static str) -> Regex {
+    static CACHE: OnceLock<std::sync::Mutex<std::collections::HashMap<&'static str, Regex>>> =
+        OnceLock::new();
+    let mut m = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .expect("regex cache");
+    m.entry(pattern)
+        .or_insert_with(|| Regex::new(pattern).expect("valid pattern"))
+        .clone()
+}
+
 impl ExactMatch {
     fn normalise(&self, s: &str) -> String {
         let mut s = s.to_string();
         for p in self.regexes_to_ignore {
-            s = Regex::new(p)
-                .expect("valid pattern")
-                .replace_all(&s, "")
-                .into_owned();
+            s = compiled(p).replace_all(&s, "").into_owned();
         }
         if self.ignore_case {
             s = s.to_lowercase();
