@@ -316,6 +316,62 @@ fn hooks_expose_hidden_states_and_replace_mlp_activations() {
     );
 }
 
+/// A pass started at layer l from the recorded residual after layer l − 1 gives the full pass's
+/// logits exactly (SIMU's attribution relies on it to skip the unchanged layers).
+#[test]
+fn forward_started_at_a_layer_matches_the_full_pass() {
+    use unlearn::model::Hooks;
+    let m = Llama::random(tiny_config(32, 3), 4, &Device::Cpu).unwrap();
+    let ids = Tensor::new(&[[1u32, 5, 7, 9, 2], [3, 4, 8, 1, 6]], &Device::Cpu).unwrap();
+    let full = m
+        .forward_with(
+            &ids,
+            None,
+            None,
+            None,
+            Hooks {
+                hidden_layers: &[0, 1],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let base = full.logits.unwrap().to_vec3::<f32>().unwrap();
+    for (l, h) in [(1usize, &full.hidden[0].1), (2, &full.hidden[1].1)] {
+        let o = m
+            .forward_with(
+                &ids,
+                None,
+                None,
+                None,
+                Hooks {
+                    start: Some((l, h)),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            o.logits.unwrap().to_vec3::<f32>().unwrap(),
+            base,
+            "start at {l}"
+        );
+    }
+    // a residual of the wrong shape, or a layer past the last, is an error, not a panic
+    let bad = Tensor::zeros((1, 5, 32), candle_core::DType::F32, &Device::Cpu).unwrap();
+    for (l, h) in [(1usize, &bad), (3, &full.hidden[0].1)] {
+        let r = m.forward_with(
+            &ids,
+            None,
+            None,
+            None,
+            Hooks {
+                start: Some((l, h)),
+                ..Default::default()
+            },
+        );
+        assert!(r.is_err(), "start at {l}");
+    }
+}
+
 /// Integrated gradients' completeness: Σ_k Att(l, k) ≈ Σ_i [L_i(β_l) − L_i(0)] for every layer
 /// (the Riemann sum converges as m grows).
 #[test]

@@ -33,6 +33,9 @@ pub struct Hooks<'a> {
     /// Compute the logits of the last position only ([b, 1, vocab]): generation's prefill needs
     /// no more, and the LM head is the largest matrix product.
     pub last_logits_only: bool,
+    /// Begin at layer l with this residual stream [b, t, h] as its input: the embedding and the
+    /// layers before l are not computed (for repeated passes that change only layer l onward).
+    pub start: Option<(usize, &'a Tensor)>,
 }
 
 pub struct ForwardOutput {
@@ -770,6 +773,7 @@ impl Llama {
             && hooks.hidden_layers.is_empty()
             && hooks.mlp_act.is_none()
             && hooks.residual.is_none()
+            && hooks.start.is_none()
             && !hooks.skip_logits;
         if checkpoint {
             let embedded = x.clone();
@@ -793,11 +797,25 @@ impl Llama {
                 mask: mask.clone(),
             });
         }
-        for (li, layer) in
-            self.layers
-                .iter()
-                .enumerate()
-                .take(if checkpoint { 0 } else { last_needed })
+        let first = match hooks.start {
+            Some((l, input)) => {
+                if cache.is_some() || l >= self.layers.len() || input.dims3()? != x.dims3()? {
+                    return Err(Error::Invalid(format!(
+                        "a forward pass started at layer {l} needs a residual of shape {:?} and no KV cache",
+                        x.dims()
+                    )));
+                }
+                x = input.clone();
+                l
+            }
+            None => 0,
+        };
+        for (li, layer) in self
+            .layers
+            .iter()
+            .enumerate()
+            .take(if checkpoint { 0 } else { last_needed })
+            .skip(first)
         {
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[li]);
             x = self.layer_forward(li, layer, &x, &cos, &sin, &mask, kv, &hooks)?;

@@ -49,6 +49,10 @@ pub fn attribute(
     cfg: &AttributionConfig,
     progress: bool,
 ) -> Result<Vec<Vec<f64>>> {
+    // Only ∂L/∂a is needed: a view with every weight detached makes the backward pass compute
+    // no weight gradients and stop at layer l, where `a` enters the graph.
+    let frozen = model.frozen_except(&[])?;
+    let model = &frozen;
     let n_layers = model.cfg.num_hidden_layers;
     let inter = model.cfg.intermediate_size;
     let mut att = vec![vec![0f64; inter]; n_layers];
@@ -59,13 +63,14 @@ pub fn attribute(
     for chunk in batches {
         let refs: Vec<&Encoded> = chunk.iter().collect();
         let batch = Batch::new(&refs, pad_id, model.device())?;
-        // β for every layer in one recording pass.
+        // β for every layer, and every layer's input residual, in one recording pass.
         let acts: RefCell<Vec<Option<Tensor>>> = RefCell::new(vec![None; n_layers]);
         let record = |l: usize, a: &Tensor| {
             acts.borrow_mut()[l] = Some(a.detach());
             Ok(None)
         };
-        model.forward_with(
+        let all: Vec<usize> = (0..n_layers).collect();
+        let rec = model.forward_with(
             &batch.input,
             None,
             None,
@@ -73,11 +78,14 @@ pub fn attribute(
             Hooks {
                 mlp_act: Some(&record),
                 skip_logits: true,
-                hidden_layers: &[n_layers - 1],
+                hidden_layers: &all,
                 ..Default::default()
             },
         )?;
         let acts = acts.into_inner();
+        // The input of layer l is the residual after layer l − 1 (layer 0 recomputes from the
+        // embedding): passes that replace layer l's activation start there.
+        let inputs: Vec<Tensor> = rec.hidden.into_iter().map(|(_, h)| h.detach()).collect();
         for (l, beta) in acts.into_iter().enumerate() {
             let beta = beta.expect("every layer recorded");
             let mut acc: Option<Tensor> = None; // Σ_j grad, [b, t, I]
@@ -98,6 +106,7 @@ pub fn attribute(
                     None,
                     Hooks {
                         mlp_act: Some(&replace),
+                        start: (l > 0).then(|| (l, &inputs[l - 1])),
                         ..Default::default()
                     },
                 )?;
