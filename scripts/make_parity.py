@@ -23,7 +23,9 @@ def make(name, model):
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "norm" in n or n.endswith(".bias"):
-                p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in n else 0.05 * torch.randn_like(p))
+                # Gemma's norms scale by (1 + w): weights around 0
+                one = 0.0 if "Gemma" in type(model).__name__ else 1.0
+                p.copy_(one + 0.1 * torch.randn_like(p) if "norm" in n else 0.05 * torch.randn_like(p))
     model.save_pretrained(d, safe_serialization=True)
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (2, 9))
@@ -89,7 +91,33 @@ def phi3():
         tie_word_embeddings=False, attn_implementation="eager",
         pad_token_id=None, bos_token_id=None, eos_token_id=None))
 
-MODELS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2, "olmo": olmo, "phi3": phi3}
+def gemma2():
+    # 9 tokens over a sliding window of 4: layer 0 (sliding) and layer 1 (global) see different
+    # keys; soft-caps small enough to bind on this tiny model's scores and logits;
+    # query_pre_attn_scalar differs from head_dim
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+    return Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=32, intermediate_size=48,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+        max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=10000.0,
+        query_pre_attn_scalar=12, sliding_window=4, attn_logit_softcapping=0.05,
+        final_logit_softcapping=0.5, tie_word_embeddings=True, attn_implementation="eager",
+        pad_token_id=None, bos_token_id=None, eos_token_id=None))
+
+def gemma3():
+    # 3 layers, sliding_window_pattern 3: layers 0, 1 slide (local RoPE base 10000), layer 2 is
+    # global (base 1e6 with linear scaling 2); per-head q/k norms; a head wider than hidden/heads
+    from transformers import Gemma3TextConfig, Gemma3ForCausalLM
+    return Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        max_position_embeddings=64, rms_norm_eps=1e-6, query_pre_attn_scalar=12, sliding_window=4,
+        sliding_window_pattern=3,
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+        tie_word_embeddings=True, attn_implementation="eager",
+        pad_token_id=None, bos_token_id=None, eos_token_id=None))
+
+MODELS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2, "olmo": olmo, "phi3": phi3,
+          "gemma2": gemma2, "gemma3": gemma3}
 for name in sys.argv[1:] or list(MODELS):
     torch.manual_seed(0)
     make(name, MODELS[name]())

@@ -163,7 +163,22 @@ fn kv_cache_generation_equals_full_recompute_and_batching() {
         original_max_position_embeddings: 32,
         attention_factor: None,
     });
-    for cfg in [tiny_config(32, 2), qwen3, olmo2, olmo, phi3] {
+    // Gemma 2 and 3: a window of 3 that generation runs past, sliding and global layers, the
+    // soft-caps (Gemma 2) and Gemma 3's two RoPE bases
+    let gemma = |arch, layers: usize| {
+        let mut c = tiny_config(32, layers);
+        c.arch = arch;
+        c.sliding_window = Some(3);
+        c.sliding_layers = Some((0..layers).map(|i| i % 2 == 0).collect());
+        c.query_pre_attn_scalar = Some(12.0);
+        c
+    };
+    let mut gemma2 = gemma(unlearn::model::Arch::Gemma2, 2);
+    gemma2.attn_logit_softcapping = Some(0.05);
+    gemma2.final_logit_softcapping = Some(0.5);
+    let mut gemma3 = gemma(unlearn::model::Arch::Gemma3, 3);
+    gemma3.rope_local_theta = Some(100.0);
+    for cfg in [tiny_config(32, 2), qwen3, olmo2, olmo, phi3, gemma2, gemma3] {
         kv_cache_case(Llama::random(cfg, 9, &Device::Cpu).unwrap());
     }
 }

@@ -133,3 +133,48 @@ fn parity_olmo_parameter_free_layernorm_clip_qkv() {
 fn parity_phi3_fused_qkv_gate_up_longrope() {
     check("phi3");
 }
+
+#[test]
+fn parity_gemma2_sandwich_norms_softcaps_alternating_sliding_window() {
+    check("gemma2");
+}
+
+#[test]
+fn parity_gemma3_qk_norm_local_and_global_rope() {
+    check("gemma3");
+}
+
+/// A Gemma 3 model saved from a transformers >= 5 config keeps its RoPE per layer type
+/// (`rope_parameters.full_attention` / `.sliding_attention`) and reloads to the same model.
+#[test]
+fn gemma3_saved_config_keeps_rope_per_layer_type() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity_gemma3");
+    let dev = Device::Cpu;
+    let cfg_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg = LlamaConfig::from_json(&cfg_json, &dir).unwrap();
+    assert_eq!(cfg.rope_local_theta, Some(10000.0));
+    assert_eq!(cfg.rope_theta, 1e6);
+    assert_eq!(cfg.sliding_layers, Some(vec![true, true, false]));
+    let (tensors, src) = unlearn::model::hf::read_safetensors(&dir, &dev).unwrap();
+    let model = Llama::from_tensors(cfg.clone(), tensors, &src, &dev).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    unlearn::model::hf::write_model_files(
+        &model,
+        &unlearn::model::fixture::tiny_tokenizer(),
+        Some(&cfg_json),
+        &[],
+        out.path(),
+    )
+    .unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+            .unwrap();
+    let rp = &saved["rope_parameters"];
+    assert_eq!(rp["sliding_attention"]["rope_theta"], 10000.0, "{saved}");
+    assert_eq!(rp["full_attention"]["rope_type"], "linear", "{saved}");
+    assert_eq!(rp["full_attention"]["factor"], 2.0, "{saved}");
+    assert_eq!(rp["full_attention"]["rope_theta"], 1e6, "{saved}");
+    let back = LlamaConfig::from_json(&saved, out.path()).unwrap();
+    assert_eq!(back, cfg);
+}

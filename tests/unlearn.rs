@@ -1043,3 +1043,43 @@ fn phi3_runs_every_method_with_fused_checkpoints() {
     );
     assert!(e.contains("phi3") && e.contains("qkv_proj"), "{e}");
 }
+
+/// Issue #24, Gemma 2 and Gemma 3: `init --arch gemma2|gemma3` writes a model transformers'
+/// config names (gemma2 / gemma3_text), every named loss method runs on it and NPO+GD forgets;
+/// UniErase is refused (Gemma normalises the MLP output before the residual add).
+#[test]
+fn gemma2_and_gemma3_run_every_method() {
+    for arch in ["gemma2", "gemma3"] {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        setup_with(p, &["--arch", arch]);
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p.join("ft/config.json")).unwrap())
+                .unwrap();
+        let mt = if arch == "gemma2" {
+            "gemma2"
+        } else {
+            "gemma3_text"
+        };
+        assert_eq!(cfg["model_type"], mt, "{cfg}");
+        assert_eq!(cfg["hidden_activation"], "gelu_pytorch_tanh");
+        every_loss_method_runs_and_npo_forgets(p, arch);
+        let e = fails(
+            &[
+                "run",
+                "--set",
+                "model=ft",
+                "--set",
+                "forget=forget.jsonl",
+                "--set",
+                "retain=retain.jsonl",
+                "--set",
+                "out=u",
+                "--set",
+                "method=unierase",
+            ],
+            p,
+        );
+        assert!(e.contains("unierase") && e.contains(mt), "{e}");
+    }
+}

@@ -10,9 +10,11 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Architecture: llama, qwen2 (q/k/v biases), qwen3 (per-head q/k RMSNorm), olmo
-    /// (parameter-free LayerNorm), olmo2 (post-norms, q/k RMSNorm over the projections) or phi3
-    /// (fused qkv_proj and gate_up_proj in the checkpoint).
-    #[arg(long, default_value = "llama", value_parser = ["llama", "qwen2", "qwen3", "olmo", "olmo2", "phi3"])]
+    /// (parameter-free LayerNorm), olmo2 (post-norms, q/k RMSNorm over the projections), phi3
+    /// (fused qkv_proj and gate_up_proj in the checkpoint), gemma2 (sandwich norms, GeGLU,
+    /// soft-capping, alternating sliding-window layers; window 32) or gemma3 (gemma3_text: per-head
+    /// q/k norms, local and global RoPE bases; window 32, every 6th layer global).
+    #[arg(long, default_value = "llama", value_parser = ["llama", "qwen2", "qwen3", "olmo", "olmo2", "phi3", "gemma2", "gemma3"])]
     arch: String,
     #[arg(long, default_value_t = 256)]
     hidden: usize,
@@ -121,6 +123,28 @@ pub fn run(a: Args) -> Result<()> {
         "olmo2" => cfg.arch = unlearn::model::Arch::Olmo2,
         "olmo" => cfg.arch = unlearn::model::Arch::Olmo,
         "phi3" => cfg.arch = unlearn::model::Arch::Phi3,
+        "gemma2" | "gemma3" => {
+            // transformers' defaults for the per-layer pattern, a window shorter than the
+            // context so that sliding layers differ from global ones
+            let gemma2 = a.arch == "gemma2";
+            cfg.arch = if gemma2 {
+                unlearn::model::Arch::Gemma2
+            } else {
+                unlearn::model::Arch::Gemma3
+            };
+            let pattern = if gemma2 { 2 } else { 6 };
+            cfg.sliding_window = Some(32);
+            cfg.sliding_layers = Some((0..a.layers).map(|i| (i + 1) % pattern != 0).collect());
+            cfg.query_pre_attn_scalar = Some(cfg.head_dim as f64);
+            if gemma2 {
+                cfg.attn_logit_softcapping = Some(50.0);
+                cfg.final_logit_softcapping = Some(30.0);
+            } else {
+                cfg.rope_local_theta = Some(a.rope_theta);
+                cfg.rope_theta = a.rope_theta.max(1_000_000.0);
+            }
+            cfg.rms_norm_eps = 1e-6;
+        }
         _ => {}
     }
     if a.head_dim.is_none() {

@@ -50,6 +50,18 @@ pub enum Arch {
     /// `gate_up_proj` in the checkpoint (split on load, fused again on save), LongRoPE scaling
     /// and Mistral-style sliding-window attention.
     Phi3,
+    /// Gemma 2: embeddings scaled by √hidden, RMSNorm as x̂·(1 + w) (weights stored around 0),
+    /// four norms per layer (`input_layernorm`, `post_attention_layernorm` on the attention
+    /// output, `pre_feedforward_layernorm`, `post_feedforward_layernorm` on the MLP output),
+    /// GeGLU (gelu_tanh(gate)·up), attention scaled by `query_pre_attn_scalar`^(-1/2), attention
+    /// and final logits soft-capped (c·tanh(x/c)), sliding-window and global layers alternating
+    /// (`layer_types`; layer 0 sliding).
+    Gemma2,
+    /// Gemma 3 text (`gemma3_text`): Gemma 2 without soft-capping of the attention scores, plus
+    /// Qwen3-style per-head q/k RMSNorm (Gemma's (1 + w) form), five sliding layers to one global
+    /// one, and two RoPE bases: `rope_local_base_freq` on sliding layers, `rope_theta` (with its
+    /// scaling) on global ones.
+    Gemma3,
 }
 
 impl Arch {
@@ -62,6 +74,8 @@ impl Arch {
             Arch::Olmo2 => "olmo2",
             Arch::Olmo => "olmo",
             Arch::Phi3 => "phi3",
+            Arch::Gemma2 => "gemma2",
+            Arch::Gemma3 => "gemma3_text",
         }
     }
     pub fn architectures(&self) -> &'static str {
@@ -73,6 +87,8 @@ impl Arch {
             Arch::Olmo2 => "Olmo2ForCausalLM",
             Arch::Olmo => "OlmoForCausalLM",
             Arch::Phi3 => "Phi3ForCausalLM",
+            Arch::Gemma2 => "Gemma2ForCausalLM",
+            Arch::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 }
@@ -105,6 +121,17 @@ pub struct LlamaConfig {
     pub o_bias: bool,
     /// Mistral-style sliding window attention (None: full causal attention).
     pub sliding_window: Option<usize>,
+    /// Which layers use `sliding_window` (Gemma's `layer_types`); None: every layer does.
+    pub sliding_layers: Option<Vec<bool>>,
+    /// Attention scores scaled by 1/√s (Gemma's `query_pre_attn_scalar`); None: s = head_dim.
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Attention scores soft-capped to c·tanh(x/c) before the mask (Gemma 2).
+    pub attn_logit_softcapping: Option<f64>,
+    /// Logits soft-capped to c·tanh(x/c) (Gemma 2).
+    pub final_logit_softcapping: Option<f64>,
+    /// The RoPE base of sliding-window layers, without scaling (Gemma 3's
+    /// `rope_local_base_freq`); None: every layer uses `rope_theta` and `rope_scaling`.
+    pub rope_local_theta: Option<f64>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -145,12 +172,21 @@ struct RawConfig {
     rms_norm_eps: Option<f64>,
     rope_theta: Option<f64>,
     rope_scaling: Option<RawRopeScaling>,
-    rope_parameters: Option<RawRopeScaling>,
+    /// Flat (one RoPE for every layer), or per layer type (Gemma 3 in transformers >= 5:
+    /// `{"full_attention": {..}, "sliding_attention": {..}}`).
+    rope_parameters: Option<serde_json::Value>,
     max_position_embeddings: Option<usize>,
     tie_word_embeddings: Option<bool>,
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
     hidden_act: Option<String>,
+    hidden_activation: Option<String>,
+    query_pre_attn_scalar: Option<f64>,
+    attn_logit_softcapping: Option<f64>,
+    final_logit_softcapping: Option<f64>,
+    layer_types: Option<Vec<String>>,
+    sliding_window_pattern: Option<usize>,
+    rope_local_base_freq: Option<f64>,
     sliding_window: Option<usize>,
     use_sliding_window: Option<bool>,
     original_max_position_embeddings: Option<usize>,
@@ -176,9 +212,18 @@ impl LlamaConfig {
             Some("olmo2") => Arch::Olmo2,
             Some("olmo") => Arch::Olmo,
             Some("phi3") => Arch::Phi3,
+            Some("gemma2") => Arch::Gemma2,
+            Some("gemma3_text") => Arch::Gemma3,
+            Some("gemma3") => {
+                return Err(err(
+                    "model_type `gemma3` is the multimodal Gemma 3 (text_config inside); the text \
+                     model (`gemma3_text`, e.g. gemma-3-1b) is supported"
+                        .into(),
+                ))
+            }
             Some(other) => {
                 return Err(err(format!(
-                "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, olmo, olmo2, phi3)"
+                "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, olmo, olmo2, phi3, gemma2, gemma3_text)"
             )))
             }
         };
@@ -208,7 +253,19 @@ impl LlamaConfig {
         if head_dim % 2 != 0 {
             return Err(err(format!("head_dim {head_dim} must be even for RoPE")));
         }
-        if let Some(act) = raw.hidden_act.as_deref() {
+        let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
+        if gemma {
+            // Gemma reads `hidden_activation` (older configs: `hidden_act`)
+            let act = raw
+                .hidden_activation
+                .as_deref()
+                .or(raw.hidden_act.as_deref());
+            if let Some(act) = act.filter(|a| *a != "gelu_pytorch_tanh") {
+                return Err(err(format!(
+                    "hidden_activation `{act}` is not supported for Gemma (gelu_pytorch_tanh)"
+                )));
+            }
+        } else if let Some(act) = raw.hidden_act.as_deref() {
             if act != "silu" && act != "swish" {
                 return Err(err(format!("hidden_act `{act}` is not supported (silu)")));
             }
@@ -216,11 +273,53 @@ impl LlamaConfig {
         if raw.mlp_bias == Some(true) {
             return Err(err("mlp_bias = true is not supported".into()));
         }
+        // transformers >= 5 writes Gemma 3's RoPE per layer type; the global layers' entry is
+        // the model's RoPE, the sliding layers' gives the local base.
+        let (rope_parameters, local_rope) = match raw.rope_parameters {
+            None => (None, None),
+            Some(v) => {
+                let parse = |v: &serde_json::Value| -> Result<RawRopeScaling> {
+                    serde_json::from_value(v.clone())
+                        .map_err(|e| err(format!("rope_parameters: {e}")))
+                };
+                match (v.get("full_attention"), v.get("sliding_attention")) {
+                    (None, None) => (Some(parse(&v)?), None),
+                    (full, sliding) => (
+                        full.map(parse).transpose()?,
+                        sliding.map(parse).transpose()?,
+                    ),
+                }
+            }
+        };
         let rope_theta = raw
             .rope_theta
-            .or(raw.rope_parameters.as_ref().and_then(|r| r.rope_theta))
-            .unwrap_or(10000.0);
-        let rs = raw.rope_scaling.or(raw.rope_parameters);
+            .or(rope_parameters.as_ref().and_then(|r| r.rope_theta))
+            .unwrap_or(if arch == Arch::Gemma3 {
+                1_000_000.0
+            } else {
+                10000.0
+            });
+        let rope_local_theta = match arch {
+            Arch::Gemma3 => Some(
+                raw.rope_local_base_freq
+                    .or(local_rope.as_ref().and_then(|r| r.rope_theta))
+                    .unwrap_or(10000.0),
+            ),
+            _ => None,
+        };
+        if let Some(t) = local_rope.as_ref().and_then(|r| r.rope_type.as_deref()) {
+            if t != "default" {
+                return Err(err(format!(
+                    "rope_parameters.sliding_attention.rope_type `{t}` is not supported (default)"
+                )));
+            }
+        }
+        // Gemma 3's rope_parameters may name only the local layers' RoPE: then the global
+        // layers' is the default
+        let rs = raw
+            .rope_scaling
+            .or(rope_parameters)
+            .filter(|r| !(gemma && r.rope_type.is_none() && r.factor.is_none()));
         let partial = raw
             .partial_rotary_factor
             .or(rs.as_ref().and_then(|r| r.partial_rotary_factor))
@@ -278,16 +377,58 @@ impl LlamaConfig {
         };
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let sliding_window = match arch {
-            Arch::Mistral | Arch::Phi3 => raw.sliding_window,
+            Arch::Mistral | Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3 => raw.sliding_window,
             Arch::Qwen2 | Arch::Qwen3 if raw.use_sliding_window == Some(true) => raw.sliding_window,
             _ => None,
+        };
+        let n_layers = req("num_hidden_layers", raw.num_hidden_layers)?;
+        let sliding_layers = if gemma {
+            let types = match raw.layer_types {
+                Some(t) => t,
+                // transformers' defaults: Gemma 2 alternates from a sliding layer 0; Gemma 3 makes
+                // every `sliding_window_pattern`-th layer (6th by default) global
+                None => {
+                    let pattern = match arch {
+                        Arch::Gemma2 => 2,
+                        _ => raw.sliding_window_pattern.unwrap_or(6),
+                    };
+                    (0..n_layers)
+                        .map(|i| {
+                            if (i + 1) % pattern.max(1) != 0 {
+                                "sliding_attention".to_string()
+                            } else {
+                                "full_attention".to_string()
+                            }
+                        })
+                        .collect()
+                }
+            };
+            if types.len() != n_layers {
+                return Err(err(format!(
+                    "layer_types has {} entries for {n_layers} layers",
+                    types.len()
+                )));
+            }
+            let flags = types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "sliding_attention" => Ok(true),
+                    "full_attention" => Ok(false),
+                    other => Err(err(format!(
+                        "layer_types: `{other}` is not supported (sliding_attention, full_attention)"
+                    ))),
+                })
+                .collect::<Result<Vec<bool>>>()?;
+            Some(flags)
+        } else {
+            None
         };
         let cfg = LlamaConfig {
             arch,
             vocab_size: req("vocab_size", raw.vocab_size)?,
             hidden_size,
             intermediate_size: req("intermediate_size", raw.intermediate_size)?,
-            num_hidden_layers: req("num_hidden_layers", raw.num_hidden_layers)?,
+            num_hidden_layers: n_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -295,10 +436,28 @@ impl LlamaConfig {
             rope_theta,
             rope_scaling,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(gemma),
             qkv_bias: arch == Arch::Qwen2 || attention_bias,
             o_bias: arch != Arch::Qwen2 && attention_bias,
             sliding_window,
+            sliding_layers,
+            query_pre_attn_scalar: if gemma {
+                raw.query_pre_attn_scalar.or(Some(256.0))
+            } else {
+                None
+            },
+            // transformers' Gemma 3 does not pass the score cap to its attention
+            attn_logit_softcapping: if arch == Arch::Gemma2 {
+                raw.attn_logit_softcapping
+            } else {
+                None
+            },
+            final_logit_softcapping: if gemma {
+                raw.final_logit_softcapping
+            } else {
+                None
+            },
+            rope_local_theta,
             clip_qkv: if arch == Arch::Olmo {
                 raw.clip_qkv
             } else {
@@ -417,6 +576,33 @@ impl LlamaConfig {
         if self.sliding_window == Some(0) {
             return Err("sliding_window is 0".into());
         }
+        if let Some(f) = &self.sliding_layers {
+            if f.len() != self.num_hidden_layers {
+                return Err(format!(
+                    "{} layer types for {} layers",
+                    f.len(),
+                    self.num_hidden_layers
+                ));
+            }
+        }
+        for (name, v) in [
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+            ("final_logit_softcapping", self.final_logit_softcapping),
+        ] {
+            if v.is_some_and(|x| !(x.is_finite() && x > 0.0)) {
+                return Err(format!("{name} {} must be a finite number > 0", v.unwrap()));
+            }
+        }
+        if self
+            .rope_local_theta
+            .is_some_and(|t| !(t.is_finite() && t > 1.0))
+        {
+            return Err(format!(
+                "rope_local_base_freq {} must be a finite number > 1",
+                self.rope_local_theta.unwrap()
+            ));
+        }
         for id in self.bos_token_id.iter().chain(&self.eos_token_ids) {
             if *id as usize >= self.vocab_size {
                 return Err(format!(
@@ -445,7 +631,7 @@ impl LlamaConfig {
             "rope_theta": self.rope_theta,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "hidden_act": "silu",
+            "hidden_act": if self.gemma() { "gelu_pytorch_tanh" } else { "silu" },
             "torch_dtype": "float32",
             "use_cache": true,
             "initializer_range": 0.02,
@@ -453,6 +639,46 @@ impl LlamaConfig {
         let o = v.as_object_mut().unwrap();
         if self.arch == Arch::Olmo {
             o.insert("clip_qkv".into(), self.clip_qkv.into());
+        }
+        if self.gemma() {
+            o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
+            o.insert("attention_bias".into(), self.qkv_bias.into());
+            // an integer in transformers' (strictly typed) Gemma configs
+            let qs = self.query_pre_attn_scalar.map(|x| {
+                if x.fract() == 0.0 && x < 1e15 {
+                    serde_json::json!(x as u64)
+                } else {
+                    serde_json::json!(x)
+                }
+            });
+            o.insert("query_pre_attn_scalar".into(), qs.into());
+            o.insert(
+                "final_logit_softcapping".into(),
+                self.final_logit_softcapping.into(),
+            );
+            if self.arch == Arch::Gemma2 {
+                o.insert(
+                    "attn_logit_softcapping".into(),
+                    self.attn_logit_softcapping.into(),
+                );
+            }
+            if let Some(f) = &self.sliding_layers {
+                let types: Vec<&str> = f
+                    .iter()
+                    .map(|&s| {
+                        if s {
+                            "sliding_attention"
+                        } else {
+                            "full_attention"
+                        }
+                    })
+                    .collect();
+                o.insert("layer_types".into(), types.into());
+            }
+            o.insert("sliding_window".into(), self.sliding_window.into());
+            if let Some(t) = self.rope_local_theta {
+                o.insert("rope_local_base_freq".into(), t.into());
+            }
         }
         if matches!(
             self.arch,
@@ -473,7 +699,7 @@ impl LlamaConfig {
                 o.insert("eos_token_id".into(), xs.to_vec().into());
             }
         }
-        if let Some(w) = self.sliding_window {
+        if let Some(w) = self.sliding_window.filter(|_| !self.gemma()) {
             o.insert("sliding_window".into(), w.into());
             if self.arch == Arch::Qwen2 {
                 o.insert("use_sliding_window".into(), true.into());
@@ -547,6 +773,11 @@ impl LlamaConfig {
             qkv_bias: false,
             o_bias: false,
             sliding_window: None,
+            sliding_layers: None,
+            query_pre_attn_scalar: None,
+            attn_logit_softcapping: None,
+            final_logit_softcapping: None,
+            rope_local_theta: None,
             clip_qkv: None,
             bos_token_id: None,
             eos_token_ids: vec![],
@@ -583,6 +814,9 @@ impl LlamaConfig {
             if !self.post_norms() && !self.nonparam_norms() {
                 v.push((format!("{p}.input_layernorm.weight"), vec![h]));
             }
+            if self.gemma() {
+                v.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![h]));
+            }
             v.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
             v.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
             v.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
@@ -607,7 +841,7 @@ impl LlamaConfig {
             v.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
             v.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
             v.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
-            if self.post_norms() {
+            if self.mlp_output_normed() {
                 v.push((format!("{p}.post_feedforward_layernorm.weight"), vec![h]));
             }
         }
@@ -620,9 +854,38 @@ impl LlamaConfig {
         v
     }
 
-    /// RMSNorm of q and k before RoPE: per head (Qwen3) or over the projection (OLMo-2).
+    /// RMSNorm of q and k before RoPE: per head (Qwen3, Gemma 3) or over the projection
+    /// (OLMo-2).
     pub fn qk_norm(&self) -> bool {
-        matches!(self.arch, Arch::Qwen3 | Arch::Olmo2)
+        matches!(self.arch, Arch::Qwen3 | Arch::Olmo2 | Arch::Gemma3)
+    }
+
+    /// Gemma 2 / 3: √hidden-scaled embeddings, (1 + w) RMSNorms, four norms a layer, GeGLU.
+    pub fn gemma(&self) -> bool {
+        matches!(self.arch, Arch::Gemma2 | Arch::Gemma3)
+    }
+
+    /// The MLP's output is normalised before the residual add (OLMo-2, Gemma): an edit of
+    /// down_proj's output (UniErase) does not add to the residual stream as it stands.
+    pub fn mlp_output_normed(&self) -> bool {
+        self.post_norms() || self.gemma()
+    }
+
+    /// Whether layer `l` attends within `sliding_window` only.
+    pub fn layer_slides(&self, l: usize) -> bool {
+        self.sliding_window.is_some()
+            && self
+                .sliding_layers
+                .as_ref()
+                .is_none_or(|f| f.get(l).copied().unwrap_or(false))
+    }
+
+    /// The attention scale: 1/√query_pre_attn_scalar (Gemma), else 1/√head_dim.
+    pub fn attn_scale(&self) -> f64 {
+        1.0 / self
+            .query_pre_attn_scalar
+            .unwrap_or(self.head_dim as f64)
+            .sqrt()
     }
 
     /// LayerNorm without parameters in place of every RMSNorm (OLMo).
@@ -659,6 +922,9 @@ impl LlamaConfig {
         }
         if self.o_bias {
             layer += h;
+        }
+        if self.gemma() {
+            layer += 2 * h; // pre- and post-feed-forward norms
         }
         if self.post_norms() {
             layer += q + kv; // q/k norms over the projections; the post-FFN norm replaces the pre-norm

@@ -44,13 +44,15 @@ struct LazyRandom {
     name: String,
     shape: Vec<usize>,
     seed: u64,
+    /// Norm weights' value: 1, or 0 where the norm scales by (1 + w) (Gemma).
+    norm: half::bf16,
 }
 
 impl LazyRandom {
     fn values(&self) -> Vec<half::bf16> {
         let n: usize = self.shape.iter().product();
         if self.name.ends_with("norm.weight") {
-            return vec![half::bf16::ONE; n];
+            return vec![self.norm; n];
         }
         if self.name.ends_with(".bias") {
             return vec![half::bf16::ZERO; n];
@@ -96,7 +98,22 @@ pub fn write_random_bf16_files(dir: &Path, cfg: &LlamaConfig, seed: u64) -> Resu
     let views: Vec<(String, LazyRandom)> = cfg
         .param_shapes()
         .into_iter()
-        .map(|(name, shape)| (name.clone(), LazyRandom { name, shape, seed }))
+        .map(|(name, shape)| {
+            let norm = if cfg.gemma() {
+                half::bf16::ZERO
+            } else {
+                half::bf16::ONE
+            };
+            (
+                name.clone(),
+                LazyRandom {
+                    name,
+                    shape,
+                    seed,
+                    norm,
+                },
+            )
+        })
         .collect();
     let p = dir.join("model.safetensors");
     let meta: std::collections::HashMap<String, String> =

@@ -248,6 +248,11 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         } else {
             None
         },
+        sliding_layers: None,
+        query_pre_attn_scalar: None,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
+        rope_local_theta: None,
         clip_qkv: None,
         bos_token_id: bos,
         eos_token_ids: eos.into_iter().collect(),

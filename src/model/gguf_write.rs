@@ -259,6 +259,8 @@ fn arch_metadata(model: &Llama, name: &str, want: GgmlDType) -> Vec<(String, Val
         Arch::Olmo2 => "olmo2",
         Arch::Olmo => "olmo",
         Arch::Phi3 => "phi3",
+        Arch::Gemma2 => "gemma2",
+        Arch::Gemma3 => "gemma3",
         Arch::Llama | Arch::Mistral => "llama",
     };
     let a = |k: &str| format!("{arch}.{k}");
@@ -331,7 +333,10 @@ pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
         None => &md.model,
     };
     let c = &model.cfg;
-    if matches!(c.arch, Arch::Olmo2 | Arch::Olmo | Arch::Phi3) {
+    if matches!(
+        c.arch,
+        Arch::Olmo2 | Arch::Olmo | Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3
+    ) {
         return Err(Error::Invalid(format!(
             "GGUF export of {} models is not supported yet",
             c.arch.model_type()

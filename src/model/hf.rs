@@ -199,7 +199,18 @@ pub fn write_model_files(
             .remove("rope_scaling")
             .unwrap_or_else(|| serde_json::json!({"rope_type": "default"}));
         rp["rope_theta"] = model.cfg.rope_theta.into();
-        o.insert("rope_parameters".into(), rp);
+        if let Some(local) = model.cfg.rope_local_theta {
+            // Gemma 3: per layer type
+            o.remove("rope_local_base_freq");
+            o.remove("rope_theta");
+            let rp = serde_json::json!({
+                "full_attention": rp,
+                "sliding_attention": {"rope_type": "default", "rope_theta": local},
+            });
+            o.insert("rope_parameters".into(), rp);
+        } else {
+            o.insert("rope_parameters".into(), rp);
+        }
     }
     let p = dir.join("config.json");
     std::fs::write(&p, serde_json::to_string_pretty(&cfg).unwrap())

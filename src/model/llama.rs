@@ -71,6 +71,11 @@ impl KvCache {
     }
 }
 
+/// Gemma's soft-capping c·tanh(x/c).
+fn softcap(x: &Tensor, c: f64) -> Result<Tensor> {
+    Ok(((x / c)?.tanh()? * c)?)
+}
+
 /// grads[t] += g.
 fn accumulate(grads: &mut candle_core::backprop::GradStore, t: &Tensor, g: &Tensor) -> Result<()> {
     let sum = match grads.remove(t) {
@@ -99,8 +104,11 @@ impl Lin {
 struct Layer {
     /// The pre-attention norm (none with post-norms, OLMo-2).
     ln1: Option<Tensor>,
-    /// OLMo-2's norm of the MLP output.
+    /// The norm of the MLP output (OLMo-2, Gemma).
     post_ffn: Option<Tensor>,
+    /// Gemma's norm of the MLP input (its `post_attention_layernorm` normalises the attention
+    /// output instead).
+    pre_ffn: Option<Tensor>,
     /// Per-head RMSNorm weights of q and k ([head_dim], Qwen3).
     q_norm: Option<Tensor>,
     k_norm: Option<Tensor>,
@@ -124,6 +132,7 @@ impl Layer {
             .iter()
             .chain(self.ln2.iter())
             .chain(self.post_ffn.iter())
+            .chain(self.pre_ffn.iter())
             .collect();
         v.extend(self.q_norm.iter().chain(self.k_norm.iter()));
         for l in [
@@ -147,6 +156,8 @@ pub struct Llama {
     /// RoPE tables [max_len, head_dim/2].
     cos: Tensor,
     sin: Tensor,
+    /// Gemma 3's sliding layers' tables (`rope_local_base_freq`, no scaling).
+    rope_local: Option<(Tensor, Tensor)>,
     /// LongRoPE's tables with `long_factor`, used for a forward whose sequence reaches past
     /// `original_max_position_embeddings` (as transformers switches), and that length.
     rope_long: Option<(Tensor, Tensor, usize)>,
@@ -179,9 +190,28 @@ struct Tape {
     inputs: Vec<Tensor>,
     /// The leaf the final norm started from (the last layer's output).
     last: Var,
+    pass: Pass,
+}
+
+/// The RoPE tables and attention mask of one forward pass: those of global layers and, where
+/// sliding-window layers differ (Gemma), theirs.
+#[derive(Clone)]
+struct Pass {
     cos: Tensor,
     sin: Tensor,
     mask: Tensor,
+    /// Sliding layers' (cos, sin, mask) when some layers slide and others do not.
+    local: Option<(Tensor, Tensor, Tensor)>,
+}
+
+impl Pass {
+    /// (cos, sin, mask) of layer `li`.
+    fn of(&self, cfg: &LlamaConfig, li: usize) -> (&Tensor, &Tensor, &Tensor) {
+        match &self.local {
+            Some((c, s, m)) if cfg.layer_slides(li) => (c, s, m),
+            _ => (&self.cos, &self.sin, &self.mask),
+        }
+    }
 }
 
 /// Inverse frequencies of RoPE in f32, computed as `transformers` does (incl. Llama 3 scaling).
@@ -307,6 +337,7 @@ struct RopeTables {
     cos: Tensor,
     sin: Tensor,
     long: Option<(Tensor, Tensor, usize)>,
+    local: Option<(Tensor, Tensor)>,
 }
 
 impl RopeTables {
@@ -329,6 +360,15 @@ impl RopeTables {
             ))
         };
         let inv = rope_inv_freq(cfg);
+        let local = match cfg.rope_local_theta {
+            None => None,
+            Some(theta) => {
+                let mut plain = cfg.clone();
+                plain.rope_theta = theta;
+                plain.rope_scaling = None;
+                Some(table(&rope_inv_freq(&plain), 1.0)?)
+            }
+        };
         match &cfg.rope_scaling {
             Some(RopeScaling::LongRope {
                 short_factor,
@@ -350,6 +390,7 @@ impl RopeTables {
                     cos,
                     sin,
                     long: Some((lc, ls, *orig)),
+                    local,
                 })
             }
             _ => {
@@ -358,6 +399,7 @@ impl RopeTables {
                     cos,
                     sin,
                     long: None,
+                    local,
                 })
             }
         }
@@ -370,6 +412,7 @@ impl Llama {
             cos: self.cos.clone(),
             sin: self.sin.clone(),
             long: self.rope_long.clone(),
+            local: self.rope_local.clone(),
         }
     }
 
@@ -416,14 +459,15 @@ impl Llama {
         Self::from_params(cfg, params, device)
     }
 
-    /// Random initialisation as `transformers` does it (normal(0, 0.02), norms at 1), seeded.
+    /// Random initialisation as `transformers` does it (normal(0, 0.02), norms at 1; Gemma's
+    /// (1 + w) norms at 0), seeded.
     pub fn random(cfg: LlamaConfig, seed: u64, device: &Device) -> Result<Self> {
         let mut rng = Rng::new(seed);
         let mut params = Vec::new();
         for (name, shape) in cfg.param_shapes() {
             let n: usize = shape.iter().product();
             let data: Vec<f32> = if name.ends_with("norm.weight") {
-                vec![1.0; n]
+                vec![if cfg.gemma() { 0.0 } else { 1.0 }; n]
             } else if name.ends_with(".bias") {
                 vec![0.0; n]
             } else {
@@ -503,6 +547,7 @@ impl Llama {
                 Layer {
                     ln1: g("input_layernorm.weight"),
                     post_ffn: g("post_feedforward_layernorm.weight"),
+                    pre_ffn: g("pre_feedforward_layernorm.weight"),
                     q_norm: g("self_attn.q_norm.weight"),
                     k_norm: g("self_attn.k_norm.weight"),
                     q: lin("self_attn.q_proj", true),
@@ -527,6 +572,7 @@ impl Llama {
             cos,
             sin,
             long: rope_long,
+            local: rope_local,
         } = match rope {
             Some(t) => t,
             None => RopeTables::new(&cfg, device, dtype)?,
@@ -546,6 +592,7 @@ impl Llama {
             cos,
             sin,
             rope_long,
+            rope_local,
             params,
             cfg,
             device: device.clone(),
@@ -736,25 +783,53 @@ impl Llama {
             }
             None => (&self.cos, &self.sin),
         };
-        let (cos, sin) = match positions {
-            None => (
-                tc.narrow(0, past, t)?.reshape((1, 1, t, half))?,
-                ts.narrow(0, past, t)?.reshape((1, 1, t, half))?,
-            ),
-            Some(p) => {
-                let flat = p.flatten_all()?;
-                (
-                    tc.index_select(&flat, 0)?.reshape((b, 1, t, half))?,
-                    ts.index_select(&flat, 0)?.reshape((b, 1, t, half))?,
-                )
+        let rows = |tc: &Tensor, ts: &Tensor| -> Result<(Tensor, Tensor)> {
+            Ok(match positions {
+                None => (
+                    tc.narrow(0, past, t)?.reshape((1, 1, t, half))?,
+                    ts.narrow(0, past, t)?.reshape((1, 1, t, half))?,
+                ),
+                Some(p) => {
+                    let flat = p.flatten_all()?;
+                    (
+                        tc.index_select(&flat, 0)?.reshape((b, 1, t, half))?,
+                        ts.index_select(&flat, 0)?.reshape((b, 1, t, half))?,
+                    )
+                }
+            })
+        };
+        let (cos, sin) = rows(tc, ts)?;
+        // [1 or b, 1, 1, t, total]; with Gemma's mix of layers, the global layers' mask is full
+        // causal and the sliding layers get their own (and Gemma 3 their own RoPE base)
+        let win = self.cfg.sliding_window;
+        let pass = if self.cfg.sliding_layers.is_some() && win.is_some() {
+            let (lc, ls) = match &self.rope_local {
+                Some((lc, ls)) => rows(lc, ls)?,
+                None => (cos.clone(), sin.clone()),
+            };
+            Pass {
+                mask: self.attn_mask(b, t, past, key_mask, None)?,
+                cos,
+                sin,
+                local: Some((lc, ls, self.attn_mask(b, t, past, key_mask, win)?)),
+            }
+        } else {
+            Pass {
+                mask: self.attn_mask(b, t, past, key_mask, win)?,
+                cos,
+                sin,
+                local: None,
             }
         };
-        let mask = self.attn_mask(b, t, past, key_mask)?; // [1 or b, 1, 1, t, total]
         let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
             b,
             t,
             self.cfg.hidden_size,
         ))?;
+        if self.cfg.gemma() {
+            // × √hidden, rounded to the dtype as transformers' normaliser is
+            x = (x * (self.cfg.hidden_size as f64).sqrt())?;
+        }
         let mut hidden = Vec::new();
         let last_needed = if hooks.skip_logits {
             hooks
@@ -783,7 +858,7 @@ impl Llama {
                 inputs.push(x.clone());
                 // computed with the graph and detached at once: its activations are freed here
                 x = self
-                    .layer_forward(li, layer, &x, &cos, &sin, &mask, None, &hooks)?
+                    .layer_forward(li, layer, &x, &pass, None, &hooks)?
                     .detach();
             }
             let last = Var::from_tensor(&x)?;
@@ -792,9 +867,7 @@ impl Llama {
                 embedded,
                 inputs,
                 last,
-                cos: cos.clone(),
-                sin: sin.clone(),
-                mask: mask.clone(),
+                pass: pass.clone(),
             });
         }
         let first = match hooks.start {
@@ -818,7 +891,7 @@ impl Llama {
             .skip(first)
         {
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[li]);
-            x = self.layer_forward(li, layer, &x, &cos, &sin, &mask, kv, &hooks)?;
+            x = self.layer_forward(li, layer, &x, &pass, kv, &hooks)?;
             if let Some(h) = hooks.residual {
                 if let Some(r) = h(li, &x)? {
                     x = r;
@@ -838,7 +911,11 @@ impl Llama {
             if hooks.head_input_only {
                 Some(n)
             } else {
-                Some(ops::linear(&n, &self.lm_head, None)?)
+                let logits = ops::linear(&n, &self.lm_head, None)?;
+                Some(match self.cfg.final_logit_softcapping {
+                    Some(c) => softcap(&logits, c)?,
+                    None => logits,
+                })
             }
         };
         Ok(ForwardOutput { logits, hidden })
@@ -848,6 +925,10 @@ impl Llama {
     /// log-softmax computed in chunks of rows (`ops::lm_head_logprobs`): the [b, t, vocab]
     /// logits are never held in full.
     pub fn label_logprobs_chunked(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        if self.cfg.final_logit_softcapping.is_some() {
+            // the cap sits between the head and the softmax: the full logits it is
+            return ops::gather_logprobs(&self.forward(ids)?, targets);
+        }
         let hooks = Hooks {
             head_input_only: true,
             ..Default::default()
@@ -879,9 +960,9 @@ impl Llama {
         t: usize,
         past: usize,
         key_mask: Option<&Tensor>,
+        win: Option<usize>,
     ) -> Result<Tensor> {
         let total = past + t;
-        let win = self.cfg.sliding_window;
         let mut m = vec![0f32; t * total];
         for i in 0..t {
             let qi = past + i;
@@ -910,13 +991,12 @@ impl Llama {
         li: usize,
         l: &Layer,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
+        pass: &Pass,
         kv: Option<&mut Option<(Tensor, Tensor)>>,
         hooks: &Hooks,
     ) -> Result<Tensor> {
         let c = &self.cfg;
+        let (cos, sin, mask) = pass.of(c, li);
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
         let post = c.post_norms();
@@ -938,11 +1018,11 @@ impl Llama {
         // head's hd values (Qwen3)
         if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
             if post {
-                q = ops::rms_norm(&q, qn, c.rms_norm_eps)?;
-                k = ops::rms_norm(&k, kn, c.rms_norm_eps)?;
+                q = self.rms(&q, qn)?;
+                k = self.rms(&k, kn)?;
             } else {
                 let per_head = |x: &Tensor, heads: usize, w: &Tensor| -> Result<Tensor> {
-                    let y = ops::rms_norm(&x.reshape((b, t, heads, hd))?, w, c.rms_norm_eps)?;
+                    let y = self.rms(&x.reshape((b, t, heads, hd))?, w)?;
                     Ok(y.reshape((b, t, heads * hd))?)
                 };
                 q = per_head(&q, nh, qn)?;
@@ -951,7 +1031,15 @@ impl Llama {
         }
         let y = match kv {
             // whole sequences (training, scoring): one fused node, RoPE included
-            None => ops::attention(&q, &k, &v, (cos, sin), mask, nh, nkv)?,
+            None => ops::attention(
+                &q,
+                &k,
+                &v,
+                (cos, sin),
+                mask,
+                (nh, nkv),
+                (c.attn_scale(), c.attn_logit_softcapping),
+            )?,
             Some(slot) => {
                 let q = ops::rope(&q.reshape((b, t, nh, hd))?.transpose(1, 2)?, cos, sin)?;
                 let mut k = ops::rope(&k.reshape((b, t, nkv, hd))?.transpose(1, 2)?, cos, sin)?
@@ -965,11 +1053,24 @@ impl Llama {
                 // (each cat would keep the previous cache and that step's activations alive,
                 // O(T²) memory over a generation: the TOFU evaluation ran out of 24 GB this way).
                 *slot = Some((k.detach(), v.detach()));
-                ops::composite::attend(&q, &k, &v, mask, ops::masked_softmax)?
+                ops::composite::attend(
+                    &q,
+                    &k,
+                    &v,
+                    mask,
+                    ops::masked_softmax,
+                    c.attn_scale(),
+                    c.attn_logit_softcapping,
+                )?
             }
         };
         let attn_out = self.lin(&y, &l.o)?;
-        let (h, n2) = if post {
+        let (h, n2) = if c.gemma() {
+            // Gemma: h = x + norm(attn); the MLP reads its own pre-norm of h
+            let h = (x + self.norm(&attn_out, l.ln2.as_ref())?)?;
+            let n2 = self.norm(&h, l.pre_ffn.as_ref())?;
+            (h, n2)
+        } else if post {
             // OLMo-2: h = x + norm(attn), the MLP reads h itself
             let h = (x + self.norm(&attn_out, l.ln2.as_ref())?)?;
             (h.clone(), h)
@@ -980,7 +1081,12 @@ impl Llama {
         };
         let gate = self.lin(&n2, &l.gate)?;
         let up = self.lin(&n2, &l.up)?;
-        let mut act = ops::swiglu(&gate, &up)?; // silu(gate)·up, [b, t, intermediate]
+        // silu(gate)·up (Gemma: gelu_tanh(gate)·up), [b, t, intermediate]
+        let mut act = if c.gemma() {
+            (gate.gelu()? * up)?
+        } else {
+            ops::swiglu(&gate, &up)?
+        };
         if let Some(hook) = hooks.mlp_act {
             if let Some(r) = hook(li, &act)? {
                 act = r;
@@ -988,7 +1094,7 @@ impl Llama {
         }
         let mlp_out = self.lin(&act, &l.down)?;
         match &l.post_ffn {
-            Some(w) => Ok((h + ops::rms_norm(&mlp_out, w, c.rms_norm_eps)?)?),
+            Some(w) => Ok((h + self.rms(&mlp_out, w)?)?),
             None => Ok((h + mlp_out)?),
         }
     }
@@ -1027,9 +1133,7 @@ impl Llama {
                     li,
                     layer,
                     x.as_tensor(),
-                    &tape.cos,
-                    &tape.sin,
-                    &tape.mask,
+                    &tape.pass,
                     None,
                     &Hooks::default(),
                 )?;
@@ -1058,9 +1162,17 @@ impl Llama {
     /// (x − mean) / √(var + 1e-5) over the last dimension.
     fn norm(&self, x: &Tensor, w: Option<&Tensor>) -> Result<Tensor> {
         match w {
-            Some(w) => ops::rms_norm(x, w, self.cfg.rms_norm_eps),
+            Some(w) => self.rms(x, w),
             None => ops::composite::layer_norm_nonparam(x, 1e-5),
         }
+    }
+
+    /// RMSNorm x̂·w, or Gemma's x̂·(1 + w).
+    fn rms(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        if self.cfg.gemma() {
+            return ops::rms_norm(x, &(w + 1.0)?, self.cfg.rms_norm_eps);
+        }
+        ops::rms_norm(x, w, self.cfg.rms_norm_eps)
     }
 
     /// x·Wᵀ + b, plus s·(dropout(x)·Aᵀ)·Bᵀ where the layer has an adapter (dropout only while

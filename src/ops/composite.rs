@@ -103,36 +103,54 @@ pub fn attention(
     v: &Tensor,
     (cos, sin): (&Tensor, &Tensor),
     mask: &Tensor,
-    heads: usize,
-    kv_heads: usize,
+    (heads, kv_heads): (usize, usize),
+    (scale, softcap): (f64, Option<f64>),
 ) -> Result<Tensor> {
     let (b, t, qw) = q.dims3()?;
     let d = qw / heads;
     let q = rope(&q.reshape((b, t, heads, d))?.transpose(1, 2)?, cos, sin)?;
     let k = rope(&k.reshape((b, t, kv_heads, d))?.transpose(1, 2)?, cos, sin)?;
     let v = v.reshape((b, t, kv_heads, d))?.transpose(1, 2)?;
-    attend(&q, &k.contiguous()?, &v.contiguous()?, mask, masked_softmax)
+    attend(
+        &q,
+        &k.contiguous()?,
+        &v.contiguous()?,
+        mask,
+        masked_softmax,
+        scale,
+        softcap,
+    )
 }
 
 /// The attention product after RoPE: q [b, heads, t, d], k, v [b, kv_heads, T, d] (T ≥ t with a
 /// KV cache), mask [1 or b, 1, 1, t, T] -> [b, t, heads·d]. Grouped-query attention without
 /// copying k/v: the g = heads / kv_heads query heads of a group share one kv head (HF
 /// `repeat_kv`: head h uses kv head h / g). `softmax` is the masked softmax to use (the fused
-/// kernel on the model's KV-cache path, the composite one in the reference above).
+/// kernel on the model's KV-cache path, the composite one in the reference above). Scores are
+/// scale·q·kᵀ, soft-capped to c·tanh(x/c) before the mask when `softcap` is c (Gemma 2).
+#[allow(clippy::too_many_arguments)]
 pub fn attend(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: &Tensor,
     softmax: fn(&Tensor, &Tensor, f64) -> Result<Tensor>,
+    scale: f64,
+    softcap: Option<f64>,
 ) -> Result<Tensor> {
     let (b, nh, t, d) = q.dims4()?;
     let (nkv, total) = (k.dim(1)?, k.dim(2)?);
     let g = nh / nkv;
-    let scale = 1.0 / (d as f64).sqrt();
     let qg = q.contiguous()?.reshape((b, nkv, g * t, d))?;
     let att = qg.matmul(&k.t()?)?.reshape((b, nkv, g, t, total))?; // q·kᵀ
-    let att = softmax(&att, mask, scale)?.reshape((b, nkv, g * t, total))?;
+    let att = match softcap {
+        Some(c) => {
+            let capped = (((att * (scale / c))?.tanh()?) * c)?;
+            softmax(&capped, mask, 1.0)?
+        }
+        None => softmax(&att, mask, scale)?,
+    }
+    .reshape((b, nkv, g * t, total))?;
     let y = att.matmul(v)?; // [b, nkv, g·t, d]
     Ok(y.reshape((b, nh, t, d))?
         .transpose(1, 2)?

@@ -92,8 +92,8 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// Causal self-attention with RoPE over whole sequences (no KV cache), from the projections'
 /// outputs: q [b, t, heads·d], k, v [b, t, kv_heads·d] -> [b, t, heads·d] (the input of
 /// `o_proj`); query head h uses kv head h / (heads / kv_heads). cos, sin: [1 or b, 1, t, d/2];
-/// mask: additive [1 or b, 1, 1, t, t]. Per head: softmax(scale·rope(Q)·rope(K)ᵀ + mask)·V with
-/// scale = 1/√d. Fused: one graph node whose backward recomputes the attention weights
+/// mask: additive [1 or b, 1, 1, t, t]. Per head: softmax(cap(scale·rope(Q)·rope(K)ᵀ) + mask)·V
+/// (scale = 1/√d for most models; cap(x) = c·tanh(x/c) with a soft-cap c, else x). Fused: one graph node whose backward recomputes the attention weights
 /// (`attention.rs`).
 pub fn attention(
     q: &Tensor,
@@ -101,14 +101,16 @@ pub fn attention(
     v: &Tensor,
     (cos, sin): (&Tensor, &Tensor),
     mask: &Tensor,
-    heads: usize,
-    kv_heads: usize,
+    (heads, kv_heads): (usize, usize),
+    (scale, softcap): (f64, Option<f64>),
 ) -> Result<Tensor> {
     let (_, t, qw) = q.dims3()?;
     let d = qw / heads.max(1);
-    let scale = 1.0 / (d as f64).sqrt();
     let dt = q.dtype();
-    if fused_for(q)
+    // soft-capped scores (Gemma 2) take the composite path: candle's autograd differentiates
+    // the tanh
+    if softcap.is_none()
+        && fused_for(q)
         && [k, v, cos, sin, mask].iter().all(|x| x.dtype() == dt)
         && cos.rank() == 4
         && mask.rank() == 5
@@ -128,7 +130,15 @@ pub fn attention(
             .contiguous()?
             .apply_op3(&k.contiguous()?, &v.contiguous()?, op)?);
     }
-    composite::attention(q, k, v, (cos, sin), mask, heads, kv_heads)
+    composite::attention(
+        q,
+        k,
+        v,
+        (cos, sin),
+        mask,
+        (heads, kv_heads),
+        (scale, softcap),
+    )
 }
 
 /// SwiGLU gate: silu(g)·u = g·σ(g)·u, g and u of one shape.

@@ -133,7 +133,7 @@ fn cases(dtype: DType) -> Vec<(&'static str, F, F, Vec<usize>)> {
             } else {
                 composite::attention
             };
-            f(&q, &k, &v, (&cos, &sin), &mask, 4, 2).unwrap()
+            f(&q, &k, &v, (&cos, &sin), &mask, (4, 2), (0.3, None)).unwrap()
         }) as F
     };
     vec![
@@ -355,7 +355,7 @@ fn attention_matches_composite_at_model_sizes() {
             } else {
                 composite::attention
             };
-            f(&q, &k, &v, (&cos, &sin), &mask, nh, nkv).unwrap()
+            f(&q, &k, &v, (&cos, &sin), &mask, (nh, nkv), (0.25, None)).unwrap()
         }) as F
     };
     let (yf, gf) = grad_of(&f(true), &x, 24);

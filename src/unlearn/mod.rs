@@ -480,7 +480,7 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let mut md = ModelDir::load(&cfg.model, &dev)?;
     attach_lora(cfg, &mut md)?;
     if let ForgetTerm::Unierase(uc) = &cfg.method.forget {
-        if md.model.cfg.post_norms() {
+        if md.model.cfg.mlp_output_normed() {
             return Err(Error::Invalid(format!(
                 "method `unierase` cannot edit a {} model: its closed-form edit treats down_proj's \
                  output as what is added to the residual stream, and {} normalises that output first",
