@@ -161,6 +161,21 @@ pub(crate) fn hf_name(gguf: &str) -> Option<String> {
 /// [`hf_name`] for a model of `arch`: Phi-3's `attn_qkv` and `ffn_up` are its fused
 /// `qkv_proj` and `gate_up_proj` (split when the model is built).
 fn hf_name_for(arch: Arch, gguf: &str) -> Option<String> {
+    if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
+        // Gemma's four norms a layer: llama.cpp's `ffn_norm` is the pre-feed-forward norm
+        if let Some(rest) = gguf.strip_prefix("blk.") {
+            let (layer, name) = rest.split_once('.')?;
+            let norm = match name {
+                "post_attention_norm.weight" => Some("post_attention_layernorm.weight"),
+                "ffn_norm.weight" => Some("pre_feedforward_layernorm.weight"),
+                "post_ffw_norm.weight" => Some("post_feedforward_layernorm.weight"),
+                _ => None,
+            };
+            if let Some(n) = norm {
+                return Some(format!("model.layers.{layer}.{n}"));
+            }
+        }
+    }
     if arch == Arch::Phi3 {
         if let Some(rest) = gguf.strip_prefix("blk.") {
             let (layer, name) = rest.split_once('.')?;
@@ -197,12 +212,15 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         "qwen2" => Arch::Qwen2,
         "qwen3" => Arch::Qwen3,
         "phi3" => Arch::Phi3,
+        "gemma2" => Arch::Gemma2,
+        "gemma3" => Arch::Gemma3,
         other => {
             return Err(meta.err(format!(
-                "architecture `{other}` is not supported (llama, mistral, qwen2, qwen3, phi3)"
+                "architecture `{other}` is not supported (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3)"
             )))
         }
     };
+    let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
     let a = |k: &str| format!("{arch_s}.{k}");
     let hidden = meta.req(&a("embedding_length"))?;
     let heads = meta.req(&a("attention.head_count"))?;
@@ -235,14 +253,18 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
             .unwrap_or(hidden / heads),
         rms_norm_eps: meta
             .f64(&a("attention.layer_norm_rms_epsilon"))?
-            .unwrap_or(1e-5),
-        rope_theta: meta.f64(&a("rope.freq_base"))?.unwrap_or(10000.0),
+            .unwrap_or(if gemma { 1e-6 } else { 1e-5 }),
+        rope_theta: meta.f64(&a("rope.freq_base"))?.unwrap_or(if arch == Arch::Gemma3 {
+            1_000_000.0
+        } else {
+            10000.0
+        }),
         rope_scaling,
         max_position_embeddings: meta.usize(&a("context_length"))?.unwrap_or(2048),
         tie_word_embeddings: !has_output,
         qkv_bias: has_qkv_bias,
         o_bias: content.tensor_infos.contains_key("blk.0.attn_output.bias"),
-        sliding_window: if arch == Arch::Phi3 {
+        sliding_window: if arch == Arch::Phi3 || gemma {
             meta.usize(&a("attention.sliding_window"))?
                 .filter(|&w| w > 0)
         } else {
@@ -250,13 +272,39 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         },
         sliding_layers: None,
         query_pre_attn_scalar: None,
-        attn_logit_softcapping: None,
-        final_logit_softcapping: None,
-        rope_local_theta: None,
+        attn_logit_softcapping: if arch == Arch::Gemma2 {
+            meta.f64(&a("attn_logit_softcapping"))?
+        } else {
+            None
+        },
+        final_logit_softcapping: if gemma {
+            meta.f64(&a("final_logit_softcapping"))?
+        } else {
+            None
+        },
+        // llama.cpp's sliding layers of Gemma 3 use a fixed base of 10000
+        rope_local_theta: (arch == Arch::Gemma3).then_some(10000.0),
         clip_qkv: None,
         bos_token_id: bos,
         eos_token_ids: eos.into_iter().collect(),
     };
+    if gemma {
+        // As llama.cpp runs Gemma: every 2nd (Gemma 2) or 6th (Gemma 3) layer global, the first
+        // sliding; scores scaled by 1/√head_dim, by 1/√(hidden/heads) for the 27B models (46
+        // and 62 layers), which is what their query_pre_attn_scalar says.
+        let pattern = match meta.usize(&a("attention.sliding_window_pattern")) {
+            Ok(Some(p)) if p > 0 => p,
+            _ if arch == Arch::Gemma2 => 2,
+            _ => 6,
+        };
+        cfg.sliding_layers = Some((0..layers).map(|i| (i + 1) % pattern != 0).collect());
+        let big = (arch == Arch::Gemma2 && layers == 46) || (arch == Arch::Gemma3 && layers == 62);
+        cfg.query_pre_attn_scalar = Some(if big {
+            (hidden / heads) as f64
+        } else {
+            cfg.head_dim as f64
+        });
+    }
     // GGUF stores f32 metadata; round the epsilon to the decimal it was written from.
     cfg.rms_norm_eps = format!("{:.6e}", cfg.rms_norm_eps as f32)
         .parse()
@@ -446,6 +494,10 @@ fn read_tensors(
         let mut t = q
             .dequantize(device)
             .map_err(|e| meta.err(format!("tensor `{name}`: {}", crate::error::one_line(e))))?;
+        if matches!(cfg.arch, Arch::Gemma2 | Arch::Gemma3) && name.ends_with("norm.weight") {
+            // llama.cpp's converter stores Gemma's (1 + w) norm weights as 1 + w
+            t = (t - 1.0)?;
+        }
         if permute && (name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias")) {
             t = unpermute_qk(&t, heads)?;
         } else if permute && (name.ends_with("attn_k.weight") || name.ends_with("attn_k.bias")) {
