@@ -22,7 +22,7 @@ def make(name, model):
     # Give norm weights non-trivial values so their gradients are tested meaningfully.
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if "norm" in n or n.endswith(".bias"):
+            if "norm" in n or "layernorm" in n or n.endswith(".bias"):
                 # Gemma's norms scale by (1 + w): weights around 0
                 one = 0.0 if "Gemma" in type(model).__name__ else 1.0
                 p.copy_(one + 0.1 * torch.randn_like(p) if "norm" in n else 0.05 * torch.randn_like(p))
@@ -37,6 +37,9 @@ def make(name, model):
     g = {"input_ids": ids, "labels": labels, "logits": out.logits.detach().contiguous(),
          "loss": out.loss.detach().reshape(1)}
     for n, p in model.named_parameters():
+        # transformers 5 calls GPT-NeoX's head lm_head in memory and embed_out in the checkpoint
+        if n == "lm_head.weight" and "GPTNeoX" in type(model).__name__:
+            n = "embed_out.weight"
         g["grad." + n] = p.grad.detach().contiguous()
     save_file(g, os.path.join(d, "golden.safetensors"))
     print(name, "loss", out.loss.item(), "params", sum(p.numel() for p in model.parameters()))
@@ -116,7 +119,26 @@ def gemma3():
         tie_word_embeddings=True, attn_implementation="eager",
         pad_token_id=None, bos_token_id=None, eos_token_id=None))
 
-MODELS = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2, "olmo": olmo, "phi3": phi3,
+def gpt_neox():
+    # Pythia's layout: parallel residual, rotary over a quarter of each head (head_dim 8: 2 dims),
+    # LayerNorm with biases, exact GELU, untied embed_out; a second config without the parallel
+    # residual and with rotary over half of each head
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+        rotary_pct=0.25, rotary_emb_base=10000, layer_norm_eps=1e-5, use_parallel_residual=True,
+        hidden_act="gelu", tie_word_embeddings=False, attn_implementation="eager",
+        pad_token_id=None, bos_token_id=None, eos_token_id=None))
+
+def gpt_neox_seq():
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    return GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+        num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+        rotary_pct=0.5, rotary_emb_base=500, layer_norm_eps=1e-5, use_parallel_residual=False,
+        hidden_act="gelu_new", tie_word_embeddings=False, attn_implementation="eager",
+        pad_token_id=None, bos_token_id=None, eos_token_id=None))
+
+MODELS = {"gpt_neox": gpt_neox, "gpt_neox_seq": gpt_neox_seq, "llama": llama, "qwen2": qwen2, "qwen3": qwen3, "olmo2": olmo2, "olmo": olmo, "phi3": phi3,
           "gemma2": gemma2, "gemma3": gemma3}
 for name in sys.argv[1:] or list(MODELS):
     torch.manual_seed(0)

@@ -544,8 +544,19 @@ fn gemma_gguf_import_matches_the_hf_model() {
         let l = layers.to_string();
         ok(
             &[
-                "init", "--arch", arch, "--out", "m", "--hidden", "64", "--layers", &l,
-                "--max-position", "64", "--seed", "5",
+                "init",
+                "--arch",
+                arch,
+                "--out",
+                "m",
+                "--hidden",
+                "64",
+                "--layers",
+                &l,
+                "--max-position",
+                "64",
+                "--seed",
+                "5",
             ],
             p,
         );
@@ -659,8 +670,7 @@ fn gemma_gguf_import_matches_the_hf_model() {
         assert_eq!(back.model.cfg, cfg, "{arch}");
         for n in [5usize, 14] {
             let ids: Vec<u32> = (0..n as u32).map(|i| 10 + 7 * i).collect();
-            let (dmax, scale) =
-                diff(&logits(&p.join("m2"), &ids), &logits(&p.join("back"), &ids));
+            let (dmax, scale) = diff(&logits(&p.join("m2"), &ids), &logits(&p.join("back"), &ids));
             assert!(
                 dmax <= 1e-5 * scale.max(1.0),
                 "{arch}, {n} tokens: {dmax} (largest logit {scale})"

@@ -178,7 +178,26 @@ fn kv_cache_generation_equals_full_recompute_and_batching() {
     gemma2.final_logit_softcapping = Some(0.5);
     let mut gemma3 = gemma(unlearn::model::Arch::Gemma3, 3);
     gemma3.rope_local_theta = Some(100.0);
-    for cfg in [tiny_config(32, 2), qwen3, olmo2, olmo, phi3, gemma2, gemma3] {
+    // GPT-NeoX: partial RoPE (a quarter of each head), LayerNorm and linear biases, parallel
+    // residual, ungated GELU MLP
+    let mut neox = tiny_config(32, 2);
+    neox.arch = unlearn::model::Arch::GptNeox;
+    neox.num_key_value_heads = neox.num_attention_heads;
+    neox.qkv_bias = true;
+    neox.o_bias = true;
+    neox.partial_rotary_factor = 0.25;
+    neox.parallel_residual = true;
+    neox.act = unlearn::model::config::Act::GeluErf;
+    for cfg in [
+        tiny_config(32, 2),
+        qwen3,
+        olmo2,
+        olmo,
+        phi3,
+        gemma2,
+        gemma3,
+        neox,
+    ] {
         kv_cache_case(Llama::random(cfg, 9, &Device::Cpu).unwrap());
     }
 }

@@ -67,6 +67,18 @@ fn check(name: &str) {
             .unwrap_or_else(|| panic!("{name}: no grad for {pname}"));
         ours.insert(pname.to_string(), g.clone());
     }
+    // GPT-NeoX's checkpoint names, q, k, v fused per head: so are their gradients
+    if model.cfg.arch == unlearn::model::Arch::GptNeox {
+        let ordered: Vec<(String, Tensor)> = model
+            .params()
+            .iter()
+            .map(|(n, _)| (n.clone(), ours[n].clone()))
+            .collect();
+        ours = unlearn::model::neox::fuse(&model.cfg, ordered)
+            .unwrap()
+            .into_iter()
+            .collect();
+    }
     // Phi-3's checkpoint fuses [q; k; v] and [gate; up] by rows: so do their gradients
     let parts_of = |n: &str| -> Option<(String, &'static [&'static str])> {
         if let Some(b) = n.strip_suffix("qkv_proj.weight") {
@@ -91,7 +103,10 @@ fn check(name: &str) {
                 compared.extend(names);
                 Tensor::cat(&ts, 0).unwrap()
             }
-            _ => panic!("{name}: no parameter for golden {pname}"),
+            _ => panic!(
+                "{name}: no parameter for golden {pname} (ours: {:?})",
+                ours.keys().collect::<Vec<_>>()
+            ),
         };
         let r = max_rel(&g, w);
         assert!(r < 1e-4, "{name}: grad {pname} rel diff {r}");
@@ -132,6 +147,16 @@ fn parity_olmo_parameter_free_layernorm_clip_qkv() {
 #[test]
 fn parity_phi3_fused_qkv_gate_up_longrope() {
     check("phi3");
+}
+
+#[test]
+fn parity_gpt_neox_parallel_residual_partial_rotary_layernorm_bias() {
+    check("gpt_neox");
+}
+
+#[test]
+fn parity_gpt_neox_sequential_residual_half_rotary_gelu_new() {
+    check("gpt_neox_seq");
 }
 
 #[test]
@@ -177,4 +202,52 @@ fn gemma3_saved_config_keeps_rope_per_layer_type() {
     assert_eq!(rp["full_attention"]["rope_theta"], 1e6, "{saved}");
     let back = LlamaConfig::from_json(&saved, out.path()).unwrap();
     assert_eq!(back, cfg);
+}
+
+/// GPT-NeoX: loading splits `query_key_value` per head into q, k, v; saving fuses them back and
+/// restores the checkpoint's names, so a saved model holds exactly the tensors it was read from.
+#[test]
+fn gpt_neox_checkpoint_round_trips_through_our_names() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity_gpt_neox");
+    let dev = Device::Cpu;
+    let cfg_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let cfg = LlamaConfig::from_json(&cfg_json, &dir).unwrap();
+    assert_eq!(cfg.rope_dims(), 2);
+    let (tensors, src) = unlearn::model::hf::read_safetensors(&dir, &dev).unwrap();
+    let original: HashMap<String, Tensor> = tensors.clone();
+    let model = Llama::from_tensors(cfg.clone(), tensors, &src, &dev).unwrap();
+    assert!(model
+        .param("model.layers.0.self_attn.k_proj.bias")
+        .is_some());
+    let out = tempfile::tempdir().unwrap();
+    unlearn::model::hf::write_model_files(
+        &model,
+        &unlearn::model::fixture::tiny_tokenizer(),
+        Some(&cfg_json),
+        &[],
+        out.path(),
+    )
+    .unwrap();
+    let saved = candle_core::safetensors::load(out.path().join("model.safetensors"), &dev).unwrap();
+    let mut a: Vec<&String> = original.keys().collect();
+    let mut b: Vec<&String> = saved.keys().collect();
+    a.sort();
+    b.sort();
+    assert_eq!(a, b);
+    for (n, t) in &original {
+        assert_eq!(
+            unlearn::ops::max_abs_diff(t, &saved[n]).unwrap(),
+            0.0,
+            "{n} changed in the round trip"
+        );
+    }
+    let back: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(LlamaConfig::from_json(&back, out.path()).unwrap(), cfg);
+    assert_eq!(
+        back["rope_parameters"]["partial_rotary_factor"], 0.25,
+        "{back}"
+    );
 }

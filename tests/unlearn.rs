@@ -1083,3 +1083,45 @@ fn gemma2_and_gemma3_run_every_method() {
         assert!(e.contains("unierase") && e.contains(mt), "{e}");
     }
 }
+
+/// Issue #24, GPT-NeoX / Pythia: `init --arch gpt_neox` writes GPT-NeoX's checkpoint names
+/// (`query_key_value` fused per head, `embed_out`), every named method runs on it (UniErase
+/// included: the MLP output adds to the residual stream unnormalised) and NPO+GD forgets; LoRA is
+/// refused with the reason.
+#[test]
+fn gpt_neox_runs_every_method() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    setup_with(p, &["--arch", "gpt_neox", "--kv-heads", "4"]);
+    let b = std::fs::read(p.join("ft/model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&b).unwrap();
+    let names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    assert!(names
+        .iter()
+        .any(|n| n == "gpt_neox.layers.0.attention.query_key_value.weight"));
+    assert!(names.iter().any(|n| n == "embed_out.weight"));
+    every_loss_method_runs_and_npo_forgets(p, "gpt_neox");
+    unierase_raises_the_token(p);
+    let e = fails(
+        &[
+            "run",
+            "--set",
+            "model=ft",
+            "--set",
+            "forget=forget.jsonl",
+            "--set",
+            "retain=retain.jsonl",
+            "--set",
+            "out=l",
+            "--set",
+            "method=npo+gd",
+            "--set",
+            "lora.r=4",
+        ],
+        p,
+    );
+    assert!(
+        e.contains("gpt_neox") && e.contains("query_key_value"),
+        "{e}"
+    );
+}

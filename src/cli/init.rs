@@ -13,8 +13,10 @@ pub struct Args {
     /// (parameter-free LayerNorm), olmo2 (post-norms, q/k RMSNorm over the projections), phi3
     /// (fused qkv_proj and gate_up_proj in the checkpoint), gemma2 (sandwich norms, GeGLU,
     /// soft-capping, alternating sliding-window layers; window 32) or gemma3 (gemma3_text: per-head
-    /// q/k norms, local and global RoPE bases; window 32, every 6th layer global).
-    #[arg(long, default_value = "llama", value_parser = ["llama", "qwen2", "qwen3", "olmo", "olmo2", "phi3", "gemma2", "gemma3"])]
+    /// q/k norms, local and global RoPE bases; window 32, every 6th layer global) or gpt_neox (Pythia's
+    /// layout: parallel residual, RoPE over a quarter of each head, LayerNorm and linear biases,
+    /// GELU, untied head; one kv head per head).
+    #[arg(long, default_value = "llama", value_parser = ["llama", "qwen2", "qwen3", "olmo", "olmo2", "phi3", "gemma2", "gemma3", "gpt_neox"])]
     arch: String,
     #[arg(long, default_value_t = 256)]
     hidden: usize,
@@ -123,6 +125,20 @@ pub fn run(a: Args) -> Result<()> {
         "olmo2" => cfg.arch = unlearn::model::Arch::Olmo2,
         "olmo" => cfg.arch = unlearn::model::Arch::Olmo,
         "phi3" => cfg.arch = unlearn::model::Arch::Phi3,
+        "gpt_neox" => {
+            anyhow::ensure!(
+                a.kv_heads == a.heads,
+                "gpt_neox has one key/value head per head: give --kv-heads {}",
+                a.heads
+            );
+            cfg.arch = unlearn::model::Arch::GptNeox;
+            cfg.qkv_bias = true;
+            cfg.o_bias = true;
+            cfg.partial_rotary_factor = 0.25;
+            cfg.parallel_residual = true;
+            cfg.act = unlearn::model::config::Act::GeluErf;
+            cfg.tie_word_embeddings = false;
+        }
         "gemma2" | "gemma3" => {
             // transformers' defaults for the per-layer pattern, a window shorter than the
             // context so that sliding layers differ from global ones
@@ -144,6 +160,7 @@ pub fn run(a: Args) -> Result<()> {
                 cfg.rope_theta = a.rope_theta.max(1_000_000.0);
             }
             cfg.rms_norm_eps = 1e-6;
+            cfg.act = unlearn::model::config::Act::GeluTanh;
         }
         _ => {}
     }

@@ -62,6 +62,23 @@ pub enum Arch {
     /// one, and two RoPE bases: `rope_local_base_freq` on sliding layers, `rope_theta` (with its
     /// scaling) on global ones.
     Gemma3,
+    /// GPT-NeoX / Pythia: LayerNorm with weight and bias, biases on every linear layer, q/k/v
+    /// fused per head in `query_key_value` (rows [q_h; k_h; v_h] for each head h; split on
+    /// load), RoPE over the first `partial_rotary_factor`·head_dim dims of each head, an
+    /// ungated GELU MLP (`dense_h_to_4h`, `dense_4h_to_h`), and by default the parallel residual
+    /// x + attn(ln1(x)) + mlp(ln2(x)).
+    GptNeox,
+}
+
+/// The MLP's activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// silu (SwiGLU with the gate).
+    Silu,
+    /// GELU's tanh approximation (`gelu_pytorch_tanh`, `gelu_new`, `gelu_fast`).
+    GeluTanh,
+    /// Exact GELU x·Φ(x) (`gelu`).
+    GeluErf,
 }
 
 impl Arch {
@@ -76,6 +93,7 @@ impl Arch {
             Arch::Phi3 => "phi3",
             Arch::Gemma2 => "gemma2",
             Arch::Gemma3 => "gemma3_text",
+            Arch::GptNeox => "gpt_neox",
         }
     }
     pub fn architectures(&self) -> &'static str {
@@ -89,6 +107,7 @@ impl Arch {
             Arch::Phi3 => "Phi3ForCausalLM",
             Arch::Gemma2 => "Gemma2ForCausalLM",
             Arch::Gemma3 => "Gemma3ForCausalLM",
+            Arch::GptNeox => "GPTNeoXForCausalLM",
         }
     }
 }
@@ -132,6 +151,12 @@ pub struct LlamaConfig {
     /// The RoPE base of sliding-window layers, without scaling (Gemma 3's
     /// `rope_local_base_freq`); None: every layer uses `rope_theta` and `rope_scaling`.
     pub rope_local_theta: Option<f64>,
+    /// RoPE rotates the first ⌊head_dim·f⌋ dims of each head (GPT-NeoX's `rotary_pct`); 1: all.
+    pub partial_rotary_factor: f64,
+    /// GPT-NeoX's parallel residual: x + attn(ln1(x)) + mlp(ln2(x)).
+    pub parallel_residual: bool,
+    /// The MLP activation (GELU for Gemma and GPT-NeoX).
+    pub act: Act,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -187,6 +212,10 @@ struct RawConfig {
     layer_types: Option<Vec<String>>,
     sliding_window_pattern: Option<usize>,
     rope_local_base_freq: Option<f64>,
+    layer_norm_eps: Option<f64>,
+    use_parallel_residual: Option<bool>,
+    rotary_pct: Option<f64>,
+    rotary_emb_base: Option<f64>,
     sliding_window: Option<usize>,
     use_sliding_window: Option<bool>,
     original_max_position_embeddings: Option<usize>,
@@ -214,6 +243,7 @@ impl LlamaConfig {
             Some("phi3") => Arch::Phi3,
             Some("gemma2") => Arch::Gemma2,
             Some("gemma3_text") => Arch::Gemma3,
+            Some("gpt_neox") => Arch::GptNeox,
             Some("gemma3") => {
                 return Err(err(
                     "model_type `gemma3` is the multimodal Gemma 3 (text_config inside); the text \
@@ -223,7 +253,7 @@ impl LlamaConfig {
             }
             Some(other) => {
                 return Err(err(format!(
-                "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, olmo, olmo2, phi3, gemma2, gemma3_text)"
+                "model_type `{other}` is not supported (llama, mistral, qwen2, qwen3, olmo, olmo2, phi3, gemma2, gemma3_text, gpt_neox)"
             )))
             }
         };
@@ -237,6 +267,12 @@ impl LlamaConfig {
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(err(format!(
                 "num_attention_heads {num_attention_heads} is not a multiple of num_key_value_heads {num_key_value_heads}"
+            )));
+        }
+        if arch == Arch::GptNeox && num_key_value_heads != num_attention_heads {
+            return Err(err(format!(
+                "GPT-NeoX has one key/value head per query head; num_key_value_heads \
+                 {num_key_value_heads} ≠ num_attention_heads {num_attention_heads}"
             )));
         }
         let head_dim = match raw.head_dim {
@@ -254,6 +290,22 @@ impl LlamaConfig {
             return Err(err(format!("head_dim {head_dim} must be even for RoPE")));
         }
         let gemma = matches!(arch, Arch::Gemma2 | Arch::Gemma3);
+        let neox = arch == Arch::GptNeox;
+        let act = if gemma {
+            Act::GeluTanh
+        } else if neox {
+            match raw.hidden_act.as_deref().unwrap_or("gelu") {
+                "gelu" => Act::GeluErf,
+                "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => Act::GeluTanh,
+                other => {
+                    return Err(err(format!(
+                        "hidden_act `{other}` is not supported for GPT-NeoX (gelu, gelu_new, gelu_fast)"
+                    )))
+                }
+            }
+        } else {
+            Act::Silu
+        };
         if gemma {
             // Gemma reads `hidden_activation` (older configs: `hidden_act`)
             let act = raw
@@ -265,7 +317,7 @@ impl LlamaConfig {
                     "hidden_activation `{act}` is not supported for Gemma (gelu_pytorch_tanh)"
                 )));
             }
-        } else if let Some(act) = raw.hidden_act.as_deref() {
+        } else if let Some(act) = raw.hidden_act.as_deref().filter(|_| !neox) {
             if act != "silu" && act != "swish" {
                 return Err(err(format!("hidden_act `{act}` is not supported (silu)")));
             }
@@ -294,6 +346,7 @@ impl LlamaConfig {
         let rope_theta = raw
             .rope_theta
             .or(rope_parameters.as_ref().and_then(|r| r.rope_theta))
+            .or(raw.rotary_emb_base.filter(|_| neox))
             .unwrap_or(if arch == Arch::Gemma3 {
                 1_000_000.0
             } else {
@@ -323,12 +376,17 @@ impl LlamaConfig {
         let partial = raw
             .partial_rotary_factor
             .or(rs.as_ref().and_then(|r| r.partial_rotary_factor))
-            .unwrap_or(1.0);
-        if partial != 1.0 {
+            .or(raw.rotary_pct.filter(|_| neox))
+            .unwrap_or(if neox { 0.25 } else { 1.0 });
+        if partial != 1.0 && !neox {
             return Err(err(format!(
-                "partial_rotary_factor {partial} is not supported (1.0: rotary over the whole head)"
+                "partial_rotary_factor {partial} is not supported for {} (1.0: rotary over the whole head)",
+                arch.model_type()
             )));
         }
+        // transformers 5 writes GPT-NeoX's RoPE as rope_parameters {rope_theta,
+        // partial_rotary_factor} without a type: the default RoPE
+        let rs = rs.filter(|r| !(neox && r.rope_type.is_none() && r.factor.is_none()));
         let rope_scaling = match rs {
             None => None,
             Some(rs) => match rs.rope_type.as_deref() {
@@ -375,7 +433,7 @@ impl LlamaConfig {
                 }
             },
         };
-        let attention_bias = raw.attention_bias.unwrap_or(false);
+        let attention_bias = raw.attention_bias.unwrap_or(neox);
         let sliding_window = match arch {
             Arch::Mistral | Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3 => raw.sliding_window,
             Arch::Qwen2 | Arch::Qwen3 if raw.use_sliding_window == Some(true) => raw.sliding_window,
@@ -432,13 +490,20 @@ impl LlamaConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rms_norm_eps: if neox {
+                raw.layer_norm_eps.unwrap_or(1e-5)
+            } else {
+                raw.rms_norm_eps.unwrap_or(1e-6)
+            },
             rope_theta,
             rope_scaling,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(gemma),
             qkv_bias: arch == Arch::Qwen2 || attention_bias,
             o_bias: arch != Arch::Qwen2 && attention_bias,
+            partial_rotary_factor: partial,
+            parallel_residual: neox && raw.use_parallel_residual.unwrap_or(true),
+            act,
             sliding_window,
             sliding_layers,
             query_pre_attn_scalar: if gemma {
@@ -504,6 +569,16 @@ impl LlamaConfig {
         if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim {} must be even for RoPE", self.head_dim));
         }
+        if !(self.partial_rotary_factor > 0.0 && self.partial_rotary_factor <= 1.0)
+            || self.rope_dims() < 2
+            || !self.rope_dims().is_multiple_of(2)
+        {
+            return Err(format!(
+                "partial_rotary_factor {} must be in (0, 1] and rotate an even number (≥ 2) of \
+                 the head's {} dims",
+                self.partial_rotary_factor, self.head_dim
+            ));
+        }
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return Err(format!(
                 "rope_theta {} must be a finite number > 1 (the RoPE base; 10000 is usual)",
@@ -554,7 +629,7 @@ impl LlamaConfig {
                 original_max_position_embeddings,
                 attention_factor,
             }) => {
-                let half = self.head_dim / 2;
+                let half = self.rope_dims() / 2;
                 for (k, f) in [("short_factor", short_factor), ("long_factor", long_factor)] {
                     if f.len() != half || !f.iter().all(|x| x.is_finite() && *x > 0.0) {
                         return Err(format!(
@@ -631,7 +706,12 @@ impl LlamaConfig {
             "rope_theta": self.rope_theta,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "hidden_act": if self.gemma() { "gelu_pytorch_tanh" } else { "silu" },
+            "hidden_act": match self.act {
+                Act::Silu => "silu",
+                Act::GeluTanh if self.arch == Arch::GptNeox => "gelu_new",
+                Act::GeluTanh => "gelu_pytorch_tanh",
+                Act::GeluErf => "gelu",
+            },
             "torch_dtype": "float32",
             "use_cache": true,
             "initializer_range": 0.02,
@@ -639,6 +719,17 @@ impl LlamaConfig {
         let o = v.as_object_mut().unwrap();
         if self.arch == Arch::Olmo {
             o.insert("clip_qkv".into(), self.clip_qkv.into());
+        }
+        if self.arch == Arch::GptNeox {
+            o.insert("layer_norm_eps".into(), self.rms_norm_eps.into());
+            o.remove("rms_norm_eps");
+            o.insert("attention_bias".into(), self.qkv_bias.into());
+            o.insert(
+                "use_parallel_residual".into(),
+                self.parallel_residual.into(),
+            );
+            o.insert("rotary_pct".into(), self.partial_rotary_factor.into());
+            o.insert("rotary_emb_base".into(), self.rope_theta.into());
         }
         if self.gemma() {
             o.insert("hidden_activation".into(), "gelu_pytorch_tanh".into());
@@ -778,6 +869,9 @@ impl LlamaConfig {
             attn_logit_softcapping: None,
             final_logit_softcapping: None,
             rope_local_theta: None,
+            partial_rotary_factor: 1.0,
+            parallel_residual: false,
+            act: Act::Silu,
             clip_qkv: None,
             bos_token_id: None,
             eos_token_ids: vec![],
@@ -809,10 +903,14 @@ impl LlamaConfig {
             "model.embed_tokens.weight".to_string(),
             vec![self.vocab_size, h],
         )];
+        let neox = self.arch == Arch::GptNeox;
         for l in 0..self.num_hidden_layers {
             let p = format!("model.layers.{l}");
             if !self.post_norms() && !self.nonparam_norms() {
                 v.push((format!("{p}.input_layernorm.weight"), vec![h]));
+            }
+            if neox {
+                v.push((format!("{p}.input_layernorm.bias"), vec![h]));
             }
             if self.gemma() {
                 v.push((format!("{p}.pre_feedforward_layernorm.weight"), vec![h]));
@@ -838,15 +936,29 @@ impl LlamaConfig {
             if !self.nonparam_norms() {
                 v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
             }
-            v.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+            if neox {
+                v.push((format!("{p}.post_attention_layernorm.bias"), vec![h]));
+            }
+            if self.gated_mlp() {
+                v.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+            }
             v.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+            if neox {
+                v.push((format!("{p}.mlp.up_proj.bias"), vec![i]));
+            }
             v.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+            if neox {
+                v.push((format!("{p}.mlp.down_proj.bias"), vec![h]));
+            }
             if self.mlp_output_normed() {
                 v.push((format!("{p}.post_feedforward_layernorm.weight"), vec![h]));
             }
         }
         if !self.nonparam_norms() {
             v.push(("model.norm.weight".to_string(), vec![h]));
+        }
+        if neox {
+            v.push(("model.norm.bias".to_string(), vec![h]));
         }
         if !self.tie_word_embeddings {
             v.push(("lm_head.weight".to_string(), vec![self.vocab_size, h]));
@@ -858,6 +970,22 @@ impl LlamaConfig {
     /// (OLMo-2).
     pub fn qk_norm(&self) -> bool {
         matches!(self.arch, Arch::Qwen3 | Arch::Olmo2 | Arch::Gemma3)
+    }
+
+    /// The dims of each head RoPE rotates: ⌊head_dim · partial_rotary_factor⌋ (transformers'
+    /// `int(head_size * partial_rotary_factor)`).
+    pub fn rope_dims(&self) -> usize {
+        (self.head_dim as f64 * self.partial_rotary_factor) as usize
+    }
+
+    /// silu(gate)·up or gelu(gate)·up; GPT-NeoX's MLP has no gate.
+    pub fn gated_mlp(&self) -> bool {
+        self.arch != Arch::GptNeox
+    }
+
+    /// LayerNorm with weight and bias in place of RMSNorm (GPT-NeoX).
+    pub fn layer_norm(&self) -> bool {
+        self.arch == Arch::GptNeox
     }
 
     /// Gemma 2 / 3: √hidden-scaled embeddings, (1 + w) RMSNorms, four norms a layer, GeGLU.
@@ -916,6 +1044,15 @@ impl LlamaConfig {
             w(self.num_attention_heads) * hd,
             w(self.num_key_value_heads) * hd,
         );
+        if self.arch == Arch::GptNeox {
+            // two LayerNorms with biases, q/k/v/o and both MLP matrices with biases, final
+            // LayerNorm with bias
+            let qkv_b = if self.qkv_bias { q + 2 * kv } else { 0 };
+            let o_b = if self.o_bias { h } else { 0 };
+            let layer = 4 * h + q * h + 2 * kv * h + h * q + qkv_b + o_b + 2 * i * h + i + h;
+            let head = if self.tie_word_embeddings { 0 } else { v * h };
+            return v * h + w(self.num_hidden_layers) * layer + 2 * h + head;
+        }
         let mut layer = 2 * h + q * h + 2 * kv * h + h * q + 3 * i * h;
         if self.qkv_bias {
             layer += q + 2 * kv;

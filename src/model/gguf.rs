@@ -254,11 +254,13 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         rms_norm_eps: meta
             .f64(&a("attention.layer_norm_rms_epsilon"))?
             .unwrap_or(if gemma { 1e-6 } else { 1e-5 }),
-        rope_theta: meta.f64(&a("rope.freq_base"))?.unwrap_or(if arch == Arch::Gemma3 {
-            1_000_000.0
-        } else {
-            10000.0
-        }),
+        rope_theta: meta
+            .f64(&a("rope.freq_base"))?
+            .unwrap_or(if arch == Arch::Gemma3 {
+                1_000_000.0
+            } else {
+                10000.0
+            }),
         rope_scaling,
         max_position_embeddings: meta.usize(&a("context_length"))?.unwrap_or(2048),
         tie_word_embeddings: !has_output,
@@ -284,6 +286,13 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         },
         // llama.cpp's sliding layers of Gemma 3 use a fixed base of 10000
         rope_local_theta: (arch == Arch::Gemma3).then_some(10000.0),
+        partial_rotary_factor: 1.0,
+        parallel_residual: false,
+        act: if gemma {
+            crate::model::config::Act::GeluTanh
+        } else {
+            crate::model::config::Act::Silu
+        },
         clip_qkv: None,
         bos_token_id: bos,
         eos_token_ids: eos.into_iter().collect(),

@@ -261,6 +261,7 @@ fn arch_metadata(model: &Llama, name: &str, want: GgmlDType) -> Vec<(String, Val
         Arch::Phi3 => "phi3",
         Arch::Gemma2 => "gemma2",
         Arch::Gemma3 => "gemma3",
+        Arch::GptNeox => "gptneox",
         Arch::Llama | Arch::Mistral => "llama",
     };
     let a = |k: &str| format!("{arch}.{k}");
@@ -335,7 +336,7 @@ pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
     let c = &model.cfg;
     if matches!(
         c.arch,
-        Arch::Olmo2 | Arch::Olmo | Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3
+        Arch::Olmo2 | Arch::Olmo | Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3 | Arch::GptNeox
     ) {
         return Err(Error::Invalid(format!(
             "GGUF export of {} models is not supported yet",

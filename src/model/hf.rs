@@ -199,6 +199,9 @@ pub fn write_model_files(
             .remove("rope_scaling")
             .unwrap_or_else(|| serde_json::json!({"rope_type": "default"}));
         rp["rope_theta"] = model.cfg.rope_theta.into();
+        if model.cfg.partial_rotary_factor != 1.0 {
+            rp["partial_rotary_factor"] = model.cfg.partial_rotary_factor.into();
+        }
         if let Some(local) = model.cfg.rope_local_theta {
             // Gemma 3: per layer type
             o.remove("rope_local_base_freq");

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::config::{LlamaConfig, RopeScaling};
+use super::config::{Act, LlamaConfig, RopeScaling};
 use super::lora::Lora;
 use crate::error::{Error, Result};
 use crate::ops;
@@ -104,6 +104,9 @@ impl Lin {
 struct Layer {
     /// The pre-attention norm (none with post-norms, OLMo-2).
     ln1: Option<Tensor>,
+    /// LayerNorm biases of ln1 and ln2 (GPT-NeoX).
+    ln1_b: Option<Tensor>,
+    ln2_b: Option<Tensor>,
     /// The norm of the MLP output (OLMo-2, Gemma).
     post_ffn: Option<Tensor>,
     /// Gemma's norm of the MLP input (its `post_attention_layernorm` normalises the attention
@@ -119,7 +122,8 @@ struct Layer {
     /// The post-attention norm (pre-MLP; OLMo-2: of the attention output); none in OLMo's
     /// parameter-free LayerNorm.
     ln2: Option<Tensor>,
-    gate: Lin,
+    /// None: GPT-NeoX's ungated MLP.
+    gate: Option<Lin>,
     up: Lin,
     down: Lin,
 }
@@ -133,11 +137,14 @@ impl Layer {
             .chain(self.ln2.iter())
             .chain(self.post_ffn.iter())
             .chain(self.pre_ffn.iter())
+            .chain(self.ln1_b.iter())
+            .chain(self.ln2_b.iter())
             .collect();
         v.extend(self.q_norm.iter().chain(self.k_norm.iter()));
-        for l in [
-            &self.q, &self.k, &self.v, &self.o, &self.gate, &self.up, &self.down,
-        ] {
+        for l in [&self.q, &self.k, &self.v, &self.o, &self.up, &self.down]
+            .into_iter()
+            .chain(self.gate.as_ref())
+        {
             v.extend(l.tensors());
         }
         v
@@ -150,8 +157,9 @@ pub struct Llama {
     params: Vec<(String, Var)>,
     embed: Tensor,
     layers: Vec<Layer>,
-    /// The final norm's weight (none in OLMo's parameter-free LayerNorm).
+    /// The final norm's weight (none in OLMo's parameter-free LayerNorm) and bias (GPT-NeoX).
     norm: Option<Tensor>,
+    norm_b: Option<Tensor>,
     lm_head: Tensor,
     /// RoPE tables [max_len, head_dim/2].
     cos: Tensor,
@@ -216,7 +224,7 @@ impl Pass {
 
 /// Inverse frequencies of RoPE in f32, computed as `transformers` does (incl. Llama 3 scaling).
 pub fn rope_inv_freq(cfg: &LlamaConfig) -> Vec<f32> {
-    let hd = cfg.head_dim;
+    let hd = cfg.rope_dims();
     let base = cfg.rope_theta as f32;
     let mut inv: Vec<f32> = (0..hd / 2)
         .map(|i| 1.0f32 / base.powf((2 * i) as f32 / hd as f32))
@@ -322,7 +330,7 @@ fn split_phi3(
 /// LongRoPE's inverse frequencies with `factors`, as transformers computes them in f32:
 /// 1 / (f_i · θ^(2i/d)).
 fn longrope_inv_freq(cfg: &LlamaConfig, factors: &[f64]) -> Vec<f32> {
-    let hd = cfg.head_dim;
+    let hd = cfg.rope_dims();
     let base = cfg.rope_theta as f32;
     factors
         .iter()
@@ -343,7 +351,7 @@ struct RopeTables {
 impl RopeTables {
     fn new(cfg: &LlamaConfig, device: &Device, dtype: DType) -> Result<Self> {
         let max_len = cfg.max_position_embeddings.max(1);
-        let half = cfg.head_dim / 2;
+        let half = cfg.rope_dims() / 2;
         let table = |inv: &[f32], scale: f32| -> Result<(Tensor, Tensor)> {
             let mut cos = Vec::with_capacity(max_len * half);
             let mut sin = Vec::with_capacity(max_len * half);
@@ -425,6 +433,9 @@ impl Llama {
     ) -> Result<Self> {
         if cfg.arch == crate::model::config::Arch::Phi3 {
             split_phi3(&cfg, &mut tensors, source)?;
+        }
+        if cfg.arch == crate::model::config::Arch::GptNeox {
+            crate::model::neox::split(&cfg, &mut tensors, source)?;
         }
         let mut params = Vec::new();
         for (name, shape) in cfg.param_shapes() {
@@ -546,6 +557,8 @@ impl Llama {
                 };
                 Layer {
                     ln1: g("input_layernorm.weight"),
+                    ln1_b: g("input_layernorm.bias"),
+                    ln2_b: g("post_attention_layernorm.bias"),
                     post_ffn: g("post_feedforward_layernorm.weight"),
                     pre_ffn: g("pre_feedforward_layernorm.weight"),
                     q_norm: g("self_attn.q_norm.weight"),
@@ -555,9 +568,9 @@ impl Llama {
                     v: lin("self_attn.v_proj", true),
                     o: lin("self_attn.o_proj", true),
                     ln2: g("post_attention_layernorm.weight"),
-                    gate: lin("mlp.gate_proj", false),
-                    up: lin("mlp.up_proj", false),
-                    down: lin("mlp.down_proj", false),
+                    gate: cfg.gated_mlp().then(|| lin("mlp.gate_proj", false)),
+                    up: lin("mlp.up_proj", true),
+                    down: lin("mlp.down_proj", true),
                 }
             })
             .collect();
@@ -586,6 +599,7 @@ impl Llama {
             tracked_any,
             ckpt: Default::default(),
             norm: get("model.norm.weight"),
+            norm_b: get("model.norm.bias"),
             embed,
             lm_head,
             layers,
@@ -767,7 +781,7 @@ impl Llama {
                 self.cfg.max_position_embeddings
             )));
         }
-        let half = self.cfg.head_dim / 2;
+        let half = self.cfg.rope_dims() / 2;
         let (tc, ts) = match &self.rope_long {
             Some((lc, ls, original)) => {
                 // transformers' LongRoPE: the long factors once max(position) + 1 > original
@@ -907,7 +921,7 @@ impl Llama {
             if hooks.last_logits_only && t > 1 {
                 x = x.narrow(1, t - 1, 1)?;
             }
-            let n = self.norm(&x, self.norm.as_ref())?;
+            let n = self.norm_b(&x, self.norm.as_ref(), self.norm_b.as_ref())?;
             if hooks.head_input_only {
                 Some(n)
             } else {
@@ -1003,7 +1017,7 @@ impl Llama {
         let n = if post {
             x.clone()
         } else {
-            self.norm(x, l.ln1.as_ref())?
+            self.norm_b(x, l.ln1.as_ref(), l.ln1_b.as_ref())?
         };
         let mut q = self.lin(&n, &l.q)?; // [b, t, nh·hd]
         let mut k = self.lin(&n, &l.k)?; // [b, t, nkv·hd]
@@ -1029,9 +1043,10 @@ impl Llama {
                 k = per_head(&k, nkv, kn)?;
             }
         }
+        let partial = c.rope_dims() < hd;
         let y = match kv {
             // whole sequences (training, scoring): one fused node, RoPE included
-            None => ops::attention(
+            None if !partial => ops::attention(
                 &q,
                 &k,
                 &v,
@@ -1040,19 +1055,32 @@ impl Llama {
                 (nh, nkv),
                 (c.attn_scale(), c.attn_logit_softcapping),
             )?,
-            Some(slot) => {
-                let q = ops::rope(&q.reshape((b, t, nh, hd))?.transpose(1, 2)?, cos, sin)?;
-                let mut k = ops::rope(&k.reshape((b, t, nkv, hd))?.transpose(1, 2)?, cos, sin)?
-                    .contiguous()?; // [b, nkv, t, hd]
+            // a KV cache, or RoPE over part of each head (GPT-NeoX): RoPE, then the product
+            slot => {
+                // [b, t, heads·hd] -> [b, heads, t, hd], the first rope_dims of each head rotated
+                let rotate = |x: &Tensor, heads: usize| -> Result<Tensor> {
+                    let x = x.reshape((b, t, heads, hd))?.transpose(1, 2)?;
+                    if !partial {
+                        return ops::rope(&x, cos, sin);
+                    }
+                    let rd = c.rope_dims();
+                    let rot = ops::rope(&x.narrow(3, 0, rd)?.contiguous()?, cos, sin)?;
+                    Ok(Tensor::cat(&[&rot, &x.narrow(3, rd, hd - rd)?], 3)?)
+                };
+                let q = rotate(&q, nh)?;
+                let mut k = rotate(&k, nkv)?.contiguous()?; // [b, nkv, t, hd]
                 let mut v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
-                if let Some((pk, pv)) = slot.as_ref() {
-                    k = Tensor::cat(&[pk, &k], 2)?;
-                    v = Tensor::cat(&[pv, &v], 2)?;
+                if let Some(slot) = slot {
+                    if let Some((pk, pv)) = slot.as_ref() {
+                        k = Tensor::cat(&[pk, &k], 2)?;
+                        v = Tensor::cat(&[pv, &v], 2)?;
+                    }
+                    // Detached: the cache must not hold the autograd graph of every step it has
+                    // seen (each cat would keep the previous cache and that step's activations
+                    // alive, O(T²) memory over a generation: the TOFU evaluation ran out of 24 GB
+                    // this way).
+                    *slot = Some((k.detach(), v.detach()));
                 }
-                // Detached: the cache must not hold the autograd graph of every step it has seen
-                // (each cat would keep the previous cache and that step's activations alive,
-                // O(T²) memory over a generation: the TOFU evaluation ran out of 24 GB this way).
-                *slot = Some((k.detach(), v.detach()));
                 ops::composite::attend(
                     &q,
                     &k,
@@ -1065,7 +1093,11 @@ impl Llama {
             }
         };
         let attn_out = self.lin(&y, &l.o)?;
-        let (h, n2) = if c.gemma() {
+        let (h, n2) = if c.parallel_residual {
+            // GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x))
+            let n2 = self.norm_b(x, l.ln2.as_ref(), l.ln2_b.as_ref())?;
+            ((x + attn_out)?, n2)
+        } else if c.gemma() {
             // Gemma: h = x + norm(attn); the MLP reads its own pre-norm of h
             let h = (x + self.norm(&attn_out, l.ln2.as_ref())?)?;
             let n2 = self.norm(&h, l.pre_ffn.as_ref())?;
@@ -1076,16 +1108,18 @@ impl Llama {
             (h.clone(), h)
         } else {
             let h = (x + attn_out)?;
-            let n2 = self.norm(&h, l.ln2.as_ref())?;
+            let n2 = self.norm_b(&h, l.ln2.as_ref(), l.ln2_b.as_ref())?;
             (h, n2)
         };
-        let gate = self.lin(&n2, &l.gate)?;
         let up = self.lin(&n2, &l.up)?;
-        // silu(gate)·up (Gemma: gelu_tanh(gate)·up), [b, t, intermediate]
-        let mut act = if c.gemma() {
-            (gate.gelu()? * up)?
-        } else {
-            ops::swiglu(&gate, &up)?
+        // silu(gate)·up (Gemma: gelu_tanh(gate)·up; GPT-NeoX: gelu(up)), [b, t, intermediate]
+        let mut act = match (&l.gate, c.act) {
+            (Some(g), Act::Silu) => ops::swiglu(&self.lin(&n2, g)?, &up)?,
+            (Some(g), Act::GeluTanh) => (self.lin(&n2, g)?.gelu()? * up)?,
+            (Some(g), Act::GeluErf) => (self.lin(&n2, g)?.gelu_erf()? * up)?,
+            (None, Act::GeluErf) => up.gelu_erf()?,
+            (None, Act::GeluTanh) => up.gelu()?,
+            (None, Act::Silu) => up.silu()?,
         };
         if let Some(hook) = hooks.mlp_act {
             if let Some(r) = hook(li, &act)? {
@@ -1167,6 +1201,21 @@ impl Llama {
         }
     }
 
+    /// [`Self::norm`], or GPT-NeoX's LayerNorm (x − mean)/√(var + eps)·w + b.
+    fn norm_b(&self, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>) -> Result<Tensor> {
+        match (w, self.cfg.layer_norm()) {
+            (Some(w), true) => {
+                let y = ops::composite::layer_norm_nonparam(x, self.cfg.rms_norm_eps)?
+                    .broadcast_mul(w)?;
+                Ok(match b {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                })
+            }
+            _ => self.norm(x, w),
+        }
+    }
+
     /// RMSNorm x̂·w, or Gemma's x̂·(1 + w).
     fn rms(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         if self.cfg.gemma() {
@@ -1204,6 +1253,9 @@ impl Llama {
     /// Phi-3's `qkv_proj` = [q; k; v] and `gate_up_proj` = [gate; up] fused by rows.
     pub fn hf_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let all = self.named_tensors();
+        if self.cfg.arch == crate::model::config::Arch::GptNeox {
+            return crate::model::neox::fuse(&self.cfg, all);
+        }
         if self.cfg.arch != crate::model::config::Arch::Phi3 {
             return Ok(all);
         }

@@ -132,6 +132,14 @@ impl LoraConfig {
                     .into(),
             ));
         }
+        if cfg.arch == crate::model::config::Arch::GptNeox {
+            // PEFT's modules are GPT-NeoX's own (query_key_value, dense, dense_h_to_4h, ...)
+            return Err(Error::Invalid(
+                "LoRA on gpt_neox is not supported yet (its checkpoints fuse q, k, v per head in \
+                 query_key_value); train without [lora]"
+                    .into(),
+            ));
+        }
         let all = all_modules(cfg);
         let mut sel = vec![false; all.len()];
         for p in &self.targets {

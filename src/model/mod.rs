@@ -9,6 +9,7 @@ pub mod gguf_write;
 pub mod hf;
 pub mod llama;
 pub mod lora;
+pub mod neox;
 pub mod nli;
 pub mod tokenizer;
 
