@@ -678,3 +678,143 @@ fn gemma_gguf_import_matches_the_hf_model() {
         }
     }
 }
+
+/// GPT-NeoX / Pythia (issue #24): a GGUF written as llama.cpp's converter writes GPT-NeoX
+/// (`gptneox` metadata with the rotary dims, the residual form and the LayerNorm epsilon;
+/// `attn_qkv` as [q; k; v] rather than the checkpoint's per-head interleaving; biases) imports to
+/// the model it was written from: the same configuration and, in f32, the same logits.
+#[test]
+fn gpt_neox_gguf_import_matches_the_hf_model() {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use gguf_file::Value as V;
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    ok(
+        &[
+            "init",
+            "--arch",
+            "gpt_neox",
+            "--out",
+            "m",
+            "--hidden",
+            "64",
+            "--layers",
+            "2",
+            "--kv-heads",
+            "4",
+            "--max-position",
+            "64",
+            "--seed",
+            "7",
+        ],
+        p,
+    );
+    let md = ModelDir::load(&p.join("m"), &Device::Cpu).unwrap();
+    // biases and LayerNorm parameters away from their initial 0 and 1
+    for (n, v) in md.model.params() {
+        if n.ends_with(".bias") || n.ends_with("norm.weight") {
+            let k = v.as_tensor().elem_count();
+            let base = if n.ends_with(".bias") { 0.0 } else { 1.0 };
+            let vals: Vec<f32> = (0..k)
+                .map(|i| base + 0.05 * ((i % 5) as f32 - 2.0))
+                .collect();
+            v.set(&Tensor::new(vals, &Device::Cpu).unwrap()).unwrap();
+        }
+    }
+    let cfg = md.model.cfg.clone();
+    let (heads, hd, h) = (cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size);
+    let mut tensors: Vec<(String, QTensor)> = vec![];
+    for (name, t) in md.model.hf_tensors().unwrap() {
+        let g = name
+            .replace("gpt_neox.embed_in.weight", "token_embd.weight")
+            .replace("gpt_neox.final_layer_norm", "output_norm")
+            .replace("embed_out.weight", "output.weight")
+            .replace("gpt_neox.layers.", "blk.")
+            .replace("input_layernorm", "attn_norm")
+            .replace("attention.query_key_value", "attn_qkv")
+            .replace("attention.dense", "attn_output")
+            .replace("post_attention_layernorm", "ffn_norm")
+            .replace("mlp.dense_h_to_4h", "ffn_up")
+            .replace("mlp.dense_4h_to_h", "ffn_down");
+        // llama.cpp's converter: per-head [q_h; k_h; v_h] -> [q; k; v]
+        let t = if g.contains("attn_qkv.weight") {
+            t.reshape((heads, 3, hd, h))
+                .unwrap()
+                .transpose(0, 1)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .reshape((3 * h, h))
+                .unwrap()
+        } else if g.contains("attn_qkv.bias") {
+            t.reshape((heads, 3, hd))
+                .unwrap()
+                .transpose(0, 1)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+                .reshape(3 * h)
+                .unwrap()
+        } else {
+            t
+        };
+        tensors.push((g, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+    }
+    let vocab: Vec<String> = (0..cfg.vocab_size as u32)
+        .map(|i| {
+            md.tok
+                .inner
+                .id_to_token(i)
+                .unwrap_or_else(|| format!("<pad_{i}>"))
+        })
+        .collect();
+    let u = |x: usize| V::U32(x as u32);
+    let kv: Vec<(&str, V)> = vec![
+        ("general.architecture", V::String("gptneox".into())),
+        ("gptneox.block_count", u(cfg.num_hidden_layers)),
+        ("gptneox.context_length", u(cfg.max_position_embeddings)),
+        ("gptneox.embedding_length", u(cfg.hidden_size)),
+        ("gptneox.feed_forward_length", u(cfg.intermediate_size)),
+        ("gptneox.attention.head_count", u(heads)),
+        ("gptneox.rope.dimension_count", u(cfg.rope_dims())),
+        ("gptneox.use_parallel_residual", V::Bool(true)),
+        (
+            "gptneox.attention.layer_norm_epsilon",
+            V::F32(cfg.rms_norm_eps as f32),
+        ),
+        ("tokenizer.ggml.model", V::String("gpt2".into())),
+        ("tokenizer.ggml.pre", V::String("gpt-2".into())),
+        (
+            "tokenizer.ggml.tokens",
+            V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            V::Array(
+                (0..vocab.len())
+                    .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
+                    .collect(),
+            ),
+        ),
+        ("tokenizer.ggml.merges", V::Array(vec![])),
+        ("tokenizer.ggml.eos_token_id", V::U32(258)),
+    ];
+    let mut f = std::fs::File::create(p.join("m.gguf")).unwrap();
+    let kvr: Vec<(&str, &V)> = kv.iter().map(|(k, v)| (*k, v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &kvr, &ts).unwrap();
+    drop(f);
+    std::fs::create_dir(p.join("m2")).unwrap();
+    unlearn::model::hf::write_model_files(&md.model, &md.tok, None, &[], &p.join("m2")).unwrap();
+    ok(&["import", "m.gguf", "--out", "back"], p);
+    let back = ModelDir::load(&p.join("back"), &Device::Cpu).unwrap();
+    assert_eq!(back.model.cfg, cfg);
+    for n in [5usize, 14] {
+        let ids: Vec<u32> = (0..n as u32).map(|i| 10 + 7 * i).collect();
+        let (dmax, scale) = diff(&logits(&p.join("m2"), &ids), &logits(&p.join("back"), &ids));
+        assert!(
+            dmax <= 1e-5 * scale.max(1.0),
+            "{n} tokens: {dmax} (largest logit {scale})"
+        );
+    }
+}

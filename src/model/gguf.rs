@@ -161,6 +161,32 @@ pub(crate) fn hf_name(gguf: &str) -> Option<String> {
 /// [`hf_name`] for a model of `arch`: Phi-3's `attn_qkv` and `ffn_up` are its fused
 /// `qkv_proj` and `gate_up_proj` (split when the model is built).
 fn hf_name_for(arch: Arch, gguf: &str) -> Option<String> {
+    if arch == Arch::GptNeox {
+        // GPT-NeoX's own checkpoint names (`neox::split` turns them into ours)
+        let top = match gguf {
+            "token_embd.weight" => Some("gpt_neox.embed_in.weight"),
+            "output_norm.weight" => Some("gpt_neox.final_layer_norm.weight"),
+            "output_norm.bias" => Some("gpt_neox.final_layer_norm.bias"),
+            "output.weight" => Some("embed_out.weight"),
+            _ => None,
+        };
+        if let Some(t) = top {
+            return Some(t.to_string());
+        }
+        let rest = gguf.strip_prefix("blk.")?;
+        let (layer, name) = rest.split_once('.')?;
+        let (module, kind) = name.rsplit_once('.')?;
+        let m = match module {
+            "attn_norm" => "input_layernorm",
+            "attn_qkv" => "attention.query_key_value",
+            "attn_output" => "attention.dense",
+            "ffn_norm" => "post_attention_layernorm",
+            "ffn_up" => "mlp.dense_h_to_4h",
+            "ffn_down" => "mlp.dense_4h_to_h",
+            _ => return None,
+        };
+        return Some(format!("gpt_neox.layers.{layer}.{m}.{kind}"));
+    }
     if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
         // Gemma's four norms a layer: llama.cpp's `ffn_norm` is the pre-feed-forward norm
         if let Some(rest) = gguf.strip_prefix("blk.") {
@@ -214,9 +240,10 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         "phi3" => Arch::Phi3,
         "gemma2" => Arch::Gemma2,
         "gemma3" => Arch::Gemma3,
+        "gptneox" => Arch::GptNeox,
         other => {
             return Err(meta.err(format!(
-                "architecture `{other}` is not supported (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3)"
+                "architecture `{other}` is not supported (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3, gptneox)"
             )))
         }
     };
@@ -297,6 +324,26 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         bos_token_id: bos,
         eos_token_ids: eos.into_iter().collect(),
     };
+    if arch == Arch::GptNeox {
+        // llama.cpp's converter writes the rotary dims, the residual form and the LayerNorm
+        // epsilon; the activation is the exact GELU of the Pythia checkpoints it converts
+        cfg.num_key_value_heads = heads;
+        cfg.rms_norm_eps = meta
+            .f64(&a("attention.layer_norm_epsilon"))?
+            .unwrap_or(1e-5);
+        let rd = meta
+            .usize(&a("rope.dimension_count"))?
+            .unwrap_or(cfg.head_dim);
+        cfg.partial_rotary_factor = rd as f64 / cfg.head_dim as f64;
+        cfg.parallel_residual = match meta.get(&a("use_parallel_residual")) {
+            None => true,
+            Some(v) => v
+                .to_bool()
+                .map_err(|e| meta.err(format!("use_parallel_residual: {e}")))?,
+        };
+        cfg.qkv_bias = content.tensor_infos.contains_key("blk.0.attn_qkv.bias");
+        cfg.act = crate::model::config::Act::GeluErf;
+    }
     if gemma {
         // As llama.cpp runs Gemma: every 2nd (Gemma 2) or 6th (Gemma 3) layer global, the first
         // sliding; scores scaled by 1/√head_dim, by 1/√(hidden/heads) for the 27B models (46
@@ -431,11 +478,14 @@ fn read_longrope(
 /// Every tensor has a Hugging Face counterpart of the size the configuration implies: checked
 /// before any tensor data is read.
 fn check_shapes(meta: &Meta, content: &Content, cfg: &LlamaConfig) -> Result<()> {
-    let mut expected: HashMap<String, usize> = cfg
-        .param_shapes()
-        .into_iter()
-        .map(|(n, s)| (n, s.iter().product()))
-        .collect();
+    let mut expected: HashMap<String, usize> = if cfg.arch == Arch::GptNeox {
+        crate::model::neox::checkpoint_sizes(cfg)
+    } else {
+        cfg.param_shapes()
+            .into_iter()
+            .map(|(n, s)| (n, s.iter().product()))
+            .collect()
+    };
     if cfg.arch == Arch::Phi3 {
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
@@ -506,6 +556,21 @@ fn read_tensors(
         if matches!(cfg.arch, Arch::Gemma2 | Arch::Gemma3) && name.ends_with("norm.weight") {
             // llama.cpp's converter stores Gemma's (1 + w) norm weights as 1 + w
             t = (t - 1.0)?;
+        }
+        if cfg.arch == Arch::GptNeox && name.contains(".attn_qkv.") {
+            // llama.cpp stores [q; k; v]; the checkpoint interleaves them per head
+            let (hd, h) = (cfg.head_dim, cfg.hidden_size);
+            t = if t.rank() == 2 {
+                t.reshape((3, heads, hd, h))?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .reshape((3 * heads * hd, h))?
+            } else {
+                t.reshape((3, heads, hd))?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .reshape(3 * heads * hd)?
+            };
         }
         if permute && (name.ends_with("attn_q.weight") || name.ends_with("attn_q.bias")) {
             t = unpermute_qk(&t, heads)?;

@@ -30,6 +30,39 @@ const TOP_NAMES: [(&str, &str); 4] = [
     ("embed_out.weight", "lm_head.weight"),
 ];
 
+/// GPT-NeoX's checkpoint name of one of our tensors; q, k and v all map to their layer's
+/// `query_key_value`.
+pub fn checkpoint_name(n: &str) -> Option<String> {
+    if let Some(&(theirs, _)) = TOP_NAMES.iter().find(|(_, ours)| *ours == n) {
+        return Some(theirs.to_string());
+    }
+    let rest = n.strip_prefix("model.layers.")?;
+    let (l, name) = rest.split_once('.')?;
+    let (module, kind) = name.rsplit_once('.')?;
+    let p = format!("gpt_neox.layers.{l}");
+    if matches!(
+        module,
+        "self_attn.q_proj" | "self_attn.k_proj" | "self_attn.v_proj"
+    ) {
+        return Some(format!("{p}.attention.query_key_value.{kind}"));
+    }
+    let (theirs, _) = LAYER_NAMES
+        .iter()
+        .find(|(_, o)| *o == module && !o.is_empty())?;
+    Some(format!("{p}.{theirs}.{kind}"))
+}
+
+/// The element count of every checkpoint tensor the configuration implies.
+pub fn checkpoint_sizes(cfg: &LlamaConfig) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for (n, shape) in cfg.param_shapes() {
+        if let Some(c) = checkpoint_name(&n) {
+            *m.entry(c).or_default() += shape.iter().product::<usize>();
+        }
+    }
+    m
+}
+
 /// Rename a GPT-NeoX checkpoint's tensors to ours and split `query_key_value` into q, k, v.
 /// Buffers older checkpoints carry (the causal mask `attention.bias`, `attention.masked_bias`,
 /// `rotary_emb.inv_freq`) are dropped. A checkpoint already in our names is left as it is.
