@@ -818,3 +818,134 @@ fn gpt_neox_gguf_import_matches_the_hf_model() {
         );
     }
 }
+
+/// OLMo-2 (issue #24): a GGUF written as llama.cpp's converter writes OLMo-2 (`olmo2` metadata,
+/// `post_attention_norm` / `post_ffw_norm` and full-width `attn_q_norm` / `attn_k_norm`, no
+/// pre-norms, no q/k permutation) imports to the model it was written from: the same
+/// configuration and, in f32, the same logits.
+#[test]
+fn olmo2_gguf_import_matches_the_hf_model() {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use gguf_file::Value as V;
+    {
+        let (arch, layers) = ("olmo2", 2usize);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let l = layers.to_string();
+        ok(
+            &[
+                "init",
+                "--arch",
+                arch,
+                "--out",
+                "m",
+                "--hidden",
+                "64",
+                "--layers",
+                &l,
+                "--max-position",
+                "64",
+                "--seed",
+                "5",
+            ],
+            p,
+        );
+        let c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p.join("m/config.json")).unwrap())
+                .unwrap();
+        // norms away from 1, so that a misplaced one shows
+        let md = ModelDir::load(&p.join("m"), &Device::Cpu).unwrap();
+        for (n, v) in md.model.params() {
+            if n.ends_with("norm.weight") {
+                let k = v.as_tensor().elem_count();
+                let vals: Vec<f32> = (0..k).map(|i| 1.0 + 0.1 * ((i % 7) as f32 - 3.0)).collect();
+                v.set(&Tensor::new(vals, &Device::Cpu).unwrap()).unwrap();
+            }
+        }
+        let cfg = md.model.cfg.clone();
+        let mut tensors: Vec<(String, QTensor)> = vec![];
+        for (name, t) in md.model.hf_tensors().unwrap() {
+            let g = name
+                .replace("model.embed_tokens.weight", "token_embd.weight")
+                .replace("model.norm.weight", "output_norm.weight")
+                .replace("lm_head.weight", "output.weight")
+                .replace("model.layers.", "blk.")
+                .replace("input_layernorm", "attn_norm")
+                .replace("post_attention_layernorm", "post_attention_norm")
+                .replace("pre_feedforward_layernorm", "ffn_norm")
+                .replace("post_feedforward_layernorm", "post_ffw_norm")
+                .replace("self_attn.q_norm", "attn_q_norm")
+                .replace("self_attn.k_norm", "attn_k_norm")
+                .replace("self_attn.q_proj", "attn_q")
+                .replace("self_attn.k_proj", "attn_k")
+                .replace("self_attn.v_proj", "attn_v")
+                .replace("self_attn.o_proj", "attn_output")
+                .replace("mlp.gate_proj", "ffn_gate")
+                .replace("mlp.up_proj", "ffn_up")
+                .replace("mlp.down_proj", "ffn_down");
+            tensors.push((g, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+        }
+        let vocab: Vec<String> = (0..cfg.vocab_size as u32)
+            .map(|i| {
+                md.tok
+                    .inner
+                    .id_to_token(i)
+                    .unwrap_or_else(|| format!("<pad_{i}>"))
+            })
+            .collect();
+        let u = |x: usize| V::U32(x as u32);
+        let k = |s: &str| format!("{arch}.{s}");
+        let mut kv: Vec<(String, V)> = vec![
+            ("general.architecture".into(), V::String(arch.into())),
+            (k("block_count"), u(cfg.num_hidden_layers)),
+            (k("context_length"), u(cfg.max_position_embeddings)),
+            (k("embedding_length"), u(cfg.hidden_size)),
+            (k("feed_forward_length"), u(cfg.intermediate_size)),
+            (k("attention.head_count"), u(cfg.num_attention_heads)),
+            (k("attention.head_count_kv"), u(cfg.num_key_value_heads)),
+            (k("attention.key_length"), u(cfg.head_dim)),
+            (k("attention.value_length"), u(cfg.head_dim)),
+            (
+                k("attention.layer_norm_rms_epsilon"),
+                V::F32(cfg.rms_norm_eps as f32),
+            ),
+            (k("rope.freq_base"), V::F32(cfg.rope_theta as f32)),
+            ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
+            ("tokenizer.ggml.pre".into(), V::String("gpt-2".into())),
+            (
+                "tokenizer.ggml.tokens".into(),
+                V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                V::Array(
+                    (0..vocab.len())
+                        .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
+                        .collect(),
+                ),
+            ),
+            ("tokenizer.ggml.merges".into(), V::Array(vec![])),
+            ("tokenizer.ggml.eos_token_id".into(), V::U32(258)),
+        ];
+        let mut f = std::fs::File::create(p.join("m.gguf")).unwrap();
+        let kvr: Vec<(&str, &V)> = kv.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut f, &kvr, &ts).unwrap();
+        drop(f);
+        // the edited norms, saved for the comparison
+        std::fs::create_dir(p.join("m2")).unwrap();
+        unlearn::model::hf::write_model_files(&md.model, &md.tok, Some(&c), &[], &p.join("m2"))
+            .unwrap();
+        ok(&["import", "m.gguf", "--out", "back"], p);
+        let back = ModelDir::load(&p.join("back"), &Device::Cpu).unwrap();
+        assert_eq!(back.model.cfg, cfg, "{arch}");
+        for n in [5usize, 14] {
+            let ids: Vec<u32> = (0..n as u32).map(|i| 10 + 7 * i).collect();
+            let (dmax, scale) = diff(&logits(&p.join("m2"), &ids), &logits(&p.join("back"), &ids));
+            assert!(
+                dmax <= 1e-5 * scale.max(1.0),
+                "{arch}, {n} tokens: {dmax} (largest logit {scale})"
+            );
+        }
+    }
+}

@@ -187,6 +187,20 @@ fn hf_name_for(arch: Arch, gguf: &str) -> Option<String> {
         };
         return Some(format!("gpt_neox.layers.{layer}.{m}.{kind}"));
     }
+    if arch == Arch::Olmo2 {
+        // OLMo-2's norms of the attention and MLP outputs (it has no pre-norms)
+        if let Some(rest) = gguf.strip_prefix("blk.") {
+            let (layer, name) = rest.split_once('.')?;
+            let norm = match name {
+                "post_attention_norm.weight" => Some("post_attention_layernorm.weight"),
+                "post_ffw_norm.weight" => Some("post_feedforward_layernorm.weight"),
+                _ => None,
+            };
+            if let Some(n) = norm {
+                return Some(format!("model.layers.{layer}.{n}"));
+            }
+        }
+    }
     if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
         // Gemma's four norms a layer: llama.cpp's `ffn_norm` is the pre-feed-forward norm
         if let Some(rest) = gguf.strip_prefix("blk.") {
@@ -241,9 +255,10 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         "gemma2" => Arch::Gemma2,
         "gemma3" => Arch::Gemma3,
         "gptneox" => Arch::GptNeox,
+        "olmo2" => Arch::Olmo2,
         other => {
             return Err(meta.err(format!(
-                "architecture `{other}` is not supported (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3, gptneox)"
+                "architecture `{other}` is not supported (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3, gptneox, olmo2)"
             )))
         }
     };
