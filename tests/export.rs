@@ -895,7 +895,7 @@ fn olmo2_gguf_import_matches_the_hf_model() {
             .collect();
         let u = |x: usize| V::U32(x as u32);
         let k = |s: &str| format!("{arch}.{s}");
-        let mut kv: Vec<(String, V)> = vec![
+        let kv: Vec<(String, V)> = vec![
             ("general.architecture".into(), V::String(arch.into())),
             (k("block_count"), u(cfg.num_hidden_layers)),
             (k("context_length"), u(cfg.max_position_embeddings)),
