@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 
+use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
 use common::ok;
 use unlearn::model::hf::ModelDir;
@@ -388,6 +389,150 @@ fn qwen3_export_then_import() {
         .is_some());
 }
 
+/// What llama.cpp's converters write about the tiny models' byte-level BPE vocabulary.
+fn tokenizer_kv(md: &ModelDir) -> Vec<(String, gguf_file::Value)> {
+    use gguf_file::Value as V;
+    let vocab: Vec<String> = (0..md.model.cfg.vocab_size as u32)
+        .map(|i| {
+            md.tok
+                .inner
+                .id_to_token(i)
+                .unwrap_or_else(|| format!("<pad_{i}>"))
+        })
+        .collect();
+    vec![
+        ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), V::String("gpt-2".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            V::Array(
+                (0..vocab.len())
+                    .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
+                    .collect(),
+            ),
+        ),
+        ("tokenizer.ggml.merges".into(), V::Array(vec![])),
+        ("tokenizer.ggml.eos_token_id".into(), V::U32(258)),
+    ]
+}
+
+/// `p/m.gguf` from the architecture's metadata (`arch.KEY`, with the sizes every architecture
+/// writes), `md`'s tokenizer and f32 tensors under llama.cpp's names; then `unlearn import` to
+/// `p/back`, which must hold `md`'s configuration and, over sequences of each length, `md`'s
+/// logits (as saved to `p/m2`). Returns the imported model.
+fn import_matches(
+    p: &Path,
+    md: &ModelDir,
+    arch: &str,
+    extra_kv: Vec<(&str, gguf_file::Value)>,
+    tensors: Vec<(String, Tensor)>,
+    lengths: &[usize],
+) -> ModelDir {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use gguf_file::Value as V;
+    let cfg = &md.model.cfg;
+    let u = |x: usize| V::U32(x as u32);
+    let k = |s: &str| format!("{arch}.{s}");
+    let mut kv: Vec<(String, V)> = vec![
+        ("general.architecture".into(), V::String(arch.into())),
+        (k("block_count"), u(cfg.num_hidden_layers)),
+        (k("context_length"), u(cfg.max_position_embeddings)),
+        (k("embedding_length"), u(cfg.hidden_size)),
+        (k("feed_forward_length"), u(cfg.intermediate_size)),
+        (k("attention.head_count"), u(cfg.num_attention_heads)),
+        (k("attention.head_count_kv"), u(cfg.num_key_value_heads)),
+    ];
+    kv.extend(extra_kv.into_iter().map(|(n, v)| (k(n), v)));
+    kv.extend(tokenizer_kv(md));
+    let qs: Vec<(String, QTensor)> = tensors
+        .into_iter()
+        .map(|(n, t)| (n, QTensor::quantize(&t, GgmlDType::F32).unwrap()))
+        .collect();
+    let mut f = std::fs::File::create(p.join("m.gguf")).unwrap();
+    let kvr: Vec<(&str, &V)> = kv.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = qs.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut f, &kvr, &ts).unwrap();
+    drop(f);
+    std::fs::create_dir(p.join("m2")).unwrap();
+    unlearn::model::hf::write_model_files(&md.model, &md.tok, None, &[], &p.join("m2")).unwrap();
+    ok(&["import", "m.gguf", "--out", "back"], p);
+    let back = ModelDir::load(&p.join("back"), &Device::Cpu).unwrap();
+    assert_eq!(&back.model.cfg, cfg, "{arch}");
+    for &n in lengths {
+        let ids: Vec<u32> = (0..n as u32).map(|i| 10 + 7 * i).collect();
+        let (dmax, scale) = diff(&logits(&p.join("m2"), &ids), &logits(&p.join("back"), &ids));
+        assert!(
+            dmax <= 1e-5 * scale.max(1.0),
+            "{arch}, {n} tokens: {dmax} (largest logit {scale})"
+        );
+    }
+    back
+}
+
+/// `unlearn init --arch ARCH --hidden 64 --max-position 64` (plus `extra`) into `p/m`, with
+/// `edit` applied to its config.json, loaded.
+fn init_model(
+    p: &Path,
+    arch: &str,
+    extra: &[&str],
+    edit: impl Fn(&mut serde_json::Value),
+) -> ModelDir {
+    let mut args = vec![
+        "init",
+        "--arch",
+        arch,
+        "--out",
+        "m",
+        "--hidden",
+        "64",
+        "--max-position",
+        "64",
+    ];
+    args.extend_from_slice(extra);
+    ok(&args, p);
+    let cpath = p.join("m/config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cpath).unwrap()).unwrap();
+    edit(&mut c);
+    std::fs::write(&cpath, c.to_string()).unwrap();
+    ModelDir::load(&p.join("m"), &Device::Cpu).unwrap()
+}
+
+/// Set every parameter whose name satisfies `which` to `base + 0.05·((i mod 5) − 2)`: norms and
+/// biases away from their initial values, so that a misplaced or unshifted one shows.
+fn perturb(md: &ModelDir, which: impl Fn(&str) -> bool, base: impl Fn(&str) -> f32) {
+    for (n, v) in md.model.params() {
+        if which(n) {
+            let k = v.as_tensor().elem_count();
+            let b = base(n);
+            let vals: Vec<f32> = (0..k).map(|i| b + 0.05 * ((i % 5) as f32 - 2.0)).collect();
+            v.set(&Tensor::new(vals, &Device::Cpu).unwrap()).unwrap();
+        }
+    }
+}
+
+/// Our tensor names as llama.cpp's (the names shared by its Llama-style architectures).
+fn gguf_names(name: &str) -> String {
+    name.replace("model.embed_tokens.weight", "token_embd.weight")
+        .replace("model.norm.weight", "output_norm.weight")
+        .replace("lm_head.weight", "output.weight")
+        .replace("model.layers.", "blk.")
+        .replace("input_layernorm", "attn_norm")
+        .replace("self_attn.q_norm", "attn_q_norm")
+        .replace("self_attn.k_norm", "attn_k_norm")
+        .replace("self_attn.q_proj", "attn_q")
+        .replace("self_attn.k_proj", "attn_k")
+        .replace("self_attn.v_proj", "attn_v")
+        .replace("self_attn.o_proj", "attn_output")
+        .replace("mlp.gate_proj", "ffn_gate")
+        .replace("mlp.up_proj", "ffn_up")
+        .replace("mlp.down_proj", "ffn_down")
+}
+
 /// Phi-3 (issue #24): a GGUF written as llama.cpp's converter writes Phi-3 (`phi3` metadata,
 /// fused `attn_qkv` and `ffn_up`, no q/k permutation, LongRoPE factors as the tensors
 /// `rope_factors_short` / `rope_factors_long`, the original context and attention factor as
@@ -396,118 +541,57 @@ fn qwen3_export_then_import() {
 /// long factors).
 #[test]
 fn phi3_gguf_import_matches_the_hf_model() {
-    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
     use gguf_file::Value as V;
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    ok(
-        &[
-            "init",
-            "--arch",
-            "phi3",
-            "--out",
-            "m",
-            "--hidden",
-            "64",
-            "--layers",
-            "2",
-            "--max-position",
-            "64",
-            "--seed",
-            "3",
-        ],
-        p,
-    );
     // LongRoPE with an original context of 8 (head_dim 16: 8 factors each) and a window
     let (short, long): (Vec<f32>, Vec<f32>) = (
         (0..8).map(|i| 1.0 + 0.1 * i as f32).collect(),
         (0..8).map(|i| 1.5 + 0.5 * i as f32).collect(),
     );
-    let cpath = p.join("m/config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cpath).unwrap()).unwrap();
-    c["rope_scaling"] = serde_json::json!({"rope_type": "longrope", "short_factor": short,
-        "long_factor": long, "original_max_position_embeddings": 8});
-    c["original_max_position_embeddings"] = 8.into();
-    c["sliding_window"] = 48.into();
-    std::fs::write(&cpath, c.to_string()).unwrap();
-    let md = ModelDir::load(&p.join("m"), &Device::Cpu).unwrap();
+    // the attention factor llama.cpp's converter writes (the default for max / original = 8),
+    // stated in the config as well so that the two configurations are equal
+    let attn_factor = ((1.0 + (64f64 / 8.0).ln() / 8f64.ln()).sqrt()) as f32;
+    let md = init_model(p, "phi3", &["--layers", "2", "--seed", "3"], |c| {
+        c["rope_scaling"] = serde_json::json!({"rope_type": "longrope", "short_factor": short,
+            "long_factor": long, "original_max_position_embeddings": 8,
+            "attention_factor": attn_factor as f64});
+        c["original_max_position_embeddings"] = 8.into();
+        c["sliding_window"] = 48.into();
+    });
     let cfg = md.model.cfg.clone();
-    let mut tensors: Vec<(String, QTensor)> = vec![];
-    for (name, t) in md.model.hf_tensors().unwrap() {
-        let g = name
-            .replace("model.embed_tokens.weight", "token_embd.weight")
-            .replace("model.norm.weight", "output_norm.weight")
-            .replace("lm_head.weight", "output.weight")
-            .replace("model.layers.", "blk.")
-            .replace("input_layernorm", "attn_norm")
-            .replace("self_attn.qkv_proj", "attn_qkv")
-            .replace("self_attn.o_proj", "attn_output")
-            .replace("post_attention_layernorm", "ffn_norm")
-            .replace("mlp.gate_up_proj", "ffn_up")
-            .replace("mlp.down_proj", "ffn_down");
-        tensors.push((g, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
-    }
+    let mut tensors: Vec<(String, Tensor)> = md
+        .model
+        .hf_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| {
+            let g = gguf_names(&name)
+                .replace("post_attention_layernorm", "ffn_norm")
+                .replace("self_attn.qkv_proj", "attn_qkv")
+                .replace("mlp.gate_up_proj", "ffn_up");
+            (g, t)
+        })
+        .collect();
     for (n, f) in [
         ("rope_factors_short.weight", &short),
         ("rope_factors_long.weight", &long),
     ] {
-        let t = Tensor::new(f.as_slice(), &Device::Cpu).unwrap();
-        tensors.push((n.into(), QTensor::quantize(&t, GgmlDType::F32).unwrap()));
+        tensors.push((n.into(), Tensor::new(f.as_slice(), &Device::Cpu).unwrap()));
     }
-    let vocab: Vec<String> = (0..cfg.vocab_size as u32)
-        .map(|i| {
-            md.tok
-                .inner
-                .id_to_token(i)
-                .unwrap_or_else(|| format!("<pad_{i}>"))
-        })
-        .collect();
-    let attn_factor = ((1.0 + (64f64 / 8.0).ln() / 8f64.ln()).sqrt()) as f32;
     let u = |x: usize| V::U32(x as u32);
-    let kv: Vec<(&str, V)> = vec![
-        ("general.architecture", V::String("phi3".into())),
-        ("phi3.block_count", u(cfg.num_hidden_layers)),
-        ("phi3.context_length", u(cfg.max_position_embeddings)),
-        ("phi3.embedding_length", u(cfg.hidden_size)),
-        ("phi3.feed_forward_length", u(cfg.intermediate_size)),
-        ("phi3.attention.head_count", u(cfg.num_attention_heads)),
-        ("phi3.attention.head_count_kv", u(cfg.num_key_value_heads)),
+    let kv = vec![
         (
-            "phi3.attention.layer_norm_rms_epsilon",
+            "attention.layer_norm_rms_epsilon",
             V::F32(cfg.rms_norm_eps as f32),
         ),
-        ("phi3.attention.sliding_window", u(48)),
-        ("phi3.rope.freq_base", V::F32(cfg.rope_theta as f32)),
-        ("phi3.rope.dimension_count", u(cfg.head_dim)),
-        ("phi3.rope.scaling.original_context_length", u(8)),
-        ("phi3.rope.scaling.attn_factor", V::F32(attn_factor)),
-        ("tokenizer.ggml.model", V::String("gpt2".into())),
-        ("tokenizer.ggml.pre", V::String("gpt-2".into())),
-        (
-            "tokenizer.ggml.tokens",
-            V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type",
-            V::Array(
-                (0..vocab.len())
-                    .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
-                    .collect(),
-            ),
-        ),
-        ("tokenizer.ggml.merges", V::Array(vec![])),
-        ("tokenizer.ggml.eos_token_id", V::U32(258)),
+        ("attention.sliding_window", u(48)),
+        ("rope.freq_base", V::F32(cfg.rope_theta as f32)),
+        ("rope.dimension_count", u(cfg.head_dim)),
+        ("rope.scaling.original_context_length", u(8)),
+        ("rope.scaling.attn_factor", V::F32(attn_factor)),
     ];
-    let mut f = std::fs::File::create(p.join("m.gguf")).unwrap();
-    let kvr: Vec<(&str, &V)> = kv.iter().map(|(k, v)| (*k, v)).collect();
-    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut f, &kvr, &ts).unwrap();
-    drop(f);
-    let out = ok(&["import", "m.gguf", "--out", "back"], p);
-    assert!(out.contains("phi3") || out.contains("imported"), "{out}");
-    let back = ModelDir::load(&p.join("back"), &Device::Cpu).unwrap();
-    assert_eq!(back.model.cfg.arch, unlearn::model::Arch::Phi3);
+    let back = import_matches(p, &md, "phi3", kv, tensors, &[5, 12]);
     assert_eq!(back.model.cfg.sliding_window, Some(48));
     match &back.model.cfg.rope_scaling {
         Some(unlearn::model::RopeScaling::LongRope {
@@ -516,166 +600,84 @@ fn phi3_gguf_import_matches_the_hf_model() {
         }) => {}
         other => panic!("rope scaling {other:?}"),
     }
-    for n in [5usize, 12] {
-        let ids: Vec<u32> = (0..n as u32).map(|i| 10 + 7 * i).collect();
-        let (dmax, scale) = diff(&logits(&p.join("m"), &ids), &logits(&p.join("back"), &ids));
-        assert!(
-            dmax <= 1e-5 * scale.max(1.0),
-            "{n} tokens: {dmax} (largest logit {scale})"
-        );
-    }
     // the files are Phi-3's again
     let b = std::fs::read(p.join("back/model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&b).unwrap();
     assert!(st.names().iter().any(|n| n.ends_with("qkv_proj.weight")));
 }
 
-/// Gemma 2 and 3 (issue #24): a GGUF written as llama.cpp's converter writes them (`gemma2` /
-/// `gemma3` metadata with the soft-caps and the window, norms stored as 1 + w, Gemma's four
-/// norm names, no q/k permutation) imports to the model it was written from: the same
-/// configuration and, in f32, the same logits over sequences longer than the window.
+/// Gemma 2 and 3 and OLMo-2 (issue #24): a GGUF written as llama.cpp's converter writes them
+/// imports to the model it was written from: the same configuration and, in f32, the same
+/// logits over sequences longer than the window. Gemma: `gemma2` / `gemma3` metadata with the
+/// soft-caps, the window and (Gemma 3) linear RoPE scaling, norms stored as 1 + w under Gemma's
+/// four norm names (`attn_norm`, `post_attention_norm`, `ffn_norm` = the pre-feed-forward norm,
+/// `post_ffw_norm`). OLMo-2: `post_attention_norm` / `post_ffw_norm` and full-width q/k norms, no
+/// pre-norms. Neither permutes q/k.
 #[test]
-fn gemma_gguf_import_matches_the_hf_model() {
-    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+fn gemma_and_olmo2_gguf_import_matches_the_hf_model() {
     use gguf_file::Value as V;
-    for (arch, layers) in [("gemma2", 2usize), ("gemma3", 6)] {
+    for (arch, layers) in [("gemma2", "2"), ("gemma3", "6"), ("olmo2", "2")] {
         let d = tempfile::tempdir().unwrap();
         let p = d.path();
-        let l = layers.to_string();
-        ok(
-            &[
-                "init",
-                "--arch",
-                arch,
-                "--out",
-                "m",
-                "--hidden",
-                "64",
-                "--layers",
-                &l,
-                "--max-position",
-                "64",
-                "--seed",
-                "5",
-            ],
-            p,
-        );
-        // a window shorter than the test sequences and a linear RoPE scaling on Gemma 3's global
-        // layers (what transformers' default init and these checks would otherwise leave unused)
-        let cpath = p.join("m/config.json");
-        let mut c: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&cpath).unwrap()).unwrap();
-        c["sliding_window"] = 6.into();
-        if arch == "gemma3" {
-            c["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 4.0});
-        }
-        std::fs::write(&cpath, c.to_string()).unwrap();
-        // norms away from 0 so that the 1 + w shift matters
-        let md = ModelDir::load(&p.join("m"), &Device::Cpu).unwrap();
-        for (n, v) in md.model.params() {
-            if n.ends_with("norm.weight") {
-                let k = v.as_tensor().elem_count();
-                let vals: Vec<f32> = (0..k).map(|i| 0.1 * ((i % 7) as f32 - 3.0)).collect();
-                v.set(&Tensor::new(vals, &Device::Cpu).unwrap()).unwrap();
+        let gemma = arch != "olmo2";
+        // a window shorter than the test sequences; a RoPE scaling on Gemma 3's global layers
+        let md = init_model(p, arch, &["--layers", layers, "--seed", "5"], |c| {
+            if gemma {
+                c["sliding_window"] = 6.into();
             }
-        }
+            if arch == "gemma3" {
+                c["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 4.0});
+            }
+        });
+        // Gemma's norm weights sit around 0 (it scales by 1 + w), OLMo-2's around 1
+        perturb(
+            &md,
+            |n| n.ends_with("norm.weight"),
+            |_| if gemma { 0.0 } else { 1.0 },
+        );
         let cfg = md.model.cfg.clone();
-        let mut tensors: Vec<(String, QTensor)> = vec![];
-        for (name, t) in md.model.hf_tensors().unwrap() {
-            let g = name
-                .replace("model.embed_tokens.weight", "token_embd.weight")
-                .replace("model.norm.weight", "output_norm.weight")
-                .replace("model.layers.", "blk.")
-                .replace("input_layernorm", "attn_norm")
-                .replace("post_attention_layernorm", "post_attention_norm")
-                .replace("pre_feedforward_layernorm", "ffn_norm")
-                .replace("post_feedforward_layernorm", "post_ffw_norm")
-                .replace("self_attn.q_norm", "attn_q_norm")
-                .replace("self_attn.k_norm", "attn_k_norm")
-                .replace("self_attn.q_proj", "attn_q")
-                .replace("self_attn.k_proj", "attn_k")
-                .replace("self_attn.v_proj", "attn_v")
-                .replace("self_attn.o_proj", "attn_output")
-                .replace("mlp.gate_proj", "ffn_gate")
-                .replace("mlp.up_proj", "ffn_up")
-                .replace("mlp.down_proj", "ffn_down");
-            let t = if name.ends_with("norm.weight") {
-                (t + 1.0).unwrap()
-            } else {
-                t
-            };
-            tensors.push((g, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
-        }
-        let vocab: Vec<String> = (0..cfg.vocab_size as u32)
-            .map(|i| {
-                md.tok
-                    .inner
-                    .id_to_token(i)
-                    .unwrap_or_else(|| format!("<pad_{i}>"))
+        let tensors: Vec<(String, Tensor)> = md
+            .model
+            .hf_tensors()
+            .unwrap()
+            .into_iter()
+            .map(|(name, t)| {
+                let g = gguf_names(&name)
+                    .replace("post_attention_layernorm", "post_attention_norm")
+                    .replace("pre_feedforward_layernorm", "ffn_norm")
+                    .replace("post_feedforward_layernorm", "post_ffw_norm");
+                let t = if gemma && name.ends_with("norm.weight") {
+                    (t + 1.0).unwrap()
+                } else {
+                    t
+                };
+                (g, t)
             })
             .collect();
         let u = |x: usize| V::U32(x as u32);
-        let k = |s: &str| format!("{arch}.{s}");
-        let mut kv: Vec<(String, V)> = vec![
-            ("general.architecture".into(), V::String(arch.into())),
-            (k("block_count"), u(cfg.num_hidden_layers)),
-            (k("context_length"), u(cfg.max_position_embeddings)),
-            (k("embedding_length"), u(cfg.hidden_size)),
-            (k("feed_forward_length"), u(cfg.intermediate_size)),
-            (k("attention.head_count"), u(cfg.num_attention_heads)),
-            (k("attention.head_count_kv"), u(cfg.num_key_value_heads)),
-            (k("attention.key_length"), u(cfg.head_dim)),
-            (k("attention.value_length"), u(cfg.head_dim)),
+        let mut kv = vec![
+            ("attention.key_length", u(cfg.head_dim)),
+            ("attention.value_length", u(cfg.head_dim)),
             (
-                k("attention.layer_norm_rms_epsilon"),
+                "attention.layer_norm_rms_epsilon",
                 V::F32(cfg.rms_norm_eps as f32),
             ),
-            (k("attention.sliding_window"), u(6)),
-            ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
-            ("tokenizer.ggml.pre".into(), V::String("gpt-2".into())),
-            (
-                "tokenizer.ggml.tokens".into(),
-                V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
-            ),
-            (
-                "tokenizer.ggml.token_type".into(),
-                V::Array(
-                    (0..vocab.len())
-                        .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
-                        .collect(),
-                ),
-            ),
-            ("tokenizer.ggml.merges".into(), V::Array(vec![])),
-            ("tokenizer.ggml.eos_token_id".into(), V::U32(258)),
         ];
-        if arch == "gemma2" {
-            kv.push((k("attn_logit_softcapping"), V::F32(50.0)));
-            kv.push((k("final_logit_softcapping"), V::F32(30.0)));
-        } else {
-            kv.push((k("rope.freq_base"), V::F32(cfg.rope_theta as f32)));
-            kv.push((k("rope.scaling.type"), V::String("linear".into())));
-            kv.push((k("rope.scaling.factor"), V::F32(4.0)));
+        match arch {
+            "gemma2" => {
+                kv.push(("attention.sliding_window", u(6)));
+                kv.push(("attn_logit_softcapping", V::F32(50.0)));
+                kv.push(("final_logit_softcapping", V::F32(30.0)));
+            }
+            "gemma3" => {
+                kv.push(("attention.sliding_window", u(6)));
+                kv.push(("rope.freq_base", V::F32(cfg.rope_theta as f32)));
+                kv.push(("rope.scaling.type", V::String("linear".into())));
+                kv.push(("rope.scaling.factor", V::F32(4.0)));
+            }
+            _ => kv.push(("rope.freq_base", V::F32(cfg.rope_theta as f32))),
         }
-        let mut f = std::fs::File::create(p.join("m.gguf")).unwrap();
-        let kvr: Vec<(&str, &V)> = kv.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        gguf_file::write(&mut f, &kvr, &ts).unwrap();
-        drop(f);
-        // the edited norms, saved for the comparison
-        std::fs::create_dir(p.join("m2")).unwrap();
-        unlearn::model::hf::write_model_files(&md.model, &md.tok, Some(&c), &[], &p.join("m2"))
-            .unwrap();
-        ok(&["import", "m.gguf", "--out", "back"], p);
-        let back = ModelDir::load(&p.join("back"), &Device::Cpu).unwrap();
-        assert_eq!(back.model.cfg, cfg, "{arch}");
-        for n in [5usize, 14] {
-            let ids: Vec<u32> = (0..n as u32).map(|i| 10 + 7 * i).collect();
-            let (dmax, scale) = diff(&logits(&p.join("m2"), &ids), &logits(&p.join("back"), &ids));
-            assert!(
-                dmax <= 1e-5 * scale.max(1.0),
-                "{arch}, {n} tokens: {dmax} (largest logit {scale})"
-            );
-        }
+        import_matches(p, &md, arch, kv, tensors, &[5, 14]);
     }
 }
 
@@ -685,267 +687,63 @@ fn gemma_gguf_import_matches_the_hf_model() {
 /// the model it was written from: the same configuration and, in f32, the same logits.
 #[test]
 fn gpt_neox_gguf_import_matches_the_hf_model() {
-    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
     use gguf_file::Value as V;
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    ok(
-        &[
-            "init",
-            "--arch",
-            "gpt_neox",
-            "--out",
-            "m",
-            "--hidden",
-            "64",
-            "--layers",
-            "2",
-            "--kv-heads",
-            "4",
-            "--max-position",
-            "64",
-            "--seed",
-            "7",
-        ],
+    let md = init_model(
         p,
+        "gpt_neox",
+        &["--layers", "2", "--kv-heads", "4", "--seed", "7"],
+        |_| {},
     );
-    let md = ModelDir::load(&p.join("m"), &Device::Cpu).unwrap();
     // biases and LayerNorm parameters away from their initial 0 and 1
-    for (n, v) in md.model.params() {
-        if n.ends_with(".bias") || n.ends_with("norm.weight") {
-            let k = v.as_tensor().elem_count();
-            let base = if n.ends_with(".bias") { 0.0 } else { 1.0 };
-            let vals: Vec<f32> = (0..k)
-                .map(|i| base + 0.05 * ((i % 5) as f32 - 2.0))
-                .collect();
-            v.set(&Tensor::new(vals, &Device::Cpu).unwrap()).unwrap();
-        }
-    }
+    perturb(
+        &md,
+        |n| n.ends_with(".bias") || n.ends_with("norm.weight"),
+        |n| if n.ends_with(".bias") { 0.0 } else { 1.0 },
+    );
     let cfg = md.model.cfg.clone();
     let (heads, hd, h) = (cfg.num_attention_heads, cfg.head_dim, cfg.hidden_size);
-    let mut tensors: Vec<(String, QTensor)> = vec![];
-    for (name, t) in md.model.hf_tensors().unwrap() {
-        let g = name
-            .replace("gpt_neox.embed_in.weight", "token_embd.weight")
-            .replace("gpt_neox.final_layer_norm", "output_norm")
-            .replace("embed_out.weight", "output.weight")
-            .replace("gpt_neox.layers.", "blk.")
-            .replace("input_layernorm", "attn_norm")
-            .replace("attention.query_key_value", "attn_qkv")
-            .replace("attention.dense", "attn_output")
-            .replace("post_attention_layernorm", "ffn_norm")
-            .replace("mlp.dense_h_to_4h", "ffn_up")
-            .replace("mlp.dense_4h_to_h", "ffn_down");
-        // llama.cpp's converter: per-head [q_h; k_h; v_h] -> [q; k; v]
-        let t = if g.contains("attn_qkv.weight") {
-            t.reshape((heads, 3, hd, h))
-                .unwrap()
-                .transpose(0, 1)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-                .reshape((3 * h, h))
-                .unwrap()
-        } else if g.contains("attn_qkv.bias") {
-            t.reshape((heads, 3, hd))
-                .unwrap()
-                .transpose(0, 1)
-                .unwrap()
-                .contiguous()
-                .unwrap()
-                .reshape(3 * h)
-                .unwrap()
-        } else {
-            t
-        };
-        tensors.push((g, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
-    }
-    let vocab: Vec<String> = (0..cfg.vocab_size as u32)
-        .map(|i| {
-            md.tok
-                .inner
-                .id_to_token(i)
-                .unwrap_or_else(|| format!("<pad_{i}>"))
+    let tensors: Vec<(String, Tensor)> = md
+        .model
+        .hf_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| {
+            let g = name
+                .replace("gpt_neox.embed_in.weight", "token_embd.weight")
+                .replace("gpt_neox.final_layer_norm", "output_norm")
+                .replace("embed_out.weight", "output.weight")
+                .replace("gpt_neox.layers.", "blk.")
+                .replace("input_layernorm", "attn_norm")
+                .replace("attention.query_key_value", "attn_qkv")
+                .replace("attention.dense", "attn_output")
+                .replace("post_attention_layernorm", "ffn_norm")
+                .replace("mlp.dense_h_to_4h", "ffn_up")
+                .replace("mlp.dense_4h_to_h", "ffn_down");
+            // llama.cpp's converter: per-head [q_h; k_h; v_h] -> [q; k; v]
+            let t = if g.contains("attn_qkv.") {
+                let dims = t.dims().to_vec();
+                let per_head = if t.rank() == 2 {
+                    t.reshape((heads, 3, hd, h))
+                } else {
+                    t.reshape((heads, 3, hd))
+                };
+                let qkv = per_head.unwrap().transpose(0, 1).unwrap();
+                qkv.contiguous().unwrap().reshape(dims).unwrap()
+            } else {
+                t
+            };
+            (g, t)
         })
         .collect();
-    let u = |x: usize| V::U32(x as u32);
-    let kv: Vec<(&str, V)> = vec![
-        ("general.architecture", V::String("gptneox".into())),
-        ("gptneox.block_count", u(cfg.num_hidden_layers)),
-        ("gptneox.context_length", u(cfg.max_position_embeddings)),
-        ("gptneox.embedding_length", u(cfg.hidden_size)),
-        ("gptneox.feed_forward_length", u(cfg.intermediate_size)),
-        ("gptneox.attention.head_count", u(heads)),
-        ("gptneox.rope.dimension_count", u(cfg.rope_dims())),
-        ("gptneox.use_parallel_residual", V::Bool(true)),
+    let kv = vec![
+        ("rope.dimension_count", V::U32(cfg.rope_dims() as u32)),
+        ("use_parallel_residual", V::Bool(true)),
         (
-            "gptneox.attention.layer_norm_epsilon",
+            "attention.layer_norm_epsilon",
             V::F32(cfg.rms_norm_eps as f32),
         ),
-        ("tokenizer.ggml.model", V::String("gpt2".into())),
-        ("tokenizer.ggml.pre", V::String("gpt-2".into())),
-        (
-            "tokenizer.ggml.tokens",
-            V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type",
-            V::Array(
-                (0..vocab.len())
-                    .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
-                    .collect(),
-            ),
-        ),
-        ("tokenizer.ggml.merges", V::Array(vec![])),
-        ("tokenizer.ggml.eos_token_id", V::U32(258)),
     ];
-    let mut f = std::fs::File::create(p.join("m.gguf")).unwrap();
-    let kvr: Vec<(&str, &V)> = kv.iter().map(|(k, v)| (*k, v)).collect();
-    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    gguf_file::write(&mut f, &kvr, &ts).unwrap();
-    drop(f);
-    std::fs::create_dir(p.join("m2")).unwrap();
-    unlearn::model::hf::write_model_files(&md.model, &md.tok, None, &[], &p.join("m2")).unwrap();
-    ok(&["import", "m.gguf", "--out", "back"], p);
-    let back = ModelDir::load(&p.join("back"), &Device::Cpu).unwrap();
-    assert_eq!(back.model.cfg, cfg);
-    for n in [5usize, 14] {
-        let ids: Vec<u32> = (0..n as u32).map(|i| 10 + 7 * i).collect();
-        let (dmax, scale) = diff(&logits(&p.join("m2"), &ids), &logits(&p.join("back"), &ids));
-        assert!(
-            dmax <= 1e-5 * scale.max(1.0),
-            "{n} tokens: {dmax} (largest logit {scale})"
-        );
-    }
-}
-
-/// OLMo-2 (issue #24): a GGUF written as llama.cpp's converter writes OLMo-2 (`olmo2` metadata,
-/// `post_attention_norm` / `post_ffw_norm` and full-width `attn_q_norm` / `attn_k_norm`, no
-/// pre-norms, no q/k permutation) imports to the model it was written from: the same
-/// configuration and, in f32, the same logits.
-#[test]
-fn olmo2_gguf_import_matches_the_hf_model() {
-    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-    use gguf_file::Value as V;
-    {
-        let (arch, layers) = ("olmo2", 2usize);
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path();
-        let l = layers.to_string();
-        ok(
-            &[
-                "init",
-                "--arch",
-                arch,
-                "--out",
-                "m",
-                "--hidden",
-                "64",
-                "--layers",
-                &l,
-                "--max-position",
-                "64",
-                "--seed",
-                "5",
-            ],
-            p,
-        );
-        let c: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(p.join("m/config.json")).unwrap())
-                .unwrap();
-        // norms away from 1, so that a misplaced one shows
-        let md = ModelDir::load(&p.join("m"), &Device::Cpu).unwrap();
-        for (n, v) in md.model.params() {
-            if n.ends_with("norm.weight") {
-                let k = v.as_tensor().elem_count();
-                let vals: Vec<f32> = (0..k).map(|i| 1.0 + 0.1 * ((i % 7) as f32 - 3.0)).collect();
-                v.set(&Tensor::new(vals, &Device::Cpu).unwrap()).unwrap();
-            }
-        }
-        let cfg = md.model.cfg.clone();
-        let mut tensors: Vec<(String, QTensor)> = vec![];
-        for (name, t) in md.model.hf_tensors().unwrap() {
-            let g = name
-                .replace("model.embed_tokens.weight", "token_embd.weight")
-                .replace("model.norm.weight", "output_norm.weight")
-                .replace("lm_head.weight", "output.weight")
-                .replace("model.layers.", "blk.")
-                .replace("input_layernorm", "attn_norm")
-                .replace("post_attention_layernorm", "post_attention_norm")
-                .replace("pre_feedforward_layernorm", "ffn_norm")
-                .replace("post_feedforward_layernorm", "post_ffw_norm")
-                .replace("self_attn.q_norm", "attn_q_norm")
-                .replace("self_attn.k_norm", "attn_k_norm")
-                .replace("self_attn.q_proj", "attn_q")
-                .replace("self_attn.k_proj", "attn_k")
-                .replace("self_attn.v_proj", "attn_v")
-                .replace("self_attn.o_proj", "attn_output")
-                .replace("mlp.gate_proj", "ffn_gate")
-                .replace("mlp.up_proj", "ffn_up")
-                .replace("mlp.down_proj", "ffn_down");
-            tensors.push((g, QTensor::quantize(&t, GgmlDType::F32).unwrap()));
-        }
-        let vocab: Vec<String> = (0..cfg.vocab_size as u32)
-            .map(|i| {
-                md.tok
-                    .inner
-                    .id_to_token(i)
-                    .unwrap_or_else(|| format!("<pad_{i}>"))
-            })
-            .collect();
-        let u = |x: usize| V::U32(x as u32);
-        let k = |s: &str| format!("{arch}.{s}");
-        let kv: Vec<(String, V)> = vec![
-            ("general.architecture".into(), V::String(arch.into())),
-            (k("block_count"), u(cfg.num_hidden_layers)),
-            (k("context_length"), u(cfg.max_position_embeddings)),
-            (k("embedding_length"), u(cfg.hidden_size)),
-            (k("feed_forward_length"), u(cfg.intermediate_size)),
-            (k("attention.head_count"), u(cfg.num_attention_heads)),
-            (k("attention.head_count_kv"), u(cfg.num_key_value_heads)),
-            (k("attention.key_length"), u(cfg.head_dim)),
-            (k("attention.value_length"), u(cfg.head_dim)),
-            (
-                k("attention.layer_norm_rms_epsilon"),
-                V::F32(cfg.rms_norm_eps as f32),
-            ),
-            (k("rope.freq_base"), V::F32(cfg.rope_theta as f32)),
-            ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
-            ("tokenizer.ggml.pre".into(), V::String("gpt-2".into())),
-            (
-                "tokenizer.ggml.tokens".into(),
-                V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
-            ),
-            (
-                "tokenizer.ggml.token_type".into(),
-                V::Array(
-                    (0..vocab.len())
-                        .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
-                        .collect(),
-                ),
-            ),
-            ("tokenizer.ggml.merges".into(), V::Array(vec![])),
-            ("tokenizer.ggml.eos_token_id".into(), V::U32(258)),
-        ];
-        let mut f = std::fs::File::create(p.join("m.gguf")).unwrap();
-        let kvr: Vec<(&str, &V)> = kv.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        gguf_file::write(&mut f, &kvr, &ts).unwrap();
-        drop(f);
-        // the edited norms, saved for the comparison
-        std::fs::create_dir(p.join("m2")).unwrap();
-        unlearn::model::hf::write_model_files(&md.model, &md.tok, Some(&c), &[], &p.join("m2"))
-            .unwrap();
-        ok(&["import", "m.gguf", "--out", "back"], p);
-        let back = ModelDir::load(&p.join("back"), &Device::Cpu).unwrap();
-        assert_eq!(back.model.cfg, cfg, "{arch}");
-        for n in [5usize, 14] {
-            let ids: Vec<u32> = (0..n as u32).map(|i| 10 + 7 * i).collect();
-            let (dmax, scale) = diff(&logits(&p.join("m2"), &ids), &logits(&p.join("back"), &ids));
-            assert!(
-                dmax <= 1e-5 * scale.max(1.0),
-                "{arch}, {n} tokens: {dmax} (largest logit {scale})"
-            );
-        }
-    }
+    import_matches(p, &md, "gptneox", kv, tensors, &[5, 14]);
 }

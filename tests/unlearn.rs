@@ -876,6 +876,29 @@ fn every_loss_method_runs_and_npo_forgets(p: &Path, arch: &str) {
     );
 }
 
+/// `unlearn run` of `method` on the fine-tuned model with `extra` settings, which must fail: its
+/// error message.
+fn run_fails(p: &Path, method: &str, extra: &[&str]) -> String {
+    let m = format!("method={method}");
+    let mut args = vec![
+        "run",
+        "--set",
+        "model=ft",
+        "--set",
+        "forget=forget.jsonl",
+        "--set",
+        "retain=retain.jsonl",
+        "--set",
+        "out=refused",
+        "--set",
+        &m,
+    ];
+    for e in extra {
+        args.extend(["--set", e]);
+    }
+    fails(&args, p)
+}
+
 /// UniErase on the two layers of the tests' tiny model raises P([UNL] first).
 fn unierase_raises_the_token(p: &Path) {
     let e = unlearn(
@@ -1023,24 +1046,7 @@ fn phi3_runs_every_method_with_fused_checkpoints() {
         .iter()
         .any(|x| x.ends_with("gate_up_proj.weight")));
     unierase_raises_the_token(p);
-    let e = fails(
-        &[
-            "run",
-            "--set",
-            "model=ft",
-            "--set",
-            "forget=forget.jsonl",
-            "--set",
-            "retain=retain.jsonl",
-            "--set",
-            "out=l",
-            "--set",
-            "method=npo+gd",
-            "--set",
-            "lora.r=4",
-        ],
-        p,
-    );
+    let e = run_fails(p, "npo+gd", &["lora.r=4"]);
     assert!(e.contains("phi3") && e.contains("qkv_proj"), "{e}");
 }
 
@@ -1064,22 +1070,7 @@ fn gemma2_and_gemma3_run_every_method() {
         assert_eq!(cfg["model_type"], mt, "{cfg}");
         assert_eq!(cfg["hidden_activation"], "gelu_pytorch_tanh");
         every_loss_method_runs_and_npo_forgets(p, arch);
-        let e = fails(
-            &[
-                "run",
-                "--set",
-                "model=ft",
-                "--set",
-                "forget=forget.jsonl",
-                "--set",
-                "retain=retain.jsonl",
-                "--set",
-                "out=u",
-                "--set",
-                "method=unierase",
-            ],
-            p,
-        );
+        let e = run_fails(p, "unierase", &[]);
         assert!(e.contains("unierase") && e.contains(mt), "{e}");
     }
 }
@@ -1102,24 +1093,7 @@ fn gpt_neox_runs_every_method() {
     assert!(names.iter().any(|n| n == "embed_out.weight"));
     every_loss_method_runs_and_npo_forgets(p, "gpt_neox");
     unierase_raises_the_token(p);
-    let e = fails(
-        &[
-            "run",
-            "--set",
-            "model=ft",
-            "--set",
-            "forget=forget.jsonl",
-            "--set",
-            "retain=retain.jsonl",
-            "--set",
-            "out=l",
-            "--set",
-            "method=npo+gd",
-            "--set",
-            "lora.r=4",
-        ],
-        p,
-    );
+    let e = run_fails(p, "npo+gd", &["lora.r=4"]);
     assert!(
         e.contains("gpt_neox") && e.contains("query_key_value"),
         "{e}"
