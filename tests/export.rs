@@ -747,3 +747,83 @@ fn gpt_neox_gguf_import_matches_the_hf_model() {
     ];
     import_matches(p, &md, "gptneox", kv, tensors, &[5, 14]);
 }
+
+/// `unlearn export` for every architecture llama.cpp has (issue #22 over #24's architectures):
+/// Gemma 2 / 3 (1 + w norms, soft-caps, window), OLMo-2 (post-norms), GPT-NeoX (fused
+/// `attn_qkv`, biases, partial rotary, parallel residual) and Phi-3 (fused `attn_qkv` /
+/// `ffn_up`, LongRoPE factor tensors) export to f32 GGUF and import back to the same
+/// configuration and logits; OLMo (1), which llama.cpp's loader runs differently, is refused
+/// with the reason, as is a Gemma whose layer pattern llama.cpp would not follow.
+#[test]
+fn every_architecture_exports_and_imports_back() {
+    for (arch, extra) in [
+        ("gemma2", vec!["--layers", "2"]),
+        ("gemma3", vec!["--layers", "6"]),
+        ("olmo2", vec!["--layers", "2"]),
+        ("gpt_neox", vec!["--layers", "2", "--kv-heads", "4"]),
+        ("phi3", vec!["--layers", "2"]),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let md = init_model(p, arch, &extra, |c| {
+            if arch.starts_with("gemma") {
+                c["sliding_window"] = 6.into();
+            }
+            if arch == "phi3" {
+                let f: Vec<f64> = (0..8).map(|i| 1.0 + 0.25 * i as f64).collect();
+                c["rope_scaling"] = serde_json::json!({"rope_type": "longrope",
+                    "short_factor": f, "long_factor": f.iter().map(|x| 2.0 * x).collect::<Vec<_>>(),
+                    "original_max_position_embeddings": 8});
+                c["original_max_position_embeddings"] = 8.into();
+            }
+        });
+        perturb(
+            &md,
+            |n| n.ends_with(".bias") || n.ends_with("norm.weight"),
+            |n| {
+                if n.ends_with(".bias") || arch.starts_with("gemma") {
+                    0.0
+                } else {
+                    1.0
+                }
+            },
+        );
+        std::fs::create_dir(p.join("m2")).unwrap();
+        let c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p.join("m/config.json")).unwrap())
+                .unwrap();
+        unlearn::model::hf::write_model_files(&md.model, &md.tok, Some(&c), &[], &p.join("m2"))
+            .unwrap();
+        ok(
+            &[
+                "export", "--model", "m2", "--out", "m.gguf", "--type", "f32",
+            ],
+            p,
+        );
+        ok(&["import", "m.gguf", "--out", "back"], p);
+        let back = ModelDir::load(&p.join("back"), &Device::Cpu).unwrap();
+        assert_eq!(back.model.cfg, md.model.cfg, "{arch}");
+        for n in [5usize, 14] {
+            let ids: Vec<u32> = (0..n as u32).map(|i| 10 + 7 * i).collect();
+            let (dmax, scale) = diff(&logits(&p.join("m2"), &ids), &logits(&p.join("back"), &ids));
+            assert!(
+                dmax <= 1e-5 * scale.max(1.0),
+                "{arch}, {n} tokens: {dmax} (largest logit {scale})"
+            );
+        }
+    }
+    // refused: OLMo (1), and a Gemma 2 whose layers all slide
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    init_model(p, "olmo", &["--layers", "2"], |_| {});
+    let e = common::fails(&["export", "--model", "m", "--out", "o.gguf"], p);
+    assert!(e.contains("olmo"), "{e}");
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    init_model(p, "gemma2", &["--layers", "2"], |c| {
+        c["layer_types"] = serde_json::json!(["sliding_attention", "sliding_attention"]);
+    });
+    let e = common::fails(&["export", "--model", "m", "--out", "o.gguf"], p);
+    assert!(e.contains("layer_types"), "{e}");
+    assert!(!p.join("o.gguf").exists());
+}

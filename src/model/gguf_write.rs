@@ -103,6 +103,164 @@ pub fn gguf_name(hf: &str) -> Option<String> {
     Some(format!("blk.{layer}.{mapped}"))
 }
 
+/// The GGUF name of one of our tensors in a model of `arch`, as llama.cpp's converter names it
+/// (Gemma's and OLMo-2's norms, GPT-NeoX's LayerNorm and MLP biases; q/k/v of the fused
+/// architectures are handled by [`gguf_tensors`]).
+fn gguf_name_for(arch: Arch, hf: &str) -> Option<String> {
+    let own: &[(&str, &str)] = match arch {
+        Arch::Gemma2 | Arch::Gemma3 => &[
+            (
+                "post_attention_layernorm.weight",
+                "post_attention_norm.weight",
+            ),
+            ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+            ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+        ],
+        Arch::Olmo2 => &[
+            (
+                "post_attention_layernorm.weight",
+                "post_attention_norm.weight",
+            ),
+            ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+        ],
+        Arch::GptNeox => &[
+            ("input_layernorm.bias", "attn_norm.bias"),
+            ("post_attention_layernorm.bias", "ffn_norm.bias"),
+            ("mlp.up_proj.bias", "ffn_up.bias"),
+            ("mlp.down_proj.bias", "ffn_down.bias"),
+        ],
+        _ => &[],
+    };
+    if hf == "model.norm.bias" {
+        return Some("output_norm.bias".into());
+    }
+    if let Some((layer, name)) = hf
+        .strip_prefix("model.layers.")
+        .and_then(|r| r.split_once('.'))
+    {
+        if let Some((_, g)) = own.iter().find(|(h, _)| *h == name) {
+            return Some(format!("blk.{layer}.{g}"));
+        }
+    }
+    gguf_name(hf)
+}
+
+/// Every tensor of `model` under its GGUF name, as llama.cpp's converter lays it out: Phi-3's
+/// and GPT-NeoX's q, k, v fused by rows into `attn_qkv` ([q; k; v]), Phi-3's gate and up into
+/// `ffn_up` ([gate; up]), Gemma's norm weights stored as 1 + w, Llama/Mistral's q and k rows
+/// permuted for llama.cpp's rotary layout.
+fn gguf_tensors(model: &Llama) -> Result<Vec<(String, Tensor)>> {
+    let c = &model.cfg;
+    let all = model.named_tensors();
+    let map: std::collections::HashMap<&str, &Tensor> =
+        all.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let fused_qkv = matches!(c.arch, Arch::Phi3 | Arch::GptNeox);
+    let fused_gate_up = c.arch == Arch::Phi3;
+    let permute = matches!(c.arch, Arch::Llama | Arch::Mistral);
+    let mut out = vec![];
+    for (hf, t) in &all {
+        let in_layer = hf
+            .strip_prefix("model.layers.")
+            .and_then(|r| r.split_once('.'));
+        let cat = |names: &[String]| -> Result<Tensor> {
+            let ts: Vec<&Tensor> = names.iter().map(|n| map[n.as_str()]).collect();
+            Ok(Tensor::cat(&ts, 0)?)
+        };
+        let (g, mut t) = match in_layer {
+            Some((_, name))
+                if (fused_qkv
+                    && (name.starts_with("self_attn.k_proj.")
+                        || name.starts_with("self_attn.v_proj.")))
+                    || (fused_gate_up && name == "mlp.up_proj.weight") =>
+            {
+                continue; // fused with q / gate below
+            }
+            Some((layer, name)) if fused_qkv && name.starts_with("self_attn.q_proj.") => {
+                let kind = &name["self_attn.q_proj.".len()..];
+                let parts: Vec<String> = ["q_proj", "k_proj", "v_proj"]
+                    .iter()
+                    .map(|m| format!("model.layers.{layer}.self_attn.{m}.{kind}"))
+                    .collect();
+                (format!("blk.{layer}.attn_qkv.{kind}"), cat(&parts)?)
+            }
+            Some((layer, "mlp.gate_proj.weight")) if fused_gate_up => {
+                let parts: Vec<String> = ["gate_proj", "up_proj"]
+                    .iter()
+                    .map(|m| format!("model.layers.{layer}.mlp.{m}.weight"))
+                    .collect();
+                (format!("blk.{layer}.ffn_up.weight"), cat(&parts)?)
+            }
+            _ => (
+                gguf_name_for(c.arch, hf).ok_or_else(|| {
+                    Error::Invalid(format!("export: tensor `{hf}` has no GGUF name"))
+                })?,
+                t.clone(),
+            ),
+        };
+        t = t.to_device(&candle_core::Device::Cpu)?;
+        if c.gemma() && g.ends_with("norm.weight") {
+            t = (t + 1.0)?;
+        }
+        if permute && (g.ends_with("attn_q.weight") || g.ends_with("attn_q.bias")) {
+            t = super::gguf::permute_qk(&t, c.num_attention_heads)?;
+        } else if permute && (g.ends_with("attn_k.weight") || g.ends_with("attn_k.bias")) {
+            t = super::gguf::permute_qk(&t, c.num_key_value_heads)?;
+        }
+        out.push((g, t));
+    }
+    Ok(out)
+}
+
+/// Why llama.cpp would run this model differently from us, if it would: the settings its
+/// loader fixes rather than reads (Gemma's layer pattern, local RoPE base and attention scale;
+/// OLMo's parameter-free norms).
+fn llama_cpp_mismatch(c: &crate::model::LlamaConfig) -> Option<String> {
+    match c.arch {
+        Arch::Olmo => Some(
+            "GGUF export of olmo models is not supported yet (its parameter-free LayerNorm and \
+             clip_qkv)"
+                .into(),
+        ),
+        Arch::Gemma2 | Arch::Gemma3 => {
+            let pattern = if c.arch == Arch::Gemma2 { 2 } else { 6 };
+            let layers = c.num_hidden_layers;
+            let standard: Vec<bool> = (0..layers).map(|i| (i + 1) % pattern != 0).collect();
+            if c.sliding_window.is_none()
+                || c.sliding_layers.as_deref() != Some(standard.as_slice())
+            {
+                return Some(format!(
+                    "llama.cpp runs {} with a window on all but every {pattern}th layer; this \
+                     model's layer_types differ",
+                    c.arch.model_type()
+                ));
+            }
+            if c.rope_local_theta.is_some_and(|t| t != 10000.0) {
+                return Some(
+                    "llama.cpp runs Gemma 3's sliding layers with RoPE base 10000; this model's \
+                     rope_local_base_freq differs"
+                        .into(),
+                );
+            }
+            let big = (c.arch == Arch::Gemma2 && layers == 46)
+                || (c.arch == Arch::Gemma3 && layers == 62);
+            let s = if big {
+                (c.hidden_size / c.num_attention_heads) as f64
+            } else {
+                c.head_dim as f64
+            };
+            if c.query_pre_attn_scalar != Some(s) {
+                return Some(format!(
+                    "llama.cpp scales Gemma's attention by 1/√{s}; this model's \
+                     query_pre_attn_scalar is {:?}",
+                    c.query_pre_attn_scalar
+                ));
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
 /// The type a 2-D weight with rows of `cols` elements gets when `want` is asked for.
 fn type_for(want: GgmlDType, cols: usize) -> GgmlDType {
     if cols.is_multiple_of(want.block_size()) {
@@ -288,9 +446,34 @@ fn arch_metadata(model: &Llama, name: &str, want: GgmlDType) -> Vec<(String, Val
         (a("rope.freq_base"), Value::F32(c.rope_theta as f32)),
         (a("rope.dimension_count"), u(c.head_dim)),
     ];
-    if c.head_dim * c.num_attention_heads != c.hidden_size {
+    if c.head_dim * c.num_attention_heads != c.hidden_size || c.gemma() {
         m.push((a("attention.key_length"), u(c.head_dim)));
         m.push((a("attention.value_length"), u(c.head_dim)));
+    }
+    if let Some(w) = c
+        .sliding_window
+        .filter(|_| c.gemma() || c.arch == Arch::Phi3)
+    {
+        m.push((a("attention.sliding_window"), u(w)));
+    }
+    for (k, v) in [
+        ("attn_logit_softcapping", c.attn_logit_softcapping),
+        ("final_logit_softcapping", c.final_logit_softcapping),
+    ] {
+        if let Some(x) = v {
+            m.push((a(k), Value::F32(x as f32)));
+        }
+    }
+    if c.arch == Arch::GptNeox {
+        m.retain(|(k, _)| {
+            !k.ends_with("layer_norm_rms_epsilon") && !k.ends_with("rope.dimension_count")
+        });
+        m.push((a("rope.dimension_count"), u(c.rope_dims())));
+        m.push((a("use_parallel_residual"), Value::Bool(c.parallel_residual)));
+        m.push((
+            a("attention.layer_norm_epsilon"),
+            Value::F32(c.rms_norm_eps as f32),
+        ));
     }
     match &c.rope_scaling {
         Some(RopeScaling::Linear { factor }) => {
@@ -308,8 +491,21 @@ fn arch_metadata(model: &Llama, name: &str, want: GgmlDType) -> Vec<(String, Val
                 u(*original_max_position_embeddings),
             ));
         }
-        // refused before metadata is written (see `export`)
-        Some(RopeScaling::LongRope { .. }) | None => {}
+        Some(RopeScaling::LongRope {
+            original_max_position_embeddings,
+            attention_factor,
+            ..
+        }) => {
+            // the factors themselves go in as the tensors rope_factors_short / _long
+            m.push((
+                a("rope.scaling.original_context_length"),
+                u(*original_max_position_embeddings),
+            ));
+            if let Some(f) = attention_factor {
+                m.push((a("rope.scaling.attn_factor"), Value::F32(*f as f32)));
+            }
+        }
+        None => {}
     }
     m
 }
@@ -334,14 +530,8 @@ pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
         None => &md.model,
     };
     let c = &model.cfg;
-    if matches!(
-        c.arch,
-        Arch::Olmo2 | Arch::Olmo | Arch::Phi3 | Arch::Gemma2 | Arch::Gemma3 | Arch::GptNeox
-    ) {
-        return Err(Error::Invalid(format!(
-            "GGUF export of {} models is not supported yet",
-            c.arch.model_type()
-        )));
+    if let Some(why) = llama_cpp_mismatch(c) {
+        return Err(Error::Invalid(why));
     }
     let mut notes = vec![];
     let name = md
@@ -351,7 +541,6 @@ pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
         .unwrap_or_else(|| "model".into());
     let mut meta = arch_metadata(model, &name, want);
     meta.extend(tokenizer_metadata(&md.tok, &mut notes)?);
-    let permute = matches!(c.arch, Arch::Llama | Arch::Mistral);
     let mut tensors: Vec<(String, QTensor)> = vec![];
     let mut fallback = std::collections::BTreeMap::<String, usize>::new();
     if let Some(RopeScaling::Llama3 { .. }) = &c.rope_scaling {
@@ -366,15 +555,22 @@ pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
             QTensor::quantize(&t, GgmlDType::F32)?,
         ));
     }
-    for (hf, t) in model.named_tensors() {
-        let g = gguf_name(&hf)
-            .ok_or_else(|| Error::Invalid(format!("export: tensor `{hf}` has no GGUF name")))?;
-        let mut t = t.to_device(&candle_core::Device::Cpu)?;
-        if permute && (g.ends_with("attn_q.weight") || g.ends_with("attn_q.bias")) {
-            t = super::gguf::permute_qk(&t, c.num_attention_heads)?;
-        } else if permute && (g.ends_with("attn_k.weight") || g.ends_with("attn_k.bias")) {
-            t = super::gguf::permute_qk(&t, c.num_key_value_heads)?;
+    if let Some(RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        ..
+    }) = &c.rope_scaling
+    {
+        for (n, f) in [
+            ("rope_factors_short.weight", short_factor),
+            ("rope_factors_long.weight", long_factor),
+        ] {
+            let v: Vec<f32> = f.iter().map(|x| *x as f32).collect();
+            let t = Tensor::from_vec(v, f.len(), &candle_core::Device::Cpu)?;
+            tensors.push((n.into(), QTensor::quantize(&t, GgmlDType::F32)?));
         }
+    }
+    for (g, t) in gguf_tensors(model)? {
         let (q, ty) = quantize(&t, want)?;
         if t.rank() >= 2 && ty != want {
             *fallback.entry(format!("{ty:?}")).or_default() += 1;
