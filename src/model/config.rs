@@ -1096,6 +1096,43 @@ mod tests {
         assert_eq!(back, c);
     }
 
+    /// The closed-form parameter count (used as a size check before anything is allocated)
+    /// equals the sum over the listed tensors, for every architecture's layout.
+    #[test]
+    fn closed_form_parameter_count_matches_the_tensors() {
+        for arch in [
+            Arch::Llama,
+            Arch::Qwen2,
+            Arch::Qwen3,
+            Arch::Olmo,
+            Arch::Olmo2,
+            Arch::Phi3,
+            Arch::Gemma2,
+            Arch::Gemma3,
+            Arch::GptNeox,
+        ] {
+            for tied in [true, false] {
+                let mut c = LlamaConfig::tiny(50, 16, 3, 4, 2);
+                c.arch = arch;
+                c.tie_word_embeddings = tied;
+                c.head_dim = 6;
+                if arch == Arch::Qwen2 || arch == Arch::GptNeox {
+                    c.qkv_bias = true;
+                }
+                if arch == Arch::GptNeox {
+                    c.num_key_value_heads = 4;
+                    c.o_bias = true;
+                }
+                let listed: usize = c
+                    .param_shapes()
+                    .iter()
+                    .map(|(_, s)| s.iter().product::<usize>())
+                    .sum();
+                assert_eq!(c.num_params(), listed, "{arch:?}, tied {tied}");
+            }
+        }
+    }
+
     #[test]
     fn rejects_bad_heads_with_path() {
         let v = serde_json::json!({"vocab_size":10,"hidden_size":8,"intermediate_size":16,
