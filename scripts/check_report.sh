@@ -16,3 +16,11 @@ points=$(grep -o '<circle' <<<"$dom" | wc -l)
 svgs=$(grep -o '<svg' <<<"$dom" | wc -l)
 echo "rendered $html: $svgs SVG plot(s), $points point(s) in the scatter; screenshot $shot"
 [ "$svgs" -ge 1 ] && [ "$points" -ge 1 ]
+# the robustness table (issue #22), when the report has audits: its rows as Chromium parsed them
+if grep -q 'Robustness (unlearn audit)' <<<"$dom"; then
+  table=$(sed -n 's/.*Robustness (unlearn audit)<\/h2>//p' <<<"$dom" | sed 's/<\/table>.*//')
+  rows=$(grep -o '<tr>' <<<"$table" | wc -l)
+  cols=$(sed 's/<\/tr>.*//' <<<"$table" | grep -o '<th>' | wc -l)
+  echo "robustness table: $((rows - 1)) model row(s), $cols column(s)"
+  [ "$rows" -ge 2 ] && [ "$cols" -ge 3 ]
+fi
