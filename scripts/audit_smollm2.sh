@@ -15,10 +15,11 @@ import json, sys
 d = sys.argv[1]
 lb = json.load(open(f"{d}/sweep/LEADERBOARD.json"))
 best = {b["method"]: b for b in lb["best"]["forget_quality"]}
-print(f"target\t{d}/target")
 for m in ["ga+gd", "npo+gd", "me+gd", "idk+ap", "simu", "unierase"]:
     if m in best:
         print(f"{m}\t{d}/sweep/points/{best[m]['point']}/model")
+# the baseline row last: the methods' rows are what the issue asks for
+print(f"target\t{d}/target")
 PY
 while IFS=$'\t' read -r name model; do
   out="$D/audit/$name"
