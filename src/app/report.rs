@@ -173,9 +173,12 @@ pub fn esc(s: &str) -> String {
     o
 }
 
-const COLORS: [&str; 10] = [
+/// Distinct colours for up to 20 series (matplotlib's tab10, then darker and lighter tones): a
+/// sweep over every method family has more than 10, and two methods must not share a colour.
+const COLORS: [&str; 20] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf",
+    "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#aec7e8",
+    "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
 ];
 
 pub fn color(i: usize) -> &'static str {
@@ -734,6 +737,16 @@ forget-set truth ratios of a model with those of the retain model (trained witho
 
 #[cfg(test)]
 mod tests {
+
+    /// Regression: with 11 method families in one sweep (the SmolLM2 study), the 10-colour
+    /// palette gave GA+GD and UniErase the same colour in the Pareto plot. Up to 20 series now
+    /// get distinct colours.
+    #[test]
+    fn twenty_series_get_distinct_colours() {
+        let cs: std::collections::HashSet<&str> = (0..20).map(color).collect();
+        assert_eq!(cs.len(), 20);
+    }
+
     use super::*;
     use serde_json::json;
 
