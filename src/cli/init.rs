@@ -148,9 +148,11 @@ pub fn run(a: Args) -> Result<()> {
             } else {
                 unlearn::model::Arch::Gemma3
             };
-            let pattern = if gemma2 { 2 } else { 6 };
             cfg.sliding_window = Some(32);
-            cfg.sliding_layers = Some((0..a.layers).map(|i| (i + 1) % pattern != 0).collect());
+            cfg.sliding_layers = Some(unlearn::model::config::sliding_pattern(
+                a.layers,
+                cfg.arch.gemma_global_every(),
+            ));
             cfg.query_pre_attn_scalar = Some(cfg.head_dim as f64);
             if gemma2 {
                 cfg.attn_logit_softcapping = Some(50.0);

@@ -96,6 +96,14 @@ impl Arch {
             Arch::GptNeox => "gpt_neox",
         }
     }
+    /// Gemma's default spacing of global layers (see [`sliding_pattern`]); 0 for the others.
+    pub fn gemma_global_every(&self) -> usize {
+        match self {
+            Arch::Gemma2 => 2,
+            Arch::Gemma3 => 6,
+            _ => 0,
+        }
+    }
     pub fn architectures(&self) -> &'static str {
         match self {
             Arch::Llama => "LlamaForCausalLM",
@@ -110,6 +118,13 @@ impl Arch {
             Arch::GptNeox => "GPTNeoXForCausalLM",
         }
     }
+}
+
+/// Gemma's layer pattern as transformers and llama.cpp build it by default: every `every`-th
+/// layer global, the others sliding (layer 0 slides). `every` is 2 for Gemma 2 and
+/// `sliding_window_pattern` (6) for Gemma 3: [`Arch::gemma_global_every`].
+pub fn sliding_pattern(layers: usize, every: usize) -> Vec<bool> {
+    (0..layers).map(|i| (i + 1) % every.max(1) != 0).collect()
 }
 
 /// The shortest context a model may declare (`max_position_embeddings`).
@@ -440,27 +455,9 @@ impl LlamaConfig {
             _ => None,
         };
         let n_layers = req("num_hidden_layers", raw.num_hidden_layers)?;
-        let sliding_layers = if gemma {
-            let types = match raw.layer_types {
-                Some(t) => t,
-                // transformers' defaults: Gemma 2 alternates from a sliding layer 0; Gemma 3 makes
-                // every `sliding_window_pattern`-th layer (6th by default) global
-                None => {
-                    let pattern = match arch {
-                        Arch::Gemma2 => 2,
-                        _ => raw.sliding_window_pattern.unwrap_or(6),
-                    };
-                    (0..n_layers)
-                        .map(|i| {
-                            if (i + 1) % pattern.max(1) != 0 {
-                                "sliding_attention".to_string()
-                            } else {
-                                "full_attention".to_string()
-                            }
-                        })
-                        .collect()
-                }
-            };
+        let sliding_layers = if !gemma {
+            None
+        } else if let Some(types) = raw.layer_types {
             if types.len() != n_layers {
                 return Err(err(format!(
                     "layer_types has {} entries for {n_layers} layers",
@@ -479,7 +476,13 @@ impl LlamaConfig {
                 .collect::<Result<Vec<bool>>>()?;
             Some(flags)
         } else {
-            None
+            // transformers' defaults: Gemma 2 alternates from a sliding layer 0; Gemma 3 makes
+            // every `sliding_window_pattern`-th layer (6th by default) global
+            let every = match arch {
+                Arch::Gemma2 => 2,
+                _ => raw.sliding_window_pattern.unwrap_or(6),
+            };
+            Some(sliding_pattern(n_layers, every))
         };
         let cfg = LlamaConfig {
             arch,
@@ -1006,6 +1009,19 @@ impl LlamaConfig {
                 .sliding_layers
                 .as_ref()
                 .is_none_or(|f| f.get(l).copied().unwrap_or(false))
+    }
+
+    /// The `query_pre_attn_scalar` llama.cpp assumes for Gemma (it does not read one):
+    /// hidden/heads for the 27B models (46 layers for Gemma 2, 62 for Gemma 3), head_dim
+    /// otherwise, which is what those checkpoints' configs say.
+    pub fn llama_cpp_query_pre_attn_scalar(&self) -> f64 {
+        let big = (self.arch == Arch::Gemma2 && self.num_hidden_layers == 46)
+            || (self.arch == Arch::Gemma3 && self.num_hidden_layers == 62);
+        if big {
+            (self.hidden_size / self.num_attention_heads) as f64
+        } else {
+            self.head_dim as f64
+        }
     }
 
     /// The attention scale: 1/√query_pre_attn_scalar (Gemma), else 1/√head_dim.

@@ -363,18 +363,12 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         // As llama.cpp runs Gemma: every 2nd (Gemma 2) or 6th (Gemma 3) layer global, the first
         // sliding; scores scaled by 1/√head_dim, by 1/√(hidden/heads) for the 27B models (46
         // and 62 layers), which is what their query_pre_attn_scalar says.
-        let pattern = match meta.usize(&a("attention.sliding_window_pattern")) {
+        let every = match meta.usize(&a("attention.sliding_window_pattern")) {
             Ok(Some(p)) if p > 0 => p,
-            _ if arch == Arch::Gemma2 => 2,
-            _ => 6,
+            _ => arch.gemma_global_every(),
         };
-        cfg.sliding_layers = Some((0..layers).map(|i| (i + 1) % pattern != 0).collect());
-        let big = (arch == Arch::Gemma2 && layers == 46) || (arch == Arch::Gemma3 && layers == 62);
-        cfg.query_pre_attn_scalar = Some(if big {
-            (hidden / heads) as f64
-        } else {
-            cfg.head_dim as f64
-        });
+        cfg.sliding_layers = Some(crate::model::config::sliding_pattern(layers, every));
+        cfg.query_pre_attn_scalar = Some(cfg.llama_cpp_query_pre_attn_scalar());
     }
     // GGUF stores f32 metadata; round the epsilon to the decimal it was written from.
     cfg.rms_norm_eps = format!("{:.6e}", cfg.rms_norm_eps as f32)

@@ -222,9 +222,8 @@ fn llama_cpp_mismatch(c: &crate::model::LlamaConfig) -> Option<String> {
                 .into(),
         ),
         Arch::Gemma2 | Arch::Gemma3 => {
-            let pattern = if c.arch == Arch::Gemma2 { 2 } else { 6 };
-            let layers = c.num_hidden_layers;
-            let standard: Vec<bool> = (0..layers).map(|i| (i + 1) % pattern != 0).collect();
+            let pattern = c.arch.gemma_global_every();
+            let standard = crate::model::config::sliding_pattern(c.num_hidden_layers, pattern);
             if c.sliding_window.is_none()
                 || c.sliding_layers.as_deref() != Some(standard.as_slice())
             {
@@ -241,13 +240,7 @@ fn llama_cpp_mismatch(c: &crate::model::LlamaConfig) -> Option<String> {
                         .into(),
                 );
             }
-            let big = (c.arch == Arch::Gemma2 && layers == 46)
-                || (c.arch == Arch::Gemma3 && layers == 62);
-            let s = if big {
-                (c.hidden_size / c.num_attention_heads) as f64
-            } else {
-                c.head_dim as f64
-            };
+            let s = c.llama_cpp_query_pre_attn_scalar();
             if c.query_pre_attn_scalar != Some(s) {
                 return Some(format!(
                     "llama.cpp scales Gemma's attention by 1/√{s}; this model's \
