@@ -158,6 +158,36 @@ pub(crate) fn hf_name(gguf: &str) -> Option<String> {
     Some(format!("model.layers.{layer}.{mapped}"))
 }
 
+/// In-layer tensors an architecture names differently from llama.cpp's Llama layout, as (our
+/// name, llama.cpp's): Gemma's four norms (its `ffn_norm` is the pre-feed-forward norm), OLMo-2's
+/// output norms, GPT-NeoX's LayerNorm and MLP biases. Import reads it one way, export the other.
+pub(crate) fn arch_layer_names(arch: Arch) -> &'static [(&'static str, &'static str)] {
+    match arch {
+        Arch::Gemma2 | Arch::Gemma3 => &[
+            (
+                "post_attention_layernorm.weight",
+                "post_attention_norm.weight",
+            ),
+            ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+            ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+        ],
+        Arch::Olmo2 => &[
+            (
+                "post_attention_layernorm.weight",
+                "post_attention_norm.weight",
+            ),
+            ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+        ],
+        Arch::GptNeox => &[
+            ("input_layernorm.bias", "attn_norm.bias"),
+            ("post_attention_layernorm.bias", "ffn_norm.bias"),
+            ("mlp.up_proj.bias", "ffn_up.bias"),
+            ("mlp.down_proj.bias", "ffn_down.bias"),
+        ],
+        _ => &[],
+    }
+}
+
 /// [`hf_name`] for a model of `arch`: Phi-3's `attn_qkv` and `ffn_up` are its fused
 /// `qkv_proj` and `gate_up_proj` (split when the model is built).
 fn hf_name_for(arch: Arch, gguf: &str) -> Option<String> {
@@ -187,33 +217,10 @@ fn hf_name_for(arch: Arch, gguf: &str) -> Option<String> {
         };
         return Some(format!("gpt_neox.layers.{layer}.{m}.{kind}"));
     }
-    if arch == Arch::Olmo2 {
-        // OLMo-2's norms of the attention and MLP outputs (it has no pre-norms)
-        if let Some(rest) = gguf.strip_prefix("blk.") {
-            let (layer, name) = rest.split_once('.')?;
-            let norm = match name {
-                "post_attention_norm.weight" => Some("post_attention_layernorm.weight"),
-                "post_ffw_norm.weight" => Some("post_feedforward_layernorm.weight"),
-                _ => None,
-            };
-            if let Some(n) = norm {
-                return Some(format!("model.layers.{layer}.{n}"));
-            }
-        }
-    }
-    if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
-        // Gemma's four norms a layer: llama.cpp's `ffn_norm` is the pre-feed-forward norm
-        if let Some(rest) = gguf.strip_prefix("blk.") {
-            let (layer, name) = rest.split_once('.')?;
-            let norm = match name {
-                "post_attention_norm.weight" => Some("post_attention_layernorm.weight"),
-                "ffn_norm.weight" => Some("pre_feedforward_layernorm.weight"),
-                "post_ffw_norm.weight" => Some("post_feedforward_layernorm.weight"),
-                _ => None,
-            };
-            if let Some(n) = norm {
-                return Some(format!("model.layers.{layer}.{n}"));
-            }
+    // the architecture's own in-layer names (Gemma's and OLMo-2's norms), read backwards
+    if let Some((layer, name)) = gguf.strip_prefix("blk.").and_then(|r| r.split_once('.')) {
+        if let Some((ours, _)) = arch_layer_names(arch).iter().find(|(_, g)| *g == name) {
+            return Some(format!("model.layers.{layer}.{ours}"));
         }
     }
     if arch == Arch::Phi3 {

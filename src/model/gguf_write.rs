@@ -104,33 +104,10 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 }
 
 /// The GGUF name of one of our tensors in a model of `arch`, as llama.cpp's converter names it
-/// (Gemma's and OLMo-2's norms, GPT-NeoX's LayerNorm and MLP biases; q/k/v of the fused
+/// (the architecture's own names from [`super::gguf::arch_layer_names`]; q/k/v of the fused
 /// architectures are handled by [`gguf_tensors`]).
 fn gguf_name_for(arch: Arch, hf: &str) -> Option<String> {
-    let own: &[(&str, &str)] = match arch {
-        Arch::Gemma2 | Arch::Gemma3 => &[
-            (
-                "post_attention_layernorm.weight",
-                "post_attention_norm.weight",
-            ),
-            ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
-            ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
-        ],
-        Arch::Olmo2 => &[
-            (
-                "post_attention_layernorm.weight",
-                "post_attention_norm.weight",
-            ),
-            ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
-        ],
-        Arch::GptNeox => &[
-            ("input_layernorm.bias", "attn_norm.bias"),
-            ("post_attention_layernorm.bias", "ffn_norm.bias"),
-            ("mlp.up_proj.bias", "ffn_up.bias"),
-            ("mlp.down_proj.bias", "ffn_down.bias"),
-        ],
-        _ => &[],
-    };
+    let own = super::gguf::arch_layer_names(arch);
     if hf == "model.norm.bias" {
         return Some("output_norm.bias".into());
     }
