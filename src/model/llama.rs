@@ -921,7 +921,7 @@ impl Llama {
             if hooks.last_logits_only && t > 1 {
                 x = x.narrow(1, t - 1, 1)?;
             }
-            let n = self.norm_b(&x, self.norm.as_ref(), self.norm_b.as_ref())?;
+            let n = self.norm(&x, self.norm.as_ref(), self.norm_b.as_ref())?;
             if hooks.head_input_only {
                 Some(n)
             } else {
@@ -1017,7 +1017,7 @@ impl Llama {
         let n = if post {
             x.clone()
         } else {
-            self.norm_b(x, l.ln1.as_ref(), l.ln1_b.as_ref())?
+            self.norm(x, l.ln1.as_ref(), l.ln1_b.as_ref())?
         };
         let mut q = self.lin(&n, &l.q)?; // [b, t, nh·hd]
         let mut k = self.lin(&n, &l.k)?; // [b, t, nkv·hd]
@@ -1095,20 +1095,20 @@ impl Llama {
         let attn_out = self.lin(&y, &l.o)?;
         let (h, n2) = if c.parallel_residual {
             // GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x))
-            let n2 = self.norm_b(x, l.ln2.as_ref(), l.ln2_b.as_ref())?;
+            let n2 = self.norm(x, l.ln2.as_ref(), l.ln2_b.as_ref())?;
             ((x + attn_out)?, n2)
         } else if c.gemma() {
             // Gemma: h = x + norm(attn); the MLP reads its own pre-norm of h
-            let h = (x + self.norm(&attn_out, l.ln2.as_ref())?)?;
-            let n2 = self.norm(&h, l.pre_ffn.as_ref())?;
+            let h = (x + self.norm(&attn_out, l.ln2.as_ref(), None)?)?;
+            let n2 = self.norm(&h, l.pre_ffn.as_ref(), None)?;
             (h, n2)
         } else if post {
             // OLMo-2: h = x + norm(attn), the MLP reads h itself
-            let h = (x + self.norm(&attn_out, l.ln2.as_ref())?)?;
+            let h = (x + self.norm(&attn_out, l.ln2.as_ref(), None)?)?;
             (h.clone(), h)
         } else {
             let h = (x + attn_out)?;
-            let n2 = self.norm_b(&h, l.ln2.as_ref(), l.ln2_b.as_ref())?;
+            let n2 = self.norm(&h, l.ln2.as_ref(), l.ln2_b.as_ref())?;
             (h, n2)
         };
         let up = self.lin(&n2, &l.up)?;
@@ -1192,19 +1192,12 @@ impl Llama {
         Ok(grads)
     }
 
-    /// RMSNorm with weight `w`; without a weight, OLMo's LayerNorm without parameters
-    /// (x − mean) / √(var + 1e-5) over the last dimension.
-    fn norm(&self, x: &Tensor, w: Option<&Tensor>) -> Result<Tensor> {
+    /// The model's norm with weight `w` (and bias `b`): RMSNorm (Gemma's (1 + w) form), GPT-NeoX's
+    /// LayerNorm (x − mean)/√(var + eps)·w + b; without a weight, OLMo's LayerNorm without
+    /// parameters (x − mean) / √(var + 1e-5) over the last dimension.
+    fn norm(&self, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>) -> Result<Tensor> {
         match w {
-            Some(w) => self.rms(x, w),
-            None => ops::composite::layer_norm_nonparam(x, 1e-5),
-        }
-    }
-
-    /// [`Self::norm`], or GPT-NeoX's LayerNorm (x − mean)/√(var + eps)·w + b.
-    fn norm_b(&self, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>) -> Result<Tensor> {
-        match (w, self.cfg.layer_norm()) {
-            (Some(w), true) => {
+            Some(w) if self.cfg.layer_norm() => {
                 let y = ops::composite::layer_norm_nonparam(x, self.cfg.rms_norm_eps)?
                     .broadcast_mul(w)?;
                 Ok(match b {
@@ -1212,7 +1205,8 @@ impl Llama {
                     None => y,
                 })
             }
-            _ => self.norm(x, w),
+            Some(w) => self.rms(x, w),
+            None => ops::composite::layer_norm_nonparam(x, 1e-5),
         }
     }
 
