@@ -627,29 +627,12 @@ fn continual_tasks_by_task_id_retain_the_later_tasks() {
         e.contains("bad.jsonl") && e.contains("row 0 has no `task_id`"),
         "{e}"
     );
-    let e = fails(
-        &[
-            "run",
-            "--set",
-            "model=ft",
-            "--set",
-            "forget=forget.jsonl",
-            "--set",
-            "retain=retain.jsonl",
-            "--set",
-            "out=bad",
-            "--set",
-            "method=ga+gd",
-            "--set",
-            "retain_future_tasks=true",
-        ],
-        p,
-    );
+    let e = run_fails(p, "ga+gd", &["retain_future_tasks=true"]);
     assert!(
         e.contains("retain_future_tasks needs a continual run"),
         "{e}"
     );
-    assert!(!p.join("bad").exists());
+    assert!(!p.join("refused").exists());
 }
 
 /// UniErase: the token is added (vocab + 1, tokenizer entry), the edit makes [UNL] the likely
@@ -980,22 +963,9 @@ fn olmo2_runs_every_loss_method_and_refuses_unierase() {
         f1 < 0.5 * f0,
         "NPO+GD (LoRA) did not forget on olmo2: {f0} -> {f1}"
     );
-    let e = fails(
-        &[
-            "run",
-            "--set",
-            "model=ft",
-            "--set",
-            "forget=forget.jsonl",
-            "--set",
-            "out=u",
-            "--set",
-            "method=unierase",
-        ],
-        p,
-    );
+    let e = run_fails(p, "unierase", &[]);
     assert!(e.contains("olmo2") && e.contains("unierase"), "{e}");
-    assert!(!p.join("u").exists());
+    assert!(!p.join("refused").exists());
 }
 
 /// Issue #24, OLMo (parameter-free LayerNorm): every named method runs, UniErase included, and
