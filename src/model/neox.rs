@@ -141,43 +141,38 @@ pub fn fuse(cfg: &LlamaConfig, all: Vec<(String, Tensor)>) -> Result<Vec<(String
         let Some(t) = map.remove(n) else {
             continue; // k or v, fused with q already
         };
-        if let Some(&(theirs, _)) = TOP_NAMES.iter().find(|(_, ours)| *ours == n.as_str()) {
-            out.push((theirs.to_string(), t));
-            continue;
-        }
-        let rest = n
-            .strip_prefix("model.layers.")
+        let theirs = checkpoint_name(n)
             .ok_or_else(|| Error::Invalid(format!("GPT-NeoX: no checkpoint name for `{n}`")))?;
-        let (l, name) = rest.split_once('.').unwrap_or((rest, ""));
-        let (module, kind) = name.rsplit_once('.').unwrap_or((name, ""));
-        let p = format!("gpt_neox.layers.{l}");
-        if module == "self_attn.q_proj" {
-            let take = |m: &str, map: &mut HashMap<String, Tensor>| {
-                map.remove(&format!("model.layers.{l}.self_attn.{m}.{kind}"))
-                    .ok_or_else(|| Error::Invalid(format!("GPT-NeoX: no {m}.{kind} in layer {l}")))
-            };
-            let (k, v) = (take("k_proj", &mut map)?, take("v_proj", &mut map)?);
-            let per_head = |x: &Tensor| -> Result<Tensor> {
-                Ok(if kind == "weight" {
-                    x.reshape((heads, 1, hd, h))?
-                } else {
-                    x.reshape((heads, 1, hd))?
-                })
-            };
-            let fused = Tensor::cat(&[per_head(&t)?, per_head(&k)?, per_head(&v)?], 1)?;
-            let fused = if kind == "weight" {
-                fused.reshape((3 * heads * hd, h))?
+        let Some(prefix) = n
+            .strip_suffix(".weight")
+            .or_else(|| n.strip_suffix(".bias"))
+            .and_then(|m| m.strip_suffix("self_attn.q_proj"))
+        else {
+            out.push((theirs, t));
+            continue;
+        };
+        // q with its layer's k and v, per head [q_h; k_h; v_h]
+        let kind = &n[n.rfind('.').unwrap() + 1..];
+        let mut take = |m: &str| {
+            let name = format!("{prefix}self_attn.{m}.{kind}");
+            map.remove(&name)
+                .ok_or_else(|| Error::Invalid(format!("GPT-NeoX: no `{name}` to fuse with `{n}`")))
+        };
+        let (k, v) = (take("k_proj")?, take("v_proj")?);
+        let per_head = |x: &Tensor| -> Result<Tensor> {
+            Ok(if kind == "weight" {
+                x.reshape((heads, 1, hd, h))?
             } else {
-                fused.reshape(3 * heads * hd)?
-            };
-            out.push((format!("{p}.attention.query_key_value.{kind}"), fused));
-            continue;
-        }
-        let (theirs, _) = LAYER_NAMES
-            .iter()
-            .find(|(_, o)| *o == module && !o.is_empty())
-            .ok_or_else(|| Error::Invalid(format!("GPT-NeoX: no checkpoint name for `{n}`")))?;
-        out.push((format!("{p}.{theirs}.{kind}"), t));
+                x.reshape((heads, 1, hd))?
+            })
+        };
+        let fused = Tensor::cat(&[per_head(&t)?, per_head(&k)?, per_head(&v)?], 1)?;
+        let fused = if kind == "weight" {
+            fused.reshape((3 * heads * hd, h))?
+        } else {
+            fused.reshape(3 * heads * hd)?
+        };
+        out.push((theirs, fused));
     }
     Ok(out)
 }
