@@ -13,7 +13,15 @@ fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
     d / s.max(1e-12)
 }
 
-fn check(name: &str) {
+/// A parity fixture: its directory, config.json as written, the parsed configuration and the
+/// model built from its safetensors.
+struct Fixture {
+    dir: std::path::PathBuf,
+    cfg_json: serde_json::Value,
+    model: Llama,
+}
+
+fn load_fixture(name: &str) -> Fixture {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(format!("parity_{name}"));
@@ -23,6 +31,34 @@ fn check(name: &str) {
     let cfg = LlamaConfig::from_json(&cfg_json, &dir).unwrap();
     let (tensors, src) = unlearn::model::hf::read_safetensors(&dir, &dev).unwrap();
     let model = Llama::from_tensors(cfg, tensors, &src, &dev).unwrap();
+    Fixture {
+        dir,
+        cfg_json,
+        model,
+    }
+}
+
+/// Save `f`'s model over its own config.json (as `unlearn` writes a model it loaded) into a new
+/// directory; returns it with the saved config.json.
+fn save_fixture(f: &Fixture) -> (tempfile::TempDir, serde_json::Value) {
+    let out = tempfile::tempdir().unwrap();
+    unlearn::model::hf::write_model_files(
+        &f.model,
+        &unlearn::model::fixture::tiny_tokenizer(),
+        Some(&f.cfg_json),
+        &[],
+        out.path(),
+    )
+    .unwrap();
+    let saved =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+            .unwrap();
+    (out, saved)
+}
+
+fn check(name: &str) {
+    let Fixture { dir, model, .. } = load_fixture(name);
+    let dev = Device::Cpu;
     let golden: HashMap<String, Tensor> =
         candle_core::safetensors::load(dir.join("golden.safetensors"), &dev).unwrap();
     let ids = golden["input_ids"].to_dtype(DType::U32).unwrap();
@@ -173,28 +209,12 @@ fn parity_gemma3_qk_norm_local_and_global_rope() {
 /// (`rope_parameters.full_attention` / `.sliding_attention`) and reloads to the same model.
 #[test]
 fn gemma3_saved_config_keeps_rope_per_layer_type() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity_gemma3");
-    let dev = Device::Cpu;
-    let cfg_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let cfg = LlamaConfig::from_json(&cfg_json, &dir).unwrap();
+    let f = load_fixture("gemma3");
+    let cfg = f.model.cfg.clone();
     assert_eq!(cfg.rope_local_theta, Some(10000.0));
     assert_eq!(cfg.rope_theta, 1e6);
     assert_eq!(cfg.sliding_layers, Some(vec![true, true, false]));
-    let (tensors, src) = unlearn::model::hf::read_safetensors(&dir, &dev).unwrap();
-    let model = Llama::from_tensors(cfg.clone(), tensors, &src, &dev).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    unlearn::model::hf::write_model_files(
-        &model,
-        &unlearn::model::fixture::tiny_tokenizer(),
-        Some(&cfg_json),
-        &[],
-        out.path(),
-    )
-    .unwrap();
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
-            .unwrap();
+    let (out, saved) = save_fixture(&f);
     let rp = &saved["rope_parameters"];
     assert_eq!(rp["sliding_attention"]["rope_theta"], 10000.0, "{saved}");
     assert_eq!(rp["full_attention"]["rope_type"], "linear", "{saved}");
@@ -208,27 +228,16 @@ fn gemma3_saved_config_keeps_rope_per_layer_type() {
 /// restores the checkpoint's names, so a saved model holds exactly the tensors it was read from.
 #[test]
 fn gpt_neox_checkpoint_round_trips_through_our_names() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity_gpt_neox");
+    let f = load_fixture("gpt_neox");
     let dev = Device::Cpu;
-    let cfg_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let cfg = LlamaConfig::from_json(&cfg_json, &dir).unwrap();
+    let cfg = f.model.cfg.clone();
     assert_eq!(cfg.rope_dims(), 2);
-    let (tensors, src) = unlearn::model::hf::read_safetensors(&dir, &dev).unwrap();
-    let original: HashMap<String, Tensor> = tensors.clone();
-    let model = Llama::from_tensors(cfg.clone(), tensors, &src, &dev).unwrap();
-    assert!(model
+    let (original, _) = unlearn::model::hf::read_safetensors(&f.dir, &dev).unwrap();
+    assert!(f
+        .model
         .param("model.layers.0.self_attn.k_proj.bias")
         .is_some());
-    let out = tempfile::tempdir().unwrap();
-    unlearn::model::hf::write_model_files(
-        &model,
-        &unlearn::model::fixture::tiny_tokenizer(),
-        Some(&cfg_json),
-        &[],
-        out.path(),
-    )
-    .unwrap();
+    let (out, back) = save_fixture(&f);
     let saved = candle_core::safetensors::load(out.path().join("model.safetensors"), &dev).unwrap();
     let mut a: Vec<&String> = original.keys().collect();
     let mut b: Vec<&String> = saved.keys().collect();
@@ -242,9 +251,6 @@ fn gpt_neox_checkpoint_round_trips_through_our_names() {
             "{n} changed in the round trip"
         );
     }
-    let back: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
-            .unwrap();
     assert_eq!(LlamaConfig::from_json(&back, out.path()).unwrap(), cfg);
     assert_eq!(
         back["rope_parameters"]["partial_rotary_factor"], 0.25,
