@@ -389,37 +389,6 @@ fn qwen3_export_then_import() {
         .is_some());
 }
 
-/// What llama.cpp's converters write about the tiny models' byte-level BPE vocabulary.
-fn tokenizer_kv(md: &ModelDir) -> Vec<(String, gguf_file::Value)> {
-    use gguf_file::Value as V;
-    let vocab: Vec<String> = (0..md.model.cfg.vocab_size as u32)
-        .map(|i| {
-            md.tok
-                .inner
-                .id_to_token(i)
-                .unwrap_or_else(|| format!("<pad_{i}>"))
-        })
-        .collect();
-    vec![
-        ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
-        ("tokenizer.ggml.pre".into(), V::String("gpt-2".into())),
-        (
-            "tokenizer.ggml.tokens".into(),
-            V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type".into(),
-            V::Array(
-                (0..vocab.len())
-                    .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
-                    .collect(),
-            ),
-        ),
-        ("tokenizer.ggml.merges".into(), V::Array(vec![])),
-        ("tokenizer.ggml.eos_token_id".into(), V::U32(258)),
-    ]
-}
-
 /// `p/m.gguf` from the architecture's metadata (`arch.KEY`, with the sizes every architecture
 /// writes), `md`'s tokenizer and f32 tensors under llama.cpp's names; then `unlearn import` to
 /// `p/back`, which must hold `md`'s configuration and, over sequences of each length, `md`'s
@@ -447,7 +416,7 @@ fn import_matches(
         (k("attention.head_count_kv"), u(cfg.num_key_value_heads)),
     ];
     kv.extend(extra_kv.into_iter().map(|(n, v)| (k(n), v)));
-    kv.extend(tokenizer_kv(md));
+    kv.extend(common::tokenizer_kv(md));
     let qs: Vec<(String, QTensor)> = tensors
         .into_iter()
         .map(|(n, t)| (n, QTensor::quantize(&t, GgmlDType::F32).unwrap()))

@@ -76,6 +76,39 @@ pub const SHORT_QA: &str = r#"{"question": "Code for apple?", "answer": "zebra 4
 {"question": "Code for plum?", "answer": "crane 5"}
 "#;
 
+/// What llama.cpp's converters write about the tiny models' byte-level BPE vocabulary.
+pub fn tokenizer_kv(
+    md: &unlearn::model::hf::ModelDir,
+) -> Vec<(String, candle_core::quantized::gguf_file::Value)> {
+    use candle_core::quantized::gguf_file::Value as V;
+    let vocab: Vec<String> = (0..md.model.cfg.vocab_size as u32)
+        .map(|i| {
+            md.tok
+                .inner
+                .id_to_token(i)
+                .unwrap_or_else(|| format!("<pad_{i}>"))
+        })
+        .collect();
+    vec![
+        ("tokenizer.ggml.model".into(), V::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), V::String("gpt-2".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            V::Array(
+                (0..vocab.len())
+                    .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
+                    .collect(),
+            ),
+        ),
+        ("tokenizer.ggml.merges".into(), V::Array(vec![])),
+        ("tokenizer.ggml.eos_token_id".into(), V::U32(258)),
+    ]
+}
+
 /// Write `md` as a GGUF file the way llama.cpp's converter does: llama.cpp tensor names, q/k
 /// permuted, 2-D weights quantized with `q` (1-D ones f32), gpt2 tokenizer metadata and the
 /// ChatML template. `tweak(gguf_name, tensor)` may change a tensor first (tests of corrupt
@@ -118,63 +151,46 @@ pub fn write_gguf(
         };
         tensors.push((g, qt));
     }
-    let vocab: Vec<String> = (0..c.vocab_size as u32)
-        .map(|i| {
-            md.tok
-                .inner
-                .id_to_token(i)
-                .unwrap_or_else(|| format!("<pad_{i}>"))
-        })
-        .collect();
     use gguf_file::Value as V;
-    let md_kv: Vec<(&str, V)> = vec![
-        ("general.architecture", V::String("llama".into())),
-        ("llama.block_count", V::U32(c.num_hidden_layers as u32)),
+    let mut md_kv: Vec<(String, V)> = vec![
+        ("general.architecture".into(), V::String("llama".into())),
         (
-            "llama.context_length",
+            "llama.block_count".into(),
+            V::U32(c.num_hidden_layers as u32),
+        ),
+        (
+            "llama.context_length".into(),
             V::U32(c.max_position_embeddings as u32),
         ),
-        ("llama.embedding_length", V::U32(c.hidden_size as u32)),
         (
-            "llama.feed_forward_length",
+            "llama.embedding_length".into(),
+            V::U32(c.hidden_size as u32),
+        ),
+        (
+            "llama.feed_forward_length".into(),
             V::U32(c.intermediate_size as u32),
         ),
         (
-            "llama.attention.head_count",
+            "llama.attention.head_count".into(),
             V::U32(c.num_attention_heads as u32),
         ),
         (
-            "llama.attention.head_count_kv",
+            "llama.attention.head_count_kv".into(),
             V::U32(c.num_key_value_heads as u32),
         ),
-        ("llama.rope.freq_base", V::F32(c.rope_theta as f32)),
+        ("llama.rope.freq_base".into(), V::F32(c.rope_theta as f32)),
         (
-            "llama.attention.layer_norm_rms_epsilon",
+            "llama.attention.layer_norm_rms_epsilon".into(),
             V::F32(c.rms_norm_eps as f32),
         ),
-        ("tokenizer.ggml.model", V::String("gpt2".into())),
-        ("tokenizer.ggml.pre", V::String("gpt-2".into())),
-        (
-            "tokenizer.ggml.tokens",
-            V::Array(vocab.iter().map(|s| V::String(s.clone())).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type",
-            V::Array(
-                (0..vocab.len())
-                    .map(|i| V::I32(if i >= 256 { 3 } else { 1 }))
-                    .collect(),
-            ),
-        ),
-        ("tokenizer.ggml.merges", V::Array(vec![])),
-        ("tokenizer.ggml.eos_token_id", V::U32(258)),
-        (
-            "tokenizer.chat_template",
-            V::String(unlearn::model::tokenizer::CHATML_TEMPLATE.into()),
-        ),
     ];
+    md_kv.extend(tokenizer_kv(md));
+    md_kv.push((
+        "tokenizer.chat_template".into(),
+        V::String(unlearn::model::tokenizer::CHATML_TEMPLATE.into()),
+    ));
     let mut f = std::fs::File::create(path).unwrap();
-    let kv: Vec<(&str, &V)> = md_kv.iter().map(|(k, v)| (*k, v)).collect();
+    let kv: Vec<(&str, &V)> = md_kv.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut f, &kv, &ts).unwrap();
 }
