@@ -720,9 +720,10 @@ fn gpt_neox_gguf_import_matches_the_hf_model() {
 /// `unlearn export` for every architecture llama.cpp has (issue #22 over #24's architectures):
 /// Gemma 2 / 3 (1 + w norms, soft-caps, window), OLMo-2 (post-norms), GPT-NeoX (fused
 /// `attn_qkv`, biases, partial rotary, parallel residual) and Phi-3 (fused `attn_qkv` /
-/// `ffn_up`, LongRoPE factor tensors) export to f32 GGUF and import back to the same
-/// configuration and logits; OLMo (1), which llama.cpp's loader runs differently, is refused
-/// with the reason, as is a Gemma whose layer pattern llama.cpp would not follow.
+/// `ffn_up`, LongRoPE factor tensors) and OLMo (1) (no norm tensors, q/k permuted like Llama,
+/// clip_qkv as `clamp_kqv`, here binding) export to f32 GGUF and import back to the same
+/// configuration and logits; a Gemma whose layer pattern llama.cpp would not follow is refused
+/// with the reason.
 #[test]
 fn every_architecture_exports_and_imports_back() {
     for (arch, extra) in [
@@ -731,6 +732,7 @@ fn every_architecture_exports_and_imports_back() {
         ("olmo2", vec!["--layers", "2"]),
         ("gpt_neox", vec!["--layers", "2", "--kv-heads", "4"]),
         ("phi3", vec!["--layers", "2"]),
+        ("olmo", vec!["--layers", "2", "--kv-heads", "2"]),
     ] {
         let d = tempfile::tempdir().unwrap();
         let p = d.path();
@@ -744,6 +746,9 @@ fn every_architecture_exports_and_imports_back() {
                     "short_factor": f, "long_factor": f.iter().map(|x| 2.0 * x).collect::<Vec<_>>(),
                     "original_max_position_embeddings": 8});
                 c["original_max_position_embeddings"] = 8.into();
+            }
+            if arch == "olmo" {
+                c["clip_qkv"] = 0.05.into();
             }
         });
         perturb(
@@ -781,12 +786,7 @@ fn every_architecture_exports_and_imports_back() {
             );
         }
     }
-    // refused: OLMo (1), and a Gemma 2 whose layers all slide
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path();
-    init_model(p, "olmo", &["--layers", "2"], |_| {});
-    let e = common::fails(&["export", "--model", "m", "--out", "o.gguf"], p);
-    assert!(e.contains("olmo"), "{e}");
+    // refused: a Gemma 2 whose layers all slide
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     init_model(p, "gemma2", &["--layers", "2"], |c| {
@@ -795,4 +795,103 @@ fn every_architecture_exports_and_imports_back() {
     let e = common::fails(&["export", "--model", "m", "--out", "o.gguf"], p);
     assert!(e.contains("layer_types"), "{e}");
     assert!(!p.join("o.gguf").exists());
+}
+
+/// `unlearn export` of a SentencePiece-style vocabulary (issue #22: Llama 2, TinyLlama and
+/// Mistral ship BPE with byte fallback): a tokenizer trained with the `sentencepiece` library and
+/// converted by transformers (tests/fixtures/spm_tokenizer, scripts/make_spm_fixture.py) is
+/// written as llama.cpp's `llama` vocabulary (scores, byte / unknown / control types, the ▁
+/// prefix) and imports back to the same ids as transformers gives (golden.json) on every text,
+/// byte-fallback characters and whitespace runs included; the model's logits are unchanged.
+#[test]
+fn sentencepiece_tokenizer_exports_and_imports_with_the_same_ids() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/spm_tokenizer");
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("golden.json")).unwrap()).unwrap();
+    let vocab = golden["vocab_size"].as_u64().unwrap().to_string();
+    init_model(p, "llama", &["--layers", "2", "--vocab", &vocab], |c| {
+        c["bos_token_id"] = 1.into();
+        c["eos_token_id"] = 2.into();
+    });
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fx.join(f), p.join("m").join(f)).unwrap();
+    }
+    ok(
+        &["export", "--model", "m", "--out", "m.gguf", "--type", "f32"],
+        p,
+    );
+    ok(&["import", "m.gguf", "--out", "back"], p);
+    let orig = unlearn::model::tokenizer::Tok::load(&p.join("m"), &[2]).unwrap();
+    let back = unlearn::model::tokenizer::Tok::load(&p.join("back"), &[2]).unwrap();
+    for t in golden["texts"].as_array().unwrap() {
+        let text = t["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(t["transformers"].clone()).unwrap();
+        assert_eq!(orig.encode(text, true).unwrap(), want, "ours on {text:?}");
+        assert_eq!(
+            back.encode(text, true).unwrap(),
+            want,
+            "re-imported on {text:?}"
+        );
+        let ids = &want[1..];
+        assert_eq!(
+            back.decode(ids, true).unwrap(),
+            orig.decode(ids, true).unwrap(),
+            "{text:?}"
+        );
+    }
+    // what llama.cpp reads
+    let mut f = std::fs::File::open(p.join("m.gguf")).unwrap();
+    let c = gguf_file::Content::read(&mut f).unwrap();
+    let s = |k: &str| c.metadata[k].to_string().unwrap().clone();
+    assert_eq!(s("tokenizer.ggml.model"), "llama");
+    assert!(c.metadata["tokenizer.ggml.add_space_prefix"]
+        .to_bool()
+        .unwrap());
+    assert!(c.metadata["tokenizer.ggml.add_bos_token"]
+        .to_bool()
+        .unwrap());
+    let arr = |k: &str| c.metadata[k].to_vec().unwrap().clone();
+    let tokens: Vec<String> = arr("tokenizer.ggml.tokens")
+        .iter()
+        .map(|v| v.to_string().unwrap().clone())
+        .collect();
+    let types: Vec<i32> = arr("tokenizer.ggml.token_type")
+        .iter()
+        .map(|v| v.to_i32().unwrap())
+        .collect();
+    let scores: Vec<f32> = arr("tokenizer.ggml.scores")
+        .iter()
+        .map(|v| v.to_f32().unwrap())
+        .collect();
+    let at = |t: &str| tokens.iter().position(|x| x == t).unwrap();
+    assert_eq!(types[at("<unk>")], 2);
+    assert_eq!((types[at("<s>")], types[at("</s>")]), (3, 3));
+    assert_eq!(types[at("<0x0A>")], 6);
+    assert_eq!(
+        c.metadata["tokenizer.ggml.unknown_token_id"]
+            .to_u32()
+            .unwrap(),
+        0
+    );
+    // scores follow the merge order: the first merge's piece scores highest of the merged ones
+    let tj: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("tokenizer.json")).unwrap()).unwrap();
+    let piece = |m: &serde_json::Value| -> String {
+        match m {
+            serde_json::Value::Array(a) => {
+                format!("{}{}", a[0].as_str().unwrap(), a[1].as_str().unwrap())
+            }
+            m => m.as_str().unwrap().replacen(' ', "", 1),
+        }
+    };
+    let merges = tj["model"]["merges"].as_array().unwrap();
+    let (first, last) = (piece(&merges[0]), piece(merges.last().unwrap()));
+    assert_eq!(scores[at(&first)], 0.0);
+    assert!(scores[at(&first)] > scores[at(&last)], "{first} vs {last}");
+    for ids in [vec![1u32, 40, 300, 5], (3..40).collect::<Vec<u32>>()] {
+        let (dmax, _) = diff(&logits(&p.join("m"), &ids), &logits(&p.join("back"), &ids));
+        assert_eq!(dmax, 0.0);
+    }
 }

@@ -100,6 +100,12 @@ impl<'a> Meta<'a> {
     }
 }
 
+/// Whether llama.cpp's converter permutes this architecture's q/k rows (its `LlamaModel.permute`,
+/// which OLMo's converter copies): Llama, Mistral and OLMo (1).
+pub(crate) fn permutes_qk(arch: Arch) -> bool {
+    matches!(arch, Arch::Llama | Arch::Mistral | Arch::Olmo)
+}
+
 /// Undo llama.cpp's `permute(w, n_head)` of q/k rows: GGUF rows are ordered
 /// (head, pair, half) where HF orders them (head, half, pair). w: [rows, ..].
 pub fn unpermute_qk(w: &Tensor, n_head: usize) -> Result<Tensor> {
@@ -263,9 +269,10 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         "gemma3" => Arch::Gemma3,
         "gptneox" => Arch::GptNeox,
         "olmo2" => Arch::Olmo2,
+        "olmo" => Arch::Olmo,
         other => {
             return Err(meta.err(format!(
-                "architecture `{other}` is not supported (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3, gptneox, olmo2)"
+                "architecture `{other}` is not supported (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3, gptneox, olmo, olmo2)"
             )))
         }
     };
@@ -366,6 +373,16 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         cfg.qkv_bias = content.tensor_infos.contains_key("blk.0.attn_qkv.bias");
         cfg.act = crate::model::config::Act::GeluErf;
     }
+    if arch == Arch::Olmo {
+        // parameter-free LayerNorm (epsilon under the LayerNorm key) and the q/k/v clamp
+        cfg.rms_norm_eps = meta
+            .f64(&a("attention.layer_norm_epsilon"))?
+            .unwrap_or(1e-5);
+        cfg.clip_qkv = meta
+            .f64(&a("attention.clamp_kqv"))?
+            .filter(|&c| c > 0.0)
+            .map(f32_decimal);
+    }
     if gemma {
         // As llama.cpp runs Gemma: every 2nd (Gemma 2) or 6th (Gemma 3) layer global, the first
         // sliding; scores scaled by 1/√head_dim, by 1/√(hidden/heads) for the 27B models (46
@@ -377,14 +394,17 @@ fn read_config(meta: &Meta, content: &Content, n_tokens: usize) -> Result<LlamaC
         cfg.sliding_layers = Some(crate::model::config::sliding_pattern(layers, every));
         cfg.query_pre_attn_scalar = Some(cfg.llama_cpp_query_pre_attn_scalar());
     }
-    // GGUF stores f32 metadata; round the epsilon to the decimal it was written from.
-    cfg.rms_norm_eps = format!("{:.6e}", cfg.rms_norm_eps as f32)
-        .parse()
-        .unwrap_or(cfg.rms_norm_eps);
+    cfg.rms_norm_eps = f32_decimal(cfg.rms_norm_eps);
     if arch == Arch::Llama && has_qkv_bias {
         cfg.o_bias = content.tensor_infos.contains_key("blk.0.attn_output.bias");
     }
     Ok(cfg)
+}
+
+/// GGUF stores f32 metadata: the decimal an f32 value was written from (1e-5 rather than
+/// 9.99999974e-6), as the model's config.json had it.
+fn f32_decimal(x: f64) -> f64 {
+    format!("{:.6e}", x as f32).parse().unwrap_or(x)
 }
 
 /// Llama 3.1 stores its RoPE scaling as per-frequency factors (`rope_freqs.weight`); recover the
@@ -544,7 +564,7 @@ fn check_shapes(meta: &Meta, content: &Content, cfg: &LlamaConfig) -> Result<()>
 }
 
 /// Every tensor, dequantised to f32 under its Hugging Face name (Q and K un-permuted for
-/// llama.cpp's Llama/Mistral rotary layout).
+/// llama.cpp's Llama/Mistral/OLMo rotary layout).
 fn read_tensors(
     meta: &Meta,
     content: &Content,
@@ -556,7 +576,7 @@ fn read_tensors(
     let mut tensors = HashMap::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
     names.sort();
-    let permute = matches!(cfg.arch, Arch::Llama | Arch::Mistral);
+    let permute = permutes_qk(cfg.arch);
     for name in names {
         if ROPE_TENSORS.contains(&name.as_str()) {
             continue;
@@ -736,15 +756,19 @@ fn build_tokenizer(meta: &Meta, tokens: &[String], notes: &mut Vec<String>) -> R
         "llama" => {
             let scores = meta.numbers("tokenizer.ggml.scores")?;
             let merges = sentencepiece_merges(tokens, &scores, &types);
+            let prepend = match meta.get("tokenizer.ggml.add_space_prefix") {
+                Some(v) if !v.to_bool().unwrap_or(true) => "never",
+                _ => "first",
+            };
             notes.push(format!("tokenizer: SentencePiece-style BPE with byte fallback, {} tokens, {} merges derived from scores", tokens.len(), merges.len()));
             json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
                 "normalizer": null,
-                "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": "first", "split": false},
+                "pre_tokenizer": {"type": "Metaspace", "replacement": "\u{2581}", "prepend_scheme": prepend, "split": false},
                 "post_processor": bos_post(None),
                 "decoder": {"type": "Sequence", "decoders": [
                     {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
                     {"type": "ByteFallback"}, {"type": "Fuse"},
-                    {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+                    {"type": "Strip", "content": " ", "start": usize::from(prepend == "first"), "stop": 0}]},
                 "model": {"type": "BPE", "dropout": null, "unk_token": tokname(unk), "continuing_subword_prefix": null,
                     "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
                     "vocab": vocab, "merges": merges}})

@@ -8,7 +8,8 @@
 //! leaves them. A weight whose rows are not a multiple of the type's block (32 for q4_0/q8_0, 256
 //! for the k-quants) falls back to q8_0, else f16 (llama.cpp also falls back there); the
 //! fallbacks are listed in the notes. The tokenizer must be byte-level BPE (`gpt2` in llama.cpp's
-//! terms: SmolLM, Llama 3, Qwen2 and our own); SentencePiece vocabularies are refused for now.
+//! terms: SmolLM, Llama 3, Qwen2 and our own) or SentencePiece-style BPE with byte fallback
+//! (Llama 2, TinyLlama, Mistral; written as llama.cpp's `llama` vocabulary with scores).
 use std::path::Path;
 
 use candle_core::quantized::{gguf_file::Value, GgmlDType, QTensor};
@@ -133,7 +134,7 @@ fn gguf_tensors(model: &Llama) -> Result<Vec<(String, Tensor)>> {
         all.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let fused_qkv = matches!(c.arch, Arch::Phi3 | Arch::GptNeox);
     let fused_gate_up = c.arch == Arch::Phi3;
-    let permute = matches!(c.arch, Arch::Llama | Arch::Mistral);
+    let permute = super::gguf::permutes_qk(c.arch);
     let mut out = vec![];
     for (hf, t) in &all {
         let in_layer = hf
@@ -190,14 +191,9 @@ fn gguf_tensors(model: &Llama) -> Result<Vec<(String, Tensor)>> {
 
 /// Why llama.cpp would run this model differently from us, if it would: the settings its
 /// loader fixes rather than reads (Gemma's layer pattern, local RoPE base and attention scale;
-/// OLMo's parameter-free norms).
+/// the rest it reads: OLMo's parameter-free norms and clip_qkv are `olmo`'s own).
 fn llama_cpp_mismatch(c: &crate::model::LlamaConfig) -> Option<String> {
     match c.arch {
-        Arch::Olmo => Some(
-            "GGUF export of olmo models is not supported yet (its parameter-free LayerNorm and \
-             clip_qkv)"
-                .into(),
-        ),
         Arch::Gemma2 | Arch::Gemma3 => {
             let pattern = c.arch.gemma_global_every();
             let standard = crate::model::config::sliding_pattern(c.num_hidden_layers, pattern);
@@ -272,17 +268,21 @@ pub fn roundtrip(model: &Llama, want: GgmlDType) -> Result<(Llama, Vec<String>)>
     Ok((out, notes))
 }
 
+/// The `tokenizer.ggml.*` metadata of `tok`, as llama.cpp's converters write it: a byte-level BPE
+/// vocabulary as `gpt2` (tokens, merges, pre-tokenizer name), a SentencePiece-style one (BPE with
+/// byte fallback: Llama 2, TinyLlama, Mistral) as `llama` (tokens, scores, types).
 fn tokenizer_metadata(tok: &Tok, notes: &mut Vec<String>) -> Result<Vec<(String, Value)>> {
     let tj: J = serde_json::from_str(&tok.tokenizer_json)
         .map_err(|e| Error::Invalid(format!("tokenizer.json: {e}")))?;
     let model = &tj["model"];
-    if model["type"] != "BPE" || model["byte_fallback"] == true {
-        return Err(Error::Invalid(
-            "export: only byte-level BPE tokenizers (llama.cpp's `gpt2`: SmolLM, Llama 3, Qwen2, \
-             `unlearn init`) can be written for now; this one is SentencePiece-style"
-                .into(),
-        ));
+    if model["type"] != "BPE" {
+        return Err(Error::Invalid(format!(
+            "export: tokenizer model {} cannot be written; only BPE vocabularies (byte-level, or \
+             SentencePiece-style with byte fallback) can",
+            model["type"]
+        )));
     }
+    let sentencepiece = model["byte_fallback"] == true;
     let vocab = model["vocab"].as_object().cloned().unwrap_or_default();
     let mut n = vocab
         .values()
@@ -324,43 +324,160 @@ fn tokenizer_metadata(tok: &Tok, notes: &mut Vec<String>) -> Result<Vec<(String,
             _ => String::new(),
         })
         .collect();
-    let pre = pre_name(&tj["pre_tokenizer"], notes);
     let id_of = |name: &Option<String>| name.as_ref().and_then(|n| tok.inner.token_to_id(n));
-    let mut m = vec![
-        (
-            "tokenizer.ggml.model".to_string(),
-            Value::String("gpt2".into()),
-        ),
-        ("tokenizer.ggml.pre".into(), Value::String(pre)),
-        (
-            "tokenizer.ggml.tokens".into(),
-            Value::Array(tokens.into_iter().map(Value::String).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type".into(),
-            Value::Array(types.into_iter().map(Value::I32).collect()),
-        ),
-        (
-            "tokenizer.ggml.merges".into(),
-            Value::Array(merges.into_iter().map(Value::String).collect()),
-        ),
-        ("tokenizer.ggml.eos_token_id".into(), Value::U32(tok.eos_id)),
-        (
-            "tokenizer.ggml.padding_token_id".into(),
-            Value::U32(tok.pad_id),
-        ),
-    ];
-    if let Some(b) = id_of(&tok.bos_token) {
+    // the unknown token: the model's, else tokenizer_config.json's (transformers 5 converts
+    // SentencePiece models with the BPE model's unk_token unset)
+    let unk = model["unk_token"].as_str().map(String::from).or_else(|| {
+        match &tok.tokenizer_config["unk_token"] {
+            J::String(s) => Some(s.clone()),
+            J::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+            _ => None,
+        }
+    });
+    let mut m = if sentencepiece {
+        spm_vocab(&tj, tokens, types, &merges, unk.as_deref(), notes)?
+    } else {
+        let pre = pre_name(&tj["pre_tokenizer"], notes);
+        vec![
+            (
+                "tokenizer.ggml.model".to_string(),
+                Value::String("gpt2".into()),
+            ),
+            ("tokenizer.ggml.pre".into(), Value::String(pre)),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(tokens.into_iter().map(Value::String).collect()),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(types.into_iter().map(Value::I32).collect()),
+            ),
+            (
+                "tokenizer.ggml.merges".into(),
+                Value::Array(merges.into_iter().map(Value::String).collect()),
+            ),
+        ]
+    };
+    m.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(tok.eos_id)));
+    m.push((
+        "tokenizer.ggml.padding_token_id".into(),
+        Value::U32(tok.pad_id),
+    ));
+    let bos = id_of(&tok.bos_token);
+    if let Some(b) = bos {
         m.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(b)));
     }
+    // what the tokenizer does, not only what its config says: Llama 2's template processor adds
+    // <s> whether or not tokenizer_config.json has add_bos_token
+    let adds_bos = bos.is_some_and(|b| {
+        tok.inner
+            .encode("a", true)
+            .is_ok_and(|e| e.get_ids().first() == Some(&b))
+    });
     let add_bos = tok.tokenizer_config["add_bos_token"]
         .as_bool()
-        .unwrap_or(false);
+        .unwrap_or(false)
+        || adds_bos;
     m.push(("tokenizer.ggml.add_bos_token".into(), Value::Bool(add_bos)));
     if let Some(t) = &tok.chat_template {
         m.push(("tokenizer.chat_template".into(), Value::String(t.clone())));
     }
     Ok(m)
+}
+
+/// A SentencePiece-style BPE vocabulary as llama.cpp's `llama` tokenizer reads it. llama.cpp
+/// merges the adjacent pair whose joined piece has the highest score; transformers' BPE merges
+/// the pair of lowest rank, its merges being every split of a piece ranked by the piece's
+/// SentencePiece score. So a piece's score is minus the rank of the first merge that makes it
+/// (the order the original scores gave), which both tokenizers follow alike; byte tokens
+/// (`<0xNN>`, type 6), single characters and control tokens score 0, and a multi-character piece
+/// that no merge makes scores below every merge (llama.cpp could otherwise prefer it).
+fn spm_vocab(
+    tj: &J,
+    tokens: Vec<String>,
+    mut types: Vec<i32>,
+    merges: &[String],
+    unk: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Result<Vec<(String, Value)>> {
+    let mut rank = std::collections::HashMap::<String, usize>::new();
+    for (r, mg) in merges.iter().enumerate() {
+        rank.entry(mg.replacen(' ', "", 1)).or_insert(r);
+    }
+    let is_byte = |t: &str| {
+        t.len() == 6
+            && t.starts_with("<0x")
+            && t.ends_with('>')
+            && t[3..5].chars().all(|c| c.is_ascii_hexdigit())
+    };
+    let unk_id = unk.and_then(|u| tokens.iter().position(|t| t == u));
+    let mut unreachable = 0;
+    let scores: Vec<Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if types[i] == 1 && is_byte(t) {
+                types[i] = 6;
+            }
+            if Some(i) == unk_id {
+                types[i] = 2;
+            }
+            let s = match (types[i], rank.get(t)) {
+                (1, Some(&r)) => -(r as f64),
+                (1, None) if t.chars().count() > 1 => {
+                    unreachable += 1;
+                    -((merges.len() + i) as f64)
+                }
+                _ => 0.0,
+            };
+            Value::F32(s as f32)
+        })
+        .collect();
+    if unreachable > 0 {
+        notes.push(format!(
+            "tokenizer: {unreachable} multi-character piece(s) that no merge makes were scored \
+             below every merge; llama.cpp may still produce them where transformers would not"
+        ));
+    }
+    // the ▁ prefix: Metaspace with prepend_scheme first/always (transformers' conversion), or
+    // a Prepend normalizer (Llama 2's original tokenizer.json)
+    let pre = &tj["pre_tokenizer"];
+    let norm = tj["normalizer"].to_string();
+    let prefix = (pre["type"] == "Metaspace" && pre["prepend_scheme"] != "never")
+        || norm.contains("\"Prepend\"");
+    if !(pre.is_null() || pre["type"] == "Metaspace") {
+        notes.push(format!(
+            "tokenizer: pre-tokenizer {} is not SentencePiece's; llama.cpp will not apply it",
+            pre["type"]
+        ));
+    }
+    Ok(vec![
+        (
+            "tokenizer.ggml.model".to_string(),
+            Value::String("llama".into()),
+        ),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        ("tokenizer.ggml.scores".into(), Value::Array(scores)),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
+        (
+            "tokenizer.ggml.add_space_prefix".into(),
+            Value::Bool(prefix),
+        ),
+    ]
+    .into_iter()
+    .chain(unk_id.map(|u| {
+        (
+            "tokenizer.ggml.unknown_token_id".to_string(),
+            Value::U32(u as u32),
+        )
+    }))
+    .collect())
 }
 
 /// llama.cpp's name for a byte-level pre-tokenizer (the one [`super::gguf`] rebuilds from it).
@@ -444,6 +561,18 @@ fn arch_metadata(model: &Llama, name: &str, want: GgmlDType) -> Vec<(String, Val
             a("attention.layer_norm_epsilon"),
             Value::F32(c.rms_norm_eps as f32),
         ));
+    }
+    if c.arch == Arch::Olmo {
+        // llama.cpp's `olmo`: LayerNorm without weights (epsilon under its LayerNorm key) and
+        // q, k, v clamped to ±clamp_kqv, as its converter writes them from clip_qkv
+        m.retain(|(k, _)| !k.ends_with("layer_norm_rms_epsilon"));
+        m.push((
+            a("attention.layer_norm_epsilon"),
+            Value::F32(c.rms_norm_eps as f32),
+        ));
+        if let Some(clip) = c.clip_qkv {
+            m.push((a("attention.clamp_kqv"), Value::F32(clip as f32)));
+        }
     }
     match &c.rope_scaling {
         Some(RopeScaling::Linear { factor }) => {
