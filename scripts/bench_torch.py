@@ -11,8 +11,11 @@ reported (a shared VM's single repetitions swing by tens of percent).
 With --objective npo+gd the step is NPO on the batch (reference sums computed once, adapters
 off) plus NLL on a second, retain batch; with --lora-r R the model is wrapped by peft
 (LoraConfig r=R, alpha=2R, every linear layer of the decoder) and only the adapters train.
-`unlearn bench --compare-torch` runs it alternately with its own measurement (--json).
-Needs: pip install torch==2.15.0 transformers (CPU use only); peft for --lora-r.
+With --device cuda (or cuda:N) everything runs on that GPU, each timing waits for the GPU to
+finish (torch.cuda.synchronize) and the GPU's peak allocation is reported as gpu_peak_mib.
+`unlearn bench --compare-torch` runs it alternately with its own measurement (--json), passing
+its own --device.
+Needs: pip install torch==2.15.0 transformers; peft for --lora-r.
 """
 import argparse, json, resource, statistics, time, torch
 from transformers import AutoModelForCausalLM
@@ -29,14 +32,21 @@ ap.add_argument("--gen-runs", type=int, default=3)
 ap.add_argument("--objective", default="nll", choices=["nll", "npo+gd"])
 ap.add_argument("--lora-r", type=int, default=0)
 ap.add_argument("--checkpoint-activations", action="store_true")
+ap.add_argument("--device", default="cpu")
 ap.add_argument("--json")
 a = ap.parse_args()
+dev = torch.device(a.device)
+cuda = dev.type == "cuda"
+def sync():
+    if cuda:
+        torch.cuda.synchronize(dev)
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
 m = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager")
+m.to(dev)
 V = m.config.vocab_size
-ids = torch.randint(0, V, (a.batch, a.seq + 1))
-rids = torch.randint(0, V, (a.batch, a.seq + 1))
+ids = torch.randint(0, V, (a.batch, a.seq + 1)).to(dev)
+rids = torch.randint(0, V, (a.batch, a.seq + 1)).to(dev)
 if a.lora_r > 0:
     import peft
     cfg = peft.LoraConfig(r=a.lora_r, lora_alpha=2 * a.lora_r, lora_dropout=0.0,
@@ -75,14 +85,16 @@ def step():
         (-label_lp(ids).mean()).backward()
     opt.step()
 def timed(f):
-    t = time.perf_counter(); f(); return time.perf_counter() - t
+    sync(); t = time.perf_counter(); f(); sync(); return time.perf_counter() - t
+if cuda:
+    torch.cuda.reset_peak_memory_stats(dev)
 step()
 steps = [timed(step) for _ in range(max(1, a.train_steps))]
 ts = statistics.median(steps)
 train_rss = vm_hwm_mib()
 del opt
 m.eval()
-sids = torch.randint(0, V, (max(1, a.score_batches) * a.batch, a.seq + 1))
+sids = torch.randint(0, V, (max(1, a.score_batches) * a.batch, a.seq + 1)).to(dev)
 def score(x):
     torch.log_softmax(m(input_ids=x[:, :-1]).logits, -1).gather(-1, x[:, 1:, None])
 with torch.no_grad():
@@ -90,22 +102,25 @@ with torch.no_grad():
     batches = [timed(lambda: score(sids[i * a.batch:(i + 1) * a.batch]))
                for i in range(max(1, a.score_batches))]
     sc = a.batch * a.seq / statistics.median(batches)
-    p = torch.randint(0, V, (a.gen_batch, a.gen_prompt))
+    p = torch.randint(0, V, (a.gen_batch, a.gen_prompt)).to(dev)
     m.generate(p, max_new_tokens=2, min_new_tokens=2, do_sample=False, pad_token_id=0)
     gen_fn = lambda: m.generate(p, max_new_tokens=a.gen_tokens, min_new_tokens=a.gen_tokens,
                                 do_sample=False, pad_token_id=0)
     runs = [timed(gen_fn) for _ in range(max(1, a.gen_runs))]
     gen = a.gen_batch * a.gen_tokens / statistics.median(runs)
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(f"torch {torch.__version__}, threads {a.threads}")
+gpu_peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None
+print(f"torch {torch.__version__}, threads {a.threads}, device {a.device}")
 print(f"training step    {ts:.3f} s  ({a.batch * a.seq / ts:.0f} tokens/s, batch {a.batch}x{a.seq})")
 print(f"scoring          {sc:.0f} tokens/s")
 print(f"generation       {gen:.1f} tokens/s (batch {a.gen_batch}, greedy, KV cache)")
 print(f"training peak    {train_rss:.0f} MiB")
 print(f"peak RSS         {rss:.0f} MiB")
+if cuda:
+    print(f"GPU peak         {gpu_peak:.0f} MiB allocated ({torch.cuda.get_device_name(dev)})")
 if a.json:
     with open(a.json, "w") as f:
         json.dump({"torch": torch.__version__, "train_step_s": ts,
                    "train_tokens_per_s": a.batch * a.seq * (2 if a.objective == "npo+gd" else 1) / ts, "score_tokens_per_s": sc,
-                   "gen_tokens_per_s": gen, "peak_rss_mib": rss, "train_peak_rss_mib": train_rss, "train_steps_s": steps,
+                   "gen_tokens_per_s": gen, "peak_rss_mib": rss, "device": a.device, "gpu_peak_mib": gpu_peak, "train_peak_rss_mib": train_rss, "train_steps_s": steps,
                    "score_batches_s": batches, "gen_runs_s": runs}, f, indent=1)

@@ -51,6 +51,9 @@ enum Cmd {
     Init(cli::init::Args),
     /// Measure training, scoring and generation throughput and peak memory.
     Bench(cli::bench::Args),
+    /// Check the training path on a device: logits, loss and every gradient of the tiny parity
+    /// checkpoints on the CPU and the device, against transformers' values and each other.
+    CheckDevice(cli::check_device::Args),
     /// Tune methods over a grid of settings (locally or as a Slurm array job) and pick each
     /// method's best point under a stated rule: LEADERBOARD.md/.json, leaderboard.html.
     Sweep(cli::sweep::Args),
@@ -89,6 +92,7 @@ fn main() {
         Cmd::Attribute(a) => cli::attribute::run(a),
         Cmd::Init(a) => cli::init::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
+        Cmd::CheckDevice(a) => cli::check_device::run(a),
         Cmd::Sweep(a) => cli::sweep::run(a),
         Cmd::SweepPoint(a) => cli::sweep::point(a),
         Cmd::Methods(a) => cli::catalog::methods(a),

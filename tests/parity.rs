@@ -1,17 +1,12 @@
 //! Golden test against PyTorch/transformers: logits, loss and the gradient of every parameter
 //! of two tiny checkpoints (Llama with GQA + Llama-3 RoPE scaling + untied head; Qwen2 with
 //! q/k/v biases + tied embeddings). Values produced once by `scripts/make_parity.py`.
-use std::collections::HashMap;
+mod common;
+
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::Device;
 use unlearn::model::{Llama, LlamaConfig};
-
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let d = unlearn::ops::max_abs_diff(a, b).unwrap();
-    let s = unlearn::ops::max_abs_diff(b, &b.zeros_like().unwrap()).unwrap();
-    d / s.max(1e-12)
-}
 
 /// A parity fixture: its directory, config.json as written, the parsed configuration and the
 /// model built from its safetensors.
@@ -56,103 +51,21 @@ fn save_fixture(f: &Fixture) -> (tempfile::TempDir, serde_json::Value) {
     (out, saved)
 }
 
+/// Logits, loss and every gradient (in the checkpoint's layout) against transformers' values,
+/// through the same code `unlearn check-device` runs (`app::device_check`).
 fn check(name: &str) {
-    let Fixture { dir, model, .. } = load_fixture(name);
-    let dev = Device::Cpu;
-    let golden: HashMap<String, Tensor> =
-        candle_core::safetensors::load(dir.join("golden.safetensors"), &dev).unwrap();
-    let ids = golden["input_ids"].to_dtype(DType::U32).unwrap();
-    let labels = golden["labels"].to_dtype(DType::I64).unwrap();
-    let logits = model.forward(&ids).unwrap();
-    let r = max_rel(&logits, &golden["logits"]);
-    assert!(r < 1e-5, "{name}: logits rel diff {r}");
-
-    // HF causal-LM loss: mean over labelled positions of CE(logits[:, :-1], labels[:, 1:]).
-    let t = ids.dim(1).unwrap();
-    let lp = unlearn::ops::gather_logprobs(
-        &logits.narrow(1, 0, t - 1).unwrap(),
-        &ids.narrow(1, 1, t - 1).unwrap(),
-    )
-    .unwrap();
-    let mask = labels
-        .narrow(1, 1, t - 1)
-        .unwrap()
-        .ge(0i64)
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    let loss = ((lp * &mask).unwrap().sum_all().unwrap().neg().unwrap()
-        / mask.sum_all().unwrap().to_scalar::<f32>().unwrap() as f64)
-        .unwrap();
-    let want = golden["loss"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()[0];
-    let got = loss.to_scalar::<f32>().unwrap();
+    use unlearn::app::device_check;
+    let Fixture { dir, .. } = load_fixture(name);
+    let m = device_check::measure(&dir, &Device::Cpu).unwrap();
+    let d = device_check::against_golden(&m, &device_check::golden(&dir).unwrap()).unwrap();
+    assert!(d.logits < 1e-5, "{name}: logits rel diff {}", d.logits);
+    assert!(d.loss < 1e-5, "{name}: loss rel diff {}", d.loss);
     assert!(
-        (got - want).abs() < 1e-5 * want.abs(),
-        "{name}: loss {got} vs {want}"
+        d.grad < 1e-4,
+        "{name}: grad {} rel diff {}",
+        d.grad_worst,
+        d.grad
     );
-
-    let grads = loss.backward().unwrap();
-    let mut ours: HashMap<String, Tensor> = HashMap::new();
-    for (pname, var) in model.params() {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("{name}: no grad for {pname}"));
-        ours.insert(pname.to_string(), g.clone());
-    }
-    // GPT-NeoX's checkpoint names, q, k, v fused per head: so are their gradients
-    if model.cfg.arch == unlearn::model::Arch::GptNeox {
-        let ordered: Vec<(String, Tensor)> = model
-            .params()
-            .iter()
-            .map(|(n, _)| (n.clone(), ours[n].clone()))
-            .collect();
-        ours = unlearn::model::neox::fuse(&model.cfg, ordered)
-            .unwrap()
-            .into_iter()
-            .collect();
-    }
-    // Phi-3's checkpoint fuses [q; k; v] and [gate; up] by rows: so do their gradients
-    let parts_of = |n: &str| -> Option<(String, &'static [&'static str])> {
-        if let Some(b) = n.strip_suffix("qkv_proj.weight") {
-            Some((b.to_string(), &["q_proj", "k_proj", "v_proj"]))
-        } else {
-            n.strip_suffix("gate_up_proj.weight")
-                .map(|b| (b.to_string(), &["gate_proj", "up_proj"][..]))
-        }
-    };
-    let mut compared = std::collections::HashSet::new();
-    for (k, w) in golden.iter().filter(|(k, _)| k.starts_with("grad.")) {
-        let pname = &k["grad.".len()..];
-        let g = match (ours.get(pname), parts_of(pname)) {
-            (Some(g), _) => {
-                compared.insert(pname.to_string());
-                g.clone()
-            }
-            (None, Some((base, parts))) => {
-                let names: Vec<String> =
-                    parts.iter().map(|p| format!("{base}{p}.weight")).collect();
-                let ts: Vec<Tensor> = names.iter().map(|n| ours[n].clone()).collect();
-                compared.extend(names);
-                Tensor::cat(&ts, 0).unwrap()
-            }
-            _ => panic!(
-                "{name}: no parameter for golden {pname} (ours: {:?})",
-                ours.keys().collect::<Vec<_>>()
-            ),
-        };
-        let r = max_rel(&g, w);
-        assert!(r < 1e-4, "{name}: grad {pname} rel diff {r}");
-    }
-    assert_eq!(
-        compared.len(),
-        ours.len(),
-        "{name}: every parameter's gradient compared"
-    );
-    let _ = D::Minus1;
 }
 
 #[test]
@@ -256,4 +169,63 @@ fn gpt_neox_checkpoint_round_trips_through_our_names() {
         back["rope_parameters"]["partial_rotary_factor"], 0.25,
         "{back}"
     );
+}
+
+/// `unlearn check-device` (issue #25), run here on the CPU with the composite ops, the form every
+/// non-CPU device runs: every fixture within tolerance of transformers and of the fused CPU
+/// path, the JSON written; a fixture whose golden logits are off fails the command, naming it.
+#[test]
+fn check_device_passes_on_cpu_composite_and_names_a_bad_fixture() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fxs = fx.to_str().unwrap();
+    let out = common::ok(
+        &[
+            "check-device",
+            "--device",
+            "cpu",
+            "--composite",
+            "--fixtures",
+            fxs,
+            "--json",
+            "dev.json",
+        ],
+        p,
+    );
+    assert!(out.contains("within tolerance"), "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("dev.json")).unwrap()).unwrap();
+    assert_eq!(v["pass"], true);
+    assert_eq!(v["composite"], true);
+    let n = std::fs::read_dir(&fx)
+        .unwrap()
+        .filter(|e| {
+            let e = e.as_ref().unwrap();
+            e.file_name().to_string_lossy().starts_with("parity_")
+        })
+        .count();
+    assert_eq!(v["fixtures"].as_array().unwrap().len(), n);
+    for r in v["fixtures"].as_array().unwrap() {
+        // the composite ops against the fused kernels: same arithmetic up to summation order
+        assert!(r["device_vs_cpu"]["grad"].as_f64().unwrap() < 1e-4, "{r}");
+    }
+    // a fixture whose golden logits are scaled: the command fails and names it
+    let bad = p.join("bad");
+    std::fs::create_dir_all(bad.join("parity_llama")).unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        let src = fx.join("parity_llama").join(f);
+        if src.exists() {
+            std::fs::copy(&src, bad.join("parity_llama").join(f)).unwrap();
+        }
+    }
+    let mut g = unlearn::app::device_check::golden(&fx.join("parity_llama")).unwrap();
+    let l = (g["logits"].clone() * 1.01).unwrap();
+    g.insert("logits".into(), l);
+    candle_core::safetensors::save(&g, bad.join("parity_llama/golden.safetensors")).unwrap();
+    let e = common::fails(&["check-device", "--fixtures", bad.to_str().unwrap()], p);
+    assert!(e.contains("parity_llama"), "{e}");
+    // no fixtures: an error naming the folder
+    let e = common::fails(&["check-device", "--fixtures", p.to_str().unwrap()], p);
+    assert!(e.contains("no parity fixtures"), "{e}");
 }

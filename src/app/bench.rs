@@ -112,10 +112,12 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// Seconds taken by `f`.
-fn timed(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+/// Seconds taken by `f`, until `dev` has finished the work it queued (CUDA runs asynchronously).
+fn timed(dev: &candle_core::Device, f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    dev.synchronize()?;
     let t = Instant::now();
     f()?;
+    dev.synchronize()?;
     Ok(t.elapsed().as_secs_f64())
 }
 
@@ -131,6 +133,7 @@ fn random_items(n: usize, len: usize, vocab: usize, seed: u64) -> Vec<Encoded> {
 
 /// Run the three workloads on random token ids (one warm-up step each is not timed).
 pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
+    let dev = model.device().clone();
     let vocab = model.cfg.vocab_size.min(u32::MAX as usize);
     let items = random_items(c.batch, c.seq + 1, vocab, 1);
     let refs: Vec<&Encoded> = items.iter().collect();
@@ -182,7 +185,7 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
     train_step(())?;
     let mut train_steps_s = Vec::with_capacity(c.train_steps);
     for _ in 0..c.train_steps.max(1) {
-        train_steps_s.push(timed(|| train_step(()))?);
+        train_steps_s.push(timed(&dev, || train_step(()))?);
     }
     let train_step_s = median(&train_steps_s);
     let train_peak_rss_mib = reset.then(crate::util::mem::peak_rss_mib).flatten();
@@ -195,7 +198,7 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
     score(model, &sitems[..c.batch], c.batch)?;
     let mut score_batches_s = Vec::with_capacity(c.score_batches);
     for chunk in sitems.chunks(c.batch) {
-        score_batches_s.push(timed(|| score(model, chunk, c.batch).map(drop))?);
+        score_batches_s.push(timed(&dev, || score(model, chunk, c.batch).map(drop))?);
     }
     let score_tps = tokens / median(&score_batches_s);
 
@@ -221,7 +224,7 @@ pub fn run(model: &Llama, c: &BenchConfig) -> Result<BenchResult> {
     )?;
     let (mut gen_runs_s, mut n) = (Vec::new(), 0);
     for _ in 0..c.gen_runs.max(1) {
-        gen_runs_s.push(timed(|| {
+        gen_runs_s.push(timed(&dev, || {
             let out = generate(model, &prompts, &ids, &[], 0, &g)?;
             n = out.iter().map(|o| o.len()).sum();
             Ok(())

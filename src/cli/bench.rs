@@ -93,6 +93,7 @@ fn torch_round(a: &Args, cfg: &BenchConfig, out: &std::path::Path) -> Result<ser
         } else {
             &[][..]
         })
+        .args(["--device", &a.device.device])
         .arg("--json")
         .arg(out)
         .stdout(std::process::Stdio::null())

@@ -4,6 +4,7 @@ pub mod attribute;
 pub mod audit;
 pub mod bench;
 pub mod catalog;
+pub mod check_device;
 pub mod common;
 pub mod demo;
 pub mod eval;

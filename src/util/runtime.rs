@@ -95,7 +95,17 @@ pub fn device(name: &str) -> Result<candle_core::Device> {
                     "device `{s}`: this build has no CUDA support (rebuild with `--features cuda`)"
                 )));
             }
-            Ok(candle_core::Device::new_cuda(ord)?)
+            candle_core::Device::new_cuda(ord).map_err(|e| {
+                // the driver's error, without the backtrace candle attaches under RUST_BACKTRACE
+                let e = match e {
+                    candle_core::Error::WithBacktrace { inner, .. } => *inner,
+                    e => e,
+                };
+                Error::Invalid(format!(
+                    "device `{s}`: CUDA did not start ({e}); it needs an NVIDIA GPU, its driver \
+                     (libcuda.so.1) and the CUDA 13 runtime libraries (docs/gpu.md)"
+                ))
+            })
         }
         other => Err(Error::Invalid(format!(
             "unknown device `{other}` (cpu, cuda, cuda:N)"

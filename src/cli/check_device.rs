@@ -1,0 +1,104 @@
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use unlearn::app::device_check;
+use unlearn::util::guard::{Input, OutKind, Pending};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Folder of parity fixtures (parity_*/: a tiny checkpoint and transformers' golden logits,
+    /// loss and gradients).
+    #[arg(long, default_value = "tests/fixtures")]
+    fixtures: PathBuf,
+    /// Run the composite candle ops instead of the fused CPU kernels, on the CPU as well (the
+    /// form every non-CPU device runs).
+    #[arg(long)]
+    composite: bool,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[command(flatten)]
+    overwrite: super::common::Overwrite,
+    #[command(flatten)]
+    device: super::common::Device,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let fixtures = device_check::fixtures(&a.fixtures)?;
+    let json_out = a
+        .json
+        .as_ref()
+        .map(|p| {
+            Pending::claim(
+                "--json",
+                p,
+                OutKind::File,
+                &[Input::new("fixtures", &a.fixtures)],
+                a.overwrite.overwrite,
+            )
+        })
+        .transpose()?;
+    let dev = a.device.get()?;
+    if a.composite {
+        unlearn::ops::set_fused(false);
+    }
+    let (tl, tg) = device_check::tolerances(&dev);
+    println!(
+        "device {} ({}): relative differences max|a-b|/max|b|; tolerances on the device: logits \
+         and loss {tl:e}, gradients {tg:e}",
+        a.device.device,
+        if a.composite || !dev.is_cpu() {
+            "composite ops"
+        } else {
+            "fused CPU kernels"
+        }
+    );
+    println!(
+        "{:<22} {:<12} {:>28} {:>28} {:>28}  ok",
+        "fixture", "arch", "CPU vs torch (lg/loss/grad)", "device vs torch", "device vs CPU"
+    );
+    let fmt = |d: &device_check::Diffs| {
+        let e = |x: f64| format!("{:>8}", format!("{x:.1e}"));
+        format!("{} {} {}", e(d.logits), e(d.loss), e(d.grad))
+    };
+    let mut results = vec![];
+    for dir in &fixtures {
+        let r = device_check::check(dir, &dev)?;
+        println!(
+            "{:<22} {:<12} {:>28} {:>28} {:>28}  {}",
+            r.fixture,
+            r.arch,
+            fmt(&r.cpu_vs_torch),
+            fmt(&r.device_vs_torch),
+            fmt(&r.device_vs_cpu),
+            if r.pass { "yes" } else { "NO" }
+        );
+        results.push(r);
+    }
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.pass)
+        .map(|r| r.fixture.as_str())
+        .collect();
+    if let Some(p) = json_out {
+        let v = serde_json::json!({
+            "device": a.device.device,
+            "composite": a.composite || !dev.is_cpu(),
+            "tolerances": {"logits_loss": tl, "grad": tg},
+            "version": env!("CARGO_PKG_VERSION"),
+            "fixtures": results,
+            "pass": failed.is_empty(),
+        });
+        unlearn::util::fs::write_synced(p.tmp(), serde_json::to_string_pretty(&v)?.as_bytes())?;
+        p.commit()?;
+    }
+    if !failed.is_empty() {
+        bail!(
+            "outside tolerance on {}: {}",
+            a.device.device,
+            failed.join(", ")
+        );
+    }
+    println!("all {} fixtures within tolerance", results.len());
+    Ok(())
+}
