@@ -66,6 +66,16 @@ for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 lib
     fi
   done
 done
+curand=0
+for d in ${libdirs//:/ }; do [ -e "$d/libcurand.so.10" ] && curand=1; done
+if [ "$curand" = 0 ]; then
+  # no cuRAND here (PyTorch's wheels do not install it): the packed copy (scripts/gpu_pack.sh)
+  if [ -f target/cuda/libcurand.so.10.xz ]; then
+    mkdir -p "$W/lib"
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' \
+      target/cuda/libcurand.so.10.xz "$W/lib/libcurand.so.10" && libdirs="$libdirs:$W/lib"
+  fi
+fi
 export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader

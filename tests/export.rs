@@ -895,3 +895,50 @@ fn sentencepiece_tokenizer_exports_and_imports_with_the_same_ids() {
         assert_eq!(dmax, 0.0);
     }
 }
+
+/// What llama.cpp's loader refused in files of ours until it was run on them
+/// (scripts/llama_cpp_logits_check.py, tests/fixtures/gguf_export/llama_cpp_logits.json):
+/// an empty `tokenizer.ggml.merges` typed as a u32 array (candle's writer types empty arrays
+/// u32; `unlearn init`'s byte-level tokenizer has no merges), a token list shorter than the
+/// embedding (llama.cpp sizes the vocabulary by it; the converters pad with `[PAD{id}]`), and a
+/// tied OLMo-2 without `output.weight` (its loader has no tied fallback).
+#[test]
+fn export_writes_what_llama_cpp_requires() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    init_model(p, "olmo2", &["--layers", "2", "--vocab", "270"], |_| {});
+    ok(
+        &["export", "--model", "m", "--out", "m.gguf", "--type", "f32"],
+        p,
+    );
+    let bytes = std::fs::read(p.join("m.gguf")).unwrap();
+    let key = "tokenizer.ggml.merges";
+    let mut pat = (key.len() as u64).to_le_bytes().to_vec();
+    pat.extend_from_slice(key.as_bytes());
+    let at = bytes
+        .windows(pat.len())
+        .position(|w| w == pat.as_slice())
+        .unwrap()
+        + pat.len();
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+    assert_eq!(
+        (u32_at(at), u32_at(at + 4)),
+        (9, 8),
+        "merges: an array of strings"
+    );
+    let mut f = std::fs::File::open(p.join("m.gguf")).unwrap();
+    let c = gguf_file::Content::read(&mut f).unwrap();
+    let tokens = c.metadata["tokenizer.ggml.tokens"].to_vec().unwrap();
+    let types = c.metadata["tokenizer.ggml.token_type"].to_vec().unwrap();
+    assert_eq!(tokens.len(), 270);
+    assert_eq!(tokens[269].to_string().unwrap(), "[PAD269]");
+    assert_eq!(types[269].to_i32().unwrap(), 5);
+    let e = c.tensor_infos["token_embd.weight"].shape.dims().to_vec();
+    assert_eq!(c.tensor_infos["output.weight"].shape.dims(), e.as_slice());
+    ok(&["import", "m.gguf", "--out", "back"], p);
+    let back = ModelDir::load(&p.join("back"), &Device::Cpu).unwrap();
+    assert!(
+        back.model.cfg.tie_word_embeddings,
+        "the copied head is tied again"
+    );
+}

@@ -645,7 +645,21 @@ pub fn import(path: &Path, device: &Device) -> Result<Imported> {
         cfg.num_params_wide() * 4 * 2,
     )?;
     check_shapes(&meta, &content, &cfg)?;
-    let tensors = read_tensors(&meta, &content, &mut f, device, &cfg)?;
+    let mut tensors = read_tensors(&meta, &content, &mut f, device, &cfg)?;
+    // a head stored as an exact copy of the embeddings (our export does that for architectures
+    // whose llama.cpp loader requires one) is a tied head
+    if !cfg.tie_word_embeddings && crate::model::gguf_write::needs_output_tensor(cfg.arch) {
+        if let (Some(h), Some(e)) = (
+            tensors.get("lm_head.weight"),
+            tensors.get("model.embed_tokens.weight"),
+        ) {
+            if h.dims() == e.dims() && crate::ops::max_abs_diff(h, e)? == 0.0 {
+                tensors.remove("lm_head.weight");
+                cfg.tie_word_embeddings = true;
+                notes.push("output.weight equals token_embd.weight: tied head".into());
+            }
+        }
+    }
     let model = Llama::from_tensors(cfg.clone(), tensors, path, device)?;
     crate::model::hf::check_finite(&model, &format!("{} (dequantised)", path.display()))?;
     let tok = build_tokenizer(&meta, &tokens, &mut notes)?;

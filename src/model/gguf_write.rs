@@ -186,7 +186,21 @@ fn gguf_tensors(model: &Llama) -> Result<Vec<(String, Tensor)>> {
         }
         out.push((g, t));
     }
+    // llama.cpp's loader has no tied-head fallback for these: the head goes in as a copy of the
+    // embeddings (import ties them back when the two are equal)
+    if c.tie_word_embeddings && needs_output_tensor(c.arch) {
+        if let Some((_, e)) = out.iter().find(|(g, _)| g == "token_embd.weight") {
+            let e = e.clone();
+            out.push(("output.weight".into(), e));
+        }
+    }
     Ok(out)
+}
+
+/// Architectures whose llama.cpp loader requires `output.weight` (found by loading exports in
+/// llama.cpp: scripts/llama_cpp_logits_check.py).
+pub(crate) fn needs_output_tensor(arch: Arch) -> bool {
+    matches!(arch, Arch::Olmo2)
 }
 
 /// Why llama.cpp would run this model differently from us, if it would: the settings its
@@ -224,6 +238,24 @@ fn llama_cpp_mismatch(c: &crate::model::LlamaConfig) -> Option<String> {
             None
         }
         _ => None,
+    }
+}
+
+/// candle's GGUF writer gives an empty array the element type u32 (it cannot know better);
+/// llama.cpp refuses a `tokenizer.ggml.merges` that is not an array of strings, even an empty one
+/// (the byte-level tokenizer of `unlearn init` has no merges). Retype the empty array stored under
+/// `key` in the written header: key (u64 length + bytes), value type 9 (array), element type,
+/// count 0.
+fn type_empty_string_array(buf: &mut [u8], key: &str) {
+    let mut pat = (key.len() as u64).to_le_bytes().to_vec();
+    pat.extend_from_slice(key.as_bytes());
+    pat.extend_from_slice(&9u32.to_le_bytes());
+    let Some(at) = buf.windows(pat.len()).position(|w| w == pat.as_slice()) else {
+        return;
+    };
+    let ty = at + pat.len();
+    if buf.len() >= ty + 12 && buf[ty + 4..ty + 12] == 0u64.to_le_bytes() {
+        buf[ty..ty + 4].copy_from_slice(&8u32.to_le_bytes()); // string
     }
 }
 
@@ -271,7 +303,15 @@ pub fn roundtrip(model: &Llama, want: GgmlDType) -> Result<(Llama, Vec<String>)>
 /// The `tokenizer.ggml.*` metadata of `tok`, as llama.cpp's converters write it: a byte-level BPE
 /// vocabulary as `gpt2` (tokens, merges, pre-tokenizer name), a SentencePiece-style one (BPE with
 /// byte fallback: Llama 2, TinyLlama, Mistral) as `llama` (tokens, scores, types).
-fn tokenizer_metadata(tok: &Tok, notes: &mut Vec<String>) -> Result<Vec<(String, Value)>> {
+/// The token list has `vocab_size` entries (the embedding's rows) even where the tokenizer has
+/// fewer (Qwen2's 151,936 rows for 151,665 tokens): llama.cpp takes the vocabulary size from it
+/// and checks the embedding against it, so the missing ids are `[PAD{id}]`, type unused, as its
+/// converters write them.
+fn tokenizer_metadata(
+    tok: &Tok,
+    vocab_size: usize,
+    notes: &mut Vec<String>,
+) -> Result<Vec<(String, Value)>> {
     let tj: J = serde_json::from_str(&tok.tokenizer_json)
         .map_err(|e| Error::Invalid(format!("tokenizer.json: {e}")))?;
     let model = &tj["model"];
@@ -293,6 +333,12 @@ fn tokenizer_metadata(tok: &Tok, notes: &mut Vec<String>) -> Result<Vec<(String,
     for a in &added {
         n = n.max(a["id"].as_u64().unwrap_or(0) as usize + 1);
     }
+    if n > vocab_size {
+        return Err(Error::Invalid(format!(
+            "export: the tokenizer has {n} tokens, the model's vocabulary {vocab_size}"
+        )));
+    }
+    let n = vocab_size;
     let mut tokens = vec![String::new(); n];
     let mut types = vec![1i32; n];
     for (t, id) in &vocab {
@@ -639,7 +685,7 @@ pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     let mut meta = arch_metadata(model, &name, want);
-    meta.extend(tokenizer_metadata(&md.tok, &mut notes)?);
+    meta.extend(tokenizer_metadata(&md.tok, c.vocab_size, &mut notes)?);
     let mut tensors: Vec<(String, QTensor)> = vec![];
     let mut fallback = std::collections::BTreeMap::<String, usize>::new();
     if let Some(RopeScaling::Llama3 { .. }) = &c.rope_scaling {
@@ -685,8 +731,12 @@ pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut buf = std::io::Cursor::new(Vec::new());
     candle_core::quantized::gguf_file::write(&mut buf, &meta_refs, &t_refs)?;
-    let bytes = buf.get_ref().len() as u64;
-    crate::util::fs::atomic_write(out, buf.get_ref())?;
+    let mut buf = buf.into_inner();
+    for k in ["tokenizer.ggml.merges"] {
+        type_empty_string_array(&mut buf, k);
+    }
+    let bytes = buf.len() as u64;
+    crate::util::fs::atomic_write(out, &buf)?;
     Ok(Exported {
         tensors: tensors.len(),
         bytes,
