@@ -732,9 +732,7 @@ pub fn export(md: &ModelDir, out: &Path, want: GgmlDType) -> Result<Exported> {
     let mut buf = std::io::Cursor::new(Vec::new());
     candle_core::quantized::gguf_file::write(&mut buf, &meta_refs, &t_refs)?;
     let mut buf = buf.into_inner();
-    for k in ["tokenizer.ggml.merges"] {
-        type_empty_string_array(&mut buf, k);
-    }
+    type_empty_string_array(&mut buf, "tokenizer.ggml.merges");
     let bytes = buf.len() as u64;
     crate::util::fs::atomic_write(out, &buf)?;
     Ok(Exported {
