@@ -236,32 +236,23 @@ fn report_comparison(
             "unlearn_rounds": ours,
             "torch_rounds": theirs,
         });
-        unlearn::util::fs::write_synced(p.tmp(), serde_json::to_string_pretty(&v)?.as_bytes())?;
-        p.commit()?;
+        super::common::write_json(p, &v)?;
     }
     Ok(())
 }
 
 pub fn run(a: Args) -> Result<()> {
-    use unlearn::util::guard::{Input, OutKind, Pending};
+    use unlearn::util::guard::Input;
     anyhow::ensure!(a.rounds >= 1, "--rounds must be at least 1");
     let a = Args {
         model: unlearn::util::hub::model(&a.model)?,
         ..a
     };
-    let json_out = a
-        .json
-        .as_ref()
-        .map(|p| {
-            Pending::claim(
-                "--json",
-                p,
-                OutKind::File,
-                &[Input::new("model", &a.model)],
-                a.overwrite.overwrite,
-            )
-        })
-        .transpose()?;
+    let json_out = super::common::claim_json(
+        a.json.as_ref(),
+        &[Input::new("model", &a.model)],
+        a.overwrite.overwrite,
+    )?;
     let dev = a.device.get()?;
     if a.composite {
         unlearn::ops::set_fused(false);
@@ -334,8 +325,7 @@ pub fn run(a: Args) -> Result<()> {
             let mut v = serde_json::to_value(&r)?;
             v["peak_rss_mib"] = rss.into();
             v["ops"] = ops.into();
-            unlearn::util::fs::write_synced(p.tmp(), serde_json::to_string_pretty(&v)?.as_bytes())?;
-            p.commit()?;
+            super::common::write_json(p, &v)?;
         }
         return Ok(());
     }

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use unlearn::app::device_check;
-use unlearn::util::guard::{Input, OutKind, Pending};
+use unlearn::util::guard::Input;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -25,19 +25,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let fixtures = device_check::fixtures(&a.fixtures)?;
-    let json_out = a
-        .json
-        .as_ref()
-        .map(|p| {
-            Pending::claim(
-                "--json",
-                p,
-                OutKind::File,
-                &[Input::new("fixtures", &a.fixtures)],
-                a.overwrite.overwrite,
-            )
-        })
-        .transpose()?;
+    let json_out = super::common::claim_json(
+        a.json.as_ref(),
+        &[Input::new("fixtures", &a.fixtures)],
+        a.overwrite.overwrite,
+    )?;
     let dev = a.device.get()?;
     if a.composite {
         unlearn::ops::set_fused(false);
@@ -89,8 +81,7 @@ pub fn run(a: Args) -> Result<()> {
             "fixtures": results,
             "pass": failed.is_empty(),
         });
-        unlearn::util::fs::write_synced(p.tmp(), serde_json::to_string_pretty(&v)?.as_bytes())?;
-        p.commit()?;
+        super::common::write_json(p, &v)?;
     }
     if !failed.is_empty() {
         bail!(

@@ -53,6 +53,25 @@ pub struct Overwrite {
     pub overwrite: bool,
 }
 
+/// A `--json FILE` result: claimed before any work (an existing file is refused without
+/// `--overwrite`), written at the end through a temporary name.
+pub fn claim_json(
+    path: Option<&PathBuf>,
+    inputs: &[unlearn::util::guard::Input],
+    overwrite: bool,
+) -> unlearn::Result<Option<unlearn::util::guard::Pending>> {
+    use unlearn::util::guard::{OutKind, Pending};
+    path.map(|p| Pending::claim("--json", p, OutKind::File, inputs, overwrite))
+        .transpose()
+}
+
+/// Write `v` to a claimed `--json` file (fsync, rename).
+pub fn write_json(p: unlearn::util::guard::Pending, v: &serde_json::Value) -> anyhow::Result<()> {
+    unlearn::util::fs::write_synced(p.tmp(), serde_json::to_string_pretty(v)?.as_bytes())?;
+    p.commit()?;
+    Ok(())
+}
+
 /// `--overwrite` / `--resume` for a training command (model output plus run directory).
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct Restart {
