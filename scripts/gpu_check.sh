@@ -89,22 +89,22 @@ if ldd "$U" | grep -q "not found"; then
 fi
 
 # 2. parity on every architecture
-step parity 180 "$U" check-device --device "$DEV" --json "$OUT/parity.json" --overwrite
+step parity 90 "$U" check-device --device "$DEV" --json "$OUT/parity.json" --overwrite
 
 # 3. the same unlearning run on GPU and CPU
 GGUF=${SMOLLM2_GGUF:-$(ls .cache/models/SmolLM2-135M-Instruct*.gguf 2>/dev/null | head -n1)}
 HUB=${HF_HUB_CACHE:-${HF_HOME:-$HOME/.cache/huggingface}/hub}
 if [ -d "$HUB/models--HuggingFaceTB--SmolLM2-135M-Instruct/snapshots" ]; then
   # the Hugging Face cache of this machine, read offline
-  step model 120 env HF_HUB_OFFLINE=1 "$U" generate --model HuggingFaceTB/SmolLM2-135M-Instruct \
+  step model 60 env HF_HUB_OFFLINE=1 "$U" generate --model HuggingFaceTB/SmolLM2-135M-Instruct \
     --prompt "Hello" --max-new-tokens 4 --device cpu
   ln -s "$(ls -d "$HUB"/models--HuggingFaceTB--SmolLM2-135M-Instruct/snapshots/* | head -n1)" "$W/smol"
   echo '{"model": "HuggingFaceTB/SmolLM2-135M-Instruct (this machine'"'"'s Hugging Face cache)"}' > "$OUT/model.json"
 elif [ -n "$GGUF" ]; then
-  step model 120 "$U" import "$GGUF" --out "$W/smol"
+  step model 60 "$U" import "$GGUF" --out "$W/smol"
   echo "{\"model\": \"$(basename "$GGUF")\"}" > "$OUT/model.json"
 else
-  step model 120 "$U" init --out "$W/smol" --hidden 576 --layers 30 --heads 9 --kv-heads 3 \
+  step model 60 "$U" init --out "$W/smol" --hidden 576 --layers 30 --heads 9 --kv-heads 3 \
     --intermediate 1536 --vocab 49152 --max-position 2048 --rope-theta 100000
   echo '{"model": "random, SmolLM2-135M shapes (unlearn init)"}' > "$OUT/model.json"
 fi
@@ -138,21 +138,21 @@ for n, rows in bench.items():
 PY
 RUN="--set model=$W/smol --set forget=$W/data/forget.jsonl --set retain=$W/data/retain.jsonl
   --set method=npo+gd --set train.max_steps=8 --set train.batch_size=4 --set train.lr=1e-5"
-step run_cuda 240 "$U" run $RUN --set "out=$W/un_cuda" --set "run_dir=$W/run_cuda" --set "device=$DEV"
-step run_cpu 240 "$U" run $RUN --set "out=$W/un_cpu" --set "run_dir=$W/run_cpu" --set device=cpu
+step run_cuda 90 "$U" run $RUN --set "out=$W/un_cuda" --set "run_dir=$W/run_cuda" --set "device=$DEV"
+step run_cpu 120 "$U" run $RUN --set "out=$W/un_cpu" --set "run_dir=$W/run_cpu" --set device=cpu
 cp "$W/run_cuda/train_log.jsonl" "$OUT/train_log_cuda.jsonl" 2>/dev/null
 cp "$W/run_cpu/train_log.jsonl" "$OUT/train_log_cpu.jsonl" 2>/dev/null
 
 # 4. one evaluation of the GPU-unlearned model on each device
 EV="--model $W/un_cuda --benchmark $W/data/bench --forget-split forget01
   --set max_new_tokens=32 --set max_items=8"
-step eval_cuda 180 "$U" eval $EV --out "$W/eval_cuda" --device "$DEV"
-step eval_cpu 180 "$U" eval $EV --out "$W/eval_cpu" --device cpu
+step eval_cuda 90 "$U" eval $EV --out "$W/eval_cuda" --device "$DEV"
+step eval_cpu 90 "$U" eval $EV --out "$W/eval_cpu" --device cpu
 cp "$W/eval_cuda/TOFU_EVAL.json" "$OUT/eval_cuda.json" 2>/dev/null
 cp "$W/eval_cpu/TOFU_EVAL.json" "$OUT/eval_cpu.json" 2>/dev/null
 
 # 5. throughput against PyTorch on the same GPU
-step bench 300 "$U" bench --model "$W/smol" --device "$DEV" --compare-torch $BENCH_ARGS \
+step bench 240 "$U" bench --model "$W/smol" --device "$DEV" --compare-torch $BENCH_ARGS \
   --objective npo+gd --json "$OUT/bench.json" --overwrite
 
 python3 - "$OUT" <<'PY'
