@@ -765,7 +765,8 @@ fn unierase_case(untied: bool) {
 
 /// `train.chunked_loss` (the LM head and log-softmax in chunks of rows) and
 /// `train.checkpoint_activations` compute the same run: every weight within float noise of the
-/// plain run, for a logits-only term (NPO + GD), a full-distribution one (KL) and fine-tuning.
+/// plain run, for a logits-only term (NPO + GD; also under LoRA, where the head is frozen and the
+/// chunked op's forward takes the Jacobian), a full-distribution one (KL) and fine-tuning.
 #[test]
 fn chunked_loss_and_checkpointing_give_the_same_run() {
     let d = tempfile::tempdir().unwrap();
@@ -805,6 +806,18 @@ fn chunked_loss_and_checkpointing_give_the_same_run() {
     );
     let dw = max_diff("plain", "ck");
     assert!(dw < 5e-4, "checkpointed: weights differ by {dw}");
+    // LoRA: a frozen head, for which the chunked op takes ∂out/∂h in its forward
+    let lora = ["lora.r=4", "lora.merge=true"];
+    unlearn(p, "npo+gd", "lora", &lora);
+    unlearn(
+        p,
+        "npo+gd",
+        "lora_chunked",
+        &[lora[0], lora[1], "train.chunked_loss=true"],
+    );
+    let dw = max_diff("lora", "lora_chunked");
+    assert!(dw < 5e-4, "LoRA, chunked: merged weights differ by {dw}");
+    assert!(max_diff("lora", "plain") > 1e-3, "the LoRA runs trained something else");
     unlearn(p, "ga+kl", "kl", &[]);
     unlearn(p, "ga+kl", "kl_ck", &["train.checkpoint_activations=true"]);
     let dw = max_diff("kl", "kl_ck");

@@ -11,6 +11,13 @@
 //! [chunk, H]·[H, V] product per chunk) and accumulates dW in place. Peak extra memory is
 //! chunk·V instead of N·V for the logits plus N·V for their gradient. dW is computed only when W
 //! is tracked (a frozen head under LoRA costs no dW product).
+//!
+//! With a frozen head (LoRA) and rows that need a gradient, the forward computes the Jacobian
+//! instead (`jacobian`): ∂out_i/∂h_i = J_i = (onehot(t_i) − p_i)·W does not depend on the
+//! upstream gradient, so the forward takes it while it has the chunk's logits (one [chunk, V]·[V,
+//! H] product) and keeps it ([N, H], the size of h); the backward is dh_i = g_i·J_i, with no
+//! product and no recomputed logits. Two head products a step instead of three, as many as an
+//! unchunked forward and backward take.
 use std::sync::Arc;
 
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor, WithDType};
@@ -28,6 +35,9 @@ pub fn chunk_rows(vocab: usize) -> usize {
 pub struct LmHeadLogprobs {
     pub targets: Arc<Vec<u32>>,
     pub chunk: usize,
+    /// Also compute J = ∂out/∂h in the forward (a frozen head); the output is then [out (N);
+    /// J (N·H)], of which the caller uses the first N.
+    pub jacobian: bool,
 }
 
 fn dims(lh: &Layout, lw: &Layout, n_targets: usize, op: &str) -> CResult<(usize, usize, usize)> {
@@ -93,6 +103,19 @@ fn chunk_logits<T: WithDType>(
     z
 }
 
+/// A row of logits z in place to g·(onehot(t) − softmax(z)) = g·∂(z[t] − logsumexp z)/∂z;
+/// returns z[t] − logsumexp(z).
+fn row_grad_in_place<T: Real>(zr: &mut [T], t: usize, g: T) -> T {
+    let (m, l) = lse(zr);
+    let out = zr[t] - m - l;
+    for x in zr.iter_mut() {
+        let p = T::from_f64((*x - m - l).to_f64().exp());
+        *x = -(g * p);
+    }
+    zr[t] += g;
+    out
+}
+
 /// (max, log Σ exp(z − max)) of a row.
 fn lse<T: Real>(z: &[T]) -> (T, T) {
     let m = z.iter().fold(
@@ -105,6 +128,9 @@ fn lse<T: Real>(z: &[T]) -> (T, T) {
 
 impl LmHeadLogprobs {
     fn fwd<T: Real>(&self, h: &[T], w: &[T], n: usize, hid: usize, v: usize) -> Vec<T> {
+        if self.jacobian {
+            return self.fwd_jacobian(h, w, n, hid, v);
+        }
         let mut out = vec![zero::<T>(); n];
         for r0 in (0..n).step_by(self.chunk) {
             let c = self.chunk.min(n - r0);
@@ -119,6 +145,33 @@ impl LmHeadLogprobs {
                 });
         }
         out
+    }
+
+    /// [out (N); J (N·H)] with J_i = (onehot(t_i) − softmax(z_i))·W.
+    fn fwd_jacobian<T: Real>(&self, h: &[T], w: &[T], n: usize, hid: usize, v: usize) -> Vec<T> {
+        let mut packed = vec![zero::<T>(); n + n * hid];
+        let (out, jac) = packed.split_at_mut(n);
+        for r0 in (0..n).step_by(self.chunk) {
+            let c = self.chunk.min(n - r0);
+            let mut z = chunk_logits(h, w, r0, c, hid, v);
+            out[r0..r0 + c]
+                .par_iter_mut()
+                .zip(z.par_chunks_mut(v))
+                .enumerate()
+                .for_each(|(i, (o, zr))| {
+                    *o = row_grad_in_place(zr, self.targets[r0 + i] as usize, T::from_f64(1.0));
+                });
+            // J[c×H] = E[c×V]·W[V×H]
+            gemm(
+                (c, hid, v),
+                &mut jac[r0 * hid..(r0 + c) * hid],
+                (hid, 1),
+                (&z, v, 1),
+                (w, hid, 1),
+                false,
+            );
+        }
+        packed
     }
 }
 
@@ -142,16 +195,32 @@ impl CustomOp2 for LmHeadLogprobs {
             let h: &[T] = cont(sh, lh, name)?;
             let w: &[T] = cont(sw, lw, name)?;
             let y = self.fwd(h, w, n, hid, v);
-            Ok((T::to_cpu_storage_owned(y), Shape::from(n)))
+            let len = y.len();
+            Ok((T::to_cpu_storage_owned(y), Shape::from(len)))
         })
     }
     fn bwd(
         &self,
         h: &Tensor,
         w: &Tensor,
-        _out: &Tensor,
+        out: &Tensor,
         g: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        if self.jacobian {
+            if w.track_op() {
+                bail!("{}: the Jacobian form is for a frozen head", self.name());
+            }
+            if !h.track_op() {
+                return Ok((None, None));
+            }
+            // dh_i = g_i·J_i (the gradient of J's part of the output is not used: nothing
+            // downstream reads it)
+            let n = self.targets.len();
+            let hid = h.dim(1)?;
+            let j = out.narrow(0, n, n * hid)?.reshape((n, hid))?;
+            let gi = g.narrow(0, 0, n)?.reshape((n, 1))?;
+            return Ok((Some(j.broadcast_mul(&gi)?), None));
+        }
         let op = LmHeadBwd {
             targets: self.targets.clone(),
             chunk: self.chunk,
@@ -195,13 +264,7 @@ impl LmHeadBwd {
             // z becomes G = g·(onehot − softmax(z)) in place
             let mut z = chunk_logits(h, w, r0, c, hid, v);
             z.par_chunks_mut(v).enumerate().for_each(|(i, zr)| {
-                let (m, l) = lse(zr);
-                let gi = g[r0 + i];
-                for x in zr.iter_mut() {
-                    let p = T::from_f64((*x - m - l).to_f64().exp());
-                    *x = -(gi * p);
-                }
-                zr[self.targets[r0 + i] as usize] += gi;
+                row_grad_in_place(zr, self.targets[r0 + i] as usize, g[r0 + i]);
             });
             if self.dh {
                 // dh[c×H] = G[c×V]·W[V×H]

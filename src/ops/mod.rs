@@ -172,7 +172,8 @@ pub fn gather_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 /// log p(target) per position from the LM head's input: h [.., H], the head W [V, H], targets
 /// [..] -> [..], i.e. `gather_logprobs(linear(h, W), targets)`. Fused (CPU, f32/f64): computed
 /// in chunks of rows so the [.., V] logits and their gradient never exist in full
-/// (`lm_head.rs`); elsewhere the composite form.
+/// (`lm_head.rs`; with a frozen head and rows that need a gradient, the forward also takes
+/// ∂out/∂h, so the backward needs no head product); elsewhere the composite form.
 pub fn lm_head_logprobs(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let hid = *h.dims().last().unwrap_or(&0);
     let lead = h.dims()[..h.rank().saturating_sub(1)].to_vec();
@@ -188,12 +189,18 @@ pub fn lm_head_logprobs(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tens
             .flatten_all()?
             .to_dtype(DType::U32)?
             .to_vec1::<u32>()?;
+        let n = t.len();
+        // a frozen head and rows that need a gradient (LoRA): the Jacobian in the forward
+        let jacobian = h.track_op() && !w.track_op();
         let op = lm_head::LmHeadLogprobs {
             targets: std::sync::Arc::new(t),
             chunk: lm_head::chunk_rows(w.dim(0)?),
+            jacobian,
         };
         let rows = h.reshape(((), hid))?.contiguous()?;
-        return Ok(rows.apply_op2(&w.contiguous()?, op)?.reshape(lead)?);
+        let y = rows.apply_op2(&w.contiguous()?, op)?;
+        let y = if jacobian { y.narrow(0, 0, n)? } else { y };
+        return Ok(y.reshape(lead)?);
     }
     gather_logprobs(&linear(h, w, None)?, targets)
 }

@@ -550,6 +550,7 @@ fn chunked_lm_head_matches_logits_then_gather() {
         let op = lm_head::LmHeadLogprobs {
             targets: std::sync::Arc::new(t),
             chunk: 4,
+            jacobian: false,
         };
         let yf = h.as_tensor().apply_op2(w.as_tensor(), op).unwrap();
         let yc = composite::gather_logprobs(
@@ -583,6 +584,7 @@ fn chunked_lm_head_matches_logits_then_gather() {
         let op = lm_head::LmHeadLogprobs {
             targets: std::sync::Arc::new(t.clone()),
             chunk: 2,
+            jacobian: false,
         };
         weighted(&h.apply_op2(w, op).unwrap(), 8)
     };
@@ -619,5 +621,44 @@ fn chunked_lm_head_matches_logits_then_gather() {
                 gx[k]
             );
         }
+    }
+    // the Jacobian form (a frozen head: W a plain tensor, h tracked), in chunks of 2 with a
+    // ragged last one: finite differences on h, and the packed output's first rows are the values
+    let fj = |h: &Tensor| {
+        let op = lm_head::LmHeadLogprobs {
+            targets: std::sync::Arc::new(t.clone()),
+            chunk: 2,
+            jacobian: true,
+        };
+        let y = h.apply_op2(&w0, op).unwrap();
+        assert_eq!(y.dims1().unwrap(), 5 + 5 * 3, "packed [out; J]");
+        weighted(&y.narrow(0, 0, 5).unwrap(), 8)
+    };
+    assert!(
+        (fj(&h0).to_scalar::<f64>().unwrap() - f(&h0, &w0).to_scalar::<f64>().unwrap()).abs()
+            < 1e-12
+    );
+    let gx = fj(hv.as_tensor()).backward().unwrap();
+    let gx = gx
+        .get(hv.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let v0 = h0.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    for k in 0..v0.len() {
+        let at = |d: f64| {
+            let mut p = v0.clone();
+            p[k] += d;
+            let x = Tensor::from_vec(p, h0.shape(), &Device::Cpu).unwrap();
+            fj(&x).to_scalar::<f64>().unwrap()
+        };
+        let fd = (at(1e-6) - at(-1e-6)) / 2e-6;
+        assert!(
+            (fd - gx[k]).abs() < 1e-6 * (1.0 + fd.abs()),
+            "lm_head jacobian h[{k}]: fd {fd}, backward {}",
+            gx[k]
+        );
     }
 }
