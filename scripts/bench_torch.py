@@ -33,6 +33,9 @@ ap.add_argument("--objective", default="nll", choices=["nll", "npo+gd"])
 ap.add_argument("--lora-r", type=int, default=0)
 ap.add_argument("--checkpoint-activations", action="store_true")
 ap.add_argument("--device", default="cpu")
+# bf16: the model loaded in bf16 (as open-unlearning loads it; with --lora-r peft keeps the
+# adapters in f32), logits widened to f32 before the log-softmax, as transformers' loss does
+ap.add_argument("--dtype", default="f32", choices=["f32", "bf16"])
 ap.add_argument("--json")
 a = ap.parse_args()
 dev = torch.device(a.device)
@@ -42,7 +45,9 @@ def sync():
         torch.cuda.synchronize(dev)
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
-m = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager")
+m = AutoModelForCausalLM.from_pretrained(
+    a.model, dtype=torch.bfloat16 if a.dtype == "bf16" else torch.float32,
+    attn_implementation="eager")
 m.to(dev)
 V = m.config.vocab_size
 ids = torch.randint(0, V, (a.batch, a.seq + 1)).to(dev)
@@ -59,7 +64,7 @@ if a.checkpoint_activations:
     m.train()
 def label_lp(x):
     out = m(input_ids=x[:, :-1])
-    return torch.log_softmax(out.logits, -1).gather(-1, x[:, 1:, None]).squeeze(-1)
+    return torch.log_softmax(out.logits.float(), -1).gather(-1, x[:, 1:, None]).squeeze(-1)
 if a.objective == "npo+gd":
     with torch.no_grad():
         if a.lora_r > 0:
@@ -96,7 +101,7 @@ del opt
 m.eval()
 sids = torch.randint(0, V, (max(1, a.score_batches) * a.batch, a.seq + 1)).to(dev)
 def score(x):
-    torch.log_softmax(m(input_ids=x[:, :-1]).logits, -1).gather(-1, x[:, 1:, None])
+    torch.log_softmax(m(input_ids=x[:, :-1]).logits.float(), -1).gather(-1, x[:, 1:, None])
 with torch.no_grad():
     m(input_ids=sids[:a.batch, :-1])
     batches = [timed(lambda: score(sids[i * a.batch:(i + 1) * a.batch]))
@@ -122,5 +127,5 @@ if a.json:
     with open(a.json, "w") as f:
         json.dump({"torch": torch.__version__, "train_step_s": ts,
                    "train_tokens_per_s": a.batch * a.seq * (2 if a.objective == "npo+gd" else 1) / ts, "score_tokens_per_s": sc,
-                   "gen_tokens_per_s": gen, "peak_rss_mib": rss, "device": a.device, "gpu_peak_mib": gpu_peak, "train_peak_rss_mib": train_rss, "train_steps_s": steps,
+                   "gen_tokens_per_s": gen, "peak_rss_mib": rss, "device": a.device, "dtype": a.dtype, "gpu_peak_mib": gpu_peak, "train_peak_rss_mib": train_rss, "train_steps_s": steps,
                    "score_batches_s": batches, "gen_runs_s": runs}, f, indent=1)

@@ -11,10 +11,11 @@
 #   1. the GPU, driver, and whether the binary finds every CUDA library;
 #   2. `unlearn check-device --device cuda`: logits, loss and every gradient of the tiny parity
 #      checkpoints (every architecture) on CPU and GPU, against transformers' values and each
-#      other (tolerances in src/app/device_check.rs);
+#      other (tolerances in src/app/device_check.rs); then the same in bf16 (`--dtype bf16`,
+#      against transformers run in bf16);
 #   3. one NPO+GD unlearning run of SmolLM2-135M-Instruct (.cache/models/*.gguf if present, else
 #      a random model of its shapes from `unlearn init`) on the GPU and the same run on the CPU:
-#      the per-step losses compared;
+#      the per-step losses compared; and the GPU run once more in bf16 (`dtype = "bf16"`);
 #   4. one evaluation of the unlearned model on the GPU and the CPU (forget/retain probability,
 #      ROUGE): per-item values compared;
 #   5. `unlearn bench --device cuda --compare-torch`: training step, scoring and generation
@@ -90,6 +91,7 @@ fi
 
 # 2. parity on every architecture
 step parity 90 "$U" check-device --device "$DEV" --json "$OUT/parity.json" --overwrite
+step parity_bf16 60 "$U" check-device --device "$DEV" --dtype bf16 --json "$OUT/parity_bf16.json" --overwrite
 
 # 3. the same unlearning run on GPU and CPU
 GGUF=${SMOLLM2_GGUF:-$(ls .cache/models/SmolLM2-135M-Instruct*.gguf 2>/dev/null | head -n1)}
@@ -140,7 +142,10 @@ RUN="--set model=$W/smol --set forget=$W/data/forget.jsonl --set retain=$W/data/
   --set method=npo+gd --set train.max_steps=8 --set train.batch_size=4 --set train.lr=1e-5"
 step run_cuda 90 "$U" run $RUN --set "out=$W/un_cuda" --set "run_dir=$W/run_cuda" --set "device=$DEV"
 step run_cpu 120 "$U" run $RUN --set "out=$W/un_cpu" --set "run_dir=$W/run_cpu" --set device=cpu
+step run_cuda_bf16 90 "$U" run $RUN --set "out=$W/un_cuda_bf16" --set "run_dir=$W/run_cuda_bf16" \
+  --set "device=$DEV" --set dtype=bf16
 cp "$W/run_cuda/train_log.jsonl" "$OUT/train_log_cuda.jsonl" 2>/dev/null
+cp "$W/run_cuda_bf16/train_log.jsonl" "$OUT/train_log_cuda_bf16.jsonl" 2>/dev/null
 cp "$W/run_cpu/train_log.jsonl" "$OUT/train_log_cpu.jsonl" 2>/dev/null
 
 # 4. one evaluation of the GPU-unlearned model on each device
@@ -161,12 +166,13 @@ o = sys.argv[1]
 load = lambda f: json.load(open(os.path.join(o, f))) if os.path.exists(os.path.join(o, f)) else None
 steps = [json.loads(l) for l in open(os.path.join(o, "steps.jsonl"))]
 out = {"steps": steps, "env": open(os.path.join(o, "env.log")).read().splitlines(),
-       "model": load("model.json"), "parity": load("parity.json"), "bench": load("bench.json")}
+       "model": load("model.json"), "parity": load("parity.json"),
+       "parity_bf16": load("parity_bf16.json"), "bench": load("bench.json")}
 def losses(f):
     p = os.path.join(o, f)
     return [json.loads(l).get("loss") for l in open(p)] if os.path.exists(p) else []
 a, b = losses("train_log_cuda.jsonl"), losses("train_log_cpu.jsonl")
-out["run"] = {"loss_cuda": a, "loss_cpu": b,
+out["run"] = {"loss_cuda": a, "loss_cpu": b, "loss_cuda_bf16": losses("train_log_cuda_bf16.jsonl"),
               "max_rel_diff": max((abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b)), default=None)}
 ec, ep = load("eval_cuda.json"), load("eval_cpu.json")
 def flat(v, pre=""):

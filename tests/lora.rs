@@ -450,3 +450,107 @@ fn peft_files_round_trip_through_python_peft() {
         assert!(e < tol, "{dir} merged: max |ours − peft| = {e}");
     }
 }
+
+/// Issue #25: `dtype = "bf16"`. With adapters the base is held in bf16 and only read, the
+/// adapters train in f32; a merged output is merged onto the base as it is on disk (f32 here),
+/// so the tensors no adapter touches are the input's bit for bit, not their bf16 roundings.
+#[test]
+fn bf16_lora_run_trains_f32_adapters_and_merges_onto_the_f32_base() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    setup(p);
+    let ft = load(p, "ft");
+    let ft_hash = unlearn::util::hash::path_sha256(&p.join("ft")).unwrap();
+    run(p, "npo+gd", "a", &["dtype=bf16"]);
+    assert_eq!(
+        unlearn::util::hash::path_sha256(&p.join("ft")).unwrap(),
+        ft_hash
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(p.join("a.run/run.json")).unwrap()).unwrap();
+    assert_eq!(info["config"]["dtype"], "bf16", "{info}");
+    // the adapter file holds f32 tensors that trained
+    let st = candle_core::safetensors::load(p.join("a/adapter_model.safetensors"), &Device::Cpu)
+        .unwrap();
+    assert!(st.values().all(|t| t.dtype() == candle_core::DType::F32));
+    let a = load(p, "a");
+    assert_eq!(
+        tensors(&a.model),
+        tensors(&ft.model),
+        "base weights changed"
+    );
+    assert!(
+        mean_forget_prob(p, &a) < 0.5 * mean_forget_prob(p, &ft),
+        "the bf16 run did not unlearn"
+    );
+    // the f32 weights of the input are not representable in bf16: a merge onto the rounded
+    // base would change every tensor
+    let embed = "model.embed_tokens.weight";
+    let e = ft.model.param(embed).unwrap().as_tensor();
+    let rounded = e
+        .to_dtype(candle_core::DType::BF16)
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
+    assert!(max_diff(e, &rounded) > 0.0);
+    run(p, "npo+gd", "m", &["dtype=bf16", "lora.merge=true"]);
+    let m = load(p, "m");
+    let (mt, ftt) = (tensors(&m.model), tensors(&ft.model));
+    for n in [
+        embed,
+        "model.norm.weight",
+        "model.layers.0.input_layernorm.weight",
+    ] {
+        assert!(mt[n] == ftt[n], "{n} is not the input's");
+    }
+    // the adapted weights are the f32 base plus the adapter's product
+    let x = ids();
+    let merged_here = load(p, "m").model.forward(&x).unwrap();
+    let on_base = ft
+        .model
+        .with_lora(
+            load(p, "a")
+                .model
+                .lora()
+                .unwrap()
+                .converted(candle_core::DType::F32)
+                .unwrap(),
+        )
+        .unwrap();
+    // (a second run with the same seed trains the same adapter)
+    assert!(max_diff(&merged_here, &on_base.forward(&x).unwrap()) < 1e-4);
+}
+
+/// Issue #25: `dtype = "bf16"` without adapters trains the selected weights (f32 master
+/// copies) and saves every other weight unchanged.
+#[test]
+fn bf16_full_run_saves_frozen_weights_unchanged() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    setup(p);
+    let ft = load(p, "ft");
+    let a = run_args(
+        "ga+gd",
+        "f",
+        &["dtype=bf16", "trainable=[\"layers.1.mlp.down_proj\"]"],
+    );
+    ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), p);
+    let f = load(p, "f");
+    let (ft_t, f_t) = (tensors(&ft.model), tensors(&f.model));
+    let trained = "model.layers.1.mlp.down_proj.weight";
+    for (n, v) in &ft_t {
+        if n == trained {
+            assert!(&f_t[n] != v, "{n} did not train");
+        } else {
+            assert!(&f_t[n] == v, "{n} changed");
+        }
+    }
+    // what bf16 cannot do is refused before any work
+    let a = run_args("unierase", "u", &["dtype=bf16"]);
+    let e = fails(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), p);
+    assert!(e.contains("dtype") && e.contains("unierase"), "{e}");
+    assert!(!p.join("u").exists());
+    let a = run_args("ga", "x", &["dtype=f16"]);
+    let e = fails(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), p);
+    assert!(e.contains("`f16`") && e.contains("bf16"), "{e}");
+}

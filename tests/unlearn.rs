@@ -817,7 +817,10 @@ fn chunked_loss_and_checkpointing_give_the_same_run() {
     );
     let dw = max_diff("lora", "lora_chunked");
     assert!(dw < 5e-4, "LoRA, chunked: merged weights differ by {dw}");
-    assert!(max_diff("lora", "plain") > 1e-3, "the LoRA runs trained something else");
+    assert!(
+        max_diff("lora", "plain") > 1e-3,
+        "the LoRA runs trained something else"
+    );
     unlearn(p, "ga+kl", "kl", &[]);
     unlearn(p, "ga+kl", "kl_ck", &["train.checkpoint_activations=true"]);
     let dw = max_diff("kl", "kl_ck");

@@ -13,13 +13,19 @@
 //! Tolerances: on the CPU in f32 1e-5 for logits and loss and 1e-4 for gradients (what
 //! tests/parity.rs asserts); on any other device ten times those, since its reductions sum in a
 //! different order (cuBLAS, candle's CUDA kernels) and f32 round-off grows with it.
+//!
+//! With [`Precision::Bf16`] (`--dtype bf16`) the model computes in bf16 and is held to
+//! `golden_bf16.safetensors` (transformers with the checkpoint loaded in bf16;
+//! `scripts/make_bf16_golden.py`), within the bf16 tolerances of [`tolerances`]: a bf16
+//! rounding is 2⁻⁹ relative, and one rounding that goes the other way (another summation order
+//! in a GEMM) moves everything after it by that much.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::{Arch, Llama, LlamaConfig};
+use crate::model::{Arch, Llama, LlamaConfig, Precision};
 
 /// Logits, loss and gradients of one fixture on one device (all moved to the CPU).
 pub struct Measured {
@@ -40,16 +46,38 @@ pub fn load(dir: &Path, dev: &Device) -> Result<Llama> {
     Llama::from_tensors(cfg, tensors, &src, dev)
 }
 
+/// The golden file of a fixture for a precision.
+pub fn golden_file(dir: &Path, p: Precision) -> PathBuf {
+    dir.join(match p {
+        Precision::F32 => "golden.safetensors",
+        Precision::Bf16 => "golden_bf16.safetensors",
+    })
+}
+
 /// The golden tensors of a fixture (on the CPU).
 pub fn golden(dir: &Path) -> Result<HashMap<String, Tensor>> {
-    let p = dir.join("golden.safetensors");
+    golden_at(dir, Precision::F32)
+}
+
+/// The golden tensors of a fixture for a precision (on the CPU).
+pub fn golden_at(dir: &Path, prec: Precision) -> Result<HashMap<String, Tensor>> {
+    let p = golden_file(dir, prec);
     candle_core::safetensors::load(&p, &Device::Cpu)
         .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))
 }
 
 /// Forward and backward of the fixture's model on `dev` with the golden inputs.
 pub fn measure(dir: &Path, dev: &Device) -> Result<Measured> {
+    measure_at(dir, dev, Precision::F32)
+}
+
+/// [`measure`] computing in `prec` (the parameters trained, so kept in f32).
+pub fn measure_at(dir: &Path, dev: &Device, prec: Precision) -> Result<Measured> {
     let model = load(dir, dev)?;
+    let model = match prec {
+        Precision::F32 => model,
+        p => model.for_precision(p, false)?,
+    };
     let g = golden(dir)?;
     let get = |k: &str| {
         g.get(k)
@@ -201,14 +229,25 @@ pub struct FixtureResult {
     pub pass: bool,
 }
 
-/// The tolerances (logits and loss, gradients) for a device.
+/// The tolerances (logits and loss, gradients) for a device, in f32.
 pub fn tolerances(dev: &Device) -> (f64, f64) {
-    if dev.is_cpu() {
-        (1e-5, 1e-4)
-    } else {
-        (1e-4, 1e-3)
+    tolerances_at(dev, Precision::F32)
+}
+
+/// The tolerances (logits and loss, gradients) for a device and a precision.
+pub fn tolerances_at(dev: &Device, p: Precision) -> (f64, f64) {
+    match (p, dev.is_cpu()) {
+        (Precision::F32, true) => (1e-5, 1e-4),
+        (Precision::F32, false) => (1e-4, 1e-3),
+        (Precision::Bf16, _) => BF16_TOLERANCES,
     }
 }
+
+/// bf16 tolerances (logits and loss, gradients), on any device.
+/// Measured on the CPU on 2026-12-01 against transformers in bf16: logits at most 1.3e-2
+/// (Gemma 3), loss 1.6e-4, gradients 6.4e-2 (an OLMo q_proj; a gradient is the sum of many
+/// bf16 products).
+pub const BF16_TOLERANCES: (f64, f64) = (2e-2, 1e-1);
 
 /// Every `parity_*` fixture under `root`, sorted.
 pub fn fixtures(root: &Path) -> Result<Vec<PathBuf>> {
@@ -219,7 +258,7 @@ pub fn fixtures(root: &Path) -> Result<Vec<PathBuf>> {
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("parity_"))
-                && p.join("golden.safetensors").is_file()
+                && golden_file(p, Precision::F32).is_file()
         })
         .collect();
     v.sort();
@@ -235,20 +274,25 @@ pub fn fixtures(root: &Path) -> Result<Vec<PathBuf>> {
 /// Check one fixture on the CPU (fused kernels) and on `dev` (as the ops are set: composite on
 /// any device but the CPU, and on the CPU after `ops::set_fused(false)`).
 pub fn check(dir: &Path, dev: &Device) -> Result<FixtureResult> {
-    let g = golden(dir)?;
+    check_at(dir, dev, Precision::F32)
+}
+
+/// [`check`] computing in `prec`, against that precision's golden file.
+pub fn check_at(dir: &Path, dev: &Device, prec: Precision) -> Result<FixtureResult> {
+    let g = golden_at(dir, prec)?;
     // the CPU reference runs the fused kernels, so that a composite run on the CPU (`set_fused
     // (false)`, the form other devices run) is held to them
     let composite = !crate::ops::fused_enabled();
     crate::ops::set_fused(true);
-    let cpu = measure(dir, &Device::Cpu);
+    let cpu = measure_at(dir, &Device::Cpu, prec);
     crate::ops::set_fused(!composite);
     let cpu = cpu?;
-    let on_dev = measure(dir, dev)?;
+    let on_dev = measure_at(dir, dev, prec)?;
     let cpu_vs_torch = against_golden(&cpu, &g)?;
     let device_vs_torch = against_golden(&on_dev, &g)?;
     let device_vs_cpu = against(&on_dev, &cpu)?;
-    let (tl, tg) = tolerances(dev);
-    let (cl, cg) = tolerances(&Device::Cpu);
+    let (tl, tg) = tolerances_at(dev, prec);
+    let (cl, cg) = tolerances_at(&Device::Cpu, prec);
     let arch = load(dir, &Device::Cpu)?.cfg.arch.model_type().to_string();
     Ok(FixtureResult {
         fixture: dir

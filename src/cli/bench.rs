@@ -46,6 +46,10 @@ pub struct Args {
     /// Run the composite candle ops instead of the fused CPU kernels (the pre-#9 path).
     #[arg(long)]
     composite: bool,
+    /// Compute dtype: f32 or bf16 (bf16 activations and matmuls, f32 reductions and losses,
+    /// trained weights in f32; PyTorch loads the model in bf16, as users of it do).
+    #[arg(long, default_value = "f32")]
+    dtype: unlearn::model::Precision,
     /// Also time the same workloads in PyTorch (scripts/bench_torch.py, run with --python),
     /// alternating with ours for --rounds rounds, and print medians and the ratio.
     #[arg(long)]
@@ -94,6 +98,7 @@ fn torch_round(a: &Args, cfg: &BenchConfig, out: &std::path::Path) -> Result<ser
             &[][..]
         })
         .args(["--device", &a.device.device])
+        .args(["--dtype", a.dtype.name()])
         .arg("--json")
         .arg(out)
         .stdout(std::process::Stdio::null())
@@ -267,6 +272,10 @@ pub fn run(a: Args) -> Result<()> {
         let lora = unlearn::model::Lora::new(&lc, &md.model.cfg, "bench", 0, &dev)?;
         md.model = md.model.with_lora(lora)?;
     }
+    if a.dtype != unlearn::model::Precision::F32 {
+        // with adapters the base is frozen: held in bf16
+        md.model = md.model.for_precision(a.dtype, a.lora_r > 0)?;
+    }
     let c = BenchConfig {
         batch: a.batch,
         seq: a.seq,
@@ -293,7 +302,7 @@ pub fn run(a: Args) -> Result<()> {
         md.model.num_params()
     );
     println!("threads          {}", rayon::current_num_threads());
-    println!("ops              {ops}");
+    println!("ops              {ops}, {}", a.dtype.name());
     println!(
         "training         {}{}{}",
         a.objective,

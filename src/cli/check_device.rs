@@ -14,6 +14,10 @@ pub struct Args {
     /// form every non-CPU device runs).
     #[arg(long)]
     composite: bool,
+    /// Compute dtype: f32 (against golden.safetensors) or bf16 (against
+    /// golden_bf16.safetensors, transformers in bf16; bf16 tolerances).
+    #[arg(long, default_value = "f32")]
+    dtype: unlearn::model::Precision,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -34,16 +38,17 @@ pub fn run(a: Args) -> Result<()> {
     if a.composite {
         unlearn::ops::set_fused(false);
     }
-    let (tl, tg) = device_check::tolerances(&dev);
+    let (tl, tg) = device_check::tolerances_at(&dev, a.dtype);
     println!(
-        "device {} ({}): relative differences max|a-b|/max|b|; tolerances on the device: logits \
+        "device {} ({}, {}): relative differences max|a-b|/max|b|; tolerances on the device: logits \
          and loss {tl:e}, gradients {tg:e}",
         a.device.device,
         if a.composite || !dev.is_cpu() {
             "composite ops"
         } else {
             "fused CPU kernels"
-        }
+        },
+        a.dtype.name()
     );
     println!(
         "{:<22} {:<12} {:>28} {:>28} {:>28}  ok",
@@ -55,7 +60,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut results = vec![];
     for dir in &fixtures {
-        let r = device_check::check(dir, &dev)?;
+        let r = device_check::check_at(dir, &dev, a.dtype)?;
         println!(
             "{:<22} {:<12} {:>28} {:>28} {:>28}  {}",
             r.fixture,
@@ -76,6 +81,7 @@ pub fn run(a: Args) -> Result<()> {
         let v = serde_json::json!({
             "device": a.device.device,
             "composite": a.composite || !dev.is_cpu(),
+            "dtype": a.dtype.name(),
             "tolerances": {"logits_loss": tl, "grad": tg},
             "version": env!("CARGO_PKG_VERSION"),
             "fixtures": results,

@@ -57,11 +57,23 @@ pub struct Args {
     /// override them.
     #[command(flatten)]
     settings: Settings,
+    /// Compute dtype of the evaluated model: f32 or bf16 (TOFU-style benchmarks; the
+    /// `dtype` evaluation setting).
+    #[arg(long)]
+    dtype: Option<unlearn::model::Precision>,
     #[command(flatten)]
     device: Device,
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let tofu_like = !(a.benchmark == "exclusive"
+        || a.benchmark == "muse"
+        || unlearn::eval::harness::tasks::find(&a.benchmark).is_some());
+    anyhow::ensure!(
+        tofu_like || a.dtype.is_none_or(|d| d.is_default()),
+        "--dtype bf16 is implemented for the TOFU-style evaluation only, not for --benchmark {}",
+        a.benchmark
+    );
     if a.benchmark == "exclusive" {
         return exclusive(a);
     }
@@ -80,6 +92,9 @@ pub fn run(a: Args) -> Result<()> {
     let mut cfg: EvalConfig = a.settings.load()?;
     cfg.data = a.benchmark.clone().into();
     cfg.forget_split = a.forget_split;
+    if let Some(d) = a.dtype {
+        cfg.dtype = d;
+    }
     for (slot, v) in [
         (&mut cfg.retain_logs, a.retain_logs),
         (&mut cfg.reference_model, a.reference_model),
@@ -105,7 +120,10 @@ pub fn run(a: Args) -> Result<()> {
         ],
     )?;
     let dev = a.device.get()?;
-    let md = ModelDir::load(&model, &dev)?;
+    let mut md = ModelDir::load(&model, &dev)?;
+    if !cfg.dtype.is_default() {
+        md.model = md.model.for_precision(cfg.dtype, true)?;
+    }
     let fp = fingerprint(&model, &cfg)?;
     let mut evaluator = Evaluator::new(&md.model, &md.tok, &cfg, true)?;
     unlearn::util::rundir::write_run_info(&a.out, "eval", 0, &cfg, &inputs)?;

@@ -131,6 +131,11 @@ pub struct EvalConfig {
     /// evaluation uses the golden ones).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answer_field: Option<String>,
+    /// The evaluated model's compute dtype (`unlearn eval --dtype`): f32 (default) or bf16
+    /// (the model held and run in bf16, log-probabilities in f32). Part of the cache key. In a
+    /// run's `[eval]` table the run's own `dtype` applies instead.
+    #[serde(skip_serializing_if = "crate::model::Precision::is_default")]
+    pub dtype: crate::model::Precision,
 }
 
 /// Which conventions the evaluation follows.
@@ -175,6 +180,7 @@ impl Default for EvalConfig {
             extra_metrics: vec![],
             retain_split: None,
             answer_field: None,
+            dtype: Default::default(),
         }
     }
 }
@@ -560,6 +566,9 @@ pub fn fingerprint(model_dir: &Path, cfg: &EvalConfig) -> Result<EvalKeys> {
     if let Some(f) = &cfg.answer_field {
         // only when set, so the keys of every earlier evaluation stay as they were
         passes["answer_field"] = f.as_str().into();
+    }
+    if !cfg.dtype.is_default() {
+        passes["dtype"] = cfg.dtype.name().into();
     }
     let passes = crate::util::hash::sha256(passes.to_string().as_bytes());
     let metrics = json!({

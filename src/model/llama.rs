@@ -174,6 +174,11 @@ pub struct Llama {
     lora: Option<std::sync::Arc<Lora>>,
     /// Some parameter enters the graph tracked (a model being trained, not a frozen view).
     tracked_any: bool,
+    /// Per parameter (in `params` order): whether this view tracks it.
+    tracked: Vec<bool>,
+    /// The dtype activations are computed in (see [`Llama::with_compute_dtype`]); the storage
+    /// dtype of the parameters otherwise.
+    compute: DType,
     /// Activation checkpointing (`train.checkpoint_activations`) and its tape.
     ckpt: std::sync::Arc<Checkpointing>,
 }
@@ -491,7 +496,7 @@ impl Llama {
     }
 
     fn from_params(cfg: LlamaConfig, params: Vec<(String, Var)>, device: &Device) -> Result<Self> {
-        Self::build(cfg, params, device, &|_| true, None, None)
+        Self::build(cfg, params, device, &|_| true, None, None, None)
     }
 
     /// A view of this model that computes with the same storage but tracks gradients only for
@@ -507,6 +512,7 @@ impl Llama {
             &|n| trainable.contains(&n),
             Some(self.rope_tables()),
             self.lora.clone(),
+            Some(self.compute),
         )
     }
 
@@ -517,6 +523,7 @@ impl Llama {
         tracked: &dyn Fn(&str) -> bool,
         rope: Option<RopeTables>,
         lora: Option<std::sync::Arc<Lora>>,
+        compute: Option<DType>,
     ) -> Result<Self> {
         let view = |n: &str, v: &Var| {
             if tracked(n) {
@@ -580,7 +587,7 @@ impl Llama {
         } else {
             get("lm_head.weight").unwrap()
         };
-        let dtype = embed.dtype();
+        let dtype = compute.unwrap_or(embed.dtype());
         let RopeTables {
             cos,
             sin,
@@ -595,8 +602,11 @@ impl Llama {
                 .iter()
                 .flat_map(|l| l.params())
                 .any(|(n, _)| tracked(&n));
+        let tracked_each = params.iter().map(|(n, _)| tracked(n)).collect();
         Ok(Llama {
             tracked_any,
+            tracked: tracked_each,
+            compute: dtype,
             ckpt: Default::default(),
             norm: get("model.norm.weight"),
             norm_b: get("model.norm.bias"),
@@ -628,7 +638,64 @@ impl Llama {
             })
             .collect::<Result<Vec<_>>>()?;
         let lora = self.lora.as_ref().map(|l| l.converted(dtype)).transpose()?;
-        Self::assemble(self.cfg.clone(), params, &self.device, lora)
+        Self::assemble(self.cfg.clone(), params, &self.device, lora, None)
+    }
+
+    /// This model computing in `dtype` (`--dtype bf16`): activations, matmul inputs and the KV
+    /// cache in `dtype` (the GEMMs accumulate in f32), the norms' and softmaxes' reductions in
+    /// f32 (`ops::composite`), logits and hidden states handed out in f32. The parameters this
+    /// view trains keep their f32 storage (the optimiser's master copy: AdamW updates f32
+    /// weights, each forward reads a rounded copy); every other parameter gets new storage in
+    /// `dtype` when `frozen_storage` (a frozen LoRA base or a reference copy takes half the
+    /// memory), else keeps its storage and is read through a rounded copy. Adapters stay as
+    /// they are.
+    pub fn with_compute_dtype(&self, dtype: DType, frozen_storage: bool) -> Result<Self> {
+        let params = self
+            .params
+            .iter()
+            .zip(&self.tracked)
+            .map(|((n, v), &tracked)| {
+                Ok((
+                    n.clone(),
+                    if tracked || !frozen_storage || v.dtype() == dtype {
+                        v.clone()
+                    } else {
+                        Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?
+                    },
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let names: Vec<&str> = self
+            .params
+            .iter()
+            .zip(&self.tracked)
+            .filter(|(_, &t)| t)
+            .map(|((n, _), _)| n.as_str())
+            .collect();
+        let adapters: Vec<String> = self.adapters().into_iter().map(|(n, _)| n).collect();
+        Self::build(
+            self.cfg.clone(),
+            params,
+            &self.device,
+            &|n| names.contains(&n) || adapters.iter().any(|a| a == n),
+            None,
+            self.lora.clone(),
+            Some(dtype),
+        )
+    }
+
+    /// Half precision compute (bf16/f16): outputs are handed out in f32.
+    fn half(&self) -> bool {
+        matches!(self.compute, DType::BF16 | DType::F16)
+    }
+
+    /// A tensor handed out of the forward (logits, hidden states): f32 under half precision.
+    fn out(&self, t: Tensor) -> Result<Tensor> {
+        Ok(if self.half() {
+            t.to_dtype(DType::F32)?
+        } else {
+            t
+        })
     }
 
     /// A model of `params` (and adapters): with adapters only they are tracked (the base is
@@ -638,9 +705,10 @@ impl Llama {
         params: Vec<(String, Var)>,
         device: &Device,
         lora: Option<Lora>,
+        compute: Option<DType>,
     ) -> Result<Self> {
         match lora {
-            None => Self::from_params(cfg, params, device),
+            None => Self::build(cfg, params, device, &|_| true, None, None, compute),
             Some(l) => {
                 let names: Vec<String> = l.params().into_iter().map(|(n, _)| n).collect();
                 Self::build(
@@ -650,6 +718,7 @@ impl Llama {
                     &|n| names.iter().any(|x| x == n),
                     None,
                     Some(std::sync::Arc::new(l)),
+                    compute,
                 )
             }
         }
@@ -666,6 +735,7 @@ impl Llama {
             &|n| names.iter().any(|x| x == n),
             Some(self.rope_tables()),
             Some(std::sync::Arc::new(lora)),
+            Some(self.compute),
         )
     }
 
@@ -690,6 +760,7 @@ impl Llama {
             &|_| false,
             Some(self.rope_tables()),
             None,
+            Some(self.compute),
         )
     }
 
@@ -716,11 +787,21 @@ impl Llama {
                 Ok((n.clone(), Var::from_tensor(&t)?))
             })
             .collect::<Result<Vec<_>>>()?;
-        Self::from_params(self.cfg.clone(), params, &self.device)
+        Self::build(
+            self.cfg.clone(),
+            params,
+            &self.device,
+            &|_| true,
+            None,
+            None,
+            Some(self.compute),
+        )
     }
 
+    /// The dtype the model computes in (its parameters' storage dtype unless
+    /// [`Llama::with_compute_dtype`] set another).
     pub fn dtype(&self) -> DType {
-        self.embed.dtype()
+        self.compute
     }
 
     pub fn device(&self) -> &Device {
@@ -746,9 +827,15 @@ impl Llama {
         let lora = self
             .lora
             .as_ref()
-            .map(|l| l.converted(self.dtype()))
+            .map(|l| l.converted(l.dtype()))
             .transpose()?;
-        Self::assemble(self.cfg.clone(), params, &self.device, lora)
+        Self::assemble(
+            self.cfg.clone(),
+            params,
+            &self.device,
+            lora,
+            Some(self.compute),
+        )
     }
 
     /// Logits for a batch of token ids: ids [b, t] (u32) -> [b, t, vocab]. Positions 0..t, causal
@@ -835,11 +922,11 @@ impl Llama {
                 local: None,
             }
         };
-        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
-            b,
-            t,
-            self.cfg.hidden_size,
-        ))?;
+        let mut x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?
+            .to_dtype(self.compute)?;
         if self.cfg.gemma() {
             // × √hidden, rounded to the dtype as transformers' normaliser is
             x = (x * (self.cfg.hidden_size as f64).sqrt())?;
@@ -892,7 +979,7 @@ impl Llama {
                         x.dims()
                     )));
                 }
-                x = input.clone();
+                x = input.to_dtype(self.compute)?;
                 l
             }
             None => 0,
@@ -907,12 +994,12 @@ impl Llama {
             let kv = cache.as_deref_mut().map(|c| &mut c.layers[li]);
             x = self.layer_forward(li, layer, &x, &pass, kv, &hooks)?;
             if let Some(h) = hooks.residual {
-                if let Some(r) = h(li, &x)? {
-                    x = r;
+                if let Some(r) = h(li, &self.out(x.clone())?)? {
+                    x = r.to_dtype(self.compute)?;
                 }
             }
             if hooks.hidden_layers.contains(&li) {
-                hidden.push((li, x.clone()));
+                hidden.push((li, self.out(x.clone())?));
             }
         }
         let logits = if hooks.skip_logits {
@@ -925,11 +1012,14 @@ impl Llama {
             if hooks.head_input_only {
                 Some(n)
             } else {
-                let logits = ops::linear(&n, &self.lm_head, None)?;
-                Some(match self.cfg.final_logit_softcapping {
+                // half precision: the head's product in it, the logits widened to f32 (as
+                // transformers' loss does) before the soft-cap and every log-softmax
+                // (Gemma 2's cap on the logits in the compute dtype, as transformers applies it)
+                let logits = ops::linear(&n, &self.cast(&self.lm_head)?, None)?;
+                Some(self.out(match self.cfg.final_logit_softcapping {
                     Some(c) => softcap(&logits, c)?,
                     None => logits,
-                })
+                })?)
             }
         };
         Ok(ForwardOutput { logits, hidden })
@@ -939,8 +1029,9 @@ impl Llama {
     /// log-softmax computed in chunks of rows (`ops::lm_head_logprobs`): the [b, t, vocab]
     /// logits are never held in full.
     pub fn label_logprobs_chunked(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
-        if self.cfg.final_logit_softcapping.is_some() {
-            // the cap sits between the head and the softmax: the full logits it is
+        if self.cfg.final_logit_softcapping.is_some() || self.half() {
+            // the cap sits between the head and the softmax: the full logits it is; half
+            // precision: likewise (the chunked kernel is f32)
             return ops::gather_logprobs(&self.forward(ids)?, targets);
         }
         let hooks = Hooks {
@@ -1094,9 +1185,9 @@ impl Llama {
         };
         let attn_out = self.lin(&y, &l.o)?;
         let (h, n2) = if c.parallel_residual {
-            // GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x))
+            // GPT-NeoX: mlp(ln2(x)) + attn(ln1(x)) + x, summed in transformers' order below
             let n2 = self.norm(x, l.ln2.as_ref(), l.ln2_b.as_ref())?;
-            ((x + attn_out)?, n2)
+            (attn_out, n2)
         } else if c.gemma() {
             // Gemma: h = x + norm(attn); the MLP reads its own pre-norm of h
             let h = (x + self.norm(&attn_out, l.ln2.as_ref(), None)?)?;
@@ -1114,21 +1205,19 @@ impl Llama {
         let up = self.lin(&n2, &l.up)?;
         // silu(gate)·up (Gemma: gelu_tanh(gate)·up; GPT-NeoX: gelu(up)), [b, t, intermediate]
         let mut act = match (&l.gate, c.act) {
-            (Some(g), Act::Silu) => ops::swiglu(&self.lin(&n2, g)?, &up)?,
-            (Some(g), Act::GeluTanh) => (self.lin(&n2, g)?.gelu()? * up)?,
-            (Some(g), Act::GeluErf) => (self.lin(&n2, g)?.gelu_erf()? * up)?,
-            (None, Act::GeluErf) => up.gelu_erf()?,
-            (None, Act::GeluTanh) => up.gelu()?,
-            (None, Act::Silu) => up.silu()?,
+            (Some(g), Act::Silu) if !self.half() => ops::swiglu(&self.lin(&n2, g)?, &up)?,
+            (Some(g), a) => (self.activate(&self.lin(&n2, g)?, a)? * up)?,
+            (None, a) => self.activate(&up, a)?,
         };
         if let Some(hook) = hooks.mlp_act {
-            if let Some(r) = hook(li, &act)? {
-                act = r;
+            if let Some(r) = hook(li, &self.out(act.clone())?)? {
+                act = r.to_dtype(self.compute)?;
             }
         }
         let mlp_out = self.lin(&act, &l.down)?;
         match &l.post_ffn {
             Some(w) => Ok((h + self.rms(&mlp_out, w)?)?),
+            None if c.parallel_residual => Ok(((mlp_out + h)? + x)?),
             None => Ok((h + mlp_out)?),
         }
     }
@@ -1198,30 +1287,62 @@ impl Llama {
     fn norm(&self, x: &Tensor, w: Option<&Tensor>, b: Option<&Tensor>) -> Result<Tensor> {
         match w {
             Some(w) if self.cfg.layer_norm() => {
-                let y = ops::composite::layer_norm_nonparam(x, self.cfg.rms_norm_eps)?
-                    .broadcast_mul(w)?;
-                Ok(match b {
-                    Some(b) => y.broadcast_add(b)?,
+                // half precision: in f32 with the affine part and rounded once (torch's
+                // layer_norm kernel)
+                let dt = if self.half() {
+                    DType::F32
+                } else {
+                    self.compute
+                };
+                let y =
+                    ops::composite::layer_norm_nonparam(&x.to_dtype(dt)?, self.cfg.rms_norm_eps)?
+                        .broadcast_mul(&w.to_dtype(dt)?)?;
+                let y = match b {
+                    Some(b) => y.broadcast_add(&b.to_dtype(dt)?)?,
                     None => y,
-                })
+                };
+                Ok(y.to_dtype(self.compute)?)
             }
             Some(w) => self.rms(x, w),
             None => ops::composite::layer_norm_nonparam(x, 1e-5),
         }
     }
 
-    /// RMSNorm x̂·w, or Gemma's x̂·(1 + w).
+    /// RMSNorm x̂·w, or Gemma's x̂·(1 + w) (in half precision computed in f32 and rounded once,
+    /// as transformers' Gemma norm does; the others round x̂ first, as `LlamaRMSNorm` does).
     fn rms(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
         if self.cfg.gemma() {
+            if self.half() {
+                let w = (w.to_dtype(DType::F32)? + 1.0)?;
+                let y = ops::rms_norm(&x.to_dtype(DType::F32)?, &w, self.cfg.rms_norm_eps)?;
+                return Ok(y.to_dtype(self.compute)?);
+            }
             return ops::rms_norm(x, &(w + 1.0)?, self.cfg.rms_norm_eps);
         }
         ops::rms_norm(x, w, self.cfg.rms_norm_eps)
     }
 
+    /// The MLP's activation; in half precision computed in f32 and rounded once, as torch's
+    /// kernels do (candle's half-precision silu/gelu round after each of their steps).
+    fn activate(&self, x: &Tensor, a: Act) -> Result<Tensor> {
+        let f = |x: &Tensor| -> candle_core::Result<Tensor> {
+            match a {
+                Act::Silu => x.silu(),
+                Act::GeluTanh => x.gelu(),
+                Act::GeluErf => x.gelu_erf(),
+            }
+        };
+        Ok(if self.half() {
+            f(&x.to_dtype(DType::F32)?)?.to_dtype(self.compute)?
+        } else {
+            f(x)?
+        })
+    }
+
     /// x·Wᵀ + b, plus s·(dropout(x)·Aᵀ)·Bᵀ where the layer has an adapter (dropout only while
     /// the adapter trains, i.e. its tensors are tracked).
     fn lin(&self, x: &Tensor, l: &Lin) -> Result<Tensor> {
-        let y = ops::linear(x, &l.w, l.b.as_ref())?;
+        let y = ops::linear(x, &self.cast(&l.w)?, self.cast_opt(l.b.as_ref())?.as_ref())?;
         let (Some((a, b)), Some(lo)) = (&l.ad, &self.lora) else {
             return Ok(y);
         };
@@ -1231,15 +1352,33 @@ impl Llama {
             x.clone()
         };
         // the scale on the narrow [.., r] product, not on the [.., out] one
-        let xa = (ops::linear(&xin, a, None)? * lo.scale())?;
-        Ok((y + ops::linear(&xa, b, None)?)?)
+        let xa = (ops::linear(&xin, &self.cast(a)?, None)? * lo.scale())?;
+        Ok((y + ops::linear(&xa, &self.cast(b)?, None)?)?)
     }
 
-    /// Named tensors (f32), one per parameter, by our names (q/k/v and gate/up apart).
+    /// A weight in the compute dtype (a differentiable rounding when its storage differs).
+    fn cast(&self, w: &Tensor) -> Result<Tensor> {
+        Ok(w.to_dtype(self.compute)?)
+    }
+
+    fn cast_opt(&self, w: Option<&Tensor>) -> Result<Option<Tensor>> {
+        w.map(|w| self.cast(w)).transpose()
+    }
+
+    /// Named tensors, one per parameter, by our names (q/k/v and gate/up apart); f32 (or the
+    /// f64 of a finite-difference copy): parameters stored in half precision are widened, so
+    /// what is saved is exact.
     pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
         self.params
             .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .map(|(n, v)| {
+                let t = v.as_tensor();
+                let t = match t.dtype() {
+                    DType::BF16 | DType::F16 => t.to_dtype(DType::F32).expect("a float widening"),
+                    _ => t.clone(),
+                };
+                (n.clone(), t)
+            })
             .collect()
     }
 

@@ -382,6 +382,14 @@ impl Lora {
             .collect()
     }
 
+    /// The adapters' storage dtype (f32 unless converted).
+    pub fn dtype(&self) -> DType {
+        self.modules
+            .first()
+            .map(|(_, a, _)| a.dtype())
+            .unwrap_or(DType::F32)
+    }
+
     /// The same adapters with new storage in `dtype` (`copy`: also when the dtype is unchanged).
     pub fn converted(&self, dtype: DType) -> Result<Self> {
         let cv = |v: &Var| -> Result<Var> {

@@ -1,40 +1,65 @@
 //! The reference compositions of primitive candle ops, every one of which has a backward pass
 //! in candle. They run where no fused kernel does (CUDA, other dtypes, `ops::set_fused(false)`),
 //! and they define what the fused kernels in `super::fused` must compute.
-use candle_core::{Tensor, D};
+//!
+//! Half precision (bf16/f16, `--dtype bf16`): the reductions (RMSNorm, LayerNorm, softmax,
+//! log-softmax) upcast their input to f32, compute there and round the result back to the
+//! input's dtype, as transformers' eager modules do (`hidden_states.to(torch.float32)` in the
+//! norms, `softmax(…, dtype=torch.float32)` in attention); matmuls take the half inputs and
+//! accumulate in f32 inside the GEMM (candle's CPU gemm and cuBLAS both do).
+use candle_core::{DType, Tensor, D};
 
 use crate::error::Result;
 
-/// RMSNorm: y = x / sqrt(mean(x², -1) + eps) · w. x: [.., h], w: [h].
+/// `f` computed in f32 when `x` is half precision, its result rounded back to `x`'s dtype; as
+/// is otherwise. The casts are differentiable (the gradient is cast back the same way).
+fn in_f32(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    match x.dtype() {
+        DType::BF16 | DType::F16 => Ok(f(&x.to_dtype(DType::F32)?)?.to_dtype(x.dtype())?),
+        _ => f(x),
+    }
+}
+
+/// RMSNorm: y = x / sqrt(mean(x², -1) + eps) · w. x: [.., h], w: [h]. Half precision: x̂ in
+/// f32, rounded to x's dtype, then · w in that dtype (transformers' `LlamaRMSNorm`).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?; // [.., 1]
-    let inv = (ms + eps)?.sqrt()?.recip()?;
-    Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
+    let xn = in_f32(x, |x| {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?; // [.., 1]
+        let inv = (ms + eps)?.sqrt()?.recip()?;
+        Ok(x.broadcast_mul(&inv)?)
+    })?;
+    Ok(xn.broadcast_mul(&w.to_dtype(xn.dtype())?)?)
 }
 
 /// LayerNorm without parameters (OLMo): (x − mean(x)) / √(mean((x − mean)²) + eps) over the last
 /// dimension (biased variance, as torch.nn.functional.layer_norm).
 pub fn layer_norm_nonparam(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    Ok(xc.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?)
+    in_f32(x, |x| {
+        let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+        let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+        Ok(xc.broadcast_mul(&(var + eps)?.sqrt()?.recip()?)?)
+    })
 }
 
 /// Softmax over the last dimension: exp(x − max) / Σ exp(x − max). The max is detached (the
 /// result does not depend on it mathematically).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let e = x.broadcast_sub(&m)?.exp()?;
-    let s = e.sum_keepdim(D::Minus1)?;
-    Ok(e.broadcast_div(&s)?)
+    in_f32(x, |x| {
+        let m = x.max_keepdim(D::Minus1)?.detach();
+        let e = x.broadcast_sub(&m)?.exp()?;
+        let s = e.sum_keepdim(D::Minus1)?;
+        Ok(e.broadcast_div(&s)?)
+    })
 }
 
 /// log-softmax over the last dimension: x − max − log Σ exp(x − max).
 pub fn log_softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let m = x.max_keepdim(D::Minus1)?.detach();
-    let z = x.broadcast_sub(&m)?;
-    let lse = z.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    Ok(z.broadcast_sub(&lse)?)
+    in_f32(x, |x| {
+        let m = x.max_keepdim(D::Minus1)?.detach();
+        let z = x.broadcast_sub(&m)?;
+        let lse = z.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        Ok(z.broadcast_sub(&lse)?)
+    })
 }
 
 /// HF-style rotary embedding (`rotate_half`, non-interleaved): with x = [x1, x2] halves,
@@ -49,6 +74,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// softmax(scale·x + mask) over the last dimension (attention scores; mask broadcast to x).
+/// Half precision: scaled and masked in it, the softmax in f32 (transformers' eager attention).
 pub fn masked_softmax(x: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
     softmax_last_dim(&(x * scale)?.broadcast_add(mask)?)
 }
@@ -144,6 +170,11 @@ pub fn attend(
     let qg = q.contiguous()?.reshape((b, nkv, g * t, d))?;
     let att = qg.matmul(&k.t()?)?.reshape((b, nkv, g, t, total))?; // q·kᵀ
     let att = match softcap {
+        Some(c) if matches!(att.dtype(), DType::BF16 | DType::F16) => {
+            // half precision: transformers' order of roundings (scale, divide, tanh, multiply)
+            let capped = ((((att * scale)? / c)?.tanh()?) * c)?;
+            softmax(&capped, mask, 1.0)?
+        }
         Some(c) => {
             let capped = (((att * (scale / c))?.tanh()?) * c)?;
             softmax(&capped, mask, 1.0)?

@@ -110,6 +110,11 @@ pub struct RunConfig {
     pub eval: Option<crate::eval::EvalConfig>,
     #[serde(default = "default_device")]
     pub device: String,
+    /// Compute dtype: `f32` (default) or `bf16` (bf16 activations and matmuls with f32
+    /// accumulation, norms, softmaxes and losses in f32; the trained weights or adapters and
+    /// their AdamW state stay f32; a LoRA base and a resident reference copy are held in bf16).
+    #[serde(default, skip_serializing_if = "crate::model::Precision::is_default")]
+    pub dtype: crate::model::Precision,
 }
 
 impl RunConfig {
@@ -150,6 +155,12 @@ impl crate::config::Validate for RunConfig {
         }
         if let Some(e) = &self.eval {
             c.sub("eval", e);
+            if !e.dtype.is_default() {
+                c.fail(
+                    "eval.dtype",
+                    "the run's evaluations use the model being trained: set the run's `dtype`",
+                );
+            }
         }
         if let Some(p) = self.stop_forget_prob {
             c.share("stop_forget_prob", p);
@@ -229,6 +240,7 @@ impl RunConfig {
             stop_forget_prob: None,
             eval: None,
             device: default_device(),
+            dtype: Default::default(),
         }
     }
 }
@@ -270,10 +282,14 @@ fn ne_count(x: &candle_core::Tensor, y: &candle_core::Tensor) -> Result<usize> {
         .to_scalar::<f32>()? as usize)
 }
 
-/// Elements of the base weights that differ.
+/// Elements of the base weights that differ. A weight `b` holds in another dtype than `a` is a
+/// frozen copy (`dtype = "bf16"` holds a LoRA base in bf16): not trained, not saved, not counted.
 fn count_changed_base(a: &Llama, b: &Llama) -> Result<usize> {
     let mut n = 0;
     for ((_, x), (_, y)) in a.params().iter().zip(b.params()) {
+        if x.dtype() != y.dtype() {
+            continue;
+        }
         let ne = x
             .as_tensor()
             .ne(y.as_tensor())?
@@ -479,6 +495,13 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     let dev = crate::util::runtime::device(&cfg.device)?;
     let mut md = ModelDir::load(&cfg.model, &dev)?;
     attach_lora(cfg, &mut md)?;
+    if cfg.dtype != crate::model::Precision::F32 {
+        check_precision(cfg)?;
+        // the base of an adapter is frozen and only read: held in bf16; without adapters the
+        // frozen parameters keep their storage, so the saved model has them unchanged
+        let frozen_storage = md.model.lora().is_some();
+        md.model = md.model.for_precision(cfg.dtype, frozen_storage)?;
+    }
     if let ForgetTerm::Unierase(uc) = &cfg.method.forget {
         if md.model.cfg.mlp_output_normed() {
             return Err(Error::Invalid(format!(
@@ -519,7 +542,10 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     // during training).
     let original = ModelDir::load(&cfg.model, &dev)?;
     rep.changed_params = count_changed(&original.model, &md.model)?;
-    drop(original);
+    // a merged adapter over a base held in bf16: merged onto the base as it is on disk
+    let merge_base = (cfg.dtype != crate::model::Precision::F32
+        && cfg.lora.as_ref().is_some_and(|l| l.merge))
+    .then_some(original);
     let what = if md.model.lora().is_some() {
         "adapter"
     } else {
@@ -532,9 +558,31 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
         100.0 * rep.changed_params as f64 / n_params(&md.model).max(1) as f64,
         rep.trainable_params
     ));
-    save_output(cfg, &md, outs.model.tmp())?;
+    save_output(
+        cfg,
+        &md,
+        merge_base.as_ref().map(|o| &o.model),
+        outs.model.tmp(),
+    )?;
     outs.model.commit()?;
     Ok(rep)
+}
+
+/// What `dtype = "bf16"` cannot do, refused before any work.
+fn check_precision(cfg: &RunConfig) -> Result<()> {
+    let refuse = |what: &str| {
+        Err(Error::Invalid(format!(
+            "dtype = \"{}\" cannot be used with {what}; use dtype = \"f32\"",
+            cfg.dtype.name()
+        )))
+    };
+    if let ForgetTerm::Unierase(_) = cfg.method.forget {
+        return refuse("method `unierase` (its closed-form edit solves in f32 on the weights)");
+    }
+    if cfg.method.optimizer.unwrap_or(cfg.train.optimizer) == crate::optim::OptimizerKind::Sophia {
+        return refuse("optimizer `sophia` (its Hessian estimate runs on the f32 CPU kernels)");
+    }
+    Ok(())
 }
 
 /// Parameters of what a run trains: the adapter's with LoRA, else the model's.
@@ -579,11 +627,16 @@ fn attach_lora(cfg: &RunConfig, md: &mut ModelDir) -> Result<()> {
 }
 
 /// Write a run's output model into `dir`: the adapter, or with `[lora] merge = true` the
-/// merged model.
-pub fn save_output(cfg: &RunConfig, md: &ModelDir, dir: &Path) -> Result<()> {
+/// merged model (merged onto `base` when given: the input model as it is on disk, where the
+/// run held its base in another dtype).
+pub fn save_output(cfg: &RunConfig, md: &ModelDir, base: Option<&Llama>, dir: &Path) -> Result<()> {
     let merged;
-    let model = match &cfg.lora {
-        Some(l) if l.merge => {
+    let model = match (&cfg.lora, md.model.lora(), base) {
+        (Some(l), Some(lo), Some(base)) if l.merge => {
+            merged = base.with_lora(lo.converted(lo.dtype())?)?.merged()?;
+            &merged
+        }
+        (Some(l), _, _) if l.merge => {
             merged = md.model.merged()?;
             &merged
         }
