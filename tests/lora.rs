@@ -535,6 +535,8 @@ fn bf16_full_run_saves_frozen_weights_unchanged() {
         &["dtype=bf16", "trainable=[\"layers.1.mlp.down_proj\"]"],
     );
     ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), p);
+    let notes = std::fs::read_to_string(p.join("f.run/notes.txt")).unwrap();
+    assert!(notes.contains("bf16\" on the CPU"), "{notes}");
     let f = load(p, "f");
     let (ft_t, f_t) = (tensors(&ft.model), tensors(&f.model));
     let trained = "model.layers.1.mlp.down_proj.weight";

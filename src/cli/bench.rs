@@ -291,7 +291,8 @@ pub fn run(a: Args) -> Result<()> {
         checkpoint_activations: a.checkpoint_activations,
     };
     c.check(&md.model)?;
-    let ops = if unlearn::ops::fused_enabled() {
+    // (the fused kernels are CPU f32 only)
+    let ops = if unlearn::ops::fused_enabled() && dev.is_cpu() && a.dtype.is_default() {
         "fused CPU kernels"
     } else {
         "composite candle ops"

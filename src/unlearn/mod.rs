@@ -537,6 +537,13 @@ pub fn run(cfg: &RunConfig, opts: &RunOptions) -> Result<RunReport> {
     if resume_from.is_none() {
         crate::util::rundir::write_run_info(&run_dir, "run", cfg.train.seed, cfg, &ins)?;
     }
+    if cfg.dtype != crate::model::Precision::F32 && dev.is_cpu() {
+        runner.note(&format!(
+            "dtype = \"{}\" on the CPU runs the composite ops and widens every product to f32: \
+             slower and larger than f32 here; it pays on a GPU (docs/gpu.md)",
+            cfg.dtype.name()
+        ));
+    }
     let mut rep = runner.run(resume_from.as_deref())?;
     // Compare with the input model as it is on disk (loaded only now, so it is not resident
     // during training).
