@@ -347,34 +347,20 @@ fn eval_target_retain_and_unlearned_models() {
     assert!(out.contains("forget answers"), "{out}");
     // the same model and directory computing in bf16 (#25): not the cached f32 results, and
     // values near them
-    let (ub, out) = eval(
-        p,
-        "ul",
-        "ev-ul",
-        &[
-            "--retain-logs",
-            "ev-retain/TOFU_EVAL.json",
-            "--dtype",
-            "bf16",
-        ],
-    );
+    let bf16 = [
+        "--retain-logs",
+        "ev-retain/TOFU_EVAL.json",
+        "--dtype",
+        "bf16",
+    ];
+    let (ub, out) = eval(p, "ul", "ev-ul", &bf16);
     assert!(out.contains("forget answers"), "{out}");
     let (x, y) = (agg(&u, "forget_Q_A_Prob"), agg(&ub, "forget_Q_A_Prob"));
     assert!(
         x != y && (x - y).abs() < 0.3 * x.max(1e-3),
         "f32 {x}, bf16 {y}"
     );
-    let (_, out) = eval(
-        p,
-        "ul",
-        "ev-ul",
-        &[
-            "--retain-logs",
-            "ev-retain/TOFU_EVAL.json",
-            "--dtype",
-            "bf16",
-        ],
-    );
+    let (_, out) = eval(p, "ul", "ev-ul", &bf16);
     assert!(out.contains("model passes run: none (cached)"), "{out}");
 
     // Bad input: a clear error, no panic.

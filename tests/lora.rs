@@ -51,12 +51,16 @@ fn run_args<'a>(method: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<String>
     v
 }
 
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(|s| s.as_str()).collect()
+}
+
 /// `unlearn run` with adapters of rank 4 (`extra` may set more `lora.*` keys).
 fn run(p: &Path, method: &str, out: &str, extra: &[&str]) -> String {
     let mut e = vec!["lora.r=4"];
     e.extend_from_slice(extra);
     let a = run_args(method, out, &e);
-    ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), p)
+    ok(&strs(&a), p)
 }
 
 fn load(p: &Path, dir: &str) -> ModelDir {
@@ -211,7 +215,7 @@ fn lora_with_a_resident_reference_and_rmu() {
         .into_iter()
         .map(|s| if s == "model=ft" { "model=k".into() } else { s })
         .collect();
-    ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), p);
+    ok(&strs(&a), p);
     let k2 = load(p, "k2");
     assert_eq!(tensors(&k2.model), tensors(&ft.model));
     assert_eq!(
@@ -262,7 +266,7 @@ fn lora_refusals_name_the_problem() {
     ];
     for (extra, want) in cases {
         let a = base(extra);
-        let e = fails(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), p);
+        let e = fails(&strs(&a), p);
         assert!(e.contains(want), "{extra:?}: {e}");
         assert!(!p.join("o").exists(), "{extra:?} wrote an output");
     }
@@ -534,7 +538,7 @@ fn bf16_full_run_saves_frozen_weights_unchanged() {
         "f",
         &["dtype=bf16", "trainable=[\"layers.1.mlp.down_proj\"]"],
     );
-    ok(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), p);
+    ok(&strs(&a), p);
     let notes = std::fs::read_to_string(p.join("f.run/notes.txt")).unwrap();
     assert!(notes.contains("bf16\" on the CPU"), "{notes}");
     let f = load(p, "f");
@@ -549,10 +553,10 @@ fn bf16_full_run_saves_frozen_weights_unchanged() {
     }
     // what bf16 cannot do is refused before any work
     let a = run_args("unierase", "u", &["dtype=bf16"]);
-    let e = fails(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), p);
+    let e = fails(&strs(&a), p);
     assert!(e.contains("dtype") && e.contains("unierase"), "{e}");
     assert!(!p.join("u").exists());
     let a = run_args("ga", "x", &["dtype=f16"]);
-    let e = fails(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), p);
+    let e = fails(&strs(&a), p);
     assert!(e.contains("`f16`") && e.contains("bf16"), "{e}");
 }

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use candle_core::Device;
-use unlearn::model::{Llama, LlamaConfig};
+use unlearn::model::{Llama, LlamaConfig, Precision};
 
 /// A parity fixture: its directory, config.json as written, the parsed configuration and the
 /// model built from its safetensors.
@@ -56,8 +56,9 @@ fn save_fixture(f: &Fixture) -> (tempfile::TempDir, serde_json::Value) {
 fn check(name: &str) {
     use unlearn::app::device_check;
     let Fixture { dir, .. } = load_fixture(name);
-    let m = device_check::measure(&dir, &Device::Cpu).unwrap();
-    let d = device_check::against_golden(&m, &device_check::golden(&dir).unwrap()).unwrap();
+    let m = device_check::measure(&dir, &Device::Cpu, Precision::F32).unwrap();
+    let d = device_check::against_golden(&m, &device_check::golden(&dir, Precision::F32).unwrap())
+        .unwrap();
     assert!(d.logits < 1e-5, "{name}: logits rel diff {}", d.logits);
     assert!(d.loss < 1e-5, "{name}: loss rel diff {}", d.loss);
     assert!(
@@ -219,7 +220,8 @@ fn check_device_passes_on_cpu_composite_and_names_a_bad_fixture() {
             std::fs::copy(&src, bad.join("parity_llama").join(f)).unwrap();
         }
     }
-    let mut g = unlearn::app::device_check::golden(&fx.join("parity_llama")).unwrap();
+    let mut g =
+        unlearn::app::device_check::golden(&fx.join("parity_llama"), Precision::F32).unwrap();
     let l = (g["logits"].clone() * 1.01).unwrap();
     g.insert("logits".into(), l);
     candle_core::safetensors::save(&g, bad.join("parity_llama/golden.safetensors")).unwrap();
@@ -238,15 +240,14 @@ fn check_device_passes_on_cpu_composite_and_names_a_bad_fixture() {
 #[test]
 fn bf16_compute_matches_transformers_in_bf16_on_every_architecture() {
     use unlearn::app::device_check::{self as dc, BF16_TOLERANCES};
-    use unlearn::model::Precision;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let (tl, tg) = BF16_TOLERANCES;
     let mut bad = vec![];
     for dir in dc::fixtures(&root).unwrap() {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let g16 = dc::golden_at(&dir, Precision::Bf16).unwrap();
-        let g32 = dc::golden(&dir).unwrap();
-        let m = dc::measure_at(&dir, &Device::Cpu, Precision::Bf16).unwrap();
+        let g16 = dc::golden(&dir, Precision::Bf16).unwrap();
+        let g32 = dc::golden(&dir, Precision::F32).unwrap();
+        let m = dc::measure(&dir, &Device::Cpu, Precision::Bf16).unwrap();
         let d = dc::against_golden(&m, &g16).unwrap();
         let ours = dc::rel(&m.logits, &g16["logits"]).unwrap();
         let torch_f32 = dc::rel(&g32["logits"], &g16["logits"]).unwrap();

@@ -54,31 +54,22 @@ pub fn golden_file(dir: &Path, p: Precision) -> PathBuf {
     })
 }
 
-/// The golden tensors of a fixture (on the CPU).
-pub fn golden(dir: &Path) -> Result<HashMap<String, Tensor>> {
-    golden_at(dir, Precision::F32)
-}
-
 /// The golden tensors of a fixture for a precision (on the CPU).
-pub fn golden_at(dir: &Path, prec: Precision) -> Result<HashMap<String, Tensor>> {
+pub fn golden(dir: &Path, prec: Precision) -> Result<HashMap<String, Tensor>> {
     let p = golden_file(dir, prec);
     candle_core::safetensors::load(&p, &Device::Cpu)
         .map_err(|e| Error::Invalid(format!("{}: {e}", p.display())))
 }
 
-/// Forward and backward of the fixture's model on `dev` with the golden inputs.
-pub fn measure(dir: &Path, dev: &Device) -> Result<Measured> {
-    measure_at(dir, dev, Precision::F32)
-}
-
-/// [`measure`] computing in `prec` (the parameters trained, so kept in f32).
-pub fn measure_at(dir: &Path, dev: &Device, prec: Precision) -> Result<Measured> {
+/// Forward and backward of the fixture's model on `dev` with the golden inputs, computing in
+/// `prec` (the parameters trained, so kept in f32).
+pub fn measure(dir: &Path, dev: &Device, prec: Precision) -> Result<Measured> {
     let model = load(dir, dev)?;
     let model = match prec {
         Precision::F32 => model,
         p => model.for_precision(p, false)?,
     };
-    let g = golden(dir)?;
+    let g = golden(dir, Precision::F32)?;
     let get = |k: &str| {
         g.get(k)
             .ok_or_else(|| Error::Invalid(format!("{}: golden has no `{k}`", dir.display())))
@@ -229,13 +220,8 @@ pub struct FixtureResult {
     pub pass: bool,
 }
 
-/// The tolerances (logits and loss, gradients) for a device, in f32.
-pub fn tolerances(dev: &Device) -> (f64, f64) {
-    tolerances_at(dev, Precision::F32)
-}
-
 /// The tolerances (logits and loss, gradients) for a device and a precision.
-pub fn tolerances_at(dev: &Device, p: Precision) -> (f64, f64) {
+pub fn tolerances(dev: &Device, p: Precision) -> (f64, f64) {
     match (p, dev.is_cpu()) {
         (Precision::F32, true) => (1e-5, 1e-4),
         (Precision::F32, false) => (1e-4, 1e-3),
@@ -272,27 +258,23 @@ pub fn fixtures(root: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Check one fixture on the CPU (fused kernels) and on `dev` (as the ops are set: composite on
-/// any device but the CPU, and on the CPU after `ops::set_fused(false)`).
-pub fn check(dir: &Path, dev: &Device) -> Result<FixtureResult> {
-    check_at(dir, dev, Precision::F32)
-}
-
-/// [`check`] computing in `prec`, against that precision's golden file.
-pub fn check_at(dir: &Path, dev: &Device, prec: Precision) -> Result<FixtureResult> {
-    let g = golden_at(dir, prec)?;
+/// any device but the CPU, and on the CPU after `ops::set_fused(false)`), computing in `prec`,
+/// against that precision's golden file.
+pub fn check(dir: &Path, dev: &Device, prec: Precision) -> Result<FixtureResult> {
+    let g = golden(dir, prec)?;
     // the CPU reference runs the fused kernels, so that a composite run on the CPU (`set_fused
     // (false)`, the form other devices run) is held to them
     let composite = !crate::ops::fused_enabled();
     crate::ops::set_fused(true);
-    let cpu = measure_at(dir, &Device::Cpu, prec);
+    let cpu = measure(dir, &Device::Cpu, prec);
     crate::ops::set_fused(!composite);
     let cpu = cpu?;
-    let on_dev = measure_at(dir, dev, prec)?;
+    let on_dev = measure(dir, dev, prec)?;
     let cpu_vs_torch = against_golden(&cpu, &g)?;
     let device_vs_torch = against_golden(&on_dev, &g)?;
     let device_vs_cpu = against(&on_dev, &cpu)?;
-    let (tl, tg) = tolerances_at(dev, prec);
-    let (cl, cg) = tolerances_at(&Device::Cpu, prec);
+    let (tl, tg) = tolerances(dev, prec);
+    let (cl, cg) = tolerances(&Device::Cpu, prec);
     let arch = load(dir, &Device::Cpu)?.cfg.arch.model_type().to_string();
     Ok(FixtureResult {
         fixture: dir

@@ -38,7 +38,7 @@ pub fn run(a: Args) -> Result<()> {
     if a.composite {
         unlearn::ops::set_fused(false);
     }
-    let (tl, tg) = device_check::tolerances_at(&dev, a.dtype);
+    let (tl, tg) = device_check::tolerances(&dev, a.dtype);
     println!(
         "device {} ({}, {}): relative differences max|a-b|/max|b|; tolerances on the device: logits \
          and loss {tl:e}, gradients {tg:e}",
@@ -61,7 +61,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut results = vec![];
     for dir in &fixtures {
-        let r = device_check::check_at(dir, &dev, a.dtype)?;
+        let r = device_check::check(dir, &dev, a.dtype)?;
         println!(
             "{:<22} {:<12} {:>28} {:>28} {:>28}  {}",
             r.fixture,

@@ -66,22 +66,22 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let tofu_like = !(a.benchmark == "exclusive"
-        || a.benchmark == "muse"
-        || unlearn::eval::harness::tasks::find(&a.benchmark).is_some());
-    anyhow::ensure!(
-        tofu_like || a.dtype.is_none_or(|d| d.is_default()),
-        "--dtype bf16 is implemented for the TOFU-style evaluation only, not for --benchmark {}",
-        a.benchmark
-    );
-    if a.benchmark == "exclusive" {
-        return exclusive(a);
-    }
-    if a.benchmark == "muse" {
-        return muse(a);
-    }
-    if unlearn::eval::harness::tasks::find(&a.benchmark).is_some() {
-        return harness(a);
+    let other: Option<fn(Args) -> Result<()>> = if a.benchmark == "exclusive" {
+        Some(exclusive)
+    } else if a.benchmark == "muse" {
+        Some(muse)
+    } else if unlearn::eval::harness::tasks::find(&a.benchmark).is_some() {
+        Some(harness)
+    } else {
+        None
+    };
+    if let Some(evaluate) = other {
+        anyhow::ensure!(
+            a.dtype.is_none_or(|d| d.is_default()),
+            "--dtype bf16 is implemented for the TOFU-style evaluation only, not for --benchmark {}",
+            a.benchmark
+        );
+        return evaluate(a);
     }
     anyhow::ensure!(
         a.data.is_none(),
