@@ -196,6 +196,24 @@ fn failed_rerun_leaves_the_previous_run_untouched() {
     );
 }
 
+/// Regression (the sweep's kill/resume test failing once in CI): a run killed while it wrote
+/// run.json left only `.run.json.tmp-PID` in its run directory; every later run on that output
+/// was refused ("holds an earlier run", then with --overwrite "not a run directory").
+#[test]
+fn run_killed_while_writing_run_json_can_be_run_again() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    tiny_and_data(p);
+    std::fs::create_dir(p.join("o.run")).unwrap();
+    // a PID above Linux's pid_max: a process that is gone
+    std::fs::write(p.join("o.run/.run.json.tmp-2147483632"), b"{\"comm").unwrap();
+    ok(&ft_args("o", &[]), p);
+    assert_eq!(
+        entries(&p.join("o.run")),
+        ["config.toml", "run.json", "train_log.jsonl"]
+    );
+}
+
 #[test]
 fn concurrent_runs_on_one_output_are_refused() {
     let d = tempfile::tempdir().unwrap();

@@ -153,9 +153,11 @@ fn local_sweep_resumes_after_kill_and_reruns_identically() {
         let run = dir.join("run");
         assert!(
             run.join("train_log.jsonl").is_file(),
-            "{}: {:?}",
+            "{}: {:?} {:?}, result.json: {}",
             run.display(),
-            common::entries(&dir)
+            common::entries(&dir),
+            run.is_dir().then(|| common::entries(&run)),
+            std::fs::read_to_string(dir.join("result.json")).unwrap_or_default()
         );
         assert!(
             unlearn::train::checkpoint::list(&run).is_empty(),

@@ -98,8 +98,27 @@ pub fn prune(run_dir: &Path, keep: usize) -> Result<()> {
     }
     let all = list(run_dir);
     for (_, p) in all.iter().take(all.len().saturating_sub(keep)) {
-        crate::util::fs::remove_any(p).map_err(|e| Error::io(p, e))?;
+        crate::util::fs::remove_atomically(p)?;
     }
+    Ok(())
+}
+
+/// Remove every checkpoint of a finished run: complete ones, directories named like one that a
+/// kill left half-removed, and the temporaries of killed saves and removals.
+pub fn remove_all(run_dir: &Path) -> Result<()> {
+    let Ok(rd) = std::fs::read_dir(run_dir) else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name
+            .strip_prefix(PREFIX)
+            .is_some_and(|n| n.parse::<usize>().is_ok())
+        {
+            crate::util::fs::remove_atomically(&e.path())?;
+        }
+    }
+    crate::util::fs::remove_stale_temps_in(run_dir);
     Ok(())
 }
 
@@ -177,4 +196,46 @@ pub fn truncate_logs(run_dir: &Path, state: &TrainerState) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (sweep stress test: kill -9 at random moments, then rerun): a kill while a
+    /// finished point dropped its checkpoints left `checkpoint-N` without its state file, which
+    /// [`list`] no longer saw, so it stayed (a SmolLM2 checkpoint is 1.6 GB) forever.
+    #[test]
+    fn remove_all_takes_half_removed_checkpoints_and_dead_temporaries() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path();
+        for n in [1, 2] {
+            std::fs::create_dir(run.join(format!("checkpoint-{n}"))).unwrap();
+            std::fs::write(run.join(format!("checkpoint-{n}/model.safetensors")), b"x").unwrap();
+        }
+        std::fs::write(run.join("checkpoint-2").join(STATE_FILE), b"{}").unwrap();
+        std::fs::create_dir(run.join(".checkpoint-3.tmp-2147483632")).unwrap();
+        std::fs::create_dir(run.join(".checkpoint-0.old-2147483632")).unwrap();
+        std::fs::write(run.join("train_log.jsonl"), b"{}\n").unwrap();
+        std::fs::create_dir(run.join("checkpoint-notes")).unwrap();
+        assert_eq!(list(run).len(), 1);
+        remove_all(run).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(run)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["checkpoint-notes", "train_log.jsonl"]);
+    }
+
+    #[test]
+    fn remove_atomically_leaves_no_trace() {
+        let d = tempfile::tempdir().unwrap();
+        let c = d.path().join("checkpoint-4");
+        std::fs::create_dir(&c).unwrap();
+        std::fs::write(c.join(STATE_FILE), b"{}").unwrap();
+        crate::util::fs::remove_atomically(&c).unwrap();
+        crate::util::fs::remove_atomically(&c).unwrap(); // absent: nothing to do
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
+    }
 }

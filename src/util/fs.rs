@@ -68,28 +68,27 @@ pub fn remove_stale_temps(dir: &Path, name: &str) -> usize {
     n
 }
 
-/// Remove every temporary (`.X.tmp-PID`, `.X.old-PID`) directly inside `dir` whose process is
-/// gone, whatever X is: for directories this process owns (a locked run directory).
+/// Whether `entry` (a name directly inside a directory) is a temporary (`.X.tmp-PID`,
+/// `.X.old-PID`, whatever X is) of a process that is gone: what a killed writer left behind.
+fn stale_temp(entry: &str) -> bool {
+    let pid = entry
+        .rsplit_once(".tmp-")
+        .or_else(|| entry.rsplit_once(".old-"))
+        .filter(|(pre, _)| pre.starts_with('.'))
+        .and_then(|(_, p)| p.parse::<u32>().ok());
+    pid.is_some_and(|pid| pid != std::process::id() && !pid_alive(pid))
+}
+
+/// Remove every temporary directly inside `dir` whose process is gone (see [`stale_temp`]): for
+/// directories this process owns (a locked run directory).
 pub fn remove_stale_temps_in(dir: &Path) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;
     };
-    let me = std::process::id();
-    let mut n = 0;
-    for e in rd.flatten() {
-        let entry = e.file_name().to_string_lossy().into_owned();
-        let pid = entry
-            .rsplit_once(".tmp-")
-            .or_else(|| entry.rsplit_once(".old-"))
-            .filter(|(pre, _)| pre.starts_with('.'))
-            .and_then(|(_, p)| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if pid != me && !pid_alive(pid) && remove_any(&e.path()).is_ok() {
-                n += 1;
-            }
-        }
-    }
-    n
+    rd.flatten()
+        .filter(|e| stale_temp(&e.file_name().to_string_lossy()))
+        .filter(|e| remove_any(&e.path()).is_ok())
+        .count()
 }
 
 /// Remove a file or a directory tree.
@@ -100,6 +99,19 @@ pub fn remove_any(p: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Remove a file or directory tree so that a kill midway leaves either all of it or a temporary
+/// (`.NAME.old-PID`, removed as stale by a later run) and never a half-removed `path` that still
+/// looks like itself (a checkpoint without its state file, a run directory without run.json).
+pub fn remove_atomically(path: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    let old = parent_of(path).join(format!(".{}.old-{}", file_name(path)?, std::process::id()));
+    remove_any(&old).map_err(|e| Error::io(&old, e))?;
+    std::fs::rename(path, &old).map_err(|e| Error::io(path, e))?;
+    remove_any(&old).map_err(|e| Error::io(&old, e))
 }
 
 /// Flush a file's data to disk.
@@ -252,9 +264,18 @@ pub fn umask() -> u32 {
         .unwrap_or(0o022)
 }
 
-/// Files and directories directly inside `dir` (0 when it does not exist or is not a directory).
+/// Files and directories directly inside `dir` (0 when it does not exist or is not a directory),
+/// not counting the temporaries of processes that are gone: a directory whose writer was killed
+/// while it wrote its first file (`.run.json.tmp-PID`) holds nothing of the user's and counts as
+/// empty (it used to be refused as "not a run directory", with no way on but deleting it).
 pub fn entry_count(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
+    std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| !stale_temp(&e.file_name().to_string_lossy()))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -316,9 +316,20 @@ impl RunDir {
     /// remove temporaries of killed runs. Call once every input is validated.
     pub fn prepare(&self, mode: RunDirMode) -> Result<()> {
         if mode == RunDirMode::Overwrite && self.path.exists() {
-            for e in std::fs::read_dir(&self.path).map_err(|e| Error::io(&self.path, e))? {
-                let e = e.map_err(|e| Error::io(&self.path, e))?;
-                remove_any(&e.path()).map_err(|err| Error::io(e.path(), err))?;
+            // checkpoints first (a kill midway must not leave one to resume beside emptied
+            // logs), run.json last (until it goes, the directory is still recognisably ours)
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&self.path)
+                .map_err(|e| Error::io(&self.path, e))?
+                .map(|e| e.map(|e| e.path()).map_err(|e| Error::io(&self.path, e)))
+                .collect::<Result<_>>()?;
+            let rank = |p: &PathBuf| match p.file_name().and_then(|n| n.to_str()) {
+                Some(n) if n.starts_with("checkpoint-") => 0,
+                Some("run.json") => 2,
+                _ => 1,
+            };
+            entries.sort_by_key(rank);
+            for e in entries {
+                super::fs::remove_atomically(&e)?;
             }
         }
         std::fs::create_dir_all(&self.path).map_err(|e| Error::io(&self.path, e))?;
@@ -474,5 +485,31 @@ mod tests {
         assert!(p.tmp().exists());
         drop(p);
         assert_eq!(entry_count(d.path()), 0);
+    }
+
+    /// Regression (sweep kill/resume failing in CI): a run killed while it wrote its first file
+    /// left only `.run.json.tmp-PID` in its run directory, which then counted as "not a run
+    /// directory" and could be neither rerun, overwritten nor resumed.
+    #[test]
+    fn run_dir_killed_while_writing_run_json_is_empty_not_foreign() {
+        let d = tempfile::tempdir().unwrap();
+        let run = d.path().join("o.run");
+        std::fs::create_dir(&run).unwrap();
+        let dead = run.join(".run.json.tmp-2147483632");
+        std::fs::write(&dead, b"{").unwrap();
+        for mode in [RunDirMode::Fresh, RunDirMode::Overwrite] {
+            let r = RunDir::claim("--run-dir", &run, &[], mode).unwrap();
+            assert!(dead.exists(), "claim must not write");
+            drop(r);
+        }
+        let r = RunDir::claim("--run-dir", &run, &[], RunDirMode::Fresh).unwrap();
+        r.prepare(RunDirMode::Fresh).unwrap();
+        assert!(!dead.exists());
+        // a live writer's temporary is its content, not debris
+        let live = run.join(format!(".run.json.tmp-{}", std::process::id()));
+        std::fs::write(&live, b"{").unwrap();
+        drop(r);
+        let e = RunDir::claim("--run-dir", &run, &[], RunDirMode::Overwrite).unwrap_err();
+        assert!(e.to_string().contains("no run.json"), "{e}");
     }
 }

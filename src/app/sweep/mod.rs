@@ -358,10 +358,7 @@ pub fn run_one(sweep_dir: &Path, which: &str) -> Result<bool> {
 /// AdamW state, 1.6 GB); its model and logs stay. Also run for every finished point when a
 /// sweep starts, for a point killed between recording its result and this cleanup.
 fn drop_checkpoints(dir: &Path) -> Result<()> {
-    for (_, c) in crate::train::checkpoint::list(&dir.join("run")) {
-        crate::util::fs::remove_any(&c).map_err(|e| Error::io(&c, e))?;
-    }
-    Ok(())
+    crate::train::checkpoint::remove_all(&dir.join("run"))
 }
 
 fn run_point(dir: &Path) -> Result<Map<String, Value>> {
