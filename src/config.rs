@@ -179,7 +179,37 @@ fn deserialize<T: DeserializeOwned>(path: Option<&Path>, root: toml::Table) -> R
         .unwrap_or_else(|| "--set".into());
     toml::Value::Table(root)
         .try_into()
-        .map_err(|e: toml::de::Error| Error::Invalid(format!("config {where_}: {}", e.message())))
+        .map_err(|e: toml::de::Error| Error::Invalid(format!("config {where_}: {}", keyed(&e))))
+}
+
+/// A deserialisation error as one line naming its dotted key: "`train.lr`: invalid type: ...".
+/// toml's `message()` drops the key (`--set dtype=f16` used to say only "unknown variant `f16`,
+/// expected ..."); its `Display` has it on a line of its own (`\nin `key``). A nested
+/// deserialiser that reports through this function gives "`lr`: ..." inside `train`, joined here
+/// into `train.lr`.
+pub fn keyed(e: &toml::de::Error) -> String {
+    let shown = e.to_string();
+    let mut key: Option<String> = None;
+    let mut msg = vec![];
+    for line in shown.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match line.strip_prefix("in `").and_then(|k| k.strip_suffix('`')) {
+            Some(k) => key = Some(k.to_string()),
+            None => msg.push(line),
+        }
+    }
+    let msg = msg.join(" ");
+    let Some(key) = key else {
+        return msg;
+    };
+    // the message of a nested deserialiser that named its own key
+    if let Some((inner, rest)) = msg
+        .strip_prefix('`')
+        .and_then(|m| m.split_once("`: "))
+        .filter(|(inner, _)| !inner.contains(' '))
+    {
+        return format!("`{key}.{inner}`: {rest}");
+    }
+    format!("`{key}`: {msg}")
 }
 
 /// The TOML file (if any) with the `--set` overrides applied.
@@ -328,5 +358,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `q`"), "{e}");
+    }
+
+    /// Regression: `--set` with a value of the wrong kind or an unknown enum variant named no key
+    /// (the error's `message()` drops it).
+    #[test]
+    fn type_errors_name_their_dotted_key() {
+        let e = load::<C>(None, &["inner.k=\"x\"".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`inner.k`: invalid type"), "{e}");
+        let e = load::<C>(None, &["lr=fast".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`lr`: invalid type"), "{e}");
+        let e = load::<C>(None, &["inner.q=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`inner`: unknown field `q`"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 }

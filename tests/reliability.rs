@@ -723,9 +723,32 @@ fn hyperparameters_are_range_checked_when_the_config_loads() {
         ),
         (vec!["method=ga", "train.lr=nan"], "`train.lr`"),
         (vec!["method=ga+gd", "eval.min_k=nan"], "`eval.min_k`"),
+        // a value of the wrong kind or an unknown variant names its key too (it used to say
+        // only "unknown variant `f16`, expected ...")
+        (
+            vec!["method=ga", "dtype=f16"],
+            "`dtype`: unknown variant `f16`",
+        ),
+        (
+            vec!["method=ga", "train.lr=fast"],
+            "`train.lr`: invalid type",
+        ),
+        (
+            vec!["method=npo+gd", "method.alpha=x"],
+            "`method.alpha`: invalid type",
+        ),
+        (
+            vec!["method=ga", "train.adamw.beta1=x"],
+            "`train.adamw.beta1`",
+        ),
     ] {
         let e = run(&sets);
         assert!(e.contains(key), "{sets:?}: {e}");
+        assert_eq!(
+            e.trim_end().lines().count(),
+            1,
+            "{sets:?}: not one line: {e}"
+        );
     }
     // a layer the model does not have: refused, not clamped
     let e = run(&["method=rmu", "method.forget.layer=99"]);

@@ -203,7 +203,7 @@ fn deserialize_train<'de, D: serde::Deserializer<'de>>(
     let mut base = toml::Value::try_from(default_train()).map_err(D::Error::custom)?;
     merge(&mut base, over);
     base.try_into()
-        .map_err(|e: toml::de::Error| D::Error::custom(e.message().to_string()))
+        .map_err(|e: toml::de::Error| D::Error::custom(crate::config::keyed(&e)))
 }
 
 fn default_device() -> String {

@@ -293,10 +293,10 @@ pub fn deserialize_method<'de, D: Deserializer<'de>>(d: D) -> Result<MethodConfi
                 }
             }
             MethodConfig::deserialize(toml::Value::Table(merged))
-                .map_err(|e| D::Error::custom(e.to_string()))
+                .map_err(|e| D::Error::custom(crate::config::keyed(&e)))
         }
         toml::Value::Table(t) => MethodConfig::deserialize(toml::Value::Table(t))
-            .map_err(|e| D::Error::custom(e.to_string())),
+            .map_err(|e| D::Error::custom(crate::config::keyed(&e))),
         other => Err(D::Error::custom(format!(
             "method must be a name or a table, got {other}"
         ))),
