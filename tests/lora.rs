@@ -203,6 +203,12 @@ fn lora_with_a_resident_reference_and_rmu() {
     let ft = load(p, "ft");
     // KL keeps the reference's full distributions: the base with adapters off
     run(p, "ga+kl", "k", &[]);
+    // and the run says so (its note used to claim a "resident frozen copy")
+    let notes = std::fs::read_to_string(p.join("k.run/notes.txt")).unwrap();
+    assert!(
+        notes.contains("adapters switched off") && !notes.contains("resident frozen copy"),
+        "{notes}"
+    );
     let k = load(p, "k");
     assert_eq!(tensors(&k.model), tensors(&ft.model));
     assert!(mean_forget_prob(p, &k) < mean_forget_prob(p, &ft));

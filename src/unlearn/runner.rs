@@ -262,7 +262,13 @@ impl<'a> Runner<'a> {
             self.n_trainable(),
             self.md.model.num_params(),
             self.trainable.len(),
-            if n.reference_model {
+            if n.reference_model
+                && self.cfg.lora.is_some()
+                && self.cfg.reference == RefMode::Initial
+            {
+                "the base model with the adapters switched off (full distributions / hidden \
+                 states needed; it shares the base's weights, no second copy)"
+            } else if n.reference_model {
                 "resident frozen copy (full distributions / hidden states needed)"
             } else if n.ref_answer_scores {
                 "summed log-probs precomputed once per task (no second model in memory)"
