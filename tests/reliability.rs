@@ -214,6 +214,55 @@ fn run_killed_while_writing_run_json_can_be_run_again() {
     );
 }
 
+/// A retain set that holds the forget set (`retain` given the forget file) made GradDiff-style
+/// runs train ascent and descent on the same items and report success; now refused before any
+/// output is written, and a partial overlap is said in the notes.
+#[test]
+fn forget_set_inside_the_retain_set_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    tiny_and_data(p);
+    let run = |retain: &str, method: &str, out: &str| {
+        let sets = [
+            "model=tiny".to_string(),
+            "forget=qa.jsonl".into(),
+            format!("retain={retain}"),
+            format!("out={out}"),
+            format!("method={method}"),
+        ];
+        let mut a = vec!["run"];
+        for s in &sets {
+            a.extend(["--set", s.as_str()]);
+        }
+        common::run(&a, p)
+    };
+    let o = run("qa.jsonl", "npo+gd", "u");
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("every item of the forget set qa.jsonl is also in the retain set qa.jsonl"),
+        "{e}"
+    );
+    assert!(!p.join("u").exists() && !p.join("u.run").exists());
+    // half of it: runs, and says so
+    let half: String = SHORT_QA
+        .lines()
+        .take(2)
+        .map(|l| l.to_string() + "\n")
+        .collect();
+    std::fs::write(p.join("half.jsonl"), half).unwrap();
+    let o = run("half.jsonl", "ga+gd", "h");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let notes = std::fs::read_to_string(p.join("h.run/notes.txt")).unwrap();
+    assert!(
+        notes.contains("2 of the 4 forget items of task 1 are also retain items"),
+        "{notes}"
+    );
+    // a method without a retain term only reads the retain set for its log
+    let o = run("qa.jsonl", "ga", "g");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 #[test]
 fn concurrent_runs_on_one_output_are_refused() {
     let d = tempfile::tempdir().unwrap();
@@ -740,6 +789,10 @@ fn hyperparameters_are_range_checked_when_the_config_loads() {
         (
             vec!["method=ga", "train.adamw.beta1=x"],
             "`train.adamw.beta1`",
+        ),
+        (
+            vec!["method=npo+gd", "method.forget.beta=x"],
+            "`method.forget.beta`: invalid type",
         ),
     ] {
         let e = run(&sets);

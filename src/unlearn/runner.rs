@@ -66,6 +66,8 @@ pub struct Runner<'a> {
     reference: Option<Llama>,
     /// RMU's control vector c·u.
     control: Option<Tensor>,
+    /// Per task: how many of its forget items the retain set also holds (said in the notes).
+    shared: Vec<usize>,
 }
 
 impl<'a> Runner<'a> {
@@ -94,6 +96,7 @@ impl<'a> Runner<'a> {
             (None, false) => vec![],
         };
         let task_items = read_tasks(cfg)?;
+        let shared = shared_with_retain(cfg, &task_items, &retain_items, needs.retain_set)?;
         let n_retain = retain_items.len();
         // with retain_future_tasks the retain pool also holds every task's forget items; task
         // k draws its partners from the retain set and the tasks after k
@@ -181,6 +184,7 @@ impl<'a> Runner<'a> {
             rmu_layer,
             reference: None,
             control,
+            shared,
         })
     }
 
@@ -255,6 +259,14 @@ impl<'a> Runner<'a> {
                     ckpt.display()
                 ));
             }
+        }
+        for (k, &n) in self.shared.iter().enumerate().filter(|(_, &n)| n > 0) {
+            self.note(&format!(
+                "{n} of the {} forget items of task {} are also retain items (same question \
+                 and answer): the forget and retain terms on them pull against each other",
+                self.tasks[k].forget.len(),
+                k + 1
+            ));
         }
         let n = &self.needs;
         self.note(&format!(
@@ -678,6 +690,56 @@ fn read_masks(
         )));
     }
     Ok(v)
+}
+
+/// Per task, how many forget items (question and answer) the retain set also holds, when the
+/// method trains on the retain set (else none are counted). A forget set wholly inside the
+/// retain set (`retain` given the forget file, say) is refused: the forget and retain terms on
+/// the same items pull against each other, so the run trains for nothing. A partial overlap
+/// (a whole task of a continual run included) is said in the notes.
+fn shared_with_retain(
+    cfg: &RunConfig,
+    tasks: &[Vec<QaItem>],
+    retain: &[QaItem],
+    trains_on_retain: bool,
+) -> Result<Vec<usize>> {
+    if !trains_on_retain {
+        return Ok(vec![0; tasks.len()]);
+    }
+    let keys: std::collections::HashSet<(&str, &str)> = retain
+        .iter()
+        .map(|i| (i.question.as_str(), i.answer.as_str()))
+        .collect();
+    let shared: Vec<usize> = tasks
+        .iter()
+        .map(|items| {
+            items
+                .iter()
+                .filter(|i| keys.contains(&(i.question.as_str(), i.answer.as_str())))
+                .count()
+        })
+        .collect();
+    let total: usize = tasks.iter().map(Vec::len).sum();
+    if total > 0 && shared.iter().sum::<usize>() == total {
+        return Err(Error::Invalid(format!(
+            "every item of the forget set {} is also in the retain set {}: the forget and \
+             retain terms on the same items pull against each other; give a retain set \
+             without them",
+            match &cfg.forget {
+                Paths::One(p) => p.display().to_string(),
+                Paths::Many(ps) => ps
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+            cfg.retain
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )));
+    }
+    Ok(shared)
 }
 
 /// The forget task(s) as lists of items.

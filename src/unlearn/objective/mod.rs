@@ -215,14 +215,49 @@ pub struct TermInfo {
 }
 
 /// Register term units as the variants of a serde enum tagged by `name`, delegating to them:
-/// `Variant = "name" => unit::Type`.
+/// `Variant = "name" => unit::Type`. Deserialised by hand rather than with `#[serde(tag)]`,
+/// whose buffering loses the key of an error inside the term ("`method.forget`: invalid type"
+/// instead of "`method.forget.beta`: ...").
 macro_rules! terms {
     ($(#[$meta:meta])* $enum:ident { $($variant:ident = $name:literal => $ty:ty),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Serialize)]
         #[serde(tag = "name")]
         pub enum $enum {
             $(#[serde(rename = $name)] $variant($ty),)+
+        }
+
+        impl<'de> Deserialize<'de> for $enum {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                use serde::de::Error as _;
+                let mut t = match toml::Value::deserialize(d)? {
+                    toml::Value::Table(t) => t,
+                    other => {
+                        return Err(D::Error::custom(format!(
+                            "a term is a table with a `name`, got {other}"
+                        )))
+                    }
+                };
+                let name = match t.remove("name") {
+                    Some(toml::Value::String(s)) => s,
+                    Some(other) => {
+                        return Err(D::Error::custom(format!(
+                            "`name` must be a string, got {other}"
+                        )))
+                    }
+                    None => return Err(D::Error::missing_field("name")),
+                };
+                let body = toml::Value::Table(t);
+                match name.as_str() {
+                    $($name => body
+                        .try_into::<$ty>()
+                        .map($enum::$variant)
+                        .map_err(|e| D::Error::custom(crate::config::keyed(&e))),)+
+                    other => Err(D::Error::unknown_variant(other, &[$($name),+])),
+                }
+            }
         }
 
         impl $enum {
