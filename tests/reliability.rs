@@ -263,6 +263,38 @@ fn forget_set_inside_the_retain_set_is_refused() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+/// `--out` naming a FIFO (or, run as root, `/dev/null`) with `--overwrite` replaced the special
+/// file with a regular one; now refused, the FIFO left as it was.
+#[test]
+fn special_files_are_never_replaced() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    tiny_and_data(p);
+    let fifo = p.join("pipe.gguf");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: mkfifo is not available");
+        return;
+    }
+    let e = fails(
+        &[
+            "export",
+            "--model",
+            "tiny",
+            "--out",
+            "pipe.gguf",
+            "--overwrite",
+        ],
+        p,
+    );
+    assert!(e.contains("not a regular file"), "{e}");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
 #[test]
 fn concurrent_runs_on_one_output_are_refused() {
     let d = tempfile::tempdir().unwrap();

@@ -240,6 +240,14 @@ fn check_replaceable(what: &str, path: &Path, kind: OutKind, overwrite: bool) ->
                     "{what} {shown} is a directory; expected a file path"
                 )));
             }
+            // a device, FIFO or socket (`--out /dev/null --overwrite` run as root would have
+            // replaced /dev/null with a regular file); a symbolic link is replaced, not followed
+            if !meta.is_file() && !meta.file_type().is_symlink() {
+                return Err(Error::Invalid(format!(
+                    "{what} {shown} exists and is not a regular file (a device, FIFO or \
+                     socket); not replacing it"
+                )));
+            }
             if !overwrite {
                 return Err(Error::OutputExists {
                     what: what.into(),
