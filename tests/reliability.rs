@@ -24,6 +24,15 @@ fn ft_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// `unlearn run` with each setting given as `--set KEY=VALUE`.
+fn run_args<'a>(sets: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["run"];
+    for s in sets {
+        a.extend(["--set", s]);
+    }
+    a
+}
+
 fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -223,18 +232,12 @@ fn forget_set_inside_the_retain_set_is_refused() {
     let p = d.path();
     tiny_and_data(p);
     let run = |retain: &str, method: &str, out: &str| {
-        let sets = [
-            "model=tiny".to_string(),
-            "forget=qa.jsonl".into(),
+        let (r, o, m) = (
             format!("retain={retain}"),
             format!("out={out}"),
             format!("method={method}"),
-        ];
-        let mut a = vec!["run"];
-        for s in &sets {
-            a.extend(["--set", s.as_str()]);
-        }
-        common::run(&a, p)
+        );
+        common::run(&run_args(&["model=tiny", "forget=qa.jsonl", &r, &o, &m]), p)
     };
     let o = run("qa.jsonl", "npo+gd", "u");
     assert!(!o.status.success());
@@ -779,22 +782,9 @@ fn hyperparameters_are_range_checked_when_the_config_loads() {
         assert!(e.contains(key), "{set}: {e}");
     }
     let run = |sets: &[&str]| {
-        let mut a = vec![
-            "run",
-            "--set",
-            "model=tiny",
-            "--set",
-            "forget=qa.jsonl",
-            "--set",
-            "retain=qa.jsonl",
-            "--set",
-            "out=u",
-        ];
-        for s in sets {
-            a.push("--set");
-            a.push(s);
-        }
-        fails(&a, p)
+        let mut all = vec!["model=tiny", "forget=qa.jsonl", "retain=qa.jsonl", "out=u"];
+        all.extend_from_slice(sets);
+        fails(&run_args(&all), p)
     };
     for (sets, key) in [
         (vec!["method=ga+gd", "method.gamma=-1"], "`method.gamma`"),

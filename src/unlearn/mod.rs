@@ -32,6 +32,23 @@ pub enum Paths {
     Many(Vec<PathBuf>),
 }
 
+impl Paths {
+    /// The paths, one or many.
+    pub fn list(&self) -> &[PathBuf] {
+        match self {
+            Paths::One(p) => std::slice::from_ref(p),
+            Paths::Many(ps) => ps,
+        }
+    }
+
+    pub fn list_mut(&mut self) -> &mut [PathBuf] {
+        match self {
+            Paths::One(p) => std::slice::from_mut(p),
+            Paths::Many(ps) => ps,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum RefMode {
@@ -122,12 +139,10 @@ impl RunConfig {
     /// or `hf://` files, and the `[eval]` names ([`crate::eval::EvalConfig::resolve_names`]).
     pub fn resolve_names(&mut self) -> Result<()> {
         self.model = crate::util::hub::model(&self.model)?;
-        let files: Vec<&mut PathBuf> = match &mut self.forget {
-            Paths::One(p) => vec![p],
-            Paths::Many(v) => v.iter_mut().collect(),
-        };
-        for f in files
-            .into_iter()
+        for f in self
+            .forget
+            .list_mut()
+            .iter_mut()
             .chain(self.retain.as_mut())
             .chain(self.refusals.as_mut())
         {
@@ -355,14 +370,13 @@ struct UniEraseInputs {
 }
 
 fn unierase_inputs(cfg: &RunConfig, md: &ModelDir) -> Result<UniEraseInputs> {
-    let forget: Vec<QaItem> = match &cfg.forget {
-        Paths::One(p) => read_qa(p)?,
-        Paths::Many(ps) => ps
-            .iter()
-            .map(|p| read_qa(p))
-            .collect::<Result<Vec<_>>>()?
-            .concat(),
-    };
+    let forget: Vec<QaItem> = cfg
+        .forget
+        .list()
+        .iter()
+        .map(|p| read_qa(p))
+        .collect::<Result<Vec<_>>>()?
+        .concat();
     let retain = match &cfg.retain {
         Some(p) => read_qa(p)?,
         None => vec![],
@@ -456,10 +470,12 @@ fn run_unierase(
 /// The files and directories a run reads, named for messages and hashed into run.json.
 pub fn inputs(cfg: &RunConfig) -> Vec<Input> {
     let mut v = vec![Input::new("input model", &cfg.model)];
-    match &cfg.forget {
-        Paths::One(p) => v.push(Input::new("forget set", p)),
-        Paths::Many(ps) => v.extend(ps.iter().map(|p| Input::new("forget set", p))),
-    }
+    v.extend(
+        cfg.forget
+            .list()
+            .iter()
+            .map(|p| Input::new("forget set", p)),
+    );
     let opt = [
         ("retain set", &cfg.retain),
         ("refusal pool", &cfg.refusals),

@@ -725,14 +725,12 @@ fn shared_with_retain(
             "every item of the forget set {} is also in the retain set {}: the forget and \
              retain terms on the same items pull against each other; give a retain set \
              without them",
-            match &cfg.forget {
-                Paths::One(p) => p.display().to_string(),
-                Paths::Many(ps) => ps
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            },
+            cfg.forget
+                .list()
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             cfg.retain
                 .as_ref()
                 .map(|p| p.display().to_string())
@@ -744,13 +742,12 @@ fn shared_with_retain(
 
 /// The forget task(s) as lists of items.
 fn read_tasks(cfg: &RunConfig) -> Result<Vec<Vec<QaItem>>> {
-    let mut tasks = match &cfg.forget {
-        Paths::One(p) => vec![read_items(p)?],
-        Paths::Many(ps) => ps
-            .iter()
-            .map(|p| read_items(p))
-            .collect::<Result<Vec<_>>>()?,
-    };
+    let mut tasks = cfg
+        .forget
+        .list()
+        .iter()
+        .map(|p| read_items(p))
+        .collect::<Result<Vec<_>>>()?;
     if let Some(key) = &cfg.forget_task_key {
         let Paths::One(p) = &cfg.forget else {
             return Err(Error::Invalid(

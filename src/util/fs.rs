@@ -31,6 +31,11 @@ pub fn tmp_path(path: &Path) -> Result<PathBuf> {
     Ok(parent_of(path).join(format!(".{}.tmp-{}", file_name(path)?, std::process::id())))
 }
 
+/// `.NAME.old-PID` beside `path`: where this process moves `path` before removing it.
+fn old_path(path: &Path) -> Result<PathBuf> {
+    Ok(parent_of(path).join(format!(".{}.old-{}", file_name(path)?, std::process::id())))
+}
+
 /// Whether a process with this id runs (Linux: `/proc/PID` exists; elsewhere assumed alive).
 pub fn pid_alive(pid: u32) -> bool {
     if cfg!(target_os = "linux") {
@@ -55,17 +60,15 @@ pub fn remove_stale_temps(dir: &Path, name: &str) -> usize {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;
     };
-    let me = std::process::id();
-    let mut n = 0;
-    for e in rd.flatten() {
-        let entry = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = temp_pid(&entry, name) {
-            if pid != me && !pid_alive(pid) && remove_any(&e.path()).is_ok() {
-                n += 1;
-            }
-        }
-    }
-    n
+    rd.flatten()
+        .filter(|e| temp_pid(&e.file_name().to_string_lossy(), name).is_some_and(gone))
+        .filter(|e| remove_any(&e.path()).is_ok())
+        .count()
+}
+
+/// Whether the writer `pid` of a temporary is gone (another process, no longer running).
+fn gone(pid: u32) -> bool {
+    pid != std::process::id() && !pid_alive(pid)
 }
 
 /// Whether `entry` (a name directly inside a directory) is a temporary (`.X.tmp-PID`,
@@ -76,7 +79,7 @@ fn stale_temp(entry: &str) -> bool {
         .or_else(|| entry.rsplit_once(".old-"))
         .filter(|(pre, _)| pre.starts_with('.'))
         .and_then(|(_, p)| p.parse::<u32>().ok());
-    pid.is_some_and(|pid| pid != std::process::id() && !pid_alive(pid))
+    pid.is_some_and(gone)
 }
 
 /// Remove every temporary directly inside `dir` whose process is gone (see [`stale_temp`]): for
@@ -108,7 +111,7 @@ pub fn remove_atomically(path: &Path) -> Result<()> {
     if std::fs::symlink_metadata(path).is_err() {
         return Ok(());
     }
-    let old = parent_of(path).join(format!(".{}.old-{}", file_name(path)?, std::process::id()));
+    let old = old_path(path)?;
     remove_any(&old).map_err(|e| Error::io(&old, e))?;
     std::fs::rename(path, &old).map_err(|e| Error::io(path, e))?;
     remove_any(&old).map_err(|e| Error::io(&old, e))
@@ -185,7 +188,7 @@ pub fn publish_dir(tmp: &Path, out: &Path) -> Result<()> {
             // `tmp` now holds the old directory
             remove_any(tmp).map_err(|e| Error::io(tmp, e))?;
         } else {
-            let old = parent.join(format!(".{}.old-{}", file_name(out)?, std::process::id()));
+            let old = old_path(out)?;
             std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
             std::fs::rename(tmp, out).map_err(|e| Error::io(out, e))?;
             remove_any(&old).map_err(|e| Error::io(&old, e))?;
